@@ -1,0 +1,38 @@
+"""Public names are a promise: they must not disappear, and __all__ stays sorted."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PROMISED = {
+    "supervision": {
+        "open_supervisor", "Supervisor", "Strategy", "Restart", "ChildSpec", "Backoff",
+        "Jitter", "Probe", "ProbeKind", "OnExhausted", "SupervisionError",
+        "RestartIntensityExceeded", "ChildNotFound", "DuplicateChild", "ExitKind",
+        "ExitReason", "ChildState", "SupervisorStatistics", "ChildStatistics",
+        "supervisor_spec",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("package", ["supervision", "cws_actors", "providers", "api"])
+def test_all_is_sorted_and_every_name_exists(package: str) -> None:
+    module = importlib.import_module(package)
+    assert module.__all__ == sorted(module.__all__)
+    for name in module.__all__:
+        assert hasattr(module, name), f"{package}.{name} is in __all__ but missing"
+
+
+@pytest.mark.parametrize("package", sorted(PROMISED))
+def test_promised_names_are_exported(package: str) -> None:
+    module = importlib.import_module(package)
+    assert PROMISED[package] <= set(module.__all__)
+
+
+def test_public_names_do_not_leak_private_modules() -> None:
+    import supervision
+
+    for name in supervision.__all__:
+        assert getattr(supervision, name).__module__.startswith("supervision")
