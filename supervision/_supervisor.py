@@ -278,6 +278,15 @@ class Supervisor:
                 raise self._closed_error()
             await child.changed.wait()
 
+    def child_status(self, child_id: str) -> tuple[ChildState, bool]:
+        """The child's state and ready flag, cheaply (for a router's hot path).
+
+        Raises:
+            ChildNotFound: no such child.
+        """
+        child = self._get(child_id)
+        return child.state, child.ready
+
     def which_children(self) -> tuple[ChildInfo, ...]:
         """Every child in start order, with the value it passed to started()."""
         return tuple(

@@ -1,0 +1,174 @@
+"""What a plugin author writes (an Actor) and what everyone holds (an ActorRef)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from ._envelope import Envelope, Source, current_envelope
+
+if TYPE_CHECKING:
+    from ._bus import Event
+    from ._runtime import Runtime
+
+_TOPICS_ATTRIBUTE = "__cws_event_topics__"
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[None]])
+
+
+def on_event(*patterns: str) -> Callable[[Handler], Handler]:
+    """Declare an actor method as the handler of the bus topics matching ``patterns``.
+
+    Patterns are dot-separated; ``*`` matches one segment and ``#`` any number of them
+    (``instance.*``, ``*.terminated``, ``#`` for everything). An actor with handlers is
+    subscribed when spawned, and its events are routed like any message.
+    """
+    from ._bus import compile_pattern
+
+    for pattern in patterns:
+        compile_pattern(pattern)  # fail at class definition on a bad pattern
+    if not patterns:
+        raise ValueError("on_event() needs at least one topic pattern, such as 'instance.*'")
+
+    def mark(method: Handler) -> Handler:
+        setattr(method, _TOPICS_ATTRIBUTE, (*getattr(method, _TOPICS_ATTRIBUTE, ()), *patterns))
+        return method
+
+    return mark
+
+
+class Actor:
+    """Subclass it and override ``receive``; the runtime runs one instance per run.
+
+    - ``on_start()`` runs before the first message of each run (a new instance after a
+      restart), ``on_stop()`` after the last one, even after a crash.
+    - ``receive(message)`` gets the payload; its return value answers an ``ask``. The
+      envelope (deadline, source, correlation id) is ``self.envelope``. An exception
+      crashes the actor: the asker gets HandlerFailed and the supervisor restarts it.
+    - ``liveness()`` and ``readiness()`` are the checks behind the actor's probes; they
+      run in the actor's own task, through its control lane, so a hung handler fails
+      liveness. The defaults answer True.
+    - Methods decorated with ``@on_event(pattern)`` handle bus events.
+    """
+
+    event_handlers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    _ref: ActorRef | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers = dict(cls.event_handlers)
+        for name, member in vars(cls).items():
+            topics = getattr(member, _TOPICS_ATTRIBUTE, None)
+            if topics:
+                handlers[name] = tuple(topics)
+        cls.event_handlers = handlers
+
+    @property
+    def ref(self) -> ActorRef:
+        """This actor's own reference."""
+        if self._ref is None:
+            raise RuntimeError("this actor has not been spawned by a runtime")
+        return self._ref
+
+    @property
+    def path(self) -> str:
+        return self.ref.path
+
+    @property
+    def envelope(self) -> Envelope:
+        """The envelope of the message being handled."""
+        return current_envelope()
+
+    async def on_start(self) -> None:
+        """Called before the first message of each run."""
+
+    async def on_stop(self) -> None:
+        """Called after the last message of each run, under a shielded deadline."""
+
+    async def receive(self, message: Any) -> Any:
+        """Handle a direct message; the return value answers an ask."""
+        raise TypeError(f"{type(self).__name__} got a message but does not override receive()")
+
+    async def liveness(self) -> bool:
+        """Is this actor alive? Runs in the actor's task between two messages."""
+        return True
+
+    async def readiness(self) -> bool:
+        """Should this actor receive messages now?"""
+        return True
+
+    async def _dispatch_event(self, event: Event) -> None:
+        from ._bus import topic_matches
+
+        for name, patterns in self.event_handlers.items():
+            if any(topic_matches(pattern, event.topic) for pattern in patterns):
+                await getattr(self, name)(event)
+
+
+class ActorRef:
+    """A handle on an actor by path; it stays valid across the actor's restarts."""
+
+    __slots__ = ("_runtime", "path")
+
+    def __init__(self, runtime: Runtime, path: str) -> None:
+        self._runtime = runtime
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self.path}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def tell(
+        self,
+        message: Any,
+        *,
+        source: Source = Source.ACTOR,
+        correlation_id: str | None = None,
+        timeout: float = math.inf,
+    ) -> None:
+        """Deliver ``message`` without waiting for it to be handled.
+
+        Raises:
+            ActorError: the router refused it (the subclass says why).
+        """
+        self._runtime.router.tell(
+            self.path, message, source=source, correlation_id=correlation_id, timeout=timeout
+        )
+
+    async def send(
+        self,
+        message: Any,
+        *,
+        source: Source = Source.ACTOR,
+        correlation_id: str | None = None,
+        timeout: float = math.inf,
+    ) -> None:
+        """Like ``tell``, but waits for room in a BLOCK mailbox (until ``timeout``)."""
+        await self._runtime.router.send(
+            self.path, message, source=source, correlation_id=correlation_id, timeout=timeout
+        )
+
+    async def ask(
+        self,
+        message: Any,
+        *,
+        timeout: float = 5.0,
+        source: Source = Source.ACTOR,
+        correlation_id: str | None = None,
+    ) -> Any:
+        """Send ``message`` and wait for the handler's return value.
+
+        Raises:
+            AskTimeout: no reply within ``timeout`` seconds.
+            HandlerFailed: the handler raised (its exception is chained).
+            ActorError: the router refused the message (the subclass says why).
+        """
+        return await self._runtime.router.ask(
+            self.path, message, timeout=timeout, source=source, correlation_id=correlation_id
+        )

@@ -1,0 +1,165 @@
+"""The event bus: topics with wildcards, delivered to actors through the router."""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._envelope import Source, next_id
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> tuple[str, ...]:
+    """Check a topic pattern and split it: dot-separated segments, ``*`` for exactly one
+    segment, ``#`` for any number of segments (zero included).
+
+    Raises:
+        ValueError: an empty segment, or one with characters other than letters,
+            digits, ``_`` and ``-``.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"a topic pattern must be a non-empty str, got {pattern!r}")
+    segments = tuple(pattern.split("."))
+    for segment in segments:
+        if segment not in ("*", "#") and not _SEGMENT.fullmatch(segment):
+            raise ValueError(
+                f"bad topic pattern {pattern!r}: segments are words, '*' or '#', got {segment!r}"
+            )
+    return segments
+
+
+def check_topic(topic: str) -> None:
+    if not isinstance(topic, str) or not all(_SEGMENT.fullmatch(s) for s in topic.split(".")):
+        raise ValueError(
+            f"bad topic {topic!r}: expected dot-separated words such as 'instance.started'"
+        )
+
+
+@functools.lru_cache(maxsize=16384)
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Does ``topic`` match ``pattern``?"""
+    return _match(compile_pattern(pattern), tuple(topic.split(".")))
+
+
+def _match(pattern: tuple[str, ...], topic: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not topic
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, topic[skip:]) for skip in range(len(topic) + 1))
+    if not topic:
+        return False
+    return (head == "*" or head == topic[0]) and _match(rest, topic[1:])
+
+
+@attrs.frozen
+class Event:
+    """Something that happened, published on ``topic``."""
+
+    id: int
+    topic: str
+    payload: Any
+    published_at: float
+    source: str | None = None
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """A stream of events for code that is not an actor (an SSE response, a test).
+
+    Its buffer is bounded: when its reader falls behind, the overflow goes to the
+    dead-letter log and the publisher never waits."""
+
+    patterns: tuple[str, ...]
+    _send: trio.MemorySendChannel[Event]
+    _receive: trio.MemoryReceiveChannel[Event]
+    _close: Callable[[Subscription], None]
+
+    def matches(self, topic: str) -> bool:
+        return any(topic_matches(p, topic) for p in self.patterns)
+
+    def offer(self, event: Event) -> bool:
+        try:
+            self._send.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        return True
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._receive.__aiter__()
+
+    async def receive(self) -> Event:
+        return await self._receive.receive()
+
+    def close(self) -> None:
+        self._close(self)
+        self._send.close()
+        self._receive.close()
+
+
+@attrs.define(eq=False)
+class EventBus:
+    """Publish and subscribe. Deliveries to actors go through ``deliver`` (the router's
+    bus entry), so rate limits, readiness and mailbox bounds apply to events too."""
+
+    _deliver: Callable[[str, Event], None]
+    _drop: Callable[[Event, str], None]
+    _actors: dict[str, tuple[str, ...]] = attrs.field(factory=dict, init=False)
+    _streams: list[Subscription] = attrs.field(factory=list, init=False)
+    _published: int = attrs.field(default=0, init=False)
+
+    def publish(self, topic: str, payload: Any = None, *, source: str | None = None) -> Event:
+        """Publish an event; return it. Never waits: a subscriber that cannot take it
+        now gets a dead letter instead."""
+        check_topic(topic)
+        event = Event(next_id(), topic, payload, trio.current_time(), source)
+        self._published += 1
+        for path, patterns in list(self._actors.items()):
+            if any(topic_matches(p, topic) for p in patterns):
+                self._deliver(path, event)
+        for stream in list(self._streams):
+            if stream.matches(topic) and not stream.offer(event):
+                self._drop(event, "subscriber_full")
+        return event
+
+    def subscribe_actor(self, path: str, patterns: tuple[str, ...]) -> None:
+        for pattern in patterns:
+            compile_pattern(pattern)
+        self._actors[path] = patterns
+
+    def unsubscribe_actor(self, path: str) -> None:
+        self._actors.pop(path, None)
+
+    def subscribe(self, *patterns: str, buffer: int = 100) -> Subscription:
+        """Open a stream of the events matching ``patterns``; close it when done."""
+        if not patterns:
+            raise ValueError("subscribe() needs at least one topic pattern, such as '#'")
+        for pattern in patterns:
+            compile_pattern(pattern)
+        send, receive = trio.open_memory_channel[Event](buffer if buffer > 0 else math.inf)
+        subscription = Subscription(patterns, send, receive, self._streams.remove)
+        self._streams.append(subscription)
+        return subscription
+
+    def subscribers(self, topic: str) -> list[str]:
+        """The paths of the actors that receive ``topic``."""
+        return [
+            path
+            for path, patterns in self._actors.items()
+            if any(topic_matches(p, topic) for p in patterns)
+        ]
+
+    @property
+    def published(self) -> int:
+        return self._published
+
+
+BUS_SOURCE = Source.BUS

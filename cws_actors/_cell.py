@@ -1,0 +1,214 @@
+"""An actor cell: what stays of an actor across its runs (path, mailbox, rate buckets)
+and the loop that runs each incarnation under its supervisor."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from supervision import ChildNotFound, ChildState, Probe, ProbeKind
+
+from ._actor import Actor, ActorRef
+from ._bus import Event
+from ._envelope import Envelope, Reply, Source, _current, next_id
+from ._exceptions import ActorRestarting, ActorStopped, HandlerFailed
+from ._mailbox import Mailbox
+from ._ratelimit import RateLimit, TokenBucket
+
+if TYPE_CHECKING:
+    from ._router import Router
+    from ._runtime import _Subtree
+
+_v = attrs.validators
+
+
+@attrs.frozen
+class HealthProbe:
+    """How often to run an actor's ``liveness()`` or ``readiness()`` (or to check that a
+    startup finished), with Kubernetes semantics. The check runs in the actor's task via
+    its control lane, so a handler that hangs fails it by ``timeout``."""
+
+    kind: ProbeKind = attrs.field(validator=_v.instance_of(ProbeKind))
+    initial_delay: float = attrs.field(default=0.0, kw_only=True)
+    period: float = attrs.field(default=10.0, kw_only=True)
+    timeout: float = attrs.field(default=1.0, kw_only=True)
+    success_threshold: int = attrs.field(default=1, kw_only=True)
+    failure_threshold: int = attrs.field(default=3, kw_only=True)
+
+
+class _Control(enum.Enum):
+    LIVENESS = "liveness"
+    READINESS = "readiness"
+    STARTUP = "startup"
+    PARK = "park"
+
+
+# Yield to the scheduler at least this often when the mailbox never runs dry.
+_BATCH = 64
+
+
+@attrs.define(eq=False)
+class ActorCell:
+    path: str
+    name: str
+    node: _Subtree
+    factory: Callable[[], Actor]
+    mailbox: Mailbox
+    rate_limit: RateLimit | None
+    shutdown: float
+    ref: ActorRef
+    router: Router
+    _buckets: dict[Source | None, TokenBucket] = attrs.field(factory=dict, init=False)
+    in_flight: int = attrs.field(default=0, init=False)
+    actor: Actor | None = attrs.field(default=None, init=False)
+    stopped: bool = attrs.field(default=False, init=False)
+
+    def status(self) -> tuple[ChildState, bool]:
+        supervisor = self.node.supervisor
+        if supervisor is None:
+            return ChildState.RESTARTING, False
+        try:
+            return supervisor.child_status(self.name)
+        except ChildNotFound:
+            return ChildState.STOPPED, False
+
+    def take_token(self, source: Source) -> float:
+        """0.0 when admitted, else seconds until a token is there."""
+        limit = self.rate_limit
+        if limit is None:
+            return 0.0
+        key = source if limit.per_source else None
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(limit.rate, limit.burst)
+        return bucket.take()
+
+    def supervision_probe(self, probe: HealthProbe) -> Probe:
+        control = _Control(probe.kind.value)
+
+        async def check() -> bool:
+            reply = Reply()
+            self.mailbox.put_control(
+                Envelope(
+                    next_id(),
+                    Source.INTERNAL,
+                    self.path,
+                    control,
+                    reply,
+                    trio.current_time() + probe.timeout,
+                    control=True,
+                )
+            )
+            return bool(await reply.wait())
+
+        return Probe(
+            probe.kind,
+            check,
+            initial_delay=probe.initial_delay,
+            period=probe.period,
+            timeout=probe.timeout,
+            success_threshold=probe.success_threshold,
+            failure_threshold=probe.failure_threshold,
+        )
+
+    async def park(self, timeout: float) -> None:
+        """Let the handler in flight finish, then hold the actor idle (for a stop)."""
+        reply = Reply()
+        deadline = trio.current_time() + timeout
+        envelope = Envelope(
+            next_id(), Source.INTERNAL, self.path, _Control.PARK, reply, deadline, control=True
+        )
+        self.mailbox.put_control(envelope)
+        with trio.move_on_at(deadline):
+            await reply.wait()
+
+    async def run(self, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """The supervised child: one run of the actor."""
+        actor = self.factory()
+        if not isinstance(actor, Actor):
+            raise TypeError(
+                f"the factory of actor {self.path!r} must return an Actor, got {actor!r}"
+            )
+        actor._ref = self.ref
+        self.actor = actor
+        await actor.on_start()
+        task_status.started(self.ref)
+        try:
+            await self._serve(actor)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self.shutdown):
+                await actor.on_stop()
+
+    async def _serve(self, actor: Actor) -> None:
+        mailbox = self.mailbox
+        handled = 0
+        while True:
+            try:
+                envelope = mailbox.get_nowait()
+            except trio.WouldBlock:
+                envelope = await mailbox.get()
+                handled = 0
+            else:
+                handled += 1
+                if handled >= _BATCH:
+                    handled = 0
+                    await trio.lowlevel.checkpoint()
+            if envelope.control:
+                await self._control(actor, envelope)
+            else:
+                await self._handle(actor, envelope)
+
+    async def _handle(self, actor: Actor, envelope: Envelope) -> None:
+        reply = envelope.reply
+        try:
+            if envelope.deadline <= trio.current_time():
+                self.router.expired(envelope)
+                return
+            token = _current.set(envelope)
+            try:
+                payload = envelope.payload
+                if envelope.source is Source.BUS and isinstance(payload, Event):
+                    await actor._dispatch_event(payload)
+                    result = None
+                else:
+                    result = await actor.receive(payload)
+            except trio.Cancelled:
+                if reply is not None:
+                    error = ActorStopped(self.path) if self.stopped else ActorRestarting(self.path)
+                    reply.set_error(error)
+                raise
+            except BaseException as exc:
+                if reply is not None:
+                    failure = HandlerFailed(self.path, exc)
+                    failure.__cause__ = exc
+                    reply.set_error(failure)
+                raise
+            finally:
+                _current.reset(token)
+            if reply is not None:
+                reply.set_value(result)
+        finally:
+            self.in_flight -= 1
+
+    async def _control(self, actor: Actor, envelope: Envelope) -> None:
+        reply = envelope.reply
+        assert reply is not None
+        if envelope.deadline <= trio.current_time():
+            return  # a probe that already timed out: its answer is of no use
+        kind = envelope.payload
+        if kind is _Control.PARK:
+            reply.set_value(True)
+            await trio.sleep_forever()
+        try:
+            if kind is _Control.LIVENESS:
+                reply.set_value(await actor.liveness())
+            elif kind is _Control.READINESS:
+                reply.set_value(await actor.readiness())
+            else:
+                reply.set_value(True)  # startup: the loop answers, so on_start finished
+        except Exception as exc:  # noqa: BLE001 - a raising check is a failing check
+            reply.set_error(exc)

@@ -1,0 +1,162 @@
+"""Bounded mailboxes with an overflow policy and a control lane."""
+
+from __future__ import annotations
+
+import collections
+import enum
+from collections import deque
+
+import attrs
+import trio
+
+from ._envelope import Envelope
+
+_v = attrs.validators
+
+
+class Overflow(enum.Enum):
+    """What a full mailbox does with one more message."""
+
+    REJECT = "reject"
+    """Refuse it: the sender gets MailboxFull."""
+    BLOCK = "block"
+    """An async sender (``send``, ``ask``) waits for room until its deadline; ``tell``
+    is refused like REJECT."""
+    DROP_NEWEST = "drop_newest"
+    """Drop the new message to the dead-letter log; the sender is not told."""
+    DROP_OLDEST = "drop_oldest"
+    """Evict the oldest queued message to the dead-letter log (its asker gets
+    MailboxFull) and queue the new one."""
+
+
+@attrs.frozen
+class MailboxConfig:
+    """Size and overflow policy of an actor's mailbox.
+
+    ``stash`` is how many messages the mailbox accepts while the actor restarts (they are
+    handled by its next run); with 0, senders get ActorRestarting at once.
+    """
+
+    capacity: int = attrs.field(default=1000, validator=_v.and_(_v.instance_of(int), _v.ge(1)))
+    overflow: Overflow = attrs.field(default=Overflow.REJECT, validator=_v.instance_of(Overflow))
+    stash: int = attrs.field(
+        default=0, kw_only=True, validator=_v.and_(_v.instance_of(int), _v.ge(0))
+    )
+
+
+@attrs.frozen
+class MailboxStatistics:
+    """A snapshot of a mailbox."""
+
+    depth: int
+    control_depth: int
+    capacity: int
+    high_water: int
+    delivered: int
+    dropped: dict[str, int]
+
+
+class Offer(enum.Enum):
+    ACCEPTED = "accepted"
+    FULL = "full"
+    DROPPED_NEWEST = "dropped_newest"
+
+
+@attrs.define(eq=False)
+class Mailbox:
+    """Messages waiting for one actor; it outlives the actor's restarts.
+
+    The control lane (stop, probes) is served before the backlog and is not bounded: it
+    only ever holds the runtime's own few messages.
+    """
+
+    config: MailboxConfig
+    _queue: deque[Envelope] = attrs.field(factory=deque, init=False)
+    _control: deque[Envelope] = attrs.field(factory=deque, init=False)
+    _readers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _writers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _high_water: int = attrs.field(default=0, init=False)
+    _delivered: int = attrs.field(default=0, init=False)
+    _dropped: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def offer(self, envelope: Envelope) -> tuple[Offer, Envelope | None]:
+        """Queue ``envelope`` if the policy allows; return what happened and, for
+        DROP_OLDEST, the evicted envelope."""
+        queue = self._queue
+        evicted = None
+        if len(queue) >= self.config.capacity:
+            overflow = self.config.overflow
+            if overflow is Overflow.DROP_OLDEST:
+                evicted = queue.popleft()
+            elif overflow is Overflow.DROP_NEWEST:
+                self._dropped["mailbox_full"] += 1
+                return Offer.DROPPED_NEWEST, None
+            else:
+                return Offer.FULL, None
+            self._dropped["mailbox_full"] += 1
+        queue.append(envelope)
+        if len(queue) > self._high_water:
+            self._high_water = len(queue)
+        if self._readers:
+            self._readers.unpark()
+        return Offer.ACCEPTED, evicted
+
+    async def wait_for_room(self) -> None:
+        """Wait until the backlog is below capacity (for the BLOCK policy)."""
+        while len(self._queue) >= self.config.capacity:
+            await self._writers.park()
+
+    def put_control(self, envelope: Envelope) -> None:
+        self._control.append(envelope)
+        if self._readers:
+            self._readers.unpark()
+
+    def get_nowait(self) -> Envelope:
+        """The next envelope, control lane first.
+
+        Raises:
+            trio.WouldBlock: both lanes are empty.
+        """
+        if self._control:
+            return self._control.popleft()
+        if self._queue:
+            envelope = self._queue.popleft()
+            self._delivered += 1
+            if self._writers:
+                self._writers.unpark()
+            return envelope
+        raise trio.WouldBlock
+
+    async def get(self) -> Envelope:
+        while True:
+            try:
+                envelope = self.get_nowait()
+            except trio.WouldBlock:
+                await self._readers.park()
+            else:
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return envelope
+
+    def drain(self) -> list[Envelope]:
+        """Empty both lanes and return what they held."""
+        drained = [*self._control, *self._queue]
+        self._control.clear()
+        self._queue.clear()
+        self._writers.unpark_all()
+        return drained
+
+    def count_drop(self, reason: str) -> None:
+        self._dropped[reason] += 1
+
+    def statistics(self) -> MailboxStatistics:
+        return MailboxStatistics(
+            depth=len(self._queue),
+            control_depth=len(self._control),
+            capacity=self.config.capacity,
+            high_water=self._high_water,
+            delivered=self._delivered,
+            dropped=dict(self._dropped),
+        )

@@ -1,0 +1,200 @@
+"""The router: the one entry point for every message, from the API, the CLI, the bus
+and actors. It refuses with a typed error, or queues the envelope in the mailbox."""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import attrs
+import trio
+
+from supervision import ChildState
+
+from ._bus import Event
+from ._cell import ActorCell
+from ._deadletters import DeadLetter, DeadLetterLog
+from ._envelope import Envelope, Reply, Source, next_id
+from ._exceptions import (
+    ActorError,
+    ActorNotFound,
+    ActorRestarting,
+    ActorStopped,
+    AskTimeout,
+    DeadlineExceeded,
+    MailboxFull,
+    NotReady,
+    RateLimited,
+)
+from ._mailbox import Offer, Overflow
+
+_RESTARTING = frozenset({ChildState.STARTING, ChildState.RESTARTING, ChildState.STOPPING})
+
+# Retry-After for a NotReady refusal: readiness is re-checked on the probe's period,
+# which the router does not know; one second is the usual HTTP hint.
+_NOT_READY_RETRY = 1.0
+
+
+@attrs.define(eq=False)
+class Router:
+    """Checks, in order: the target exists; its deadline has not passed; it is running
+    (or restarting with stash room) and ready; its token bucket for the source has a
+    token and its concurrency cap room; its mailbox has room."""
+
+    cells: dict[str, ActorCell] = attrs.field(factory=dict)
+    dead_letters: DeadLetterLog = attrs.field(factory=DeadLetterLog)
+    on_dead_letter: Callable[[DeadLetter], None] | None = None
+    routed: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    rejected: collections.Counter[tuple[str, str]] = attrs.field(
+        factory=collections.Counter, init=False
+    )
+
+    def tell(
+        self,
+        path: str,
+        payload: Any,
+        *,
+        source: Source = Source.ACTOR,
+        correlation_id: str | None = None,
+        timeout: float = math.inf,
+    ) -> None:
+        envelope = self._envelope(path, payload, None, source, correlation_id, timeout)
+        self._route(envelope)
+
+    async def send(
+        self,
+        path: str,
+        payload: Any,
+        *,
+        source: Source = Source.ACTOR,
+        correlation_id: str | None = None,
+        timeout: float = math.inf,
+    ) -> None:
+        envelope = self._envelope(path, payload, None, source, correlation_id, timeout)
+        await self._route_waiting(envelope)
+
+    async def ask(
+        self,
+        path: str,
+        payload: Any,
+        *,
+        timeout: float = 5.0,
+        source: Source = Source.ACTOR,
+        correlation_id: str | None = None,
+    ) -> Any:
+        reply = Reply()
+        envelope = self._envelope(path, payload, reply, source, correlation_id, timeout)
+        await self._route_waiting(envelope)
+        with trio.move_on_at(envelope.deadline):
+            return await reply.wait()
+        raise AskTimeout(path, timeout)
+
+    def deliver_event(self, path: str, event: Event) -> None:
+        """Route a bus event; a refusal becomes a dead letter (nobody waits for it)."""
+        envelope = Envelope(next_id(), Source.BUS, path, event)
+        try:
+            self._route(envelope)
+        except ActorError as error:
+            self.dead_letter(envelope, error.reason, str(error))
+
+    def expired(self, envelope: Envelope) -> None:
+        """An envelope whose deadline passed in the mailbox."""
+        if envelope.reply is not None:
+            envelope.reply.set_error(DeadlineExceeded(envelope.target))
+        self.dead_letter(envelope, "expired", "deadline passed in the mailbox")
+
+    def dead_letter(self, envelope: Envelope, reason: str, detail: str = "") -> None:
+        letter = self.dead_letters.record(envelope, reason, detail)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(letter)
+
+    # ----------------------------------------------------------------- internals
+
+    @staticmethod
+    def _envelope(
+        path: str,
+        payload: Any,
+        reply: Reply | None,
+        source: Source,
+        correlation_id: str | None,
+        timeout: float,
+    ) -> Envelope:
+        if not timeout >= 0:
+            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+        deadline = trio.current_time() + timeout if timeout != math.inf else math.inf
+        return Envelope(next_id(), source, path, payload, reply, deadline, correlation_id)
+
+    async def _route_waiting(self, envelope: Envelope) -> None:
+        """Route, waiting for mailbox room when its policy is BLOCK."""
+        cell = self._cell(envelope)
+        if cell.mailbox.config.overflow is not Overflow.BLOCK:
+            self._route(envelope)
+            await trio.lowlevel.checkpoint()
+            return
+        self._admit(cell, envelope)
+        with trio.move_on_at(envelope.deadline):
+            await cell.mailbox.wait_for_room()
+            self._queue(cell, envelope)
+            return
+        self._refuse(envelope, MailboxFull(envelope.target, cell.mailbox.config.capacity))
+
+    def _route(self, envelope: Envelope) -> None:
+        cell = self._cell(envelope)
+        self._admit(cell, envelope)
+        self._queue(cell, envelope)
+
+    def _cell(self, envelope: Envelope) -> ActorCell:
+        cell = self.cells.get(envelope.target)
+        if cell is None:
+            self._refuse(envelope, ActorNotFound(envelope.target))
+        return cell
+
+    def _admit(self, cell: ActorCell, envelope: Envelope) -> None:
+        path = envelope.target
+        if envelope.deadline <= trio.current_time():
+            self._refuse(envelope, DeadlineExceeded(path))
+        if cell.stopped:
+            self._refuse(envelope, ActorStopped(path))
+        state, ready = cell.status()
+        if state is ChildState.RUNNING:
+            if not ready:
+                self._refuse(envelope, NotReady(path, _NOT_READY_RETRY))
+        elif state in _RESTARTING:
+            if len(cell.mailbox) >= cell.mailbox.config.stash:
+                self._refuse(envelope, ActorRestarting(path))
+        else:
+            self._refuse(envelope, ActorStopped(path))
+        limit = cell.rate_limit
+        if limit is not None:
+            wait = cell.take_token(envelope.source)
+            if wait:
+                self._refuse(envelope, RateLimited(path, wait, limit))
+            if limit.max_concurrent is not None and cell.in_flight >= limit.max_concurrent:
+                self._refuse(
+                    envelope,
+                    RateLimited(
+                        path, 1.0 / limit.rate, limit, f" ({limit.max_concurrent} in flight)"
+                    ),
+                )
+
+    def _queue(self, cell: ActorCell, envelope: Envelope) -> None:
+        outcome, evicted = cell.mailbox.offer(envelope)
+        if outcome is Offer.FULL:
+            self._refuse(envelope, MailboxFull(envelope.target, cell.mailbox.config.capacity))
+        if outcome is Offer.DROPPED_NEWEST:
+            self.rejected[(envelope.target, "mailbox_full")] += 1
+            self.dead_letter(envelope, "mailbox_full", "dropped newest")
+            return
+        cell.in_flight += 1
+        self.routed[envelope.target] += 1
+        if evicted is not None:
+            cell.in_flight -= 1
+            if evicted.reply is not None:
+                evicted.reply.set_error(MailboxFull(evicted.target, cell.mailbox.config.capacity))
+            self.dead_letter(evicted, "mailbox_full", "dropped oldest")
+
+    def _refuse(self, envelope: Envelope, error: ActorError) -> NoReturn:
+        self.rejected[(envelope.target, error.reason)] += 1
+        raise error
