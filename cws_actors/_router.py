@@ -46,6 +46,9 @@ class Router:
     cells: dict[str, ActorCell] = attrs.field(factory=dict)
     dead_letters: DeadLetterLog = attrs.field(factory=DeadLetterLog)
     on_dead_letter: Callable[[DeadLetter], None] | None = None
+    tombstones: dict[str, None] = attrs.field(factory=dict)
+    """Paths of stopped actors (the latest 10,000), so that a stale ref gets
+    ActorStopped rather than ActorNotFound."""
     routed: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     rejected: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
@@ -105,6 +108,13 @@ class Router:
             envelope.reply.set_error(DeadlineExceeded(envelope.target))
         self.dead_letter(envelope, "expired", "deadline passed in the mailbox")
 
+    def bury(self, path: str) -> None:
+        """Forget the actor at ``path``; later messages to it get ActorStopped."""
+        self.cells.pop(path, None)
+        self.tombstones[path] = None
+        if len(self.tombstones) > 10_000:
+            del self.tombstones[next(iter(self.tombstones))]
+
     def dead_letter(self, envelope: Envelope, reason: str, detail: str = "") -> None:
         letter = self.dead_letters.record(envelope, reason, detail)
         if self.on_dead_letter is not None:
@@ -148,6 +158,8 @@ class Router:
     def _cell(self, envelope: Envelope) -> ActorCell:
         cell = self.cells.get(envelope.target)
         if cell is None:
+            if envelope.target in self.tombstones:
+                self._refuse(envelope, ActorStopped(envelope.target))
             self._refuse(envelope, ActorNotFound(envelope.target))
         return cell
 

@@ -195,6 +195,7 @@ class Runtime:
         )
         await self._start_child(node, spec)
         self.router.cells[path] = cell
+        self.router.tombstones.pop(path, None)
         actor = cell.actor
         patterns = actor.event_handlers.values() if actor is not None else ()
         topics = tuple(dict.fromkeys(t for group in patterns for t in group))
@@ -294,7 +295,7 @@ class Runtime:
             with contextlib.suppress(LookupError):
                 await parent.supervisor.delete_child(name)
         for cell in cells:
-            del self.router.cells[cell.path]
+            self.router.bury(cell.path)
             self._drain(cell)
         for sub in [p for p in self._subtrees if p == path or p.startswith(path + "/")]:
             del self._subtrees[sub]

@@ -393,11 +393,13 @@ class Supervisor:
         run.value = value
         run.started_at = trio.current_time()
         child.state = ChildState.RUNNING
-        if child.spec.probes:
-            child.trackers = {probe.kind: ProbeTracker(probe) for probe in child.spec.probes}
+        child.trackers = {probe.kind: ProbeTracker(probe) for probe in child.spec.probes}
+        # Ready at once unless a startup or readiness probe has a say (Kubernetes).
+        child.ready = not (
+            ProbeKind.STARTUP in child.trackers or ProbeKind.READINESS in child.trackers
+        )
+        if child.trackers:
             self._host.start_soon(self._probe_child, child, run)
-        else:
-            child.ready = True
         self._notify(child)
 
     async def _probe_child(self, child: _Child, run: _Run) -> None:
