@@ -14,6 +14,12 @@ PROMISED = {
         "ExitReason", "ChildState", "SupervisorStatistics", "ChildStatistics",
         "supervisor_spec",
     },
+    "cws_actors": {
+        "Actor", "open_runtime", "Runtime", "ActorRef", "RateLimit", "MailboxConfig",
+        "Overflow", "ActorError", "ActorNotFound", "ActorStopped", "ActorRestarting",
+        "NotReady", "RateLimited", "MailboxFull", "AskTimeout", "DeadlineExceeded",
+        "HandlerFailed", "Envelope", "Source", "on_event", "Event", "HealthProbe",
+    },
 }  # fmt: skip
 
 
@@ -36,3 +42,22 @@ def test_public_names_do_not_leak_private_modules() -> None:
 
     for name in supervision.__all__:
         assert getattr(supervision, name).__module__.startswith("supervision")
+
+
+def test_layers_point_down_only() -> None:
+    """supervision imports no project layer above it; cws_actors neither api nor providers."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).parent.parent
+    forbidden = {
+        "supervision": ("cws_actors", "providers", "api"),
+        "cws_actors": ("providers", "api"),
+    }
+    for package, above in forbidden.items():
+        for source in (root / package).glob("*.py"):
+            text = source.read_text()
+            for name in above:
+                assert not re.search(rf"^\s*(from|import) {name}\b", text, re.M), (
+                    f"{source.name} imports {name}"
+                )
