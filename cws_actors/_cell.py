@@ -4,13 +4,14 @@ and the loop that runs each incarnation under its supervisor."""
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
-from supervision import ChildNotFound, ChildState, Probe, ProbeKind
+from supervision import Probe, ProbeKind
 
 from ._actor import Actor, ActorRef
 from ._bus import Event
@@ -64,17 +65,9 @@ class ActorCell:
     router: Router
     _buckets: dict[Source | None, TokenBucket] = attrs.field(factory=dict, init=False)
     in_flight: int = attrs.field(default=0, init=False)
+    routed: int = attrs.field(default=0, init=False)
     actor: Actor | None = attrs.field(default=None, init=False)
     stopped: bool = attrs.field(default=False, init=False)
-
-    def status(self) -> tuple[ChildState, bool]:
-        supervisor = self.node.supervisor
-        if supervisor is None:
-            return ChildState.RESTARTING, False
-        try:
-            return supervisor.child_status(self.name)
-        except ChildNotFound:
-            return ChildState.STOPPED, False
 
     def take_token(self, source: Source) -> float:
         """0.0 when admitted, else seconds until a token is there."""
@@ -147,16 +140,15 @@ class ActorCell:
         mailbox = self.mailbox
         handled = 0
         while True:
-            try:
-                envelope = mailbox.get_nowait()
-            except trio.WouldBlock:
-                envelope = await mailbox.get()
+            envelope = mailbox.pop()
+            if envelope is None:
+                await mailbox.wait()
                 handled = 0
-            else:
-                handled += 1
-                if handled >= _BATCH:
-                    handled = 0
-                    await trio.lowlevel.checkpoint()
+                continue
+            handled += 1
+            if handled >= _BATCH:  # a backlog that never empties must not starve others
+                handled = 0
+                await trio.lowlevel.checkpoint()
             if envelope.control:
                 await self._control(actor, envelope)
             else:
@@ -165,7 +157,8 @@ class ActorCell:
     async def _handle(self, actor: Actor, envelope: Envelope) -> None:
         reply = envelope.reply
         try:
-            if envelope.deadline <= trio.current_time():
+            deadline = envelope.deadline
+            if deadline != math.inf and deadline <= trio.current_time():
                 self.router.expired(envelope)
                 return
             token = _current.set(envelope)

@@ -23,31 +23,45 @@ class Source(enum.Enum):
 
 
 class Reply:
-    """The one-shot slot an asker waits on. A reply is set once; later ones are ignored."""
+    """The one-shot slot an asker waits on. The first value or error set wins; later
+    ones are ignored. One task waits on it (the asker), so it parks that task directly
+    rather than through a trio.Event."""
 
-    __slots__ = ("_error", "_event", "_value")
+    __slots__ = ("_error", "_task", "_value", "done")
 
     def __init__(self) -> None:
-        self._event = trio.Event()
+        self._task: trio.lowlevel.Task | None = None
         self._value: Any = None
         self._error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._event.is_set()
+        self.done = False
 
     def set_value(self, value: Any) -> None:
-        if not self._event.is_set():
+        if not self.done:
             self._value = value
-            self._event.set()
+            self._finish()
 
     def set_error(self, error: BaseException) -> None:
-        if not self._event.is_set():
+        if not self.done:
             self._error = error
-            self._event.set()
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
+        self._task = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def wait(self) -> Any:
-        await self._event.wait()
+        """Wait for the reply; return the value or raise the error."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+        else:
+            self._task = trio.lowlevel.current_task()
+            await trio.lowlevel.wait_task_rescheduled(self._abort)
         if self._error is not None:
             raise self._error
         return self._value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import enum
 from collections import deque
 
@@ -66,21 +65,26 @@ class Offer(enum.Enum):
 class Mailbox:
     """Messages waiting for one actor; it outlives the actor's restarts.
 
-    The control lane (stop, probes) is served before the backlog and is not bounded: it
-    only ever holds the runtime's own few messages.
+    One task reads it (the actor's loop), so the reader is parked and woken directly.
+    The control lane (stops, probes) is served before the backlog and is not bounded:
+    it only ever holds the runtime's own few messages.
     """
 
     config: MailboxConfig
     _queue: deque[Envelope] = attrs.field(factory=deque, init=False)
-    _control: deque[Envelope] = attrs.field(factory=deque, init=False)
-    _readers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
-    _writers: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot, init=False)
+    _control: list[Envelope] = attrs.field(factory=list, init=False)
+    _reader: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
+    _writers: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
     _high_water: int = attrs.field(default=0, init=False)
     _delivered: int = attrs.field(default=0, init=False)
-    _dropped: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    _dropped: dict[str, int] = attrs.field(factory=dict, init=False)
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    @property
+    def full(self) -> bool:
+        return len(self._queue) >= self.config.capacity
 
     def offer(self, envelope: Envelope) -> tuple[Offer, Envelope | None]:
         """Queue ``envelope`` if the policy allows; return what happened and, for
@@ -92,64 +96,71 @@ class Mailbox:
             if overflow is Overflow.DROP_OLDEST:
                 evicted = queue.popleft()
             elif overflow is Overflow.DROP_NEWEST:
-                self._dropped["mailbox_full"] += 1
+                self.count_drop("mailbox_full")
                 return Offer.DROPPED_NEWEST, None
             else:
                 return Offer.FULL, None
-            self._dropped["mailbox_full"] += 1
+            self.count_drop("mailbox_full")
         queue.append(envelope)
         if len(queue) > self._high_water:
             self._high_water = len(queue)
-        if self._readers:
-            self._readers.unpark()
+        if self._reader is not None:
+            self._wake_reader()
         return Offer.ACCEPTED, evicted
+
+    def put_control(self, envelope: Envelope) -> None:
+        self._control.append(envelope)
+        if self._reader is not None:
+            self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        task, self._reader = self._reader, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    def pop(self) -> Envelope | None:
+        """The next envelope, control lane first; None when both lanes are empty."""
+        if self._control:
+            return self._control.pop(0)
+        queue = self._queue
+        if queue:
+            self._delivered += 1
+            if self._writers is not None and self._writers:
+                self._writers.unpark()
+            return queue.popleft()
+        return None
+
+    async def wait(self) -> None:
+        """Wait until a lane has an envelope (returns at once, after a checkpoint, if one
+        does). Only the actor's loop calls it."""
+        if self._control or self._queue:
+            await trio.lowlevel.checkpoint()
+            return
+        self._reader = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, raise_cancel: object) -> trio.lowlevel.Abort:
+        self._reader = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def wait_for_room(self) -> None:
         """Wait until the backlog is below capacity (for the BLOCK policy)."""
         while len(self._queue) >= self.config.capacity:
+            if self._writers is None:
+                self._writers = trio.lowlevel.ParkingLot()
             await self._writers.park()
-
-    def put_control(self, envelope: Envelope) -> None:
-        self._control.append(envelope)
-        if self._readers:
-            self._readers.unpark()
-
-    def get_nowait(self) -> Envelope:
-        """The next envelope, control lane first.
-
-        Raises:
-            trio.WouldBlock: both lanes are empty.
-        """
-        if self._control:
-            return self._control.popleft()
-        if self._queue:
-            envelope = self._queue.popleft()
-            self._delivered += 1
-            if self._writers:
-                self._writers.unpark()
-            return envelope
-        raise trio.WouldBlock
-
-    async def get(self) -> Envelope:
-        while True:
-            try:
-                envelope = self.get_nowait()
-            except trio.WouldBlock:
-                await self._readers.park()
-            else:
-                await trio.lowlevel.checkpoint_if_cancelled()
-                return envelope
 
     def drain(self) -> list[Envelope]:
         """Empty both lanes and return what they held."""
         drained = [*self._control, *self._queue]
         self._control.clear()
         self._queue.clear()
-        self._writers.unpark_all()
+        if self._writers is not None:
+            self._writers.unpark_all()
         return drained
 
     def count_drop(self, reason: str) -> None:
-        self._dropped[reason] += 1
+        self._dropped[reason] = self._dropped.get(reason, 0) + 1
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(

@@ -4,6 +4,7 @@ and actors. It refuses with a typed error, or queues the envelope in the mailbox
 from __future__ import annotations
 
 import collections
+import heapq
 import math
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -11,7 +12,7 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from supervision import ChildState
+from supervision import ChildNotFound, ChildState
 
 from ._bus import Event
 from ._cell import ActorCell
@@ -46,10 +47,10 @@ class Router:
     cells: dict[str, ActorCell] = attrs.field(factory=dict)
     dead_letters: DeadLetterLog = attrs.field(factory=DeadLetterLog)
     on_dead_letter: Callable[[DeadLetter], None] | None = None
+    timers: AskTimers = attrs.field(factory=lambda: AskTimers())
     tombstones: dict[str, None] = attrs.field(factory=dict)
     """Paths of stopped actors (the latest 10,000), so that a stale ref gets
     ActorStopped rather than ActorNotFound."""
-    routed: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     rejected: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
@@ -63,7 +64,8 @@ class Router:
         correlation_id: str | None = None,
         timeout: float = math.inf,
     ) -> None:
-        envelope = self._envelope(path, payload, None, source, correlation_id, timeout)
+        deadline = math.inf if timeout == math.inf else _deadline(timeout)
+        envelope = Envelope(next_id(), source, path, payload, None, deadline, correlation_id)
         self._route(envelope)
 
     async def send(
@@ -75,7 +77,8 @@ class Router:
         correlation_id: str | None = None,
         timeout: float = math.inf,
     ) -> None:
-        envelope = self._envelope(path, payload, None, source, correlation_id, timeout)
+        deadline = math.inf if timeout == math.inf else _deadline(timeout)
+        envelope = Envelope(next_id(), source, path, payload, None, deadline, correlation_id)
         await self._route_waiting(envelope)
 
     async def ask(
@@ -88,11 +91,12 @@ class Router:
         correlation_id: str | None = None,
     ) -> Any:
         reply = Reply()
-        envelope = self._envelope(path, payload, reply, source, correlation_id, timeout)
-        await self._route_waiting(envelope)
-        with trio.move_on_at(envelope.deadline):
-            return await reply.wait()
-        raise AskTimeout(path, timeout)
+        deadline = math.inf if timeout == math.inf else _deadline(timeout)
+        envelope = Envelope(next_id(), source, path, payload, reply, deadline, correlation_id)
+        await self._route_waiting(envelope, checkpoint=False)
+        if envelope.deadline != math.inf:
+            self.timers.add(envelope.deadline, reply, AskTimeout(path, timeout))
+        return await reply.wait()
 
     def deliver_event(self, path: str, event: Event) -> None:
         """Route a bus event; a refusal becomes a dead letter (nobody waits for it)."""
@@ -122,33 +126,20 @@ class Router:
 
     # ----------------------------------------------------------------- internals
 
-    @staticmethod
-    def _envelope(
-        path: str,
-        payload: Any,
-        reply: Reply | None,
-        source: Source,
-        correlation_id: str | None,
-        timeout: float,
-    ) -> Envelope:
-        if not timeout >= 0:
-            raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
-        deadline = trio.current_time() + timeout if timeout != math.inf else math.inf
-        return Envelope(next_id(), source, path, payload, reply, deadline, correlation_id)
-
-    async def _route_waiting(self, envelope: Envelope) -> None:
-        """Route, waiting for mailbox room when its policy is BLOCK."""
+    async def _route_waiting(self, envelope: Envelope, *, checkpoint: bool = True) -> None:
+        """Route, waiting for mailbox room when its policy is BLOCK and it is full."""
         cell = self._cell(envelope)
-        if cell.mailbox.config.overflow is not Overflow.BLOCK:
-            self._route(envelope)
-            await trio.lowlevel.checkpoint()
-            return
         self._admit(cell, envelope)
-        with trio.move_on_at(envelope.deadline):
-            await cell.mailbox.wait_for_room()
-            self._queue(cell, envelope)
-            return
-        self._refuse(envelope, MailboxFull(envelope.target, cell.mailbox.config.capacity))
+        mailbox = cell.mailbox
+        if mailbox.full and mailbox.config.overflow is Overflow.BLOCK:
+            with trio.move_on_at(envelope.deadline):
+                await mailbox.wait_for_room()
+                self._queue(cell, envelope)
+                return
+            self._refuse(envelope, MailboxFull(envelope.target, mailbox.config.capacity))
+        self._queue(cell, envelope)
+        if checkpoint:
+            await trio.lowlevel.checkpoint()
 
     def _route(self, envelope: Envelope) -> None:
         cell = self._cell(envelope)
@@ -165,11 +156,20 @@ class Router:
 
     def _admit(self, cell: ActorCell, envelope: Envelope) -> None:
         path = envelope.target
-        if envelope.deadline <= trio.current_time():
+        deadline = envelope.deadline
+        if deadline != math.inf and deadline <= trio.current_time():
             self._refuse(envelope, DeadlineExceeded(path))
         if cell.stopped:
             self._refuse(envelope, ActorStopped(path))
-        state, ready = cell.status()
+        supervisor = cell.node.supervisor
+        try:
+            state, ready = (
+                supervisor.child_status(cell.name)
+                if supervisor is not None
+                else (ChildState.RESTARTING, False)
+            )
+        except ChildNotFound:
+            state, ready = ChildState.STOPPED, False
         if state is ChildState.RUNNING:
             if not ready:
                 self._refuse(envelope, NotReady(path, _NOT_READY_RETRY))
@@ -193,14 +193,14 @@ class Router:
 
     def _queue(self, cell: ActorCell, envelope: Envelope) -> None:
         outcome, evicted = cell.mailbox.offer(envelope)
-        if outcome is Offer.FULL:
-            self._refuse(envelope, MailboxFull(envelope.target, cell.mailbox.config.capacity))
-        if outcome is Offer.DROPPED_NEWEST:
+        if outcome is not Offer.ACCEPTED:
+            if outcome is Offer.FULL:
+                self._refuse(envelope, MailboxFull(envelope.target, cell.mailbox.config.capacity))
             self.rejected[(envelope.target, "mailbox_full")] += 1
             self.dead_letter(envelope, "mailbox_full", "dropped newest")
             return
         cell.in_flight += 1
-        self.routed[envelope.target] += 1
+        cell.routed += 1
         if evicted is not None:
             cell.in_flight -= 1
             if evicted.reply is not None:
@@ -210,3 +210,40 @@ class Router:
     def _refuse(self, envelope: Envelope, error: ActorError) -> NoReturn:
         self.rejected[(envelope.target, error.reason)] += 1
         raise error
+
+
+def _deadline(timeout: float) -> float:
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+    return trio.current_time() + timeout
+
+
+@attrs.define(eq=False)
+class AskTimers:
+    """Fails asks at their deadlines from one task, so that an ask costs a heap push
+    rather than a cancel scope of its own."""
+
+    _heap: list[tuple[float, int, Reply, ActorError]] = attrs.field(factory=list)
+    _scope: trio.CancelScope | None = None
+
+    def add(self, deadline: float, reply: Reply, error: ActorError) -> None:
+        heap = self._heap
+        if len(heap) > 4096 and len(heap) & 4095 == 0:
+            # Answered asks linger until their deadline; drop them now and then.
+            heap[:] = [entry for entry in heap if not entry[2].done]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, next_id(), reply, error))
+        scope = self._scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        heap = self._heap
+        while True:
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self._scope:
+                await trio.sleep_forever()
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, reply, error = heapq.heappop(heap)
+                reply.set_error(error)

@@ -394,12 +394,15 @@ async def open_runtime(*, config: RuntimeConfig | None = None) -> AsyncIterator[
     event bus. When the block ends, every actor is stopped in reverse order."""
     config = config if config is not None else RuntimeConfig()
     rng = random.Random(config.seed)
-    async with open_supervisor(
-        strategy=Strategy.ONE_FOR_ONE,
-        max_restarts=config.max_restarts,
-        period=config.period,
-        name="/",
-        rng=rng,
-    ) as root_supervisor:
-        root = _Subtree("/", supervisor=root_supervisor)
-        yield Runtime(config, root, rng)
+    async with trio.open_nursery() as services:
+        async with open_supervisor(
+            strategy=Strategy.ONE_FOR_ONE,
+            max_restarts=config.max_restarts,
+            period=config.period,
+            name="/",
+            rng=rng,
+        ) as root_supervisor:
+            runtime = Runtime(config, _Subtree("/", supervisor=root_supervisor), rng)
+            await services.start(runtime.router.timers.run)
+            yield runtime
+        services.cancel_scope.cancel()
