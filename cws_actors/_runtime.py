@@ -4,6 +4,7 @@ the event bus, composed and owned by ``open_runtime()``."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -394,15 +395,26 @@ async def open_runtime(*, config: RuntimeConfig | None = None) -> AsyncIterator[
     event bus. When the block ends, every actor is stopped in reverse order."""
     config = config if config is not None else RuntimeConfig()
     rng = random.Random(config.seed)
-    async with trio.open_nursery() as services:
-        async with open_supervisor(
-            strategy=Strategy.ONE_FOR_ONE,
-            max_restarts=config.max_restarts,
-            period=config.period,
-            name="/",
-            rng=rng,
-        ) as root_supervisor:
-            runtime = Runtime(config, _Subtree("/", supervisor=root_supervisor), rng)
-            await services.start(runtime.router.timers.run)
+    async with open_supervisor(
+        strategy=Strategy.ONE_FOR_ONE,
+        max_restarts=config.max_restarts,
+        period=config.period,
+        name="/",
+        rng=rng,
+    ) as root_supervisor:
+        runtime = Runtime(config, _Subtree("/", supervisor=root_supervisor), rng)
+        # The ask timers run in a system task rather than a nursery around the body, so
+        # that an exception of the body comes out of `async with` as itself, not grouped.
+        timers_scope = trio.CancelScope()
+
+        async def run_timers() -> None:
+            with timers_scope:
+                await runtime.router.timers.run()
+
+        trio.lowlevel.spawn_system_task(
+            run_timers, name="cws_actors ask timers", context=contextvars.copy_context()
+        )
+        try:
             yield runtime
-        services.cancel_scope.cancel()
+        finally:
+            timers_scope.cancel()

@@ -83,7 +83,7 @@ class _Child:
     run: _Run | None = None
     runs: int = 0
     restarts: int = 0
-    budget: deque[float] = attrs.field(factory=deque)
+    budget: deque[float] | None = None  # made on the first restart: most never need one
     attempt: int = 0
     backoff: float = 0.0
     last_exit: ExitReason | None = None
@@ -254,7 +254,7 @@ class Supervisor:
                     raise ValueError(
                         f"child {child_id!r} is not quarantined (it is {child.state.value})"
                     )
-                child.budget.clear()
+                child.budget = None
                 child.attempt = 0
                 return await self._start_or_raise(child)
         raise self._closed_error()
@@ -470,6 +470,8 @@ class Supervisor:
         them again."""
         now = trio.current_time()
         if child.spec.on_exhausted is OnExhausted.QUARANTINE:
+            if child.budget is None:
+                child.budget = deque()
             if _over_budget(child.budget, now, self.max_restarts, self.period):
                 child.state = ChildState.QUARANTINED
                 self._notify(child)

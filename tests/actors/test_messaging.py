@@ -172,3 +172,10 @@ async def test_unknown_and_stopped_targets(autojump_clock) -> None:
         assert reasons == [("stopped", "queued"), ("stopped", "queued ask")]
         with pytest.raises(ActorNotFound):
             runtime.lookup("/rec")
+
+
+async def test_an_exception_in_the_runtime_body_comes_out_as_itself() -> None:
+    with pytest.raises(KeyError):
+        async with open_runtime() as runtime:
+            await runtime.spawn(Recorder, name="rec")
+            raise KeyError("mine")
