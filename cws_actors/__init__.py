@@ -16,12 +16,17 @@ from supervision import Strategy as Strategy
 from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._actor import on_event as on_event
+from ._bus import BusBackend as BusBackend
 from ._bus import Event as Event
 from ._bus import EventBus as EventBus
+from ._bus import InMemoryBackend as InMemoryBackend
 from ._bus import Subscription as Subscription
 from ._bus import topic_matches as topic_matches
 from ._cell import HealthProbe as HealthProbe
 from ._deadletters import DeadLetter as DeadLetter
+from ._durable import EventStore as EventStore
+from ._durable import SQLiteEventStore as SQLiteEventStore
+from ._durable import StoredEvent as StoredEvent
 from ._envelope import Envelope as Envelope
 from ._envelope import Source as Source
 from ._envelope import current_envelope as current_envelope
@@ -54,13 +59,16 @@ __all__ = [
     "ActorStopped",
     "AskTimeout",
     "Backoff",
+    "BusBackend",
     "DeadLetter",
     "DeadlineExceeded",
     "Envelope",
     "Event",
     "EventBus",
+    "EventStore",
     "HandlerFailed",
     "HealthProbe",
+    "InMemoryBackend",
     "MailboxConfig",
     "MailboxFull",
     "MailboxStatistics",
@@ -73,7 +81,9 @@ __all__ = [
     "Restart",
     "Runtime",
     "RuntimeConfig",
+    "SQLiteEventStore",
     "Source",
+    "StoredEvent",
     "Strategy",
     "Subscription",
     "current_envelope",

@@ -6,12 +6,13 @@ import functools
 import math
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
 
-from ._envelope import Source, next_id
+from ._durable import EventStore
+from ._envelope import next_id
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-]+")
 
@@ -65,10 +66,13 @@ class Event:
     """Something that happened, published on ``topic``."""
 
     id: int
+    """Unique in this process; for a durable event, the store's id, stable across
+    restarts: handlers of durable topics deduplicate on it (delivery is at-least-once)."""
     topic: str
     payload: Any
     published_at: float
     source: str | None = None
+    durable: bool = False
 
 
 @attrs.define(eq=False)
@@ -105,6 +109,34 @@ class Subscription:
         self._receive.close()
 
 
+class BusBackend(Protocol):
+    """How events travel from publishers to this process's subscribers.
+
+    The bus hands every event to ``send``; the backend calls the ``deliver`` function
+    it was attached to for every event that reaches this process (its own included).
+    A broker backend (NATS JetStream, Redis Streams) plugs in here; actors do not change.
+    """
+
+    def attach(self, deliver: Callable[[Event], None]) -> None: ...
+
+    def send(self, event: Event) -> None: ...
+
+
+@attrs.define(eq=False)
+class InMemoryBackend:
+    """The embedded default: events reach this process's subscribers only."""
+
+    _deliver: Callable[[Event], None] | None = None
+
+    def attach(self, deliver: Callable[[Event], None]) -> None:
+        self._deliver = deliver
+
+    def send(self, event: Event) -> None:
+        if self._deliver is None:
+            raise RuntimeError("the in-memory bus backend is not attached to a bus")
+        self._deliver(event)
+
+
 @attrs.define(eq=False)
 class EventBus:
     """Publish and subscribe. Deliveries to actors go through ``deliver`` (the router's
@@ -112,23 +144,82 @@ class EventBus:
 
     _deliver: Callable[[str, Event], None]
     _drop: Callable[[Event, str], None]
+    backend: BusBackend = attrs.field(factory=InMemoryBackend)
+    store: EventStore | None = None
+    _durable: list[str] = attrs.field(factory=list, init=False)
     _actors: dict[str, tuple[str, ...]] = attrs.field(factory=dict, init=False)
     _streams: list[Subscription] = attrs.field(factory=list, init=False)
     _published: int = attrs.field(default=0, init=False)
 
-    def publish(self, topic: str, payload: Any = None, *, source: str | None = None) -> Event:
-        """Publish an event; return it. Never waits: a subscriber that cannot take it
-        now gets a dead letter instead."""
+    def __attrs_post_init__(self) -> None:
+        self.backend.attach(self._fan_out)
+
+    def declare_durable(self, pattern: str) -> None:
+        """Make the topics matching ``pattern`` durable: their events are stored before
+        ``publish`` returns and redelivered until each subscriber acknowledges them.
+
+        Raises:
+            ValueError: a bad pattern, or no event store (set ``RuntimeConfig.state_path``).
+        """
+        compile_pattern(pattern)
+        if self.store is None:
+            raise ValueError(
+                f"durable topic {pattern!r} needs an event store:"
+                " set RuntimeConfig(state_path=...) to a SQLite file"
+            )
+        if pattern not in self._durable:
+            self._durable.append(pattern)
+
+    def is_durable(self, topic: str) -> bool:
+        return any(topic_matches(pattern, topic) for pattern in self._durable)
+
+    def publish_nowait(
+        self, topic: str, payload: Any = None, *, source: str | None = None
+    ) -> Event:
+        """Publish an event and return it, without waiting: a subscriber that cannot
+        take it now gets a dead letter instead.
+
+        Raises:
+            ValueError: a bad topic, or a durable one (use ``await publish()``).
+        """
         check_topic(topic)
+        if self._durable and self.is_durable(topic):
+            raise ValueError(
+                f"topic {topic!r} is durable: use `await publish(...)`, which returns"
+                " once the event is stored"
+            )
         event = Event(next_id(), topic, payload, trio.current_time(), source)
         self._published += 1
+        self.backend.send(event)
+        return event
+
+    async def publish(self, topic: str, payload: Any = None, *, source: str | None = None) -> Event:
+        """Publish an event; for a durable topic, return once it is stored.
+
+        Raises:
+            ValueError: a bad topic.
+            TypeError: a durable event whose payload is not JSON-serializable.
+        """
+        check_topic(topic)
+        if not (self._durable and self.is_durable(topic)):
+            event = self.publish_nowait(topic, payload, source=source)
+            await trio.lowlevel.checkpoint()
+            return event
+        assert self.store is not None
+        stored = await self.store.append(topic, payload, source, self.subscribers(topic))
+        event = Event(stored.id, topic, payload, stored.published_at, source, durable=True)
+        self._published += 1
+        self.backend.send(event)
+        return event
+
+    def _fan_out(self, event: Event) -> None:
+        topic = event.topic
         for path, patterns in list(self._actors.items()):
             if any(topic_matches(p, topic) for p in patterns):
                 self._deliver(path, event)
         for stream in list(self._streams):
             if stream.matches(topic) and not stream.offer(event):
                 self._drop(event, "subscriber_full")
-        return event
 
     def subscribe_actor(self, path: str, patterns: tuple[str, ...]) -> None:
         for pattern in patterns:
@@ -160,6 +251,3 @@ class EventBus:
     @property
     def published(self) -> int:
         return self._published
-
-
-BUS_SOURCE = Source.BUS

@@ -15,9 +15,10 @@ from supervision import Probe, ProbeKind
 
 from ._actor import Actor, ActorRef
 from ._bus import Event
+from ._durable import EventStore
 from ._envelope import Envelope, Reply, Source, _current, next_id
 from ._exceptions import ActorRestarting, ActorStopped, HandlerFailed
-from ._mailbox import Mailbox
+from ._mailbox import Mailbox, Offer
 from ._ratelimit import RateLimit, TokenBucket
 
 if TYPE_CHECKING:
@@ -63,11 +64,14 @@ class ActorCell:
     shutdown: float
     ref: ActorRef
     router: Router
+    store: EventStore | None = None
     _buckets: dict[Source | None, TokenBucket] = attrs.field(factory=dict, init=False)
     in_flight: int = attrs.field(default=0, init=False)
     routed: int = attrs.field(default=0, init=False)
     actor: Actor | None = attrs.field(default=None, init=False)
     stopped: bool = attrs.field(default=False, init=False)
+    queued_durable: set[int] = attrs.field(factory=set, init=False)
+    """Ids of durable events in the mailbox, not to be queued twice by a redelivery."""
 
     def take_token(self, source: Source) -> float:
         """0.0 when admitted, else seconds until a token is there."""
@@ -131,10 +135,29 @@ class ActorCell:
         await actor.on_start()
         task_status.started(self.ref)
         try:
+            if self.store is not None and actor.event_handlers:
+                await self._redeliver()
             await self._serve(actor)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self.shutdown):
                 await actor.on_stop()
+
+    async def _redeliver(self) -> None:
+        """Queue this actor's unacknowledged durable events (after a crash of the actor
+        or of the whole runtime) that are not in its mailbox already."""
+        assert self.store is not None
+        for stored in await self.store.unacked(self.path):
+            if stored.id in self.queued_durable:
+                continue
+            event = Event(
+                stored.id, stored.topic, stored.payload, stored.published_at, stored.source,
+                durable=True,
+            )  # fmt: skip
+            outcome, _ = self.mailbox.offer(Envelope(next_id(), Source.BUS, self.path, event))
+            if outcome is not Offer.ACCEPTED:
+                break  # the rest wait for the next start; they stay unacknowledged
+            self.in_flight += 1
+            self.queued_durable.add(stored.id)
 
     async def _serve(self, actor: Actor) -> None:
         mailbox = self.mailbox
@@ -165,7 +188,13 @@ class ActorCell:
             try:
                 payload = envelope.payload
                 if envelope.source is Source.BUS and isinstance(payload, Event):
+                    if payload.durable:
+                        self.queued_durable.discard(payload.id)
                     await actor._dispatch_event(payload)
+                    if payload.durable and self.store is not None:
+                        # Shielded: a handled event whose ack is lost is handled twice.
+                        with trio.CancelScope(shield=True):
+                            await self.store.ack(payload.id, self.path)
                     result = None
                 else:
                     result = await actor.receive(payload)

@@ -102,9 +102,13 @@ class Router:
         """Route a bus event; a refusal becomes a dead letter (nobody waits for it)."""
         envelope = Envelope(next_id(), Source.BUS, path, event)
         try:
-            self._route(envelope)
+            cell = self._route(envelope)
         except ActorError as error:
+            # A durable event stays unacknowledged: the actor's next start redelivers it.
             self.dead_letter(envelope, error.reason, str(error))
+        else:
+            if event.durable:
+                cell.queued_durable.add(event.id)
 
     def expired(self, envelope: Envelope) -> None:
         """An envelope whose deadline passed in the mailbox."""
@@ -141,10 +145,11 @@ class Router:
         if checkpoint:
             await trio.lowlevel.checkpoint()
 
-    def _route(self, envelope: Envelope) -> None:
+    def _route(self, envelope: Envelope) -> ActorCell:
         cell = self._cell(envelope)
         self._admit(cell, envelope)
         self._queue(cell, envelope)
+        return cell
 
     def _cell(self, envelope: Envelope) -> ActorCell:
         cell = self.cells.get(envelope.target)

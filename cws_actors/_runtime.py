@@ -29,6 +29,7 @@ from ._actor import Actor, ActorRef
 from ._bus import Event, EventBus
 from ._cell import ActorCell, HealthProbe
 from ._deadletters import DeadLetter, DeadLetterLog
+from ._durable import EventStore, SQLiteEventStore
 from ._envelope import Envelope, Source, next_id
 from ._exceptions import ActorNotFound, ActorStopped
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
@@ -49,6 +50,7 @@ class RuntimeConfig:
         dead_letter_events: the rate at which dead letters are also published on
             ``system.dead_letter`` (beyond it they are only logged).
         seed: seeds the backoff jitter of every supervisor, for reproducible runs.
+        state_path, durable_topics: see below.
     """
 
     max_restarts: int = 10
@@ -56,6 +58,10 @@ class RuntimeConfig:
     dead_letter_capacity: int = 10_000
     dead_letter_events: RateLimit = attrs.field(factory=lambda: RateLimit(100, 100))
     seed: int | None = None
+    state_path: str | None = None
+    """The SQLite file of durable events (created with mode 0600); None: no durable topics."""
+    durable_topics: tuple[str, ...] = ()
+    """Topic patterns declared durable when the runtime opens."""
 
 
 @attrs.frozen
@@ -129,6 +135,7 @@ class Runtime:
     config: RuntimeConfig
     _root: _Subtree
     _rng: random.Random
+    _store: EventStore | None = None
     router: Router = attrs.field(init=False)
     bus: EventBus = attrs.field(init=False)
     _subtrees: dict[str, _Subtree] = attrs.field(factory=dict, init=False)
@@ -140,7 +147,9 @@ class Runtime:
             dead_letters=DeadLetterLog(self.config.dead_letter_capacity),
             on_dead_letter=self._publish_dead_letter,
         )
-        self.bus = EventBus(self.router.deliver_event, self._drop_event)
+        self.bus = EventBus(self.router.deliver_event, self._drop_event, store=self._store)
+        for pattern in self.config.durable_topics:
+            self.bus.declare_durable(pattern)
         limit = self.config.dead_letter_events
         self._dead_letter_bucket = TokenBucket(limit.rate, limit.burst)
 
@@ -184,6 +193,7 @@ class Runtime:
             shutdown=shutdown,
             ref=ActorRef(self, path),
             router=self.router,
+            store=self._store,
         )
         spec = ChildSpec(
             name,
@@ -371,9 +381,15 @@ class Runtime:
         """The latest dead letters, oldest first."""
         return self.router.dead_letters.entries()
 
-    def publish(self, topic: str, payload: Any = None, *, source: str | None = None) -> Event:
-        """Publish an event on the bus (see :meth:`EventBus.publish`)."""
-        return self.bus.publish(topic, payload, source=source)
+    def publish_nowait(
+        self, topic: str, payload: Any = None, *, source: str | None = None
+    ) -> Event:
+        """Publish an event without waiting (see :meth:`EventBus.publish_nowait`)."""
+        return self.bus.publish_nowait(topic, payload, source=source)
+
+    async def publish(self, topic: str, payload: Any = None, *, source: str | None = None) -> Event:
+        """Publish an event; a durable one is stored first (see :meth:`EventBus.publish`)."""
+        return await self.bus.publish(topic, payload, source=source)
 
     # ----------------------------------------------------------------- dead letters
 
@@ -386,7 +402,7 @@ class Runtime:
         if isinstance(payload, Event) and payload.topic == DEAD_LETTER_TOPIC:
             return  # a dead letter about a dead letter is only logged
         if self._dead_letter_bucket.take() == 0.0:
-            self.bus.publish(DEAD_LETTER_TOPIC, letter.as_dict(), source="router")
+            self.bus.publish_nowait(DEAD_LETTER_TOPIC, letter.as_dict(), source="router")
 
 
 @contextlib.asynccontextmanager
@@ -395,26 +411,33 @@ async def open_runtime(*, config: RuntimeConfig | None = None) -> AsyncIterator[
     event bus. When the block ends, every actor is stopped in reverse order."""
     config = config if config is not None else RuntimeConfig()
     rng = random.Random(config.seed)
-    async with open_supervisor(
-        strategy=Strategy.ONE_FOR_ONE,
-        max_restarts=config.max_restarts,
-        period=config.period,
-        name="/",
-        rng=rng,
-    ) as root_supervisor:
-        runtime = Runtime(config, _Subtree("/", supervisor=root_supervisor), rng)
-        # The ask timers run in a system task rather than a nursery around the body, so
-        # that an exception of the body comes out of `async with` as itself, not grouped.
-        timers_scope = trio.CancelScope()
+    store = await SQLiteEventStore.open(config.state_path) if config.state_path else None
+    try:
+        async with open_supervisor(
+            strategy=Strategy.ONE_FOR_ONE,
+            max_restarts=config.max_restarts,
+            period=config.period,
+            name="/",
+            rng=rng,
+        ) as root_supervisor:
+            root = _Subtree("/", supervisor=root_supervisor)
+            runtime = Runtime(config, root, rng, store)
+            # The ask timers run in a system task rather than in a nursery around the
+            # body, so that an exception of the body comes out of `async with` as itself.
+            timers_scope = trio.CancelScope()
 
-        async def run_timers() -> None:
-            with timers_scope:
-                await runtime.router.timers.run()
+            async def run_timers() -> None:
+                with timers_scope:
+                    await runtime.router.timers.run()
 
-        trio.lowlevel.spawn_system_task(
-            run_timers, name="cws_actors ask timers", context=contextvars.copy_context()
-        )
-        try:
-            yield runtime
-        finally:
-            timers_scope.cancel()
+            trio.lowlevel.spawn_system_task(
+                run_timers, name="cws_actors ask timers", context=contextvars.copy_context()
+            )
+            try:
+                yield runtime
+            finally:
+                timers_scope.cancel()
+    finally:
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()

@@ -72,7 +72,7 @@ async def test_actors_receive_the_events_their_handlers_declare(autojump_clock) 
         for n, topic in enumerate(
             ["instance.started", "volume.terminated", "instance.terminated", "other.thing"]
         ):
-            runtime.publish(topic, n)
+            runtime.publish_nowait(topic, n)
         await trio.testing.wait_all_tasks_blocked()
         assert seen == [
             ("instance", 0),
@@ -91,7 +91,7 @@ async def test_a_slow_subscriber_blocks_neither_publisher_nor_others(autojump_cl
         await runtime.spawn(lambda: Watcher(slow_seen, gate), name="slow", mailbox=MailboxConfig(5))
         await runtime.spawn(lambda: Watcher(fast_seen), name="fast")
         for n in range(20):
-            runtime.publish("instance.started", n)  # never waits
+            runtime.publish_nowait("instance.started", n)  # never waits
         await trio.testing.wait_all_tasks_blocked()
         assert fast_seen == [("instance", n) for n in range(20)]  # in order, all of them
         gate.set()
@@ -108,7 +108,7 @@ async def test_events_respect_rate_limits_and_readiness(autojump_clock) -> None:
     async with open_runtime() as runtime:
         await runtime.spawn(lambda: actor, name="limited", rate_limit=RateLimit(1, 2))
         for n in range(4):
-            runtime.publish("instance.started", n)
+            runtime.publish_nowait("instance.started", n)
         await trio.testing.wait_all_tasks_blocked()
         assert seen == [("instance", 0), ("instance", 1)]
         reasons = [d.reason for d in runtime.dead_letters()]
@@ -123,7 +123,7 @@ async def test_events_respect_rate_limits_and_readiness(autojump_clock) -> None:
             name="unready",
             probes=[HealthProbe(ProbeKind.READINESS, period=1)],
         )
-        runtime.publish("x.terminated", "nobody ready")
+        runtime.publish_nowait("x.terminated", "nobody ready")
         assert runtime.dead_letters()[-1].reason == "not_ready"
 
 
@@ -139,7 +139,7 @@ async def test_dead_letters_are_published_on_system_dead_letter(autojump_clock) 
         gate = trio.Event()
         await runtime.spawn(lambda: Watcher([], gate), name="w2", mailbox=MailboxConfig(1))
         for n in range(3):
-            runtime.publish("instance.started", n)
+            runtime.publish_nowait("instance.started", n)
         await trio.testing.wait_all_tasks_blocked()
         event = stream._receive.receive_nowait()
         assert event.topic == "system.dead_letter"
