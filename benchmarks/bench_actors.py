@@ -70,6 +70,76 @@ async def tell_throughput(n: int) -> float:
         return n / (time.perf_counter() - began)
 
 
+async def raw_batched_drain(n: int) -> float:
+    send, receive = trio.open_memory_channel[Any](n)
+    began = time.perf_counter()
+    for i in range(n):
+        send.send_nowait(i)
+    received = 0
+    while received < n:
+        try:
+            receive.receive_nowait()
+            received += 1
+        except trio.WouldBlock:
+            await trio.lowlevel.checkpoint()
+    return n / (time.perf_counter() - began)
+
+
+async def batched_tell(n: int) -> float:
+    """Bursts of tell() (no checkpoint) into a big mailbox, drained in batches."""
+    async with open_runtime() as runtime:
+        actor = Counter()
+        actor.target = n
+        ref = await runtime.spawn(lambda: actor, name="counter", mailbox=MailboxConfig(n))
+        began = time.perf_counter()
+        for i in range(n):
+            ref.tell(i)
+        await actor.done.wait()
+        return n / (time.perf_counter() - began)
+
+
+def pykka_ask_rate(n: int) -> float | None:
+    try:
+        import pykka
+    except ImportError:
+        return None
+
+    class Echo(pykka.ThreadingActor):  # type: ignore[misc]
+        def on_receive(self, message: Any) -> Any:
+            return message
+
+    ref = Echo.start()
+    try:
+        began = time.perf_counter()
+        for i in range(n):
+            ref.ask(i)
+        return n / (time.perf_counter() - began)
+    finally:
+        ref.stop()
+
+
+def thespian_ask_rate(n: int) -> float | None:
+    try:
+        from thespian.actors import Actor as ThespianActor
+        from thespian.actors import ActorSystem
+    except ImportError:
+        return None
+
+    class Echo(ThespianActor):  # type: ignore[misc]
+        def receiveMessage(self, message: Any, sender: Any) -> None:
+            self.send(sender, message)
+
+    system = ActorSystem("simpleSystemBase")
+    try:
+        echo = system.createActor(Echo)
+        began = time.perf_counter()
+        for i in range(n):
+            system.ask(echo, i, 5)
+        return n / (time.perf_counter() - began)
+    finally:
+        system.shutdown()
+
+
 async def raw_ping_pong(n: int) -> float:
     to_server, server_inbox = trio.open_memory_channel[Any](0)
     to_client, client_inbox = trio.open_memory_channel[Any](0)
@@ -120,7 +190,7 @@ async def bus_fanout(subscribers: int, events: int) -> float:
         Subscriber.received = 0
         began = time.perf_counter()
         for i in range(events):
-            runtime.publish("bench.tick", i)
+            runtime.publish_nowait("bench.tick", i)
         while Subscriber.received < subscribers * events:
             await trio.lowlevel.checkpoint()
         return subscribers * events / (time.perf_counter() - began)
@@ -144,10 +214,38 @@ async def main(messages: int, asks: int, actors: int) -> dict[str, Any]:
     figures["ask_per_s"] = await ask_rate(asks)
     figures["raw_ping_pong_per_s"] = await raw_ping_pong(asks)
     figures["ask_ratio"] = figures["ask_per_s"] / figures["raw_ping_pong_per_s"]
+    figures["batched_tell_per_s"] = await batched_tell(messages)
+    figures["raw_batched_drain_per_s"] = await raw_batched_drain(messages)
+    figures["batched_ratio"] = figures["batched_tell_per_s"] / figures["raw_batched_drain_per_s"]
     figures["bytes_per_idle_actor"], figures["spawn_us"] = await idle_actors(actors)
     figures["bus_deliveries_per_s"] = await bus_fanout(100, 1000)
     figures["router_us_per_tell"] = await router_overhead(100_000)
     return figures
+
+
+def report(r: dict[str, Any]) -> str:
+    def peer(name: str) -> str:
+        rate = r[f"{name}_ask_per_s"]
+        if rate is None:
+            return f"{name} ask: not installed (pip install -e '.[bench]')"
+        return f"{name} ask: {rate:,.0f}/s; ours is {r['ask_per_s'] / rate:.1f}x"
+
+    return "\n".join(
+        [
+            f"tell: {r['tell_per_s']:,.0f} msg/s vs raw Trio channel"
+            f" {r['raw_channel_per_s']:,.0f} msg/s: ratio {r['tell_ratio']:.2f}",
+            f"batched drain: {r['batched_tell_per_s']:,.0f} msg/s vs raw Trio"
+            f" send_nowait/receive_nowait {r['raw_batched_drain_per_s']:,.0f} msg/s:"
+            f" ratio {r['batched_ratio']:.2f}",
+            f"ask: {r['ask_per_s']:,.0f}/s vs raw Trio ping-pong"
+            f" {r['raw_ping_pong_per_s']:,.0f}/s: ratio {r['ask_ratio']:.2f}",
+            peer("pykka"),
+            peer("thespian"),
+            f"idle actor: {r['bytes_per_idle_actor']:,.0f} bytes, spawn {r['spawn_us']:.1f} us",
+            f"bus fan-out (1 publisher, 100 actors): {r['bus_deliveries_per_s']:,.0f} deliveries/s",
+            f"router: {r['router_us_per_tell']:.2f} us per tell (checks + queueing)",
+        ]
+    )
 
 
 if __name__ == "__main__":
@@ -158,23 +256,10 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
     result = trio.run(main, arguments.messages, arguments.asks, arguments.actors)
+    # Peers, in the same process right after: they run on threads, not on Trio.
+    result["pykka_ask_per_s"] = pykka_ask_rate(min(arguments.asks, 20_000))
+    result["thespian_ask_per_s"] = thespian_ask_rate(arguments.asks)
     if arguments.json:
         print(json.dumps(result, indent=2))
     else:
-        print(
-            f"tell: {result['tell_per_s']:,.0f} msg/s vs raw Trio channel"
-            f" {result['raw_channel_per_s']:,.0f} msg/s: ratio {result['tell_ratio']:.2f}"
-        )
-        print(
-            f"ask: {result['ask_per_s']:,.0f}/s vs raw Trio ping-pong"
-            f" {result['raw_ping_pong_per_s']:,.0f}/s: ratio {result['ask_ratio']:.2f}"
-        )
-        print(
-            f"idle actor: {result['bytes_per_idle_actor']:,.0f} bytes,"
-            f" spawn {result['spawn_us']:.1f} us"
-        )
-        print(
-            f"bus fan-out (1 publisher, 100 actors): {result['bus_deliveries_per_s']:,.0f}"
-            " deliveries/s"
-        )
-        print(f"router: {result['router_us_per_tell']:.2f} us per tell (checks + queueing)")
+        print(report(result))

@@ -66,6 +66,8 @@ class Router:
     ) -> None:
         deadline = math.inf if timeout == math.inf else _deadline(timeout)
         envelope = Envelope(next_id(), source, path, payload, None, deadline, correlation_id)
+        if timeout == 0:
+            self._refuse(envelope, DeadlineExceeded(path))
         self._route(envelope)
 
     async def send(
@@ -79,6 +81,8 @@ class Router:
     ) -> None:
         deadline = math.inf if timeout == math.inf else _deadline(timeout)
         envelope = Envelope(next_id(), source, path, payload, None, deadline, correlation_id)
+        if timeout == 0:
+            self._refuse(envelope, DeadlineExceeded(path))
         await self._route_waiting(envelope)
 
     async def ask(
@@ -93,9 +97,11 @@ class Router:
         reply = Reply()
         deadline = math.inf if timeout == math.inf else _deadline(timeout)
         envelope = Envelope(next_id(), source, path, payload, reply, deadline, correlation_id)
+        if timeout == 0:
+            self._refuse(envelope, DeadlineExceeded(path))
         await self._route_waiting(envelope, checkpoint=False)
-        if envelope.deadline != math.inf:
-            self.timers.add(envelope.deadline, reply, AskTimeout(path, timeout))
+        if deadline != math.inf:
+            self.timers.add(deadline, reply, path, timeout)
         return await reply.wait()
 
     def deliver_event(self, path: str, event: Event) -> None:
@@ -160,10 +166,9 @@ class Router:
         return cell
 
     def _admit(self, cell: ActorCell, envelope: Envelope) -> None:
+        # Every entry point builds its envelope fresh and refuses a zero timeout, so
+        # the deadline is in the future here; expiry in the mailbox is the cell's check.
         path = envelope.target
-        deadline = envelope.deadline
-        if deadline != math.inf and deadline <= trio.current_time():
-            self._refuse(envelope, DeadlineExceeded(path))
         if cell.stopped:
             self._refuse(envelope, ActorStopped(path))
         supervisor = cell.node.supervisor
@@ -228,16 +233,16 @@ class AskTimers:
     """Fails asks at their deadlines from one task, so that an ask costs a heap push
     rather than a cancel scope of its own."""
 
-    _heap: list[tuple[float, int, Reply, ActorError]] = attrs.field(factory=list)
+    _heap: list[tuple[float, int, Reply, str, float]] = attrs.field(factory=list)
     _scope: trio.CancelScope | None = None
 
-    def add(self, deadline: float, reply: Reply, error: ActorError) -> None:
+    def add(self, deadline: float, reply: Reply, path: str, timeout: float) -> None:
         heap = self._heap
         if len(heap) > 4096 and len(heap) & 4095 == 0:
             # Answered asks linger until their deadline; drop them now and then.
             heap[:] = [entry for entry in heap if not entry[2].done]
             heapq.heapify(heap)
-        heapq.heappush(heap, (deadline, next_id(), reply, error))
+        heapq.heappush(heap, (deadline, next_id(), reply, path, timeout))
         scope = self._scope
         if scope is not None and deadline < scope.deadline:
             scope.deadline = deadline
@@ -250,5 +255,6 @@ class AskTimers:
                 await trio.sleep_forever()
             now = trio.current_time()
             while heap and heap[0][0] <= now:
-                _, _, reply, error = heapq.heappop(heap)
-                reply.set_error(error)
+                _, _, reply, path, timeout = heapq.heappop(heap)
+                if not reply.done:
+                    reply.set_error(AskTimeout(path, timeout))
