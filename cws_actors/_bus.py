@@ -103,6 +103,14 @@ class Subscription:
     async def receive(self) -> Event:
         return await self._receive.receive()
 
+    def receive_nowait(self) -> Event:
+        """The next buffered event.
+
+        Raises:
+            trio.WouldBlock: none is buffered.
+        """
+        return self._receive.receive_nowait()
+
     def close(self) -> None:
         self._close(self)
         self._send.close()

@@ -299,8 +299,10 @@ class Runtime:
         for cell in cells:
             cell.stopped = True
             self.bus.unsubscribe_actor(cell.path)
-        if subtree is None and cells:
-            await cells[0].park(cells[0].shutdown)
+        if subtree is None and cells and parent.supervisor is not None:
+            state, _ = parent.supervisor.child_status(name)
+            if state is ChildState.RUNNING:  # let the handler in flight finish first
+                await cells[0].park(cells[0].shutdown)
         parent.specs.pop(name, None)
         if parent.supervisor is not None:
             with contextlib.suppress(LookupError):

@@ -141,9 +141,32 @@ async def test_dead_letters_are_published_on_system_dead_letter(autojump_clock) 
         for n in range(3):
             runtime.publish_nowait("instance.started", n)
         await trio.testing.wait_all_tasks_blocked()
-        event = stream._receive.receive_nowait()
+        event = stream.receive_nowait()
         assert event.topic == "system.dead_letter"
         assert event.payload["reason"] == "mailbox_full"
         assert event.payload["target"] == "/w2"
+        stream.close()
+        gate.set()
+
+
+async def test_dead_letter_events_are_rate_limited(autojump_clock) -> None:
+    from cws_actors import RuntimeConfig
+
+    config = RuntimeConfig(dead_letter_events=RateLimit(1, 2))
+    async with open_runtime(config=config) as runtime:
+        stream = runtime.bus.subscribe("system.dead_letter")
+        gate = trio.Event()
+        await runtime.spawn(lambda: Watcher([], gate), name="w", mailbox=MailboxConfig(1))
+        for n in range(6):
+            runtime.publish_nowait("instance.started", n)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(runtime.dead_letters()) == 5  # all logged...
+        published = []
+        while True:
+            try:
+                published.append(stream.receive_nowait())
+            except trio.WouldBlock:
+                break
+        assert len(published) == 2  # ...but only the burst is published
         stream.close()
         gate.set()

@@ -179,3 +179,17 @@ async def test_an_exception_in_the_runtime_body_comes_out_as_itself() -> None:
         async with open_runtime() as runtime:
             await runtime.spawn(Recorder, name="rec")
             raise KeyError("mine")
+
+
+async def test_stopping_a_restarting_actor_does_not_wait_for_it(autojump_clock) -> None:
+    async with open_runtime() as runtime:
+        ref = await runtime.spawn(
+            Recorder, name="rec", backoff=Backoff(50, 50, jitter=Jitter.NONE), shutdown=5
+        )
+        with pytest.raises(HandlerFailed):
+            await ref.ask("boom")
+        await trio.testing.wait_all_tasks_blocked()
+        await runtime.stop("/rec")
+        assert trio.current_time() == 0.0
+        with pytest.raises(ActorStopped):
+            ref.tell("x")
