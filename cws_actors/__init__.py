@@ -40,9 +40,37 @@ from ._exceptions import HandlerFailed as HandlerFailed
 from ._exceptions import MailboxFull as MailboxFull
 from ._exceptions import NotReady as NotReady
 from ._exceptions import RateLimited as RateLimited
+from ._host import DiscoveredPlugin as DiscoveredPlugin
+from ._host import HostConfig as HostConfig
+from ._host import PluginError as PluginError
+from ._host import PluginHost as PluginHost
+from ._host import PluginNotFound as PluginNotFound
+from ._host import PluginRefused as PluginRefused
+from ._host import PluginStatus as PluginStatus
+from ._host import open_plugin_host as open_plugin_host
 from ._mailbox import MailboxConfig as MailboxConfig
 from ._mailbox import MailboxStatistics as MailboxStatistics
 from ._mailbox import Overflow as Overflow
+from ._manifest import Manifest as Manifest
+from ._manifest import ManifestError as ManifestError
+from ._plugin import PLUGIN_API_VERSION as PLUGIN_API_VERSION
+from ._plugin import APIEndpointSpec as APIEndpointSpec
+from ._plugin import APIRequest as APIRequest
+from ._plugin import APIResult as APIResult
+from ._plugin import Capabilities as Capabilities
+from ._plugin import CLICommandSpec as CLICommandSpec
+from ._plugin import CLIFlagSpec as CLIFlagSpec
+from ._plugin import CommandResult as CommandResult
+from ._plugin import EventHandlerSpec as EventHandlerSpec
+from ._plugin import Health as Health
+from ._plugin import HealthStatus as HealthStatus
+from ._plugin import Isolation as Isolation
+from ._plugin import Plugin as Plugin
+from ._plugin import PluginContext as PluginContext
+from ._plugin import PluginMetadata as PluginMetadata
+from ._plugin import ResourceLimits as ResourceLimits
+from ._plugin_actor import PluginCallFailed as PluginCallFailed
+from ._plugin_actor import PluginCrashed as PluginCrashed
 from ._ratelimit import RateLimit as RateLimit
 from ._runtime import ActorSnapshot as ActorSnapshot
 from ._runtime import Runtime as Runtime
@@ -50,6 +78,9 @@ from ._runtime import RuntimeConfig as RuntimeConfig
 from ._runtime import open_runtime as open_runtime
 
 __all__ = [
+    "APIEndpointSpec",
+    "APIRequest",
+    "APIResult",
     "Actor",
     "ActorError",
     "ActorNotFound",
@@ -60,24 +91,48 @@ __all__ = [
     "AskTimeout",
     "Backoff",
     "BusBackend",
+    "CLICommandSpec",
+    "CLIFlagSpec",
+    "Capabilities",
+    "CommandResult",
     "DeadLetter",
     "DeadlineExceeded",
+    "DiscoveredPlugin",
     "Envelope",
     "Event",
     "EventBus",
+    "EventHandlerSpec",
     "EventStore",
     "HandlerFailed",
+    "Health",
     "HealthProbe",
+    "HealthStatus",
+    "HostConfig",
     "InMemoryBackend",
+    "Isolation",
     "MailboxConfig",
     "MailboxFull",
     "MailboxStatistics",
+    "Manifest",
+    "ManifestError",
     "NotReady",
     "OnExhausted",
     "Overflow",
+    "PLUGIN_API_VERSION",
+    "Plugin",
+    "PluginCallFailed",
+    "PluginContext",
+    "PluginCrashed",
+    "PluginError",
+    "PluginHost",
+    "PluginMetadata",
+    "PluginNotFound",
+    "PluginRefused",
+    "PluginStatus",
     "ProbeKind",
     "RateLimit",
     "RateLimited",
+    "ResourceLimits",
     "Restart",
     "Runtime",
     "RuntimeConfig",
@@ -88,6 +143,7 @@ __all__ = [
     "Subscription",
     "current_envelope",
     "on_event",
+    "open_plugin_host",
     "open_runtime",
     "topic_matches",
 ]

@@ -6,6 +6,8 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import trio
+
 from ._envelope import Envelope, Source, current_envelope
 
 if TYPE_CHECKING:
@@ -53,7 +55,11 @@ class Actor:
     """
 
     event_handlers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    background_tasks: ClassVar[bool] = False
+    """Set True to get ``self.nursery``: tasks that live as long as this run of the
+    actor; one that raises crashes the actor like a handler would."""
     _ref: ActorRef | None = None
+    _nursery: trio.Nursery | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -74,6 +80,19 @@ class Actor:
     @property
     def path(self) -> str:
         return self.ref.path
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """This run's nursery (only with ``background_tasks = True``)."""
+        if self._nursery is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.nursery needs `background_tasks = True` on the class"
+            )
+        return self._nursery
+
+    def subscriptions(self) -> tuple[str, ...]:
+        """The topic patterns this actor receives (from its ``@on_event`` handlers)."""
+        return tuple(dict.fromkeys(p for group in self.event_handlers.values() for p in group))
 
     @property
     def envelope(self) -> Envelope:

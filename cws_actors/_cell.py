@@ -132,10 +132,27 @@ class ActorCell:
             )
         actor._ref = self.ref
         self.actor = actor
+        if not actor.background_tasks:
+            await self._run_actor(actor, task_status)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                actor._nursery = nursery
+                await self._run_actor(actor, task_status)
+        except BaseExceptionGroup as group:
+            # One failure (a handler or a background task): record it as itself.
+            # One failure, perhaps seen by two tasks (a dead plugin process breaks both
+            # its pipe and its watcher): record it as itself.
+            _, rest = group.split(trio.Cancelled)
+            if rest is not None and len({type(e) for e in rest.exceptions}) == 1:
+                raise rest.exceptions[0] from None
+            raise
+
+    async def _run_actor(self, actor: Actor, task_status: trio.TaskStatus[Any]) -> None:
         await actor.on_start()
         task_status.started(self.ref)
         try:
-            if self.store is not None and actor.event_handlers:
+            if self.store is not None and actor.subscriptions():
                 await self._redeliver()
             await self._serve(actor)
         finally:

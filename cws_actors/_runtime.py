@@ -207,9 +207,7 @@ class Runtime:
         await self._start_child(node, spec)
         self.router.cells[path] = cell
         self.router.tombstones.pop(path, None)
-        actor = cell.actor
-        patterns = actor.event_handlers.values() if actor is not None else ()
-        topics = tuple(dict.fromkeys(t for group in patterns for t in group))
+        topics = cell.actor.subscriptions() if cell.actor is not None else ()
         if topics:
             self.bus.subscribe_actor(path, topics)
         return cell.ref

@@ -1,0 +1,551 @@
+"""The plugin host: discovery, loading as supervised actors, and management."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import shlex
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervision import ChildState, ProbeKind
+
+from ._cell import HealthProbe
+from ._exceptions import ActorError
+from ._loader import PluginImportError, load_plugin_class
+from ._manifest import Manifest, ManifestError, load_manifest
+from ._plugin import (
+    APIEndpointSpec,
+    APIRequest,
+    APIResult,
+    CLICommandSpec,
+    CommandResult,
+    Isolation,
+    Plugin,
+    PluginMetadata,
+    api_version_problem,
+)
+from ._plugin_actor import (
+    InProcessDriver,
+    PluginActor,
+    PluginCall,
+    PluginCounters,
+    PluginDriver,
+    PluginLaunch,
+    SubprocessDriver,
+)
+from ._runtime import Runtime
+from ._state import StateStore
+
+ENTRY_POINT_GROUP = "cws_actors.plugins"
+PLUGINS_PATH = "/plugins"
+
+
+class PluginError(Exception):
+    """Base of the plugin host's errors; the message says what to do."""
+
+
+class PluginNotFound(PluginError, LookupError):
+    """No plugin of that name was discovered."""
+
+
+class PluginRefused(PluginError):
+    """The plugin cannot load here (incompatible API version, bad manifest, broken code,
+    disabled, unsigned under ``require_signed``...); ``reason`` says which."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"plugin {name!r} refused: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+@attrs.frozen
+class DiscoveredPlugin:
+    """A plugin found by discovery, loadable or not (``problem`` says why not)."""
+
+    name: str
+    version: str
+    source: str
+    """``entry_point``, ``user`` or ``system``."""
+    location: str
+    isolation: Isolation
+    manifest: Manifest | None = None
+    plugin_class: type[Plugin] | None = None
+    problem: str | None = None
+
+
+@attrs.frozen
+class PluginStatus:
+    name: str
+    version: str
+    source: str
+    isolation: str
+    enabled: bool
+    loaded: bool
+    state: str
+    """``not_loaded``, ``refused`` or the actor's state (``running``, ``restarting``...)."""
+    ready: bool
+    restarts: int
+    last_exit: str | None
+    calls: int
+    errors: int
+    events: int
+    last_error: str | None
+    problem: str | None
+    path: str | None
+
+
+@attrs.frozen
+class HostConfig:
+    """Where plugins live and how the operator overrides them.
+
+    ``overrides`` maps a plugin name to ``{"config": {...}, "isolation": "subprocess"}``.
+    """
+
+    home: Path
+    system_dir: Path = Path("/usr/lib/cws/plugins")
+    entry_points: bool = True
+    overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    probe_period: float | None = None
+
+
+@attrs.define(eq=False)
+class _Loaded:
+    discovered: DiscoveredPlugin
+    launch: PluginLaunch
+    counters: PluginCounters
+    path: str
+
+
+@attrs.define(eq=False)
+class PluginHost:
+    """Open with :func:`open_plugin_host`."""
+
+    runtime: Runtime
+    config: HostConfig
+    state: StateStore
+    _discovered: dict[str, DiscoveredPlugin] = attrs.field(factory=dict)
+    _loaded: dict[str, _Loaded] = attrs.field(factory=dict)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+
+    @property
+    def user_dir(self) -> Path:
+        return self.config.home / "plugins"
+
+    # ------------------------------------------------------------------ discovery
+
+    async def discover(self) -> list[DiscoveredPlugin]:
+        """Scan the entry points, the user folder and the system folder. A broken or
+        incompatible plugin is listed with its ``problem``; it never hides the others.
+        The user folder wins over the system folder, both over entry points."""
+        found: dict[str, DiscoveredPlugin] = {}
+        if self.config.entry_points:
+            for plugin in _from_entry_points():
+                found[plugin.name] = plugin
+        for source, folder in (("system", self.config.system_dir), ("user", self.user_dir)):
+            for plugin in await trio.to_thread.run_sync(_from_folder, folder, source):
+                found[plugin.name] = plugin
+        self._discovered = found
+        return sorted(found.values(), key=lambda plugin: plugin.name)
+
+    # ------------------------------------------------------------------ loading
+
+    async def load(self, name: str) -> PluginStatus:
+        """Start the plugin as a supervised actor at ``/plugins/<name>``.
+
+        Raises:
+            PluginNotFound: not discovered.
+            PluginRefused: disabled, incompatible, broken, or failing to start.
+        """
+        async with self._lock:
+            await self._load(name)
+        return await self.status(name)
+
+    async def load_all(self) -> dict[str, str | None]:
+        """Load every enabled plugin; return each one's problem (None when loaded)."""
+        results: dict[str, str | None] = {}
+        await self.discover()
+        records = await self.state.plugins()
+        for name in sorted(self._discovered):
+            record = records.get(name)
+            if record is not None and not record.enabled:
+                results[name] = "disabled"
+                continue
+            try:
+                await self.load(name)
+                results[name] = None
+            except PluginError as exc:
+                results[name] = str(exc)
+        return results
+
+    async def _load(self, name: str) -> None:
+        if name in self._loaded:
+            return
+        discovered = self._discovered.get(name)
+        if discovered is None:
+            await self.discover()
+            discovered = self._discovered.get(name)
+        if discovered is None:
+            raise PluginNotFound(f"no plugin named {name!r} was discovered")
+        if discovered.problem is not None:
+            raise PluginRefused(name, discovered.problem)
+        record = (await self.state.plugins()).get(name)
+        if record is not None and not record.enabled:
+            raise PluginRefused(name, "it is disabled; enable it first")
+        launch, manifest = self._launch(discovered)
+        counters = PluginCounters()
+        path = f"{PLUGINS_PATH}/{name}"
+        period = self.config.probe_period or manifest.probe_period
+
+        def make_driver() -> PluginDriver:
+            if launch.metadata.isolation is Isolation.SUBPROCESS:
+                return SubprocessDriver(launch, self.runtime.publish, counters)
+            return InProcessDriver(launch, self.runtime.publish)
+
+        try:
+            await self.runtime.spawn(
+                lambda: PluginActor(launch, make_driver, counters),
+                name=name,
+                parent=PLUGINS_PATH,
+                restart=manifest.restart,
+                mailbox=manifest.mailbox,
+                rate_limit=manifest.rate_limit,
+                backoff=manifest.backoff,
+                shutdown=launch.stop_timeout + 2,
+                probes=[
+                    HealthProbe(ProbeKind.LIVENESS, period=period, timeout=period / 2),
+                    HealthProbe(
+                        ProbeKind.READINESS,
+                        period=period,
+                        timeout=period / 2,
+                        failure_threshold=1,
+                    ),
+                ],
+            )
+        except Exception as exc:
+            await self.state.log(name, "load_failed", str(exc))
+            raise PluginRefused(name, f"it failed to start: {exc}") from exc
+        self._loaded[name] = _Loaded(discovered, launch, counters, path)
+        await self.state.log(name, "loaded", discovered.version)
+
+    def _launch(self, discovered: DiscoveredPlugin) -> tuple[PluginLaunch, Manifest]:
+        override = self.config.overrides.get(discovered.name, {})
+        manifest = discovered.manifest
+        assert manifest is not None
+        metadata = manifest.metadata
+        if "isolation" in override:
+            metadata = attrs.evolve(metadata, isolation=Isolation(override["isolation"]))
+        folder = Path(discovered.location) if discovered.source != "entry_point" else None
+        plugin_class = discovered.plugin_class
+        if metadata.isolation is Isolation.IN_PROCESS and plugin_class is None:
+            try:
+                plugin_class = load_plugin_class(manifest.entry, folder)
+            except PluginImportError as exc:
+                raise PluginRefused(discovered.name, f"its code is broken: {exc}") from None
+        capabilities = (
+            plugin_class.capabilities
+            if plugin_class is not None
+            else _capabilities_of(manifest.entry, folder, discovered.name)
+        )
+        launch = PluginLaunch(
+            metadata=metadata,
+            capabilities=capabilities,
+            entry=manifest.entry,
+            folder=folder,
+            config={**manifest.config, **override.get("config", {})},
+            data_dir=self.config.home / "plugin-data" / discovered.name,
+            plugin_class=plugin_class,
+        )
+        return launch, manifest
+
+    async def unload(self, name: str) -> None:
+        """Stop the plugin's actor; queued calls get ActorStopped."""
+        async with self._lock:
+            loaded = self._loaded.pop(name, None)
+            if loaded is None:
+                raise PluginNotFound(f"plugin {name!r} is not loaded")
+            await self.runtime.stop(loaded.path)
+            await self.state.log(name, "unloaded")
+
+    async def enable(self, name: str) -> PluginStatus:
+        """Enable (persisted) and load it."""
+        await self.state.set_enabled(name, True)
+        return await self.load(name)
+
+    async def disable(self, name: str) -> None:
+        """Disable (persisted across daemon restarts) and unload it if loaded."""
+        if name in self._loaded:
+            await self.unload(name)
+        await self.state.set_enabled(name, False)
+
+    # ------------------------------------------------------------------ status
+
+    async def status(self, name: str) -> PluginStatus:
+        discovered = self._discovered.get(name)
+        if discovered is None:
+            raise PluginNotFound(f"no plugin named {name!r} was discovered")
+        record = (await self.state.plugins()).get(name)
+        loaded = self._loaded.get(name)
+        counters = loaded.counters if loaded is not None else PluginCounters()
+        state, ready, restarts, last_exit = "not_loaded", False, 0, None
+        if discovered.problem is not None:
+            state = "refused"
+        if loaded is not None:
+            try:
+                node = self.runtime.actors().find(loaded.path)
+                state, ready, restarts, last_exit = (
+                    node.state, node.ready, node.restarts, node.last_exit
+                )  # fmt: skip
+            except KeyError:
+                state = ChildState.STOPPED.value
+        return PluginStatus(
+            name=name,
+            version=discovered.version,
+            source=discovered.source,
+            isolation=(loaded.launch.metadata.isolation if loaded else discovered.isolation).value,
+            enabled=record.enabled if record is not None else True,
+            loaded=loaded is not None,
+            state=state,
+            ready=ready,
+            restarts=restarts,
+            last_exit=last_exit,
+            calls=counters.calls,
+            errors=counters.errors,
+            events=counters.events,
+            last_error=counters.last_error,
+            problem=discovered.problem,
+            path=loaded.path if loaded is not None else None,
+        )
+
+    async def statuses(self) -> list[PluginStatus]:
+        return [await self.status(name) for name in sorted(self._discovered)]
+
+    async def plugin_status(self, name: str) -> dict[str, Any]:
+        """The plugin's own ``status()`` (plus a subprocess plugin's memory and CPU)."""
+        loaded = self._require_loaded(name)
+        result: dict[str, Any] = await self.runtime.lookup(loaded.path).ask(
+            PluginCall("status"), timeout=10
+        )
+        return result
+
+    # ------------------------------------------------------------------ faces
+
+    def cli_commands(self) -> list[tuple[str, CLICommandSpec]]:
+        """Every loaded plugin's CLI commands, as (plugin name, spec)."""
+        return [
+            (name, spec)
+            for name, loaded in sorted(self._loaded.items())
+            for spec in loaded.launch.capabilities.cli_commands
+        ]
+
+    def api_endpoints(self) -> list[tuple[str, APIEndpointSpec]]:
+        return [
+            (name, spec)
+            for name, loaded in sorted(self._loaded.items())
+            for spec in loaded.launch.capabilities.api_endpoints
+        ]
+
+    async def execute_cli(self, argv: Sequence[str], *, timeout: float = 30) -> CommandResult:
+        """Run a plugin command: ``["analytics", "report", "--type", "weekly"]``.
+
+        Unknown commands and bad flags are a CommandResult with exit code 2, like click.
+        """
+        match = self._find_command(list(argv))
+        if match is None:
+            return CommandResult(f"unknown command: {shlex.join(argv)}", 2)
+        name, spec, rest = match
+        try:
+            args = _parse_flags(spec, rest)
+        except ValueError as exc:
+            return CommandResult(f"{spec.full_name}: {exc}", 2)
+        loaded = self._require_loaded(name)
+        try:
+            result = await self.runtime.lookup(loaded.path).ask(
+                PluginCall("cli", spec.handler, args), timeout=timeout
+            )
+        except ActorError as exc:
+            return CommandResult(f"plugin {name!r}: {exc}", 1)
+        if not isinstance(result, CommandResult):
+            return CommandResult(f"plugin {name!r} returned {type(result).__name__}", 1)
+        return result
+
+    async def call_api(
+        self, name: str, spec: APIEndpointSpec, request: APIRequest, *, timeout: float = 30
+    ) -> APIResult:
+        """Route an HTTP request to a plugin endpoint (auth is the caller's job)."""
+        loaded = self._require_loaded(name)
+        result = await self.runtime.lookup(loaded.path).ask(
+            PluginCall("api", spec.handler, request), timeout=timeout
+        )
+        if not isinstance(result, APIResult):
+            raise PluginError(f"plugin {name!r} endpoint returned {type(result).__name__}")
+        return result
+
+    def _find_command(self, argv: list[str]) -> tuple[str, CLICommandSpec, list[str]] | None:
+        for words in (2, 1):
+            if len(argv) < words:
+                continue
+            for name, spec in self.cli_commands():
+                names = [spec.name, *spec.aliases]
+                if words == 2 and spec.parent and argv[0] == spec.parent and argv[1] in names:
+                    return name, spec, argv[2:]
+                if words == 1 and not spec.parent and argv[0] in names:
+                    return name, spec, argv[1:]
+        return None
+
+    def _require_loaded(self, name: str) -> _Loaded:
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            raise PluginNotFound(f"plugin {name!r} is not loaded")
+        return loaded
+
+
+def _parse_flags(spec: CLICommandSpec, argv: list[str]) -> dict[str, Any]:
+    flags = {flag.name: flag for flag in spec.flags}
+    args: dict[str, Any] = {flag.name: flag.default for flag in spec.flags}
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if not word.startswith("--") or word[2:].partition("=")[0] not in flags:
+            raise ValueError(f"unknown argument {word!r}; expected one of --{', --'.join(flags)}")
+        key, _, inline = word[2:].partition("=")
+        flag = flags[key]
+        if flag.type == "bool" and not inline:
+            args[key] = True
+            index += 1
+            continue
+        if not inline:
+            index += 1
+            if index >= len(argv):
+                raise ValueError(f"--{key} needs a value")
+            inline = argv[index]
+        try:
+            args[key] = {"int": int, "float": float}.get(flag.type, str)(inline)
+        except ValueError:
+            raise ValueError(f"--{key} must be {flag.type}, got {inline!r}") from None
+        index += 1
+    for flag in spec.flags:
+        if flag.required and args.get(flag.name) is None:
+            raise ValueError(f"--{flag.name} is required")
+    return args
+
+
+def _capabilities_of(entry: str, folder: Path | None, name: str) -> Any:
+    """A subprocess plugin's capabilities, read by importing its class in the daemon.
+
+    The class body declares specs only; its code runs in the subprocess."""
+    try:
+        return load_plugin_class(entry, folder).capabilities
+    except PluginImportError as exc:
+        raise PluginRefused(name, f"its code is broken: {exc}") from None
+
+
+def _from_entry_points() -> list[DiscoveredPlugin]:
+    found = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        name = entry_point.name
+        try:
+            plugin_class = entry_point.load()
+            metadata = getattr(plugin_class, "metadata", None)
+            if not isinstance(metadata, PluginMetadata):
+                raise PluginImportError(f"{entry_point.value} has no PluginMetadata `metadata`")
+            manifest = Manifest(metadata=metadata, entry=entry_point.value)
+            problem = api_version_problem(metadata.api_version)
+            if metadata.name != name:
+                problem = (
+                    f"its entry point is named {name!r} but its metadata says {metadata.name!r}"
+                )
+            found.append(
+                DiscoveredPlugin(
+                    metadata.name,
+                    metadata.version,
+                    "entry_point",
+                    entry_point.value,
+                    metadata.isolation,
+                    manifest,
+                    plugin_class,
+                    problem,
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - one broken plugin must not hide others
+            found.append(
+                DiscoveredPlugin(
+                    name,
+                    "?",
+                    "entry_point",
+                    entry_point.value,
+                    Isolation.IN_PROCESS,
+                    problem=f"its code is broken: {type(exc).__name__}: {exc}",
+                )
+            )
+    return found
+
+
+def _from_folder(folder: Path, source: str) -> list[DiscoveredPlugin]:
+    found: list[DiscoveredPlugin] = []
+    if not folder.is_dir():
+        return found
+    for plugin_dir in sorted(folder.iterdir()):
+        if not plugin_dir.is_dir() or plugin_dir.name.startswith("."):
+            continue
+        manifest_path = plugin_dir / "plugin.toml"
+        try:
+            manifest = load_manifest(manifest_path)
+        except ManifestError as exc:
+            found.append(
+                DiscoveredPlugin(
+                    plugin_dir.name,
+                    "?",
+                    source,
+                    str(plugin_dir),
+                    Isolation.IN_PROCESS,
+                    problem=str(exc),
+                )
+            )
+            continue
+        metadata = manifest.metadata
+        problem = api_version_problem(metadata.api_version)
+        if metadata.name != plugin_dir.name:
+            problem = (
+                f"its folder is named {plugin_dir.name!r} but plugin.toml says {metadata.name!r}"
+            )
+        found.append(
+            DiscoveredPlugin(
+                metadata.name,
+                metadata.version,
+                source,
+                str(plugin_dir),
+                metadata.isolation,
+                manifest,
+                None,
+                problem,
+            )
+        )
+    return found
+
+
+@contextlib.asynccontextmanager
+async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterator[PluginHost]:
+    """Open the host: the state database under ``config.home``, the ``/plugins`` subtree
+    (plugins are quarantined, never escalated, so one cannot take the others down)."""
+    config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state = await StateStore.open(config.home / "state.db")
+    try:
+        await runtime.spawn_supervisor("plugins", max_restarts=1000, period=1.0)
+        host = PluginHost(runtime, config, state)
+        await host.discover()
+        try:
+            yield host
+        finally:
+            with trio.CancelScope(shield=True):
+                for name in list(host._loaded):
+                    with contextlib.suppress(PluginError, ActorError):
+                        await host.unload(name)
+                await runtime.stop(PLUGINS_PATH)
+    finally:
+        with trio.CancelScope(shield=True):
+            await state.aclose()

@@ -1,0 +1,257 @@
+"""The plugin model: what a plugin declares and the one class its author writes.
+
+A plugin extends three faces at once, as in the CloudWorkstation design: CLI commands,
+daemon API endpoints and event handlers (plus template, service, auth and storage
+types it provides). Handlers are named in the specs, as in the design: the name of a
+method of the plugin class.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import attrs
+
+from ._bus import compile_pattern
+from ._ratelimit import RateLimit
+
+PLUGIN_API_VERSION = "1.0"
+"""The plugin API this host speaks: a plugin needing ``M.m`` loads when ``M`` equals our
+major and ``m`` is at most our minor."""
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")
+_v = attrs.validators
+
+
+def check_plugin_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            "a plugin name must be 1-63 lowercase letters, digits, '-' or '_',"
+            f" starting with a letter or digit, got {name!r}"
+        )
+    return name
+
+
+def api_version_problem(required: str, host: str = PLUGIN_API_VERSION) -> str | None:
+    """Why a plugin needing API ``required`` cannot load on ``host``; None if it can."""
+    match = re.fullmatch(r"(\d+)\.(\d+)", required)
+    if match is None:
+        return f"api_version must look like '1.0', got {required!r}"
+    major, minor = int(match[1]), int(match[2])
+    host_major, host_minor = (int(part) for part in host.split("."))
+    if major != host_major:
+        return f"needs plugin API {required}, this host speaks {host} (major versions differ)"
+    if minor > host_minor:
+        return f"needs plugin API {required}, newer than this host's {host}"
+    return None
+
+
+class Isolation(enum.Enum):
+    """Where a plugin runs."""
+
+    IN_PROCESS = "in_process"
+    """A Trio task in the daemon: fastest."""
+    SUBPROCESS = "subprocess"
+    """Its own Python process, speaking framed JSON over pipes."""
+
+
+class HealthStatus(enum.Enum):
+    PASSING = "passing"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@attrs.frozen
+class Health:
+    """What ``Plugin.health()`` returns. WARNING keeps a plugin in routing; CRITICAL takes
+    it out (readiness) and, repeated, restarts it (liveness)."""
+
+    status: HealthStatus = HealthStatus.PASSING
+    message: str = ""
+
+
+@attrs.frozen
+class ResourceLimits:
+    """Limits applied to a subprocess plugin (``None``: no limit)."""
+
+    memory_mb: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(16)))
+    cpu_seconds: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
+    open_files: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(16)))
+
+
+@attrs.frozen
+class CLIFlagSpec:
+    name: str
+    type: str = attrs.field(default="string", validator=_v.in_(("string", "int", "float", "bool")))
+    default: Any = None
+    help: str = ""
+    required: bool = False
+
+
+@attrs.frozen
+class CLICommandSpec:
+    """A CLI command; ``handler`` names a method ``async (self, args: dict) ->
+    CommandResult``. ``parent`` nests it under another command (``cws analytics report``)."""
+
+    name: str
+    handler: str
+    usage: str = ""
+    short: str = ""
+    long: str = ""
+    aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    parent: str | None = None
+    flags: tuple[CLIFlagSpec, ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.parent} {self.name}" if self.parent else self.name
+
+
+def _upper(value: str) -> str:
+    return str(value).upper()
+
+
+@attrs.frozen
+class APIEndpointSpec:
+    """An HTTP endpoint; ``handler`` names a method ``async (self, request: APIRequest)
+    -> APIResult``. ``protected`` needs a token, ``permissions`` need its scopes."""
+
+    path: str = attrs.field()
+    handler: str
+    method: str = attrs.field(default="GET", converter=_upper)
+    protected: bool = True
+    rate_limit: RateLimit | None = None
+    permissions: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    @path.validator
+    def _check_path(self, attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise ValueError(f"APIEndpointSpec.path must start with '/', got {value!r}")
+
+
+@attrs.frozen
+class EventHandlerSpec:
+    """Events on topics matching ``event_type`` (wildcards allowed) go to the method
+    named ``handler``: ``async (self, event: Event) -> None``."""
+
+    event_type: str = attrs.field()
+    handler: str
+
+    @event_type.validator
+    def _check_pattern(self, attribute: attrs.Attribute[str], value: str) -> None:
+        compile_pattern(value)
+
+
+@attrs.frozen
+class Capabilities:
+    """Everything a plugin adds to the daemon."""
+
+    cli_commands: tuple[CLICommandSpec, ...] = attrs.field(default=(), converter=tuple)
+    api_endpoints: tuple[APIEndpointSpec, ...] = attrs.field(default=(), converter=tuple)
+    event_handlers: tuple[EventHandlerSpec, ...] = attrs.field(default=(), converter=tuple)
+    template_types: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    service_types: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    auth_providers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    storage_providers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    def handler_names(self) -> set[str]:
+        specs: list[Any] = [*self.cli_commands, *self.api_endpoints, *self.event_handlers]
+        return {spec.handler for spec in specs}
+
+
+@attrs.frozen
+class PluginMetadata:
+    name: str = attrs.field(converter=check_plugin_name)
+    version: str
+    description: str = ""
+    author: str = ""
+    api_version: str = PLUGIN_API_VERSION
+    isolation: Isolation = Isolation.IN_PROCESS
+    permissions: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    limits: ResourceLimits = attrs.field(factory=ResourceLimits)
+
+
+@attrs.frozen
+class CommandResult:
+    output: str = ""
+    exit_code: int = 0
+
+
+@attrs.frozen
+class APIResult:
+    status: int = 200
+    data: Any = None
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class APIRequest:
+    """An HTTP request routed to a plugin endpoint."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = attrs.field(factory=dict)
+    body: Any = None
+    principal: str | None = None
+    scopes: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class PluginContext:
+    """What the host gives a plugin: its name, a private data folder and its config.
+
+    ``publish`` puts an event on the daemon's bus (``await ctx.publish(topic, data)``)."""
+
+    name: str
+    data_dir: Path
+    config: Mapping[str, Any]
+    publish: Any = None
+
+
+class Plugin:
+    """The one class a plugin author writes.
+
+    Set ``metadata`` (for an entry-point plugin; a folder plugin's ``plugin.toml`` says
+    it instead) and ``capabilities``, and write the handler methods the specs name.
+    """
+
+    metadata: ClassVar[PluginMetadata | None] = None
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    async def initialize(self, ctx: PluginContext, config: Mapping[str, Any]) -> None:
+        """Called once per run, before ``start``."""
+
+    async def start(self, ctx: PluginContext) -> None:
+        """Called after ``initialize``; the plugin serves once it returns."""
+
+    async def stop(self, ctx: PluginContext) -> None:
+        """Called when the plugin stops (unload, restart, shutdown)."""
+
+    async def health(self) -> Health:
+        """Drives the plugin's liveness and readiness probes."""
+        return Health()
+
+    async def status(self) -> dict[str, Any]:
+        """Anything the plugin wants to show in ``cws plugins status``."""
+        return {}
+
+
+def check_handlers(plugin_class: type[Plugin]) -> None:
+    """Every handler a spec names must be an async method of the class.
+
+    Raises:
+        TypeError: naming the missing or non-async handler.
+    """
+    import inspect
+
+    for name in sorted(plugin_class.capabilities.handler_names()):
+        method = getattr(plugin_class, name, None)
+        if not inspect.iscoroutinefunction(method):
+            raise TypeError(
+                f"{plugin_class.__name__} names handler {name!r} in its capabilities"
+                " but has no async method of that name"
+            )

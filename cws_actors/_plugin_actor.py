@@ -1,0 +1,374 @@
+"""A plugin as a supervised actor, run in the daemon (in_process) or in its own Python
+process (subprocess), behind one driver interface."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from ._actor import Actor
+from ._bus import Event, topic_matches
+from ._plugin import (
+    APIRequest,
+    Capabilities,
+    Health,
+    HealthStatus,
+    Plugin,
+    PluginContext,
+    PluginMetadata,
+)
+from ._protocol import (
+    PROTOCOL_VERSION,
+    FrameReader,
+    ProtocolError,
+    decode_result,
+    encode_event,
+    encode_request,
+    send_frame,
+)
+
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "HOME")
+"""Environment variables a subprocess plugin inherits; nothing else of the daemon's
+environment (tokens, cloud credentials) reaches it unless the operator adds it."""
+
+
+class PluginCrashed(Exception):
+    """A subprocess plugin's process died or broke the protocol; the message classifies
+    how (exit code, signal, memory or CPU limit)."""
+
+
+class PluginCallFailed(Exception):
+    """A subprocess plugin's handler raised; ``error_type`` is its exception's type."""
+
+    def __init__(self, plugin: str, error_type: str, message: str) -> None:
+        super().__init__(f"plugin {plugin!r} raised {error_type}: {message}")
+        self.error_type = error_type
+
+
+@attrs.frozen
+class PluginCall:
+    """A message to a plugin actor: ``kind`` is ``cli``, ``api`` or ``status``."""
+
+    kind: str
+    handler: str = ""
+    payload: Any = None
+
+
+@attrs.define(eq=False)
+class PluginCounters:
+    """Kept across the plugin's restarts, for its status."""
+
+    calls: int = 0
+    errors: int = 0
+    events: int = 0
+    last_error: str | None = None
+    pid: int | None = None
+
+
+@attrs.frozen
+class PluginLaunch:
+    """Everything needed to start one run of a plugin."""
+
+    metadata: PluginMetadata
+    capabilities: Capabilities
+    entry: str
+    folder: Path | None
+    config: Mapping[str, Any]
+    data_dir: Path
+    plugin_class: type[Plugin] | None = None
+    env_allowlist: tuple[str, ...] = ENV_ALLOWLIST
+    stop_timeout: float = 3.0
+
+
+class PluginDriver(Protocol):
+    async def open(self, nursery: trio.Nursery) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def call(self, handler: str, payload: Any) -> Any: ...
+
+    async def health(self) -> Health: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+
+@attrs.define(eq=False)
+class InProcessDriver:
+    launch: PluginLaunch
+    publish: Callable[[str, Any], Awaitable[Any]]
+    _plugin: Plugin | None = None
+    _context: PluginContext | None = None
+
+    async def open(self, nursery: trio.Nursery) -> None:
+        launch = self.launch
+        plugin_class = launch.plugin_class
+        assert plugin_class is not None, "an in-process launch carries its class"
+        launch.data_dir.mkdir(parents=True, exist_ok=True)
+        self._context = PluginContext(
+            launch.metadata.name, launch.data_dir, launch.config, self.publish
+        )
+        self._plugin = plugin_class()
+        await self._plugin.initialize(self._context, launch.config)
+        await self._plugin.start(self._context)
+
+    async def close(self) -> None:
+        if self._plugin is not None and self._context is not None:
+            await self._plugin.stop(self._context)
+
+    async def call(self, handler: str, payload: Any) -> Any:
+        assert self._plugin is not None
+        return await getattr(self._plugin, handler)(payload)
+
+    async def health(self) -> Health:
+        assert self._plugin is not None
+        return await self._plugin.health()
+
+    async def status(self) -> dict[str, Any]:
+        assert self._plugin is not None
+        return await self._plugin.status()
+
+
+@attrs.define(eq=False)
+class SubprocessDriver:
+    """Runs the plugin in ``python -m cws_actors._plugin_runner`` and talks to it."""
+
+    launch: PluginLaunch
+    publish: Callable[[str, Any], Awaitable[Any]]
+    counters: PluginCounters
+    _process: trio.Process | None = None
+    _reader: FrameReader | None = None
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _closing: bool = False
+
+    async def open(self, nursery: trio.Nursery) -> None:
+        launch = self.launch
+        launch.data_dir.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "name": launch.metadata.name,
+            "entry": launch.entry,
+            "folder": str(launch.folder) if launch.folder else None,
+            "config": dict(launch.config),
+            "data_dir": str(launch.data_dir),
+            "limits": attrs.asdict(launch.metadata.limits),
+        }
+        env = {key: os.environ[key] for key in launch.env_allowlist if key in os.environ}
+        env["CWS_PLUGIN_NAME"] = launch.metadata.name
+        process: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "cws_actors._plugin_runner", json.dumps(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                check=False,
+                deliver_cancel=self._deliver_cancel,
+            )
+        )
+        self._process = process
+        self.counters.pid = process.pid
+        assert process.stdout is not None and process.stderr is not None
+        self._reader = FrameReader(process.stdout)
+        nursery.start_soon(self._log_stderr, process.stderr)
+        nursery.start_soon(self._watch, process)
+        hello = await self._receive()
+        if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
+            raise PluginCrashed(
+                f"plugin {launch.metadata.name!r} spoke protocol {hello.get('protocol')!r}"
+                f" in its handshake; this host speaks {PROTOCOL_VERSION}"
+            )
+        if hello.get("name") != launch.metadata.name:
+            raise PluginCrashed(
+                f"plugin process introduced itself as {hello.get('name')!r},"
+                f" expected {launch.metadata.name!r}"
+            )
+        await self._request({"type": "init"})
+
+    async def close(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        self._closing = True
+        with trio.move_on_after(self.launch.stop_timeout):
+            try:
+                await self._request({"type": "stop"})
+            except (PluginCrashed, PluginCallFailed, trio.BrokenResourceError):
+                pass  # it is going anyway; the cancellation path will make sure
+            await process.wait()
+
+    async def call(self, handler: str, payload: Any) -> Any:
+        message: dict[str, Any] = {"type": "call", "handler": handler}
+        if isinstance(payload, Event):
+            message.update(payload=encode_event(payload), payload_type="event")
+        elif isinstance(payload, APIRequest):
+            message.update(payload=encode_request(payload), payload_type="request")
+        else:
+            message["payload"] = payload
+        return decode_result(await self._request(message))
+
+    async def health(self) -> Health:
+        result = decode_result(await self._request({"type": "health"}))
+        return result if isinstance(result, Health) else Health(HealthStatus.CRITICAL, "bad")
+
+    async def status(self) -> dict[str, Any]:
+        status = await self._request({"type": "status"})
+        return dict(status or {}) | self._process_usage()
+
+    async def _request(self, message: dict[str, Any]) -> Any:
+        process = self._process
+        assert process is not None and process.stdin is not None
+        async with self._lock:
+            try:
+                await send_frame(process.stdin, message)
+                reply = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise PluginCrashed(self._describe_exit("the pipe broke")) from exc
+        if reply["type"] == "error":
+            raise PluginCallFailed(self.launch.metadata.name, reply["error_type"], reply["message"])
+        return reply.get("value")
+
+    async def _receive(self) -> dict[str, Any]:
+        assert self._reader is not None
+        while True:
+            try:
+                frame = await self._reader.receive()
+            except ProtocolError as exc:
+                raise PluginCrashed(f"plugin {self.launch.metadata.name!r}: {exc}") from exc
+            if frame is None:
+                if self._process is not None:
+                    with trio.move_on_after(1):
+                        await self._process.wait()
+                raise PluginCrashed(self._describe_exit("it closed its output"))
+            if frame["type"] == "publish":
+                await self.publish(frame["topic"], frame.get("payload"))
+                continue
+            return frame
+
+    async def _watch(self, process: trio.Process) -> None:
+        await process.wait()
+        if not self._closing:
+            raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
+
+    def _describe_exit(self, what: str) -> str:
+        name = self.launch.metadata.name
+        code = self._process.returncode if self._process is not None else None
+        if code is None:
+            return f"plugin {name!r} process failed: {what}"
+        if code < 0:
+            signame = signal.Signals(-code).name
+            detail = {
+                "SIGKILL": " (killed, or over a limit the kernel enforces)",
+                "SIGXCPU": " (over its CPU-seconds limit)",
+            }.get(signame, "")
+            return f"plugin {name!r} process was killed by {signame}{detail}"
+        from ._plugin_runner import EXIT_IMPORT, EXIT_MEMORY
+
+        reason = {
+            EXIT_MEMORY: " (out of memory under its memory limit)",
+            EXIT_IMPORT: " (its code could not be imported; see its log)",
+        }.get(code, "")
+        return f"plugin {name!r} process exited with code {code}{reason}"
+
+    async def _deliver_cancel(self, process: trio.Process) -> None:
+        """Cancel: SIGTERM (the runner then calls the plugin's stop), a deadline, SIGKILL."""
+        self._closing = True
+        process.terminate()
+        with trio.move_on_after(self.launch.stop_timeout):
+            await process.wait()
+            return
+        process.kill()
+
+    async def _log_stderr(self, stream: trio.abc.ReceiveStream) -> None:
+        logger = logging.getLogger(f"cws.plugin.{self.launch.metadata.name}")
+        pending = b""
+        async for chunk in stream:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                logger.warning("%s", line.decode(errors="replace"))
+        if pending:
+            logger.warning("%s", pending.decode(errors="replace"))
+
+    def _process_usage(self) -> dict[str, Any]:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return {}
+        usage: dict[str, Any] = {"pid": process.pid}
+        try:
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    usage["memory_rss_kb"] = int(line.split()[1])
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            usage["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, ValueError, IndexError):
+            pass  # the process is exiting; its usage is no longer there to read
+        return usage
+
+
+class PluginActor(Actor):
+    """The actor at ``/plugins/<name>``: it runs a plugin through its driver."""
+
+    background_tasks = True
+
+    def __init__(
+        self,
+        launch: PluginLaunch,
+        make_driver: Callable[[], PluginDriver],
+        counters: PluginCounters,
+    ) -> None:
+        self.launch = launch
+        self.make_driver = make_driver
+        self.counters = counters
+        self.driver: PluginDriver | None = None
+
+    def subscriptions(self) -> tuple[str, ...]:
+        return tuple(
+            dict.fromkeys(spec.event_type for spec in self.launch.capabilities.event_handlers)
+        )
+
+    async def on_start(self) -> None:
+        self.driver = self.make_driver()
+        await self.driver.open(self.nursery)
+
+    async def on_stop(self) -> None:
+        if self.driver is not None:
+            await self.driver.close()
+
+    async def receive(self, message: Any) -> Any:
+        if not isinstance(message, PluginCall):
+            raise TypeError(f"a plugin actor takes PluginCall messages, got {message!r}")
+        assert self.driver is not None
+        self.counters.calls += 1
+        try:
+            if message.kind == "status":
+                return await self.driver.status()
+            return await self.driver.call(message.handler, message.payload)
+        except Exception as exc:
+            self.counters.errors += 1
+            self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+
+    async def _dispatch_event(self, event: Event) -> None:
+        assert self.driver is not None
+        self.counters.events += 1
+        for spec in self.launch.capabilities.event_handlers:
+            if topic_matches(spec.event_type, event.topic):
+                await self.driver.call(spec.handler, event)
+
+    async def liveness(self) -> bool:
+        assert self.driver is not None
+        return (await self.driver.health()).status is not HealthStatus.CRITICAL
+
+    readiness = liveness

@@ -1,0 +1,162 @@
+"""The plugin side of subprocess isolation: ``python -m cws_actors._plugin_runner SPEC``.
+
+It applies its resource limits before any plugin code runs, moves the protocol off
+stdout (a plugin's ``print`` lands in stderr, which the daemon logs), imports the
+plugin, says hello, then answers the host's requests one at a time. It exits when the
+host says stop, on SIGTERM (after the plugin's ``stop``), or when its stdin closes,
+which is how a dead daemon takes its plugins with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ._loader import load_plugin_class
+from ._plugin import PLUGIN_API_VERSION, Plugin, PluginContext
+from ._protocol import (
+    PROTOCOL_VERSION,
+    FrameReader,
+    decode_event,
+    decode_request,
+    encode_result,
+    send_frame,
+)
+
+EXIT_MEMORY = 3
+"""Exit code when the plugin ran out of memory under its limit."""
+EXIT_IMPORT = 4
+"""Exit code when the plugin could not be imported."""
+
+
+def apply_limits(limits: dict[str, int | None]) -> None:
+    if limits.get("memory_mb"):
+        size = int(limits["memory_mb"] or 0) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    if limits.get("cpu_seconds"):
+        seconds = int(limits["cpu_seconds"] or 0)
+        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
+    if limits.get("open_files"):
+        files = int(limits["open_files"] or 0)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+
+class Runner:
+    def __init__(self, spec: dict[str, Any], plugin_class: type[Plugin], out: int) -> None:
+        self.spec = spec
+        self.plugin = plugin_class()
+        self.out = trio.lowlevel.FdStream(out)
+        self.reader = FrameReader(trio.lowlevel.FdStream(os.dup(0)))
+        self.ctx = PluginContext(
+            name=spec["name"],
+            data_dir=Path(spec["data_dir"]),
+            config=spec.get("config", {}),
+            publish=self.publish,
+        )
+        self.started = False
+
+    async def publish(self, topic: str, payload: Any = None) -> None:
+        await send_frame(self.out, {"type": "publish", "topic": topic, "payload": payload})
+
+    async def serve(self) -> None:
+        await send_frame(
+            self.out,
+            {
+                "type": "hello",
+                "protocol": PROTOCOL_VERSION,
+                "api_version": PLUGIN_API_VERSION,
+                "name": self.spec["name"],
+                "pid": os.getpid(),
+            },
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._on_sigterm, nursery.cancel_scope)
+            try:
+                while True:
+                    request = await self.reader.receive()
+                    if request is None:
+                        break  # the daemon is gone
+                    if request["type"] == "stop":
+                        await self._stop()
+                        await send_frame(self.out, {"type": "result", "value": None})
+                        break
+                    await send_frame(self.out, await self._answer(request))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._stop()
+            nursery.cancel_scope.cancel()
+
+    async def _on_sigterm(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                scope.cancel()  # the finally above runs the plugin's stop()
+                return
+
+    async def _stop(self) -> None:
+        if self.started:
+            self.started = False
+            await self.plugin.stop(self.ctx)
+
+    async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            value = await self._dispatch(request)
+        except MemoryError:
+            os._exit(EXIT_MEMORY)
+        except Exception as exc:  # noqa: BLE001 - sent to the host, which crashes the actor
+            return {
+                "type": "error",
+                "error_type": type(exc).__qualname__,
+                "message": str(exc),
+                "traceback": traceback.format_exc(limit=20),
+            }
+        return {"type": "result", "value": encode_result(value)}
+
+    async def _dispatch(self, request: dict[str, Any]) -> Any:
+        kind = request["type"]
+        plugin = self.plugin
+        if kind == "init":
+            await plugin.initialize(self.ctx, self.ctx.config)
+            await plugin.start(self.ctx)
+            self.started = True
+            return None
+        if kind == "health":
+            return await plugin.health()
+        if kind == "status":
+            return await plugin.status()
+        if kind == "call":
+            payload: Any = request.get("payload")
+            if request.get("payload_type") == "event":
+                payload = decode_event(payload)
+            elif request.get("payload_type") == "request":
+                payload = decode_request(payload)
+            return await getattr(plugin, request["handler"])(payload)
+        raise ValueError(f"unknown request type {kind!r}")
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    apply_limits(spec.get("limits", {}))
+    protocol_out = os.dup(1)
+    os.dup2(2, 1)  # a plugin's print() must not corrupt the protocol
+    try:
+        folder = Path(spec["folder"]) if spec.get("folder") else None
+        plugin_class = load_plugin_class(spec["entry"], folder)
+    except Exception as exc:  # noqa: BLE001 - reported on stderr, then a distinct exit code
+        print(f"cannot import plugin {spec['name']!r}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_IMPORT)
+    try:
+        trio.run(Runner(spec, plugin_class, protocol_out).serve)
+    except MemoryError:
+        os._exit(EXIT_MEMORY)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The subprocess plugin protocol: length-prefixed JSON frames over pipes, and how the
+plugin model's values travel in them.
+
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. The runner
+speaks first: ``{"type": "hello", "protocol": 1, "api_version": ..., "name": ...}``.
+Then the host sends requests (``init``, ``call``, ``health``, ``status``, ``stop``),
+each answered by ``{"type": "result", "value": ...}`` or
+``{"type": "error", "error_type": ..., "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import attrs
+import trio
+
+from ._bus import Event
+from ._plugin import APIRequest, APIResult, CommandResult, Health, HealthStatus
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+
+class ProtocolError(Exception):
+    """The other side broke the framing or the protocol."""
+
+
+async def send_frame(stream: trio.abc.SendStream, message: dict[str, Any]) -> None:
+    body = json.dumps(message, default=_fallback).encode()
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"a frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte limit")
+    await stream.send_all(_HEADER.pack(len(body)) + body)
+
+
+@attrs.define(eq=False)
+class FrameReader:
+    """Reads whole frames from a byte stream."""
+
+    stream: trio.abc.ReceiveStream
+    _buffer: bytearray = attrs.field(factory=bytearray)
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next frame, or None at a clean end of stream."""
+        header = await self._exactly(_HEADER.size)
+        if header is None:
+            return None
+        (length,) = _HEADER.unpack(header)
+        if length > MAX_FRAME:
+            raise ProtocolError(f"announced frame of {length} bytes exceeds {MAX_FRAME}")
+        body = await self._exactly(length)
+        if body is None:
+            raise ProtocolError("the stream ended inside a frame")
+        message = json.loads(body)
+        if not isinstance(message, dict) or "type" not in message:
+            raise ProtocolError(f"a frame must be a JSON object with a 'type', got {message!r}")
+        return message
+
+    async def _exactly(self, count: int) -> bytes | None:
+        while len(self._buffer) < count:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                if self._buffer:
+                    raise ProtocolError("the stream ended inside a frame")
+                return None
+            self._buffer += chunk
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return data
+
+
+def _fallback(value: Any) -> Any:
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=True)
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} cannot travel to a subprocess plugin (not JSON)")
+
+
+def encode_event(event: Event) -> dict[str, Any]:
+    return attrs.asdict(event)
+
+
+def decode_event(data: dict[str, Any]) -> Event:
+    return Event(**data)
+
+
+def encode_request(request: APIRequest) -> dict[str, Any]:
+    return {**attrs.asdict(request), "scopes": list(request.scopes)}
+
+
+def decode_request(data: dict[str, Any]) -> APIRequest:
+    return APIRequest(**{**data, "scopes": tuple(data.get("scopes", ()))})
+
+
+def encode_result(value: Any) -> Any:
+    if isinstance(value, CommandResult):
+        return {"__type__": "CommandResult", **attrs.asdict(value)}
+    if isinstance(value, APIResult):
+        return {"__type__": "APIResult", **attrs.asdict(value)}
+    if isinstance(value, Health):
+        return {"__type__": "Health", "status": value.status.value, "message": value.message}
+    return value
+
+
+def decode_result(value: Any) -> Any:
+    if isinstance(value, dict):
+        kind = value.get("__type__")
+        fields = {k: v for k, v in value.items() if k != "__type__"}
+        if kind == "CommandResult":
+            return CommandResult(**fields)
+        if kind == "APIResult":
+            return APIResult(**fields)
+        if kind == "Health":
+            return Health(HealthStatus(fields["status"]), fields["message"])
+    return value

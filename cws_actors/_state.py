@@ -1,0 +1,186 @@
+"""The daemon's persistent state in SQLite (WAL): installed plugins, enabled flags and
+history. One writer at a time (a lock around a worker thread), so concurrent
+operations stay consistent; the schema carries a version and migrates forward."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+_MIGRATIONS: list[str] = [
+    # 1: plugins and their history
+    """
+    CREATE TABLE plugins (
+        name TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        source TEXT NOT NULL,
+        path TEXT,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        installed_at REAL NOT NULL
+    );
+    CREATE TABLE history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        plugin TEXT NOT NULL,
+        at REAL NOT NULL,
+        event TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX history_by_plugin ON history (plugin, id);
+    """,
+]
+
+
+@attrs.frozen
+class PluginRecord:
+    name: str
+    version: str
+    source: str
+    path: str | None
+    enabled: bool
+    installed_at: float
+
+
+@attrs.frozen
+class HistoryEntry:
+    plugin: str
+    at: float
+    event: str
+    detail: str
+
+
+@attrs.define(eq=False)
+class StateStore:
+    """Open with :meth:`open`; every method is async and runs in a worker thread."""
+
+    path: str
+    _connection: sqlite3.Connection | None = attrs.field(default=None, init=False)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock, init=False)
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> StateStore:
+        store = cls(os.fspath(path))
+        store._connection = await trio.to_thread.run_sync(store._connect)
+        return store
+
+    def _connect(self) -> sqlite3.Connection:
+        fresh = not os.path.exists(self.path)
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        if fresh:
+            os.chmod(self.path, 0o600)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.execute("CREATE TABLE IF NOT EXISTS cws_schema (version INTEGER NOT NULL)")
+        row = connection.execute("SELECT version FROM cws_schema").fetchone()
+        version = row[0] if row else 0
+        if version > len(_MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this cws-actors"
+                f" ({len(_MIGRATIONS)}); upgrade cws-actors"
+            )
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                for statement in script.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                connection.execute("DELETE FROM cws_schema")
+                connection.execute("INSERT INTO cws_schema (version) VALUES (?)", (number,))
+        return connection
+
+    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self._connection is None:
+            raise RuntimeError("the state store is closed")
+        async with self._lock:
+            return await trio.to_thread.run_sync(function, self._connection, *args)
+
+    async def schema_version(self) -> int:
+        row = await self._run(lambda c: c.execute("SELECT version FROM cws_schema").fetchone())
+        return int(row[0])
+
+    async def record_install(self, name: str, version: str, source: str, path: str | None) -> None:
+        """Add or replace a plugin's record (keeping its enabled flag) and log it."""
+
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(
+                    "INSERT INTO plugins (name, version, source, path, installed_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                    " version = excluded.version, source = excluded.source,"
+                    " path = excluded.path, installed_at = excluded.installed_at",
+                    (name, version, source, path, time.time()),
+                )
+                _log(connection, name, "installed", f"{version} from {source}")
+
+        await self._run(write)
+
+    async def set_enabled(self, name: str, enabled: bool) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(
+                    "INSERT INTO plugins (name, version, source, installed_at, enabled)"
+                    " VALUES (?, '', 'discovered', ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                    " enabled = excluded.enabled",
+                    (name, time.time(), int(enabled)),
+                )
+                _log(connection, name, "enabled" if enabled else "disabled")
+
+        await self._run(write)
+
+    async def forget(self, name: str) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("DELETE FROM plugins WHERE name = ?", (name,))
+                _log(connection, name, "removed")
+
+        await self._run(write)
+
+    async def log(self, name: str, event: str, detail: str = "") -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                _log(connection, name, event, detail)
+
+        await self._run(write)
+
+    async def plugins(self) -> dict[str, PluginRecord]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT name, version, source, path, enabled, installed_at FROM plugins"
+            ).fetchall()
+        )
+        return {
+            row[0]: PluginRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+            for row in rows
+        }
+
+    async def history(self, name: str, limit: int = 100) -> list[HistoryEntry]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT plugin, at, event, detail FROM history WHERE plugin = ?"
+                " ORDER BY id DESC LIMIT ?",
+                (name, limit),
+            ).fetchall()
+        )
+        return [HistoryEntry(*row) for row in reversed(rows)]
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            async with self._lock:
+                await trio.to_thread.run_sync(connection.close)
+
+
+def _log(connection: sqlite3.Connection, name: str, event: str, detail: str = "") -> None:
+    connection.execute(
+        "INSERT INTO history (plugin, at, event, detail) VALUES (?, ?, ?, ?)",
+        (name, time.time(), event, detail),
+    )

@@ -1,0 +1,185 @@
+"""Subprocess isolation with real processes: handshake, calls, crashes of every kind,
+limits, the environment allow-list and clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from cws_actors import APIRequest, PluginHost
+
+from ._fixtures import write_plugin
+from .test_host import TIMEOUT, opened, wait_until
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[PluginHost]:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation="subprocess")
+    async for opened_host in opened(home):
+        yield opened_host
+
+
+def plugin_pid(host: PluginHost) -> int:
+    pid = host._loaded["echo"].counters.pid
+    assert pid is not None
+    return pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def restarted(host: PluginHost, old_pid: int) -> bool:
+    status = await host.status("echo")
+    return status.ready and host._loaded["echo"].counters.pid != old_pid
+
+
+async def test_calls_cross_the_process_boundary(host: PluginHost, tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        status = await host.load("echo")
+        assert (status.isolation, status.state) == ("subprocess", "running")
+        pid = plugin_pid(host)
+        assert pid != os.getpid()
+        assert (await host.execute_cli(["echo", "--text", "x"])).output == "hello x"
+        ((name, spec),) = host.api_endpoints()
+        answer = await host.call_api(name, spec, APIRequest("GET", spec.path, {"q": "1"}))
+        assert answer.data == {"query": {"q": "1"}, "pid": pid}
+        await host.runtime.publish("instance.stopped", "i-9")
+        events = tmp_path / "home/plugin-data/echo/events"
+
+        async def logged() -> bool:
+            return events.exists() and events.read_text() == "instance.stopped i-9\n"
+
+        await wait_until(logged)
+        usage = await host.plugin_status("echo")
+        assert usage["greeting"] == "hello"
+        assert usage["pid"] == pid
+        assert usage["memory_rss_kb"] > 1000
+        assert usage["cpu_seconds"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        ("die", "killed by SIGKILL"),
+        ("hog", "out of memory under its memory limit"),
+        ("crash", "RuntimeError: asked to crash"),
+    ],
+)
+async def test_a_crash_of_any_kind_is_classified_and_restarted(
+    host: PluginHost, command: str, reason: str
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        await host.load("echo")
+        old = plugin_pid(host)
+        result = await host.execute_cli(["echo", command])
+        assert result.exit_code == 1
+        await wait_until(lambda: restarted(host, old))
+        status = await host.status("echo")
+        assert status.restarts == 1
+        assert reason in (status.last_exit or "")
+        assert not alive(old)
+        assert (await host.execute_cli(["echo", "--text", "again"])).output == "hello again"
+
+
+async def test_a_hung_plugin_is_restarted_by_liveness(host: PluginHost) -> None:
+    with trio.fail_after(TIMEOUT):
+        await host.load("echo")
+        old = plugin_pid(host)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(host.execute_cli, ["echo", "hang"])
+            await wait_until(lambda: restarted(host, old))
+        status = await host.status("echo")
+        assert "liveness" in (status.last_exit or "")
+        assert not alive(old)
+
+
+async def test_critical_health_restarts_it(host: PluginHost) -> None:
+    with trio.fail_after(TIMEOUT):
+        await host.load("echo")
+        old = plugin_pid(host)
+        assert (await host.execute_cli(["echo", "sick"])).output == "now critical"
+        await wait_until(lambda: restarted(host, old))
+
+
+async def test_unload_stops_the_process_gracefully(host: PluginHost, tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        await host.load("echo")
+        pid = plugin_pid(host)
+        await host.unload("echo")
+        assert not alive(pid)
+        stops = (tmp_path / "home/plugin-data/echo/stops").read_text().split()
+        assert stops == [str(pid)]  # the plugin's stop() ran in its process
+
+
+async def test_secrets_in_the_daemon_environment_do_not_leak(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation="subprocess")
+    with trio.fail_after(TIMEOUT):
+        async for host in opened(home):
+            await host.load("echo")
+            environ = Path(f"/proc/{plugin_pid(host)}/environ").read_bytes().split(b"\0")
+            names = {entry.split(b"=")[0].decode() for entry in environ if entry}
+            assert "AWS_SECRET_ACCESS_KEY" not in names
+            assert "CWS_PLUGIN_NAME" in names
+
+
+async def test_plugin_output_goes_to_the_log_not_the_protocol(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "home"
+    from ._fixtures import PLUGIN_CODE
+
+    noisy = PLUGIN_CODE.replace(
+        "    async def echo(self, args):\n",
+        "    async def echo(self, args):\n        print('chatty plugin', flush=True)\n",
+    )
+    write_plugin(home / "plugins", "echo", isolation="subprocess", code=noisy)
+    caplog.set_level(logging.WARNING, logger="cws.plugin.echo")
+    with trio.fail_after(TIMEOUT):
+        async for host in opened(home):
+            await host.load("echo")
+            assert (await host.execute_cli(["echo", "--text", "y"])).output == "hello y"
+
+            async def logged() -> bool:
+                return any("chatty plugin" in r.getMessage() for r in caplog.records)
+
+            await wait_until(logged)
+
+
+async def test_the_plugin_exits_when_the_daemon_dies(tmp_path: Path) -> None:
+    """The runner exits when its stdin closes, as it does when the daemon is killed."""
+    import json
+    import subprocess
+    import sys
+
+    plugin_dir = write_plugin(tmp_path, "echo", isolation="subprocess")
+    spec = {
+        "name": "echo", "entry": "echo_plugin:EchoPlugin", "folder": str(plugin_dir),
+        "config": {}, "data_dir": str(tmp_path / "data"), "limits": {},
+    }  # fmt: skip
+    with trio.fail_after(TIMEOUT):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "cws_actors._plugin_runner", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        assert await process.stdout.receive_some(4)  # the hello frame arrived
+        await process.stdin.aclose()  # the daemon is gone
+        assert await process.wait() == 0
+        await process.stdout.aclose()
