@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import shlex
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -12,10 +13,20 @@ from typing import Any
 import attrs
 import trio
 
-from supervision import ChildState, ProbeKind
+from supervision import ChildState, ProbeKind, SupervisionError
 
+from ._archive import ArchiveLimits
 from ._cell import HealthProbe
 from ._exceptions import ActorError
+from ._install import (
+    InstallRefused,
+    StagedPlugin,
+    TrustPolicy,
+    backup_path,
+    discard,
+    recover,
+    stage,
+)
 from ._loader import PluginImportError, load_plugin_class
 from ._manifest import Manifest, ManifestError, load_manifest
 from ._plugin import (
@@ -37,6 +48,7 @@ from ._plugin_actor import (
     PluginDriver,
     PluginLaunch,
     SubprocessDriver,
+    SwapLaunch,
 )
 from ._runtime import Runtime
 from ._state import StateStore
@@ -103,7 +115,11 @@ class PluginStatus:
 class HostConfig:
     """Where plugins live and how the operator overrides them.
 
-    ``overrides`` maps a plugin name to ``{"config": {...}, "isolation": "subprocess"}``.
+    ``overrides`` maps a plugin name to what the operator sets over its manifest:
+    ``{"config": {...}, "isolation": "subprocess", "limits": {"memory_mb": 256}}``.
+    ``require_signed`` (off by default, so that people can install the plugins they
+    write) refuses every install that is not an archive signed by a trusted key; an
+    archive that comes with a signature is verified whatever the policy.
     """
 
     home: Path
@@ -111,6 +127,18 @@ class HostConfig:
     entry_points: bool = True
     overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     probe_period: float | None = None
+    ready_timeout: float = 30.0
+    require_signed: bool = False
+    archive_limits: ArchiveLimits = attrs.field(factory=ArchiveLimits)
+
+    @property
+    def trust(self) -> TrustPolicy:
+        return TrustPolicy(
+            trusted_keys_dir=self.home / "trusted_keys",
+            revoked_keys=self.home / "revoked_keys",
+            require_signed=self.require_signed,
+            archive_limits=self.archive_limits,
+        )
 
 
 @attrs.define(eq=False)
@@ -155,7 +183,10 @@ class PluginHost:
     # ------------------------------------------------------------------ loading
 
     async def load(self, name: str) -> PluginStatus:
-        """Start the plugin as a supervised actor at ``/plugins/<name>``.
+        """Start the plugin as a supervised actor at ``/plugins/<name>`` and wait (up to
+        ``HostConfig.ready_timeout``) for its readiness. A plugin that is not ready by
+        then stays loaded, and its status says ``ready=False``: a plugin whose cloud is
+        down at start recovers by itself when the cloud comes back.
 
         Raises:
             PluginNotFound: not discovered.
@@ -163,6 +194,9 @@ class PluginHost:
         """
         async with self._lock:
             await self._load(name)
+        with trio.move_on_after(self.config.ready_timeout):
+            with contextlib.suppress(SupervisionError):
+                await self.runtime.wait_ready(f"{PLUGINS_PATH}/{name}")
         return await self.status(name)
 
     async def load_all(self) -> dict[str, str | None]:
@@ -197,18 +231,13 @@ class PluginHost:
         if record is not None and not record.enabled:
             raise PluginRefused(name, "it is disabled; enable it first")
         launch, manifest = self._launch(discovered)
-        counters = PluginCounters()
         path = f"{PLUGINS_PATH}/{name}"
+        loaded = _Loaded(discovered, launch, PluginCounters(), path)
         period = self.config.probe_period or manifest.probe_period
-
-        def make_driver() -> PluginDriver:
-            if launch.metadata.isolation is Isolation.SUBPROCESS:
-                return SubprocessDriver(launch, self.runtime.publish, counters)
-            return InProcessDriver(launch, self.runtime.publish)
-
         try:
             await self.runtime.spawn(
-                lambda: PluginActor(launch, make_driver, counters),
+                # Every run (first start or restart) takes the current version's launch.
+                lambda: PluginActor(loaded.launch, self._make_driver(loaded), loaded.counters),
                 name=name,
                 parent=PLUGINS_PATH,
                 restart=manifest.restart,
@@ -229,8 +258,16 @@ class PluginHost:
         except Exception as exc:
             await self.state.log(name, "load_failed", str(exc))
             raise PluginRefused(name, f"it failed to start: {exc}") from exc
-        self._loaded[name] = _Loaded(discovered, launch, counters, path)
+        self._loaded[name] = loaded
         await self.state.log(name, "loaded", discovered.version)
+
+    def _make_driver(self, loaded: _Loaded) -> Any:
+        def make_driver(launch: PluginLaunch) -> PluginDriver:
+            if launch.metadata.isolation is Isolation.SUBPROCESS:
+                return SubprocessDriver(launch, self.runtime.publish, loaded.counters)
+            return InProcessDriver(launch, self.runtime.publish)
+
+        return make_driver
 
     def _launch(self, discovered: DiscoveredPlugin) -> tuple[PluginLaunch, Manifest]:
         override = self.config.overrides.get(discovered.name, {})
@@ -239,6 +276,9 @@ class PluginHost:
         metadata = manifest.metadata
         if "isolation" in override:
             metadata = attrs.evolve(metadata, isolation=Isolation(override["isolation"]))
+        if "limits" in override:
+            limits = attrs.evolve(metadata.limits, **override["limits"])
+            metadata = attrs.evolve(metadata, limits=limits)
         folder = Path(discovered.location) if discovered.source != "entry_point" else None
         plugin_class = discovered.plugin_class
         if metadata.isolation is Isolation.IN_PROCESS and plugin_class is None:
@@ -281,6 +321,151 @@ class PluginHost:
         if name in self._loaded:
             await self.unload(name)
         await self.state.set_enabled(name, False)
+
+    # ------------------------------------------------------------------ management
+
+    async def install(self, source: Path, *, signature: Path | None = None) -> PluginStatus:
+        """Install a plugin from a folder or a ``.cwsplugin`` archive into the user
+        plugin folder (it is not loaded: ``load`` or ``enable`` it next).
+
+        The archive is checked (paths, links, sizes), its signature verified (given, or
+        found beside it as ``<archive>.minisig``), its manifest, API version and code
+        checked, all in a staging folder; then one rename puts it in place. Refused, or
+        killed half way, nothing changes.
+
+        Raises:
+            PluginRefused: saying why; nothing was installed.
+        """
+        async with self._lock:
+            staged = await self._stage(source, signature)
+            try:
+                existing = self._discovered.get(staged.name)
+                if existing is not None and existing.problem is None:
+                    raise PluginRefused(
+                        staged.name,
+                        f"version {existing.version} is already installed ({existing.source});"
+                        " update it instead",
+                    )
+                target = self.user_dir / staged.name
+                if target.exists():
+                    await trio.to_thread.run_sync(discard, target)  # a broken copy
+                staged.folder.rename(target)
+            except BaseException:
+                await trio.to_thread.run_sync(discard, staged.folder)
+                raise
+            await self._record(staged, target)
+            await self.discover()
+        return await self.status(staged.name)
+
+    async def update(
+        self, name: str, source: Path, *, signature: Path | None = None
+    ) -> PluginStatus:
+        """Hot reload ``name`` with the version in ``source`` (checked as ``install``
+        checks it). A loaded plugin keeps its actor, mailbox and path: the new version
+        starts, routing switches to it, then the old version stops; messages sent
+        meanwhile wait and reach the new one. If the new version fails to start (or
+        starts unhealthy) the old one keeps serving and its files are put back.
+
+        Raises:
+            PluginNotFound: ``name`` is not installed.
+            PluginRefused: the new version is unusable; the old one is untouched.
+        """
+        async with self._lock:
+            current = self._discovered.get(name)
+            if current is None:
+                raise PluginNotFound(f"no plugin named {name!r} is installed; install it")
+            if current.source != "user":
+                raise PluginRefused(
+                    name,
+                    f"it is a {current.source.replace('_', ' ')} plugin; update it with the"
+                    " tool that installed it (pip for entry points, the system's packages)",
+                )
+            staged = await self._stage(source, signature)
+            target, backup = self.user_dir / name, backup_path(self.user_dir, name)
+            if staged.name != name:
+                await trio.to_thread.run_sync(discard, staged.folder)
+                raise PluginRefused(name, f"the new version's manifest names {staged.name!r}")
+            await trio.to_thread.run_sync(discard, backup)
+            target.rename(backup)
+            staged.folder.rename(target)
+            try:
+                await self._switch(name, target)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(discard, target)
+                    backup.rename(target)
+                    await self.discover()
+                raise
+            await trio.to_thread.run_sync(discard, backup)
+            await self._record(staged, target)
+        return await self.status(name)
+
+    async def _switch(self, name: str, folder: Path) -> None:
+        (discovered,) = await trio.to_thread.run_sync(_from_plugin_dir, folder, "user")
+        if discovered.problem is not None:
+            raise PluginRefused(name, discovered.problem)
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            self._discovered[name] = discovered
+            return
+        launch, _ = self._launch(discovered)
+        problem = await self.runtime.lookup(loaded.path).ask(SwapLaunch(launch), timeout=60)
+        if problem is not None:
+            await self.state.log(name, "update_failed", problem)
+            raise PluginRefused(
+                name,
+                f"version {discovered.version} failed to start ({problem});"
+                f" version {loaded.discovered.version} keeps running",
+            )
+        loaded.launch, loaded.discovered = launch, discovered
+        self._discovered[name] = discovered
+        topics = tuple(dict.fromkeys(e.event_type for e in launch.capabilities.event_handlers))
+        self.runtime.bus.unsubscribe_actor(loaded.path)
+        if topics:
+            self.runtime.bus.subscribe_actor(loaded.path, topics)
+
+    async def remove(self, name: str, *, purge_data: bool = False) -> None:
+        """Unload and delete a user-installed plugin (and, with ``purge_data``, its
+        data folder). Entry-point and system plugins belong to their package manager.
+
+        Raises:
+            PluginNotFound: ``name`` is not installed.
+            PluginRefused: it is not a user plugin.
+        """
+        current = self._discovered.get(name)
+        if current is None:
+            raise PluginNotFound(f"no plugin named {name!r} is installed")
+        if current.source != "user":
+            raise PluginRefused(
+                name,
+                f"it is a {current.source.replace('_', ' ')} plugin; remove it with the tool"
+                " that installed it",
+            )
+        if name in self._loaded:
+            await self.unload(name)
+        async with self._lock:
+            await trio.to_thread.run_sync(discard, Path(current.location))
+            if purge_data:
+                await trio.to_thread.run_sync(discard, self.config.home / "plugin-data" / name)
+            await self.state.forget(name)
+            await self.discover()
+
+    async def history(self, name: str) -> list[Any]:
+        """The plugin's install, load, update, enable and failure history (oldest first)."""
+        return await self.state.history(name)
+
+    async def _stage(self, source: Path, signature: Path | None) -> StagedPlugin:
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: stage(Path(source), self.user_dir, self.config.trust, signature=signature)
+            )
+        except InstallRefused as exc:
+            raise PluginRefused(Path(source).name, str(exc)) from None
+
+    async def _record(self, staged: StagedPlugin, target: Path) -> None:
+        signed = f", signed by {staged.signed_by}" if staged.signed_by else ""
+        await self.state.record_install(staged.name, staged.version, "user", str(target))
+        await self.state.log(staged.name, "verified", f"{staged.version}{signed}")
 
     # ------------------------------------------------------------------ status
 
@@ -490,42 +675,41 @@ def _from_folder(folder: Path, source: str) -> list[DiscoveredPlugin]:
     if not folder.is_dir():
         return found
     for plugin_dir in sorted(folder.iterdir()):
-        if not plugin_dir.is_dir() or plugin_dir.name.startswith("."):
-            continue
-        manifest_path = plugin_dir / "plugin.toml"
-        try:
-            manifest = load_manifest(manifest_path)
-        except ManifestError as exc:
-            found.append(
-                DiscoveredPlugin(
-                    plugin_dir.name,
-                    "?",
-                    source,
-                    str(plugin_dir),
-                    Isolation.IN_PROCESS,
-                    problem=str(exc),
-                )
-            )
-            continue
-        metadata = manifest.metadata
-        problem = api_version_problem(metadata.api_version)
-        if metadata.name != plugin_dir.name:
-            problem = (
-                f"its folder is named {plugin_dir.name!r} but plugin.toml says {metadata.name!r}"
-            )
-        found.append(
+        if plugin_dir.is_dir() and not plugin_dir.name.startswith("."):
+            found.extend(_from_plugin_dir(plugin_dir, source))
+    return found
+
+
+def _from_plugin_dir(plugin_dir: Path, source: str) -> list[DiscoveredPlugin]:
+    try:
+        manifest = load_manifest(plugin_dir / "plugin.toml")
+    except ManifestError as exc:
+        return [
             DiscoveredPlugin(
-                metadata.name,
-                metadata.version,
+                plugin_dir.name,
+                "?",
                 source,
                 str(plugin_dir),
-                metadata.isolation,
-                manifest,
-                None,
-                problem,
+                Isolation.IN_PROCESS,
+                problem=str(exc),
             )
+        ]
+    metadata = manifest.metadata
+    problem = api_version_problem(metadata.api_version)
+    if metadata.name != plugin_dir.name:
+        problem = f"its folder is named {plugin_dir.name!r} but plugin.toml says {metadata.name!r}"
+    return [
+        DiscoveredPlugin(
+            metadata.name,
+            metadata.version,
+            source,
+            str(plugin_dir),
+            metadata.isolation,
+            manifest,
+            None,
+            problem,
         )
-    return found
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -533,6 +717,8 @@ async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterato
     """Open the host: the state database under ``config.home``, the ``/plugins`` subtree
     (plugins are quarantined, never escalated, so one cannot take the others down)."""
     config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for step in await trio.to_thread.run_sync(recover, config.home / "plugins"):
+        logging.getLogger("cws.plugins").warning("%s", step)
     state = await StateStore.open(config.home / "state.db")
     try:
         await runtime.spawn_supervisor("plugins", max_restarts=1000, period=1.0)

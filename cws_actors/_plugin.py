@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +22,12 @@ from ._ratelimit import RateLimit
 PLUGIN_API_VERSION = "1.0"
 """The plugin API this host speaks: a plugin needing ``M.m`` loads when ``M`` equals our
 major and ``m`` is at most our minor."""
+
+def _tuple(items: Iterable[Any]) -> tuple[Any, ...]:
+    """A ``tuple`` converter that mypy's attrs plugin can type (``tuple`` itself it
+    cannot): specs take lists or tuples."""
+    return tuple(items)
+
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,62}")
 _v = attrs.validators
@@ -102,9 +108,9 @@ class CLICommandSpec:
     usage: str = ""
     short: str = ""
     long: str = ""
-    aliases: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    aliases: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     parent: str | None = None
-    flags: tuple[CLIFlagSpec, ...] = attrs.field(default=(), converter=tuple)
+    flags: tuple[CLIFlagSpec, ...] = attrs.field(default=(), converter=_tuple)
 
     @property
     def full_name(self) -> str:
@@ -125,7 +131,7 @@ class APIEndpointSpec:
     method: str = attrs.field(default="GET", converter=_upper)
     protected: bool = True
     rate_limit: RateLimit | None = None
-    permissions: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
     @path.validator
     def _check_path(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -150,13 +156,13 @@ class EventHandlerSpec:
 class Capabilities:
     """Everything a plugin adds to the daemon."""
 
-    cli_commands: tuple[CLICommandSpec, ...] = attrs.field(default=(), converter=tuple)
-    api_endpoints: tuple[APIEndpointSpec, ...] = attrs.field(default=(), converter=tuple)
-    event_handlers: tuple[EventHandlerSpec, ...] = attrs.field(default=(), converter=tuple)
-    template_types: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    service_types: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    auth_providers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
-    storage_providers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    cli_commands: tuple[CLICommandSpec, ...] = attrs.field(default=(), converter=_tuple)
+    api_endpoints: tuple[APIEndpointSpec, ...] = attrs.field(default=(), converter=_tuple)
+    event_handlers: tuple[EventHandlerSpec, ...] = attrs.field(default=(), converter=_tuple)
+    template_types: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    service_types: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    auth_providers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    storage_providers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
     def handler_names(self) -> set[str]:
         specs: list[Any] = [*self.cli_commands, *self.api_endpoints, *self.event_handlers]
@@ -171,7 +177,7 @@ class PluginMetadata:
     author: str = ""
     api_version: str = PLUGIN_API_VERSION
     isolation: Isolation = Isolation.IN_PROCESS
-    permissions: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     limits: ResourceLimits = attrs.field(factory=ResourceLimits)
 
 

@@ -91,6 +91,15 @@ class PluginLaunch:
     stop_timeout: float = 3.0
 
 
+@attrs.frozen
+class SwapLaunch:
+    """A message to a plugin actor: start ``launch`` (a new version), switch to it, stop
+    the old one. The reply is None on success, or why the new version failed to start
+    (the old one then keeps serving, untouched)."""
+
+    launch: PluginLaunch
+
+
 class PluginDriver(Protocol):
     async def open(self, nursery: trio.Nursery) -> None: ...
 
@@ -150,6 +159,9 @@ class SubprocessDriver:
     _reader: FrameReader | None = None
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
     _closing: bool = False
+    _opened: bool = False
+    """Until the handshake and init succeed, a dying process fails ``open`` instead of
+    crashing the actor (so that a hot reload can roll back)."""
 
     async def open(self, nursery: trio.Nursery) -> None:
         launch = self.launch
@@ -194,12 +206,13 @@ class SubprocessDriver:
                 f" expected {launch.metadata.name!r}"
             )
         await self._request({"type": "init"})
+        self._opened = True
 
     async def close(self) -> None:
+        self._closing = True
         process = self._process
         if process is None or process.returncode is not None:
             return
-        self._closing = True
         with trio.move_on_after(self.launch.stop_timeout):
             try:
                 await self._request({"type": "stop"})
@@ -257,7 +270,7 @@ class SubprocessDriver:
 
     async def _watch(self, process: trio.Process) -> None:
         await process.wait()
-        if not self._closing:
+        if self._opened and not self._closing:
             raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
 
     def _describe_exit(self, what: str) -> str:
@@ -325,7 +338,7 @@ class PluginActor(Actor):
     def __init__(
         self,
         launch: PluginLaunch,
-        make_driver: Callable[[], PluginDriver],
+        make_driver: Callable[[PluginLaunch], PluginDriver],
         counters: PluginCounters,
     ) -> None:
         self.launch = launch
@@ -339,7 +352,7 @@ class PluginActor(Actor):
         )
 
     async def on_start(self) -> None:
-        self.driver = self.make_driver()
+        self.driver = self.make_driver(self.launch)
         await self.driver.open(self.nursery)
 
     async def on_stop(self) -> None:
@@ -347,6 +360,8 @@ class PluginActor(Actor):
             await self.driver.close()
 
     async def receive(self, message: Any) -> Any:
+        if isinstance(message, SwapLaunch):
+            return await self._swap(message.launch)
         if not isinstance(message, PluginCall):
             raise TypeError(f"a plugin actor takes PluginCall messages, got {message!r}")
         assert self.driver is not None
@@ -359,6 +374,27 @@ class PluginActor(Actor):
             self.counters.errors += 1
             self.counters.last_error = f"{type(exc).__name__}: {exc}"
             raise
+
+    async def _swap(self, launch: PluginLaunch) -> str | None:
+        """Hot reload: messages arriving meanwhile wait in the mailbox, then reach the new
+        version, so none is lost and the actor's path never changes."""
+        new = self.make_driver(launch)
+        try:
+            await new.open(self.nursery)
+            health = await new.health()
+            if health.status is HealthStatus.CRITICAL:
+                raise RuntimeError(f"its health is critical: {health.message}")
+        except Exception as exc:  # noqa: BLE001 - reported to the host, which rolls back
+            with trio.CancelScope(shield=True), trio.move_on_after(launch.stop_timeout + 1):
+                try:
+                    await new.close()
+                except Exception:  # noqa: BLE001 - the failure above is the one to report
+                    pass
+            return f"{type(exc).__name__}: {exc}"
+        old, self.driver, self.launch = self.driver, new, launch
+        if old is not None:
+            await old.close()
+        return None
 
     async def _dispatch_event(self, event: Event) -> None:
         assert self.driver is not None

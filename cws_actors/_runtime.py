@@ -267,6 +267,20 @@ class Runtime:
 
     # ----------------------------------------------------------------- lookups
 
+    async def wait_ready(self, path: str) -> None:
+        """Wait until the actor at ``path`` runs and its readiness probe passes (put a
+        deadline on it with ``trio.move_on_after``).
+
+        Raises:
+            ActorNotFound: no actor there.
+            ChildQuarantined: it will not become ready without ``clear_quarantine``.
+        """
+        parent_path, _, name = path.rpartition("/")
+        node = self._subtrees.get(parent_path or "/")
+        if path not in self.router.cells or node is None or node.supervisor is None:
+            raise ActorNotFound(path)
+        await node.supervisor.wait_ready(name)
+
     def lookup(self, path: str) -> ActorRef:
         """The reference of the actor at ``path``.
 

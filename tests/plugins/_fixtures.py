@@ -28,6 +28,9 @@ class EchoPlugin(Plugin):
             CLICommandSpec("hang", handler="hang", parent="echo"),
             CLICommandSpec("hog", handler="hog", parent="echo"),
             CLICommandSpec("sick", handler="sick", parent="echo"),
+            CLICommandSpec("spin", handler="spin", parent="echo"),
+            CLICommandSpec("files", handler="files", parent="echo",
+                           flags=[CLIFlagSpec("count", type="int", default=100)]),
         ],
         api_endpoints=[APIEndpointSpec("/api/v1/echo", handler="http_echo", protected=False)],
         event_handlers=[EventHandlerSpec("instance.*", handler="on_instance")],
@@ -70,6 +73,14 @@ class EchoPlugin(Plugin):
         while True:
             hoard.append(bytearray(16 * 1024 * 1024))
 
+    async def spin(self, args):
+        while True:
+            pass
+
+    async def files(self, args):
+        handles = [open(__file__) for _ in range(args.get("count", 100))]
+        return CommandResult(str(len(handles)))
+
     async def sick(self, args):
         self.healthy = False
         return CommandResult("now critical")
@@ -94,7 +105,7 @@ description = "echoes"
 author = "tests"
 
 [limits]
-memory_mb = 200
+{limits}
 
 [supervision]
 probe_period = 1.0
@@ -112,13 +123,14 @@ def write_plugin(
     api_version: str = "1.0",
     isolation: str = "in_process",
     code: str = PLUGIN_CODE,
+    limits: str = "memory_mb = 200",
 ) -> Path:
     plugin_dir = folder / name
     plugin_dir.mkdir(parents=True)
     (plugin_dir / "plugin.toml").write_text(
         textwrap.dedent(
             MANIFEST.format(name=name, version=version, api_version=api_version,
-                            isolation=isolation)
+                            isolation=isolation, limits=limits)
         )
     )  # fmt: skip
     (plugin_dir / "echo_plugin.py").write_text(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ async def home(tmp_path: Path) -> Path:
     return tmp_path / "cws-home"
 
 
+@contextlib.asynccontextmanager
 async def opened(home: Path, **overrides: Any) -> AsyncIterator[PluginHost]:
     config = HostConfig(home=home, system_dir=home / "system", entry_points=False, **overrides)
     async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
@@ -40,7 +42,7 @@ async def opened(home: Path, **overrides: Any) -> AsyncIterator[PluginHost]:
 @pytest.fixture
 async def host(home: Path) -> AsyncIterator[PluginHost]:
     write_plugin(home / "plugins", "echo")
-    async for opened_host in opened(home):
+    async with opened(home) as opened_host:
         yield opened_host
 
 
@@ -60,7 +62,7 @@ async def test_discover_lists_good_and_refused_plugins(home: Path) -> None:
     broken = write_plugin(plugins, "broken")
     (broken / "plugin.toml").write_text("[plugin\nname = ")
     with trio.fail_after(TIMEOUT):
-        async for host in opened(home):
+        async with opened(home) as host:
             found = {p.name: p.problem for p in await host.discover()}
             assert found["good"] is None
             assert "newer than this host's 1.0" in found["future"]
@@ -122,13 +124,13 @@ async def _ready(host: PluginHost, name: str, *, restarts: int) -> bool:
 async def test_disable_is_persisted_across_restarts(home: Path) -> None:
     write_plugin(home / "plugins", "echo")
     with trio.fail_after(TIMEOUT):
-        async for host in opened(home):
+        async with opened(home) as host:
             await host.load("echo")
             await host.disable("echo")
             assert not (await host.status("echo")).loaded
             with pytest.raises(PluginRefused, match="disabled"):
                 await host.load("echo")
-        async for host in opened(home):
+        async with opened(home) as host:
             results = await host.load_all()
             assert results == {"echo": "disabled"}
             status = await host.enable("echo")

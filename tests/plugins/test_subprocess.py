@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from .test_host import TIMEOUT, opened, wait_until
 async def host(tmp_path: Path) -> AsyncIterator[PluginHost]:
     home = tmp_path / "home"
     write_plugin(home / "plugins", "echo", isolation="subprocess")
-    async for opened_host in opened(home):
+    async with opened(home) as opened_host:
         yield opened_host
 
 
@@ -129,7 +130,7 @@ async def test_secrets_in_the_daemon_environment_do_not_leak(
     home = tmp_path / "home"
     write_plugin(home / "plugins", "echo", isolation="subprocess")
     with trio.fail_after(TIMEOUT):
-        async for host in opened(home):
+        async with opened(home) as host:
             await host.load("echo")
             environ = Path(f"/proc/{plugin_pid(host)}/environ").read_bytes().split(b"\0")
             names = {entry.split(b"=")[0].decode() for entry in environ if entry}
@@ -150,7 +151,7 @@ async def test_plugin_output_goes_to_the_log_not_the_protocol(
     write_plugin(home / "plugins", "echo", isolation="subprocess", code=noisy)
     caplog.set_level(logging.WARNING, logger="cws.plugin.echo")
     with trio.fail_after(TIMEOUT):
-        async for host in opened(home):
+        async with opened(home) as host:
             await host.load("echo")
             assert (await host.execute_cli(["echo", "--text", "y"])).output == "hello y"
 
@@ -183,3 +184,68 @@ async def test_the_plugin_exits_when_the_daemon_dies(tmp_path: Path) -> None:
         await process.stdin.aclose()  # the daemon is gone
         assert await process.wait() == 0
         await process.stdout.aclose()
+
+
+async def test_the_cpu_limit_kills_a_spinning_plugin(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation="subprocess", limits="cpu_seconds = 1")
+    with trio.fail_after(TIMEOUT):
+        async with opened(home) as host:
+            await host.load("echo")
+            old = plugin_pid(host)
+            assert (await host.execute_cli(["echo", "spin"])).exit_code == 1
+            await wait_until(lambda: restarted(host, old))
+            status = await host.status("echo")
+            assert "over its CPU-seconds limit" in (status.last_exit or "")
+
+
+async def test_the_open_files_limit_holds(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation="subprocess", limits="open_files = 32")
+    with trio.fail_after(TIMEOUT):
+        async with opened(home) as host:
+            await host.load("echo")
+            assert (await host.execute_cli(["echo", "files", "--count", "8"])).output == "8"
+            result = await host.execute_cli(["echo", "files", "--count", "64"])
+            assert result.exit_code == 1
+            assert "Too many open files" in result.output
+
+
+async def test_operator_limits_override_the_manifest(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation="subprocess")
+    overrides = {"echo": {"limits": {"open_files": 32}}}
+    with trio.fail_after(TIMEOUT):
+        async with opened(home, overrides=overrides) as host:
+            await host.load("echo")
+            limits = Path(f"/proc/{plugin_pid(host)}/limits").read_text()
+            (line,) = [row for row in limits.splitlines() if row.startswith("Max open files")]
+            assert line.split()[3:5] == ["32", "32"]
+            (line,) = [row for row in limits.splitlines() if row.startswith("Max address space")]
+            assert line.split()[3] == str(200 * 1024 * 1024)  # the manifest's memory_mb stays
+
+
+async def test_one_plugin_killed_the_other_keeps_serving(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation="subprocess")
+    other = write_plugin(home / "plugins", "other", isolation="subprocess")
+    (other / "echo_plugin.py").write_text(
+        (other / "echo_plugin.py")
+        .read_text()
+        .replace('CLICommandSpec("echo", handler="echo"', 'CLICommandSpec("other", handler="echo"')
+        .replace('parent="echo"', 'parent="other"')
+    )
+    with trio.fail_after(TIMEOUT):
+        async with opened(home) as host:
+            await host.load("echo")
+            await host.load("other")
+            victim = plugin_pid(host)
+            os.kill(victim, signal.SIGKILL)
+            served = 0
+            while not await restarted(host, victim):
+                result = await host.execute_cli(["other", "--text", "still here"])
+                assert result.output == "hello still here"
+                served += 1
+            assert served > 0
+            assert (await host.status("other")).restarts == 0
+            assert "killed by SIGKILL" in ((await host.status("echo")).last_exit or "")
