@@ -1,5 +1,6 @@
-"""Subprocess plugin benchmark: crash to ready again (p50, p99), and ask round trips to a
-subprocess plugin beside raw pipes to a Trio echo process, measured in the same run.
+"""Subprocess plugin benchmark: crash to ready again (p50, p99; forked from the fork
+server, and from a fresh interpreter), and ask round trips to a subprocess plugin beside
+raw pipes to a Trio echo process, measured in the same run.
 
 Run: ``.venv/bin/python benchmarks/bench_plugins.py [--crashes 50] [--asks 5000] [--json]``
 """
@@ -111,8 +112,12 @@ async def raw_pipes(asks: int) -> tuple[float, float]:
     return sequential, pipelined
 
 
-async def plugin_figures(home: Path, crashes: int, asks: int) -> dict[str, Any]:
-    config = HostConfig(home=home, system_dir=home / "system", entry_points=False)
+async def plugin_figures(
+    home: Path, crashes: int, asks: int, *, fork_server: bool
+) -> dict[str, Any]:
+    config = HostConfig(
+        home=home, system_dir=home / "system", entry_points=False, fork_server=fork_server
+    )
     async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
         await host.load("echo")
         ref = runtime.lookup("/plugins/echo")
@@ -165,19 +170,27 @@ async def main(crashes: int, asks: int) -> dict[str, Any]:
         plugin_dir.mkdir(parents=True)
         (plugin_dir / "plugin.toml").write_text(textwrap.dedent(MANIFEST))
         (plugin_dir / "echo_plugin.py").write_text(textwrap.dedent(PLUGIN))
-        ours = await plugin_figures(home, crashes, asks)
+        ours = await plugin_figures(home, crashes, asks, fork_server=True)
+        fresh = await plugin_figures(home, crashes, asks // 5, fork_server=False)
     raw_sequential, raw_pipelined = await raw_pipes(asks)
-    return ours | {"raw_pipes_sequential_per_s": raw_sequential,
-                   "raw_pipes_pipelined_per_s": raw_pipelined}  # fmt: skip
+    return ours | {
+        "fresh_python_crash_to_ready_p50_ms": fresh["crash_to_ready_p50_ms"],
+        "fresh_python_crash_to_ready_p99_ms": fresh["crash_to_ready_p99_ms"],
+        "raw_pipes_sequential_per_s": raw_sequential,
+        "raw_pipes_pipelined_per_s": raw_pipelined,
+    }
 
 
 def report(result: dict[str, Any]) -> str:
     seq, raw = result["ask_sequential_per_s"], result["raw_pipes_sequential_per_s"]
     return "\n".join(
         [
-            f"crash to ready ({result['crashes']} SIGKILLs): p50"
+            f"crash to ready ({result['crashes']} SIGKILLs), fork server: p50"
             f" {result['crash_to_ready_p50_ms']:.1f} ms, p99"
             f" {result['crash_to_ready_p99_ms']:.1f} ms",
+            f"crash to ready, fresh interpreter: p50"
+            f" {result['fresh_python_crash_to_ready_p50_ms']:.1f} ms, p99"
+            f" {result['fresh_python_crash_to_ready_p99_ms']:.1f} ms",
             f"ask to a subprocess plugin: {seq:,.0f}/s vs raw pipes {raw:,.0f}/s:"
             f" ratio {seq / raw:.2f}",
             f"10 concurrent askers: {result['ask_10_concurrent_per_s']:,.0f}/s"

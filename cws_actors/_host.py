@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import os
 import shlex
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from supervision import ChildState, ProbeKind, SupervisionError
 from ._archive import ArchiveLimits
 from ._cell import HealthProbe
 from ._exceptions import ActorError
+from ._forkserver import ForkServer
 from ._install import (
     InstallRefused,
     StagedPlugin,
@@ -41,6 +43,7 @@ from ._plugin import (
     api_version_problem,
 )
 from ._plugin_actor import (
+    ENV_ALLOWLIST,
     InProcessDriver,
     PluginActor,
     PluginCall,
@@ -128,6 +131,9 @@ class HostConfig:
     overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     probe_period: float | None = None
     ready_timeout: float = 30.0
+    fork_server: bool = True
+    """Fork subprocess plugins from a process that has Python and Trio imported already
+    (a restart in milliseconds); False starts a fresh interpreter for each run."""
     require_signed: bool = False
     archive_limits: ArchiveLimits = attrs.field(factory=ArchiveLimits)
 
@@ -159,6 +165,8 @@ class PluginHost:
     _discovered: dict[str, DiscoveredPlugin] = attrs.field(factory=dict)
     _loaded: dict[str, _Loaded] = attrs.field(factory=dict)
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _nursery: trio.Nursery | None = None
+    _fork_server: ForkServer | None = None
 
     @property
     def user_dir(self) -> Path:
@@ -231,6 +239,8 @@ class PluginHost:
         if record is not None and not record.enabled:
             raise PluginRefused(name, "it is disabled; enable it first")
         launch, manifest = self._launch(discovered)
+        if launch.metadata.isolation is Isolation.SUBPROCESS:
+            await self._start_fork_server()
         path = f"{PLUGINS_PATH}/{name}"
         loaded = _Loaded(discovered, launch, PluginCounters(), path)
         period = self.config.probe_period or manifest.probe_period
@@ -261,10 +271,27 @@ class PluginHost:
         self._loaded[name] = loaded
         await self.state.log(name, "loaded", discovered.version)
 
+    async def _start_fork_server(self) -> None:
+        if not self.config.fork_server or self._nursery is None:
+            return
+        if self._fork_server is not None and self._fork_server.running:
+            return
+        self._fork_server = ForkServer()
+        env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
+        try:
+            await self._nursery.start(self._fork_server.run, env)
+        except OSError as exc:
+            logging.getLogger("cws.plugins").warning(
+                "the fork server did not start (%s); plugins start a fresh interpreter", exc
+            )
+            self._fork_server = None
+
     def _make_driver(self, loaded: _Loaded) -> Any:
         def make_driver(launch: PluginLaunch) -> PluginDriver:
             if launch.metadata.isolation is Isolation.SUBPROCESS:
-                return SubprocessDriver(launch, self.runtime.publish, loaded.counters)
+                return SubprocessDriver(
+                    launch, self.runtime.publish, loaded.counters, self._fork_server
+                )
             return InProcessDriver(launch, self.runtime.publish)
 
         return make_driver
@@ -724,14 +751,18 @@ async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterato
         await runtime.spawn_supervisor("plugins", max_restarts=1000, period=1.0)
         host = PluginHost(runtime, config, state)
         await host.discover()
-        try:
-            yield host
-        finally:
-            with trio.CancelScope(shield=True):
-                for name in list(host._loaded):
-                    with contextlib.suppress(PluginError, ActorError):
-                        await host.unload(name)
-                await runtime.stop(PLUGINS_PATH)
+        async with trio.open_nursery() as nursery:
+            host._nursery = nursery
+            try:
+                yield host
+            finally:
+                with trio.CancelScope(shield=True):
+                    for name in list(host._loaded):
+                        with contextlib.suppress(PluginError, ActorError):
+                            await host.unload(name)
+                    await runtime.stop(PLUGINS_PATH)
+                host._nursery = None
+                nursery.cancel_scope.cancel()  # the fork server goes last
     finally:
         with trio.CancelScope(shield=True):
             await state.aclose()

@@ -23,6 +23,7 @@ PLUGIN_API_VERSION = "1.0"
 """The plugin API this host speaks: a plugin needing ``M.m`` loads when ``M`` equals our
 major and ``m`` is at most our minor."""
 
+
 def _tuple(items: Iterable[Any]) -> tuple[Any, ...]:
     """A ``tuple`` converter that mypy's attrs plugin can type (``tuple`` itself it
     cannot): specs take lists or tuples."""

@@ -19,6 +19,7 @@ import trio
 
 from ._actor import Actor
 from ._bus import Event, topic_matches
+from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
 from ._plugin import (
     APIRequest,
     Capabilities,
@@ -41,6 +42,13 @@ from ._protocol import (
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "HOME")
 """Environment variables a subprocess plugin inherits; nothing else of the daemon's
 environment (tokens, cloud credentials) reaches it unless the operator adds it."""
+
+
+def plugin_environment(launch: PluginLaunch) -> dict[str, str]:
+    """The whole environment of a subprocess plugin: the allow-list, and its name."""
+    env = {key: os.environ[key] for key in launch.env_allowlist if key in os.environ}
+    env["CWS_PLUGIN_NAME"] = launch.metadata.name
+    return env
 
 
 class PluginCrashed(Exception):
@@ -155,7 +163,9 @@ class SubprocessDriver:
     launch: PluginLaunch
     publish: Callable[[str, Any], Awaitable[Any]]
     counters: PluginCounters
-    _process: trio.Process | None = None
+    fork_server: ForkServer | None = None
+    """Fork the process from this server (milliseconds) instead of starting Python."""
+    _process: trio.Process | ForkedProcess | None = None
     _reader: FrameReader | None = None
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
     _closing: bool = False
@@ -174,20 +184,15 @@ class SubprocessDriver:
             "data_dir": str(launch.data_dir),
             "limits": attrs.asdict(launch.metadata.limits),
         }
-        env = {key: os.environ[key] for key in launch.env_allowlist if key in os.environ}
-        env["CWS_PLUGIN_NAME"] = launch.metadata.name
-        process: trio.Process = await nursery.start(
-            functools.partial(
-                trio.run_process,
-                [sys.executable, "-m", "cws_actors._plugin_runner", json.dumps(spec)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                check=False,
-                deliver_cancel=self._deliver_cancel,
-            )
-        )
+        env = plugin_environment(launch)
+        process: trio.Process | ForkedProcess
+        if self.fork_server is not None and self.fork_server.running:
+            try:
+                process = await nursery.start(self._run_forked, self.fork_server, spec, env)
+            except ForkServerGone:
+                process = await self._start_python(nursery, spec, env)
+        else:
+            process = await self._start_python(nursery, spec, env)
         self._process = process
         self.counters.pid = process.pid
         assert process.stdout is not None and process.stderr is not None
@@ -207,6 +212,43 @@ class SubprocessDriver:
             )
         await self._request({"type": "init"})
         self._opened = True
+
+    async def _start_python(
+        self, nursery: trio.Nursery, spec: dict[str, Any], env: dict[str, str]
+    ) -> trio.Process:
+        process: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "cws_actors._plugin_runner", json.dumps(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                check=False,
+                deliver_cancel=self._deliver_cancel,
+            )
+        )
+        return process
+
+    async def _run_forked(
+        self,
+        server: ForkServer,
+        spec: dict[str, Any],
+        env: dict[str, str],
+        task_status: trio.TaskStatus[ForkedProcess] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Own a forked process as ``trio.run_process`` owns its child: cancelled, it
+        escalates from SIGTERM to SIGKILL, and it returns once the process is gone."""
+        process = await server.spawn(spec, env)
+        task_status.started(process)
+        try:
+            await process.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    await self._deliver_cancel(process)
+                    await process.wait()
+                await process.stdin.aclose()
 
     async def close(self) -> None:
         self._closing = True
@@ -268,7 +310,7 @@ class SubprocessDriver:
                 continue
             return frame
 
-    async def _watch(self, process: trio.Process) -> None:
+    async def _watch(self, process: trio.Process | ForkedProcess) -> None:
         await process.wait()
         if self._opened and not self._closing:
             raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
@@ -293,7 +335,7 @@ class SubprocessDriver:
         }.get(code, "")
         return f"plugin {name!r} process exited with code {code}{reason}"
 
-    async def _deliver_cancel(self, process: trio.Process) -> None:
+    async def _deliver_cancel(self, process: trio.Process | ForkedProcess) -> None:
         """Cancel: SIGTERM (the runner then calls the plugin's stop), a deadline, SIGKILL."""
         self._closing = True
         process.terminate()

@@ -141,8 +141,14 @@ class Runner:
         raise ValueError(f"unknown request type {kind!r}")
 
 
-def main() -> None:
-    spec = json.loads(sys.argv[1])
+def run(spec: dict[str, Any]) -> None:
+    """Run the plugin ``spec`` describes on fds 0, 1 and 2 until the host lets go.
+
+    Called in a fresh interpreter (``main``) or in a child of the fork server, which
+    has this module and Trio imported already."""
+    # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon
+    # decides when its plugins stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     apply_limits(spec.get("limits", {}))
     protocol_out = os.dup(1)
     os.dup2(2, 1)  # a plugin's print() must not corrupt the protocol
@@ -156,6 +162,10 @@ def main() -> None:
         trio.run(Runner(spec, plugin_class, protocol_out).serve)
     except MemoryError:
         os._exit(EXIT_MEMORY)
+
+
+def main() -> None:
+    run(json.loads(sys.argv[1]))
 
 
 if __name__ == "__main__":

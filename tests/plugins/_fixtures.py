@@ -28,6 +28,7 @@ class EchoPlugin(Plugin):
             CLICommandSpec("hang", handler="hang", parent="echo"),
             CLICommandSpec("hog", handler="hog", parent="echo"),
             CLICommandSpec("sick", handler="sick", parent="echo"),
+            CLICommandSpec("env", handler="env", parent="echo"),
             CLICommandSpec("spin", handler="spin", parent="echo"),
             CLICommandSpec("files", handler="files", parent="echo",
                            flags=[CLIFlagSpec("count", type="int", default=100)]),
@@ -80,6 +81,9 @@ class EchoPlugin(Plugin):
     async def files(self, args):
         handles = [open(__file__) for _ in range(args.get("count", 100))]
         return CommandResult(str(len(handles)))
+
+    async def env(self, args):
+        return CommandResult(" ".join(sorted(os.environ)))
 
     async def sick(self, args):
         self.healthy = False

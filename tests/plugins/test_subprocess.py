@@ -13,16 +13,19 @@ import pytest
 import trio
 
 from cws_actors import APIRequest, PluginHost
+from cws_actors._plugin_actor import ENV_ALLOWLIST
 
 from ._fixtures import write_plugin
 from .test_host import TIMEOUT, opened, wait_until
 
 
-@pytest.fixture
-async def host(tmp_path: Path) -> AsyncIterator[PluginHost]:
+@pytest.fixture(params=[True, False], ids=["fork-server", "fresh-python"])
+async def host(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[PluginHost]:
+    """Both ways of starting a plugin process: forked from the fork server, and a fresh
+    interpreter."""
     home = tmp_path / "home"
     write_plugin(home / "plugins", "echo", isolation="subprocess")
-    async with opened(home) as opened_host:
+    async with opened(home, fork_server=request.param) as opened_host:
         yield opened_host
 
 
@@ -134,8 +137,11 @@ async def test_secrets_in_the_daemon_environment_do_not_leak(
             await host.load("echo")
             environ = Path(f"/proc/{plugin_pid(host)}/environ").read_bytes().split(b"\0")
             names = {entry.split(b"=")[0].decode() for entry in environ if entry}
-            assert "AWS_SECRET_ACCESS_KEY" not in names
-            assert "CWS_PLUGIN_NAME" in names
+            assert "AWS_SECRET_ACCESS_KEY" not in names  # not even in its initial block
+            seen = set((await host.execute_cli(["echo", "env"])).output.split())
+            assert "CWS_PLUGIN_NAME" in seen
+            assert "AWS_SECRET_ACCESS_KEY" not in seen
+            assert seen <= {*ENV_ALLOWLIST, "CWS_PLUGIN_NAME"}
 
 
 async def test_plugin_output_goes_to_the_log_not_the_protocol(
@@ -249,3 +255,49 @@ async def test_one_plugin_killed_the_other_keeps_serving(tmp_path: Path) -> None
             assert served > 0
             assert (await host.status("other")).restarts == 0
             assert "killed by SIGKILL" in ((await host.status("echo")).last_exit or "")
+
+
+DAEMON = """
+import sys, trio
+from pathlib import Path
+from cws_actors import HostConfig, open_plugin_host, open_runtime
+
+async def main():
+    home = Path(sys.argv[1])
+    config = HostConfig(home=home, system_dir=home / "system", entry_points=False)
+    async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
+        await host.load("echo")
+        print(host._loaded["echo"].counters.pid, host._fork_server._process.pid, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_a_killed_daemon_takes_its_plugins_and_fork_server_with_it(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation="subprocess")
+    with trio.fail_after(TIMEOUT):
+        daemon = await trio.lowlevel.open_process(
+            [sys.executable, "-c", DAEMON, str(home)], stdout=subprocess.PIPE
+        )
+        assert daemon.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await daemon.stdout.receive_some(100)
+        plugin, server = (int(word) for word in line.split())
+        assert alive(plugin)
+        assert alive(server)
+        daemon.kill()
+        await daemon.wait()
+        await daemon.stdout.aclose()
+
+        async def both_gone() -> bool:
+            return not alive(plugin) and not alive(server)
+
+        await wait_until(both_gone)
