@@ -86,6 +86,7 @@ class Subscription:
     _send: trio.MemorySendChannel[Event]
     _receive: trio.MemoryReceiveChannel[Event]
     _close: Callable[[Subscription], None]
+    _closed: bool = attrs.field(default=False, init=False)
 
     def matches(self, topic: str) -> bool:
         return any(topic_matches(p, topic) for p in self.patterns)
@@ -112,9 +113,19 @@ class Subscription:
         return self._receive.receive_nowait()
 
     def close(self) -> None:
+        """Stop receiving; closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         self._close(self)
         self._send.close()
         self._receive.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class BusBackend(Protocol):

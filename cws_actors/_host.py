@@ -109,6 +109,7 @@ class PluginStatus:
     calls: int
     errors: int
     events: int
+    published: int
     last_error: str | None
     problem: str | None
     path: str | None
@@ -292,7 +293,7 @@ class PluginHost:
                 return SubprocessDriver(
                     launch, self.runtime.publish, loaded.counters, self._fork_server
                 )
-            return InProcessDriver(launch, self.runtime.publish)
+            return InProcessDriver(launch, self.runtime.publish, loaded.counters)
 
         return make_driver
 
@@ -528,6 +529,7 @@ class PluginHost:
             calls=counters.calls,
             errors=counters.errors,
             events=counters.events,
+            published=counters.published,
             last_error=counters.last_error,
             problem=discovered.problem,
             path=loaded.path if loaded is not None else None,

@@ -80,6 +80,8 @@ class PluginCounters:
     calls: int = 0
     errors: int = 0
     events: int = 0
+    published: int = 0
+    """Events the plugin put on the bus: its messages out."""
     last_error: str | None = None
     pid: int | None = None
 
@@ -124,6 +126,7 @@ class PluginDriver(Protocol):
 class InProcessDriver:
     launch: PluginLaunch
     publish: Callable[[str, Any], Awaitable[Any]]
+    counters: PluginCounters = attrs.field(factory=lambda: PluginCounters())
     _plugin: Plugin | None = None
     _context: PluginContext | None = None
 
@@ -133,11 +136,15 @@ class InProcessDriver:
         assert plugin_class is not None, "an in-process launch carries its class"
         launch.data_dir.mkdir(parents=True, exist_ok=True)
         self._context = PluginContext(
-            launch.metadata.name, launch.data_dir, launch.config, self.publish
+            launch.metadata.name, launch.data_dir, launch.config, self._publish
         )
         self._plugin = plugin_class()
         await self._plugin.initialize(self._context, launch.config)
         await self._plugin.start(self._context)
+
+    async def _publish(self, topic: str, payload: Any = None) -> Any:
+        self.counters.published += 1
+        return await self.publish(topic, payload)
 
     async def close(self) -> None:
         if self._plugin is not None and self._context is not None:
@@ -306,6 +313,7 @@ class SubprocessDriver:
                         await self._process.wait()
                 raise PluginCrashed(self._describe_exit("it closed its output"))
             if frame["type"] == "publish":
+                self.counters.published += 1
                 await self.publish(frame["topic"], frame.get("payload"))
                 continue
             return frame

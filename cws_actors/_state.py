@@ -71,26 +71,38 @@ class StateStore:
     def _connect(self) -> sqlite3.Connection:
         fresh = not os.path.exists(self.path)
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        if fresh:
-            os.chmod(self.path, 0o600)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("CREATE TABLE IF NOT EXISTS cws_schema (version INTEGER NOT NULL)")
-        row = connection.execute("SELECT version FROM cws_schema").fetchone()
-        version = row[0] if row else 0
-        if version > len(_MIGRATIONS):
-            raise RuntimeError(
-                f"{self.path} has schema version {version}, newer than this cws-actors"
-                f" ({len(_MIGRATIONS)}); upgrade cws-actors"
+        try:
+            if fresh:
+                os.chmod(self.path, 0o600)
+            # Refuse a newer schema before changing anything in the file (not even WAL).
+            has_table = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cws_schema'"
+            ).fetchone()
+            row = (
+                connection.execute("SELECT version FROM cws_schema").fetchone()
+                if has_table
+                else None
             )
-        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            with connection:
-                connection.execute("BEGIN IMMEDIATE")
-                for statement in script.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-                connection.execute("DELETE FROM cws_schema")
-                connection.execute("INSERT INTO cws_schema (version) VALUES (?)", (number,))
+            version = row[0] if row else 0
+            if version > len(_MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this cws-actors"
+                    f" ({len(_MIGRATIONS)}); upgrade cws-actors"
+                )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("CREATE TABLE IF NOT EXISTS cws_schema (version INTEGER NOT NULL)")
+            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+                with connection:
+                    connection.execute("BEGIN IMMEDIATE")
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            connection.execute(statement)
+                    connection.execute("DELETE FROM cws_schema")
+                    connection.execute("INSERT INTO cws_schema (version) VALUES (?)", (number,))
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:

@@ -29,6 +29,7 @@ class EchoPlugin(Plugin):
             CLICommandSpec("hog", handler="hog", parent="echo"),
             CLICommandSpec("sick", handler="sick", parent="echo"),
             CLICommandSpec("env", handler="env", parent="echo"),
+            CLICommandSpec("announce", handler="announce", parent="echo"),
             CLICommandSpec("spin", handler="spin", parent="echo"),
             CLICommandSpec("files", handler="files", parent="echo",
                            flags=[CLIFlagSpec("count", type="int", default=100)]),
@@ -81,6 +82,10 @@ class EchoPlugin(Plugin):
     async def files(self, args):
         handles = [open(__file__) for _ in range(args.get("count", 100))]
         return CommandResult(str(len(handles)))
+
+    async def announce(self, args):
+        await self.ctx.publish("echo.announced", {"pid": os.getpid()})
+        return CommandResult("announced")
 
     async def env(self, args):
         return CommandResult(" ".join(sorted(os.environ)))

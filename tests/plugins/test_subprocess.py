@@ -301,3 +301,20 @@ async def test_a_killed_daemon_takes_its_plugins_and_fork_server_with_it(
             return not alive(plugin) and not alive(server)
 
         await wait_until(both_gone)
+
+
+@pytest.mark.parametrize("isolation", ["in_process", "subprocess"])
+async def test_a_plugin_publishes_on_the_bus(tmp_path: Path, isolation: str) -> None:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation=isolation)
+    with trio.fail_after(TIMEOUT):
+        async with opened(home) as host:
+            await host.load("echo")
+            with host.runtime.bus.subscribe("echo.*") as events:
+                assert (await host.execute_cli(["echo", "announce"])).output == "announced"
+                event = await events.receive()
+            assert event.topic == "echo.announced"
+            expected_pid = os.getpid() if isolation == "in_process" else plugin_pid(host)
+            assert event.payload == {"pid": expected_pid}
+            status = await host.status("echo")
+            assert (status.calls, status.published) == (1, 1)

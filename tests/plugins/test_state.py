@@ -1,0 +1,100 @@
+"""The daemon's state database: a real SQLite file, its schema version, its mode, and
+concurrent writers kept consistent by the one writer."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+import trio
+
+from cws_actors._state import StateStore
+
+from ._fixtures import write_plugin
+from .test_host import TIMEOUT, opened
+
+
+async def test_a_new_database_is_private_wal_and_at_the_latest_schema(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with trio.fail_after(TIMEOUT):
+        store = await StateStore.open(path)
+        try:
+            assert await store.schema_version() == 1
+        finally:
+            await store.aclose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE cws_schema (version INTEGER NOT NULL)")
+        connection.execute("INSERT INTO cws_schema VALUES (7)")
+    before = path.read_bytes()
+    with trio.fail_after(TIMEOUT), pytest.raises(RuntimeError, match="schema version 7, newer"):
+        await StateStore.open(path)
+    assert path.read_bytes() == before
+
+
+async def test_an_older_database_is_migrated_forward(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as connection:  # a database from before any migration
+        connection.execute("CREATE TABLE cws_schema (version INTEGER NOT NULL)")
+    with trio.fail_after(TIMEOUT):
+        store = await StateStore.open(path)
+        try:
+            assert await store.schema_version() == 1
+            await store.set_enabled("echo", False)
+            assert not (await store.plugins())["echo"].enabled
+        finally:
+            await store.aclose()
+
+
+async def test_concurrent_writers_stay_consistent(tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        store = await StateStore.open(tmp_path / "state.db")
+        try:
+
+            async def flip(name: str) -> None:
+                for index in range(20):
+                    await store.set_enabled(name, index % 2 == 1)
+                    await store.log(name, "note", str(index))
+
+            async with trio.open_nursery() as nursery:
+                for number in range(10):
+                    nursery.start_soon(flip, f"p{number}")
+            records = await store.plugins()
+            assert sorted(records) == [f"p{n}" for n in range(10)]
+            assert all(record.enabled for record in records.values())  # the last write won
+            history = await store.history("p3", limit=1000)
+            assert [e.detail for e in history if e.event == "note"] == [str(i) for i in range(20)]
+        finally:
+            await store.aclose()
+
+
+async def test_concurrent_installs_and_flags_through_the_host(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    sources = [write_plugin(tmp_path / "src", f"p{n}") for n in range(6)]
+    with trio.fail_after(TIMEOUT):
+        async with opened(home) as host:
+            async with trio.open_nursery() as nursery:
+                for source in sources:
+                    nursery.start_soon(host.install, source)
+            assert sorted(p.name for p in await host.discover()) == [f"p{n}" for n in range(6)]
+
+            async def cycle(name: str) -> None:
+                await host.enable(name)
+                await host.disable(name)
+                await host.enable(name)
+
+            async with trio.open_nursery() as nursery:
+                for n in range(6):
+                    nursery.start_soon(cycle, f"p{n}")
+            statuses = await host.statuses()
+            assert [(s.name, s.enabled, s.state) for s in statuses] == [
+                (f"p{n}", True, "running") for n in range(6)
+            ]
