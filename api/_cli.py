@@ -1,9 +1,17 @@
-"""The ``cws`` command line (asyncclick, always on the trio backend)."""
+"""The ``cws`` command line (asyncclick, always on the trio backend).
+
+``cws daemon`` runs the daemon; ``cws token`` manages API tokens in the home folder's
+state database directly; the other commands talk to a running daemon over HTTP
+(:mod:`api._cli_remote`), and any other word is looked up among the plugins' commands
+(:mod:`api._cli_plugins`). Exit codes: 0 ok, 1 error, 2 usage, 3 daemon unreachable,
+4 not authorized (:mod:`api._cli_errors`).
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
 import random
+from pathlib import Path
 from typing import Any
 
 import asyncclick as click
@@ -21,11 +29,30 @@ from supervision import (
     supervisor_spec,
 )
 
+from ._cli_common import HOME_HELP, TOKEN_HELP, URL_HELP, Options
+from ._cli_daemon import daemon
+from ._cli_plugins import CwsGroup
+from ._cli_remote import actors, dead_letters, events, plugin
+from ._cli_tokens import token_group
 
-@click.group()
+
+@click.group(cls=CwsGroup)
 @click.version_option(importlib.metadata.version("cws-actors"), prog_name="cws")
-async def cli() -> None:
-    """cws-actors: a Trio actor-model supervision runtime."""
+@click.option("--url", metavar="URL", default=None, help=URL_HELP)
+@click.option("--token", metavar="TOKEN", default=None, help=TOKEN_HELP)
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=HOME_HELP)  # fmt: skip
+@click.pass_context
+async def cli(ctx: click.Context, url: str | None, token: str | None, home: Path | None) -> None:
+    """cws-actors: a Trio actor-model supervision runtime.
+
+    Exit codes: 0 ok, 1 error, 2 usage error, 3 daemon unreachable, 4 not authorized.
+    """
+    ctx.obj = Options(url=url, token=token, home=home)
+
+
+for _command in (daemon, token_group, plugin, actors, events, dead_letters):
+    cli.add_command(_command)
 
 
 def _worker(name: str) -> Any:

@@ -72,10 +72,15 @@ from ._plugin import ResourceLimits as ResourceLimits
 from ._plugin_actor import PluginCallFailed as PluginCallFailed
 from ._plugin_actor import PluginCrashed as PluginCrashed
 from ._ratelimit import RateLimit as RateLimit
+from ._ratelimit import TokenBucket as TokenBucket
 from ._runtime import ActorSnapshot as ActorSnapshot
 from ._runtime import Runtime as Runtime
 from ._runtime import RuntimeConfig as RuntimeConfig
 from ._runtime import open_runtime as open_runtime
+from ._state import HistoryEntry as HistoryEntry
+from ._state import PluginRecord as PluginRecord
+from ._state import StateStore as StateStore
+from ._state import TokenRecord as TokenRecord
 
 __all__ = [
     "APIEndpointSpec",
@@ -107,6 +112,7 @@ __all__ = [
     "Health",
     "HealthProbe",
     "HealthStatus",
+    "HistoryEntry",
     "HostConfig",
     "InMemoryBackend",
     "Isolation",
@@ -127,6 +133,7 @@ __all__ = [
     "PluginHost",
     "PluginMetadata",
     "PluginNotFound",
+    "PluginRecord",
     "PluginRefused",
     "PluginStatus",
     "ProbeKind",
@@ -138,9 +145,12 @@ __all__ = [
     "RuntimeConfig",
     "SQLiteEventStore",
     "Source",
+    "StateStore",
     "StoredEvent",
     "Strategy",
     "Subscription",
+    "TokenBucket",
+    "TokenRecord",
     "current_envelope",
     "on_event",
     "open_plugin_host",

@@ -15,6 +15,7 @@ Errors, one base::
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -252,11 +253,20 @@ def _check_infos(
     return ArchiveInfo(files=files, entry_count=len(infos), total_bytes=total)
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
+def _open_zip(source: Path | bytes) -> tuple[zipfile.ZipFile, int]:
+    """The archive and its size in bytes."""
     try:
-        return zipfile.ZipFile(path)
+        if isinstance(source, bytes):
+            return zipfile.ZipFile(io.BytesIO(source)), len(source)
+        archive = zipfile.ZipFile(source)
     except (*_ZIP_ERRORS, ValueError) as exc:
-        raise BadArchive(f"{path}: not a valid zip archive: {exc}") from None
+        what = "the archive" if isinstance(source, bytes) else str(source)
+        raise BadArchive(f"{what}: not a valid zip archive: {exc}") from None
+    try:
+        return archive, source.stat().st_size
+    except BaseException:
+        archive.close()
+        raise
 
 
 def check_archive(path: Path, limits: ArchiveLimits | None = None) -> ArchiveInfo:
@@ -267,8 +277,9 @@ def check_archive(path: Path, limits: ArchiveLimits | None = None) -> ArchiveInf
         UnsafeArchive: an entry breaks a rule; the message names it and the rule.
         OSError: ``path`` cannot be read.
     """
-    with _open_zip(path) as archive:
-        return _check_infos(archive.infolist(), limits or ArchiveLimits(), path.stat().st_size)
+    archive, size = _open_zip(path)
+    with archive:
+        return _check_infos(archive.infolist(), limits or ArchiveLimits(), size)
 
 
 @attrs.define
@@ -344,9 +355,11 @@ def _prepare(destination: Path) -> bool:
 
 
 def unpack_archive(
-    path: Path, destination: Path, limits: ArchiveLimits | None = None
+    source: Path | bytes, destination: Path, limits: ArchiveLimits | None = None
 ) -> ArchiveInfo:
-    """Check ``path``, then unpack it into ``destination`` (which must be new or empty).
+    """Check ``source`` (a file, or an archive's bytes), then unpack it into
+    ``destination`` (which must be new or empty). Pass the bytes whose signature was
+    verified, so that what is unpacked is exactly what was verified.
 
     Files get mode 0644 and folders 0755 whatever the archive says. On any error,
     nothing is left in ``destination`` (and it is removed if this call created it).
@@ -358,9 +371,10 @@ def unpack_archive(
         OSError: reading or writing failed.
     """
     limits = limits or ArchiveLimits()
-    with _open_zip(path) as archive:
+    archive, size = _open_zip(source)
+    with archive:
         infos = archive.infolist()
-        info = _check_infos(infos, limits, path.stat().st_size)
+        info = _check_infos(infos, limits, size)
         created = _prepare(destination)
         try:
             _extract_all(archive, infos, destination, _Budget(limits))

@@ -6,21 +6,28 @@ The server (``python -c "from cws_actors._forkserver import main; main()" FD``) 
 single-threaded and never runs Trio
 itself, so forking it is safe. The host talks to it over a ``SOCK_SEQPACKET`` socket:
 
-- host -> server: ``{"spec": ..., "env": {...}}`` with the child's stdin, stdout and
-  stderr pipe ends attached (``SCM_RIGHTS``);
-- server -> host: ``{"type": "forked", "pid": N}`` in reply, and
-  ``{"type": "exited", "pid": N, "returncode": R}`` when it reaps a child (``R`` is
-  negative for a signal, as in :mod:`subprocess`).
+- host -> server: ``{"id": N, "spec": ..., "env": {...}}`` with the child's stdin,
+  stdout and stderr pipe ends attached (``SCM_RIGHTS``);
+- server -> host: ``{"type": "forked", "id": N, "pid": P}`` in reply, with a pidfd of
+  the child attached (opened before the server's loop can reap it, so it always names
+  that child), and ``{"type": "exited", "pid": P, "returncode": R}`` when it reaps a
+  child (``R`` is negative for a signal, as in :mod:`subprocess`).
 
-The host holds a pidfd for every child, so that its signals never reach a recycled pid.
+Replies are matched to requests by id, so a spawn that is cancelled or times out never
+hands its child to the next one: a reply nobody waits for any more gets its child
+killed. The host's signals go through the pidfd, so they never reach a recycled pid.
 The server exits when the host's end of the socket closes (the daemon died or closed);
-its children exit when their stdin closes, as a directly started runner does.
+its children exit when their stdin closes, as a directly started runner does. If the
+server dies, every spawn waiting on it fails with :class:`ForkServerGone` (the driver
+then starts a fresh interpreter) and ``ForkServer.run`` returns.
 """
 
 from __future__ import annotations
 
 import array
+import itertools
 import json
+import logging
 import os
 import selectors
 import signal
@@ -33,8 +40,11 @@ import attrs
 import trio
 
 _MAX_MESSAGE = 1 << 20
+# Room for the one pidfd a "forked" reply carries.
+_FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
 # Not ``-m cws_actors._forkserver``: the package imports this module, and runpy warns.
 _SERVER_COMMAND = "from cws_actors._forkserver import main; main()"
+_log = logging.getLogger("cws.plugins")
 
 
 # ---------------------------------------------------------------------- the server
@@ -72,8 +82,19 @@ def serve(control: socket.socket) -> None:
                 _child(request, fds, control, (wake_read, wake_write))
             for fd in fds:
                 os.close(fd)
-            control.send(json.dumps({"type": "forked", "pid": pid}).encode())
+            _send_forked(control, request["id"], pid)
         _reap(control)
+
+
+def _send_forked(control: socket.socket, request_id: int, pid: int) -> None:
+    # Only this loop reaps, so the child cannot have been reaped yet: the pidfd names it
+    # even if it has exited already.
+    pidfd = os.pidfd_open(pid)
+    try:
+        reply = json.dumps({"type": "forked", "id": request_id, "pid": pid}).encode()
+        socket.send_fds(control, [reply], [pidfd])
+    finally:
+        os.close(pidfd)
 
 
 def _reap(control: socket.socket) -> None:
@@ -162,26 +183,42 @@ class ForkedProcess:
             self.returncode = returncode
             if self._pidfd >= 0:
                 os.close(self._pidfd)
+                self._pidfd = -1
             self._exited.set()
+
+    def _close_pipes(self) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            stream.close()
 
 
 class ForkServerGone(Exception):
-    """The fork server is not running (it died, or the host closed it)."""
+    """The fork server is not running (it died, or the host closed it), or it did not
+    answer in time: start the process directly."""
+
+
+@attrs.define(eq=False)
+class _Request:
+    """A spawn waiting for the server's reply; ``pipes`` are our ends of the child's
+    stdin, stdout and stderr, owned by the request until ``child`` takes them."""
+
+    pipes: list[int]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    child: ForkedProcess | None = None
 
 
 @attrs.define(eq=False)
 class ForkServer:
-    """The host's handle on the server. Start it with ``nursery.start(server.run, env)``."""
+    """The host's handle on the server. Start it with ``nursery.start(server.run, env)``;
+    ``run`` returns (it never raises) when the server dies or the host closes it."""
 
+    reply_timeout: float = 10.0
+    """A fork takes milliseconds: a server that does not answer a spawn in this long is
+    stuck, and that spawn gives up with ForkServerGone."""
     _socket: trio.socket.SocketType | None = None
     _process: trio.Process | None = None
     _children: dict[int, ForkedProcess] = attrs.field(factory=dict)
-    _early_exits: dict[int, int] = attrs.field(factory=dict)
-    """Exits reported before ``spawn`` registered the child (it died at once)."""
-    _forked: tuple[trio.MemorySendChannel[int], trio.MemoryReceiveChannel[int]] = attrs.field(
-        factory=lambda: trio.open_memory_channel[int](1)
-    )
-    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _requests: dict[int, _Request] = attrs.field(factory=dict)
+    _ids: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1))
 
     @property
     def running(self) -> bool:
@@ -198,38 +235,77 @@ class ForkServer:
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
         self._process = process
-        self._socket = trio.socket.from_stdlib_socket(ours)
+        self._socket = sock = trio.socket.from_stdlib_socket(ours)
         task_status.started()
         try:
-            await self._read_reports(self._socket, self._forked[0])
+            await self._read_reports(sock)
         finally:
             with trio.CancelScope(shield=True):
                 await self._shut_down(process)
+        _log.warning(
+            "the fork server exited (code %s); subprocess plugins start a fresh interpreter"
+            " until the next load starts a new server",
+            process.returncode,
+        )
 
-    async def _read_reports(
-        self, sock: trio.socket.SocketType, forked: trio.MemorySendChannel[int]
-    ) -> None:
+    async def _read_reports(self, sock: trio.socket.SocketType) -> None:
         while True:
-            data = await sock.recv(_MAX_MESSAGE)
+            try:
+                data, ancdata, _, _ = await sock.recvmsg(_MAX_MESSAGE, _FD_SPACE)
+            except OSError as exc:  # ECONNRESET and kin: the server died
+                _log.warning("lost the fork server: %s", exc)
+                return
+            fds = _received_fds(ancdata)
             if not data:
                 return  # the server died
-            report = json.loads(data)
-            if report["type"] == "forked":
-                await forked.send(report["pid"])
-            else:
-                child = self._children.pop(report["pid"], None)
-                if child is not None:
-                    child._exit(report["returncode"])
+            try:
+                report = json.loads(data)
+                if report["type"] == "forked":
+                    self._forked(report["id"], report["pid"], fds)
                 else:
-                    self._early_exits[report["pid"]] = report["returncode"]
+                    child = self._children.pop(report["pid"], None)
+                    if child is not None:
+                        child._exit(report["returncode"])
+            except (ValueError, KeyError, TypeError) as exc:
+                for fd in fds:
+                    os.close(fd)
+                _log.warning("the fork server broke its protocol (%r): %s", data[:200], exc)
+                return
+
+    def _forked(self, request_id: int, pid: int, fds: list[int]) -> None:
+        pidfd, *extra = fds or [-1]
+        for fd in extra:
+            os.close(fd)
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            # Its spawn was cancelled or gave up after the request went out: nobody owns
+            # this child. Its exit report will find no one either.
+            if pidfd >= 0:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # exited already
+                os.close(pidfd)
+            return
+        stdin, stdout, stderr = (trio.lowlevel.FdStream(fd) for fd in request.pipes)
+        child = ForkedProcess(pid, stdin, stdout, stderr, pidfd)
+        self._children[pid] = child
+        request.child = child
+        request.done.set()
 
     async def _shut_down(self, process: trio.Process) -> None:
         sock, self._socket = self._socket, None
         if sock is not None:
             sock.close()  # the server exits when it sees the socket close
+        requests, self._requests = self._requests, {}
+        for request in requests.values():
+            request.done.set()  # with no child: ForkServerGone
         for child in list(self._children.values()):
             # Without its parent nobody reports this child's exit: end it for sure.
             child.kill()
@@ -244,42 +320,57 @@ class ForkServer:
     async def spawn(self, spec: dict[str, Any], env: dict[str, str]) -> ForkedProcess:
         """Fork a plugin runner for ``spec`` with exactly ``env`` as its environment.
 
+        Cancelled, it leaves nothing behind: our pipe ends are closed, and a child the
+        server forks for it anyway is killed.
+
         Raises:
-            ForkServerGone: the server is not running; start the process directly.
+            ForkServerGone: the server is not running, died meanwhile or did not answer
+                within ``reply_timeout``; start the process directly.
         """
-        async with self._lock:
-            sock = self._socket
-            if sock is None:
-                raise ForkServerGone("the fork server is not running")
-            pipes = [os.pipe() for _ in range(3)]
-            theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
-            ours = [pipes[0][1], pipes[1][0], pipes[2][0]]
+        sock = self._socket
+        if sock is None:
+            raise ForkServerGone("the fork server is not running")
+        request_id = next(self._ids)
+        pipes = [os.pipe() for _ in range(3)]
+        theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+        request = _Request([pipes[0][1], pipes[1][0], pipes[2][0]])
+        self._requests[request_id] = request
+        try:
             try:
-                message = json.dumps({"spec": spec, "env": env}).encode()
+                message = json.dumps({"id": request_id, "spec": spec, "env": env}).encode()
                 await sock.sendmsg(
                     [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", theirs))]
                 )
-            except OSError as exc:
-                for fd in ours:
-                    os.close(fd)
+            except (OSError, trio.ClosedResourceError) as exc:
                 raise ForkServerGone(f"the fork server is gone: {exc}") from None
             finally:
                 for fd in theirs:
                     os.close(fd)
-            pid = await self._forked[1].receive()
-            try:
-                pidfd = os.pidfd_open(pid)
-            except ProcessLookupError:
-                pidfd = -1  # already reaped: its exit report is here or on its way
-            child = ForkedProcess(
-                pid,
-                trio.lowlevel.FdStream(ours[0]),
-                trio.lowlevel.FdStream(ours[1]),
-                trio.lowlevel.FdStream(ours[2]),
-                pidfd,
-            )
-            if pid in self._early_exits:
-                child._exit(self._early_exits.pop(pid))
-            else:
-                self._children[pid] = child
-            return child
+            with trio.move_on_after(self.reply_timeout):
+                await request.done.wait()
+            if request.child is None:
+                if request.done.is_set():
+                    raise ForkServerGone("the fork server died before it forked")
+                raise ForkServerGone(f"the fork server did not answer in {self.reply_timeout:g}s")
+            return request.child
+        except BaseException:
+            # A reply that comes later finds no request: the reader kills its child.
+            self._requests.pop(request_id, None)
+            if request.child is None:
+                for fd in request.pipes:
+                    os.close(fd)
+            else:  # the reply landed between our cancellation and this line
+                child = request.child
+                self._children.pop(child.pid, None)
+                child.kill()
+                child._exit(-signal.SIGKILL)
+                child._close_pipes()
+            raise
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)

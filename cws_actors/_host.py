@@ -7,7 +7,7 @@ import importlib.metadata
 import logging
 import os
 import shlex
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from supervision import ChildState, ProbeKind, SupervisionError
 
 from ._archive import ArchiveLimits
 from ._cell import HealthProbe
+from ._describe import DescribeFailed, describe, describe_spec
+from ._envelope import Source
 from ._exceptions import ActorError
 from ._forkserver import ForkServer
 from ._install import (
@@ -52,6 +54,7 @@ from ._plugin_actor import (
     PluginLaunch,
     SubprocessDriver,
     SwapLaunch,
+    allowed_environment,
 )
 from ._runtime import Runtime
 from ._state import StateStore
@@ -132,6 +135,9 @@ class HostConfig:
     overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     probe_period: float | None = None
     ready_timeout: float = 30.0
+    start_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """How long a plugin's start (its handshake, ``initialize`` and ``start``; and
+    reading a subprocess plugin's capabilities) may take before it fails as a crash."""
     fork_server: bool = True
     """Fork subprocess plugins from a process that has Python and Trio imported already
     (a restart in milliseconds); False starts a fresh interpreter for each run."""
@@ -146,6 +152,16 @@ class HostConfig:
             require_signed=self.require_signed,
             archive_limits=self.archive_limits,
         )
+
+
+_SWAP_MARGIN = 10.0
+"""Seconds the host's ask waits for a swap beyond the longest the swap can take."""
+
+
+@attrs.define(eq=False)
+class _Switch:
+    unsettled: bool = False
+    """The swap was asked for and not answered: the actor may run either version."""
 
 
 @attrs.define(eq=False)
@@ -168,6 +184,10 @@ class PluginHost:
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
     _nursery: trio.Nursery | None = None
     _fork_server: ForkServer | None = None
+    route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
+    """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
+    core route or another plugin's), or None. A plugin with such an endpoint is refused
+    at load."""
 
     @property
     def user_dir(self) -> Path:
@@ -239,7 +259,8 @@ class PluginHost:
         record = (await self.state.plugins()).get(name)
         if record is not None and not record.enabled:
             raise PluginRefused(name, "it is disabled; enable it first")
-        launch, manifest = self._launch(discovered)
+        launch, manifest = await self._launch(discovered)
+        self._check_routes(name, launch)
         if launch.metadata.isolation is Isolation.SUBPROCESS:
             await self._start_fork_server()
         path = f"{PLUGINS_PATH}/{name}"
@@ -255,7 +276,7 @@ class PluginHost:
                 mailbox=manifest.mailbox,
                 rate_limit=manifest.rate_limit,
                 backoff=manifest.backoff,
-                shutdown=launch.stop_timeout + 2,
+                shutdown=launch.stop_budget,
                 probes=[
                     HealthProbe(ProbeKind.LIVENESS, period=period, timeout=period / 2),
                     HealthProbe(
@@ -271,6 +292,42 @@ class PluginHost:
             raise PluginRefused(name, f"it failed to start: {exc}") from exc
         self._loaded[name] = loaded
         await self.state.log(name, "loaded", discovered.version)
+
+    def _check_routes(self, name: str, launch: PluginLaunch) -> None:
+        for spec in launch.capabilities.api_endpoints:
+            for other, loaded in self._loaded.items():
+                if other == name:
+                    continue
+                for theirs in loaded.launch.capabilities.api_endpoints:
+                    if (theirs.method, theirs.path) == (spec.method, spec.path):
+                        raise PluginRefused(
+                            name, f"{spec.method} {spec.path} is already served by {other!r}"
+                        )
+            if self.route_guard is not None:
+                problem = self.route_guard(name, spec)
+                if problem is not None:
+                    raise PluginRefused(name, problem)
+
+    def event_patterns(self, name: str) -> list[str]:
+        """The topic patterns a loaded plugin handles."""
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            return []
+        return [spec.event_type for spec in loaded.launch.capabilities.event_handlers]
+
+    def loaded_names(self) -> list[str]:
+        return sorted(self._loaded)
+
+    async def reload(self, name: str) -> PluginStatus:
+        """Pick up a plugin's changed files: a user plugin is hot reloaded from its own
+        folder (as ``update`` does, with roll-back); any other is unloaded and loaded."""
+        current = self._discovered.get(name)
+        if current is not None and current.source == "user":
+            return await self.update(name, Path(current.location))
+        if name in self._loaded:
+            await self.unload(name)
+        await self.discover()
+        return await self.load(name)
 
     async def _start_fork_server(self) -> None:
         if not self.config.fork_server or self._nursery is None:
@@ -297,28 +354,38 @@ class PluginHost:
 
         return make_driver
 
-    def _launch(self, discovered: DiscoveredPlugin) -> tuple[PluginLaunch, Manifest]:
-        override = self.config.overrides.get(discovered.name, {})
-        manifest = discovered.manifest
-        assert manifest is not None
-        metadata = manifest.metadata
+    def _effective(self, metadata: PluginMetadata) -> PluginMetadata:
+        """The manifest's metadata with the operator's overrides (isolation, limits)."""
+        override = self.config.overrides.get(metadata.name, {})
         if "isolation" in override:
             metadata = attrs.evolve(metadata, isolation=Isolation(override["isolation"]))
         if "limits" in override:
             limits = attrs.evolve(metadata.limits, **override["limits"])
             metadata = attrs.evolve(metadata, limits=limits)
+        return metadata
+
+    async def _launch(self, discovered: DiscoveredPlugin) -> tuple[PluginLaunch, Manifest]:
+        override = self.config.overrides.get(discovered.name, {})
+        manifest = discovered.manifest
+        assert manifest is not None
+        metadata = self._effective(manifest.metadata)
         folder = Path(discovered.location) if discovered.source != "entry_point" else None
         plugin_class = discovered.plugin_class
-        if metadata.isolation is Isolation.IN_PROCESS and plugin_class is None:
-            try:
-                plugin_class = load_plugin_class(manifest.entry, folder)
-            except PluginImportError as exc:
-                raise PluginRefused(discovered.name, f"its code is broken: {exc}") from None
-        capabilities = (
-            plugin_class.capabilities
-            if plugin_class is not None
-            else _capabilities_of(manifest.entry, folder, discovered.name)
-        )
+        try:
+            if plugin_class is not None:
+                capabilities = plugin_class.capabilities
+            elif metadata.isolation is Isolation.IN_PROCESS:
+                plugin_class = load_plugin_class(manifest.entry, folder)  # it runs here
+                capabilities = plugin_class.capabilities
+            else:
+                # Importing its module runs its code: do it in a process of its own.
+                spec = describe_spec(
+                    metadata.name, manifest.entry, folder, attrs.asdict(metadata.limits)
+                )
+                env = allowed_environment(metadata.name)
+                capabilities = await describe(spec, env, timeout=self.config.start_timeout)
+        except (PluginImportError, DescribeFailed) as exc:
+            raise PluginRefused(discovered.name, f"its code is broken: {exc}") from None
         launch = PluginLaunch(
             metadata=metadata,
             capabilities=capabilities,
@@ -327,17 +394,27 @@ class PluginHost:
             config={**manifest.config, **override.get("config", {})},
             data_dir=self.config.home / "plugin-data" / discovered.name,
             plugin_class=plugin_class,
+            start_timeout=self.config.start_timeout,
         )
         return launch, manifest
 
-    async def unload(self, name: str) -> None:
-        """Stop the plugin's actor; queued calls get ActorStopped."""
+    async def unload(self, name: str, *, force: bool = False) -> None:
+        """Stop the plugin's actor; queued calls get ActorStopped. The handler in flight
+        may finish within the plugin's stop timeout, unless ``force``: then a subprocess
+        plugin is killed at once."""
         async with self._lock:
-            loaded = self._loaded.pop(name, None)
-            if loaded is None:
-                raise PluginNotFound(f"plugin {name!r} is not loaded")
-            await self.runtime.stop(loaded.path)
-            await self.state.log(name, "unloaded")
+            await self._unload(name, force=force)
+
+    async def _unload(self, name: str, *, force: bool = False) -> None:
+        """``unload`` with the host lock held."""
+        loaded = self._loaded.pop(name, None)
+        if loaded is None:
+            raise PluginNotFound(f"plugin {name!r} is not loaded")
+        kill = loaded.counters.kill
+        if force and kill is not None:
+            kill()  # through the process's handle: never a pid that may be reused
+        await self.runtime.stop(loaded.path, finish_handler=not force)
+        await self.state.log(name, "unloaded", "forced" if force else "")
 
     async def enable(self, name: str) -> PluginStatus:
         """Enable (persisted) and load it."""
@@ -346,9 +423,10 @@ class PluginHost:
 
     async def disable(self, name: str) -> None:
         """Disable (persisted across daemon restarts) and unload it if loaded."""
-        if name in self._loaded:
-            await self.unload(name)
-        await self.state.set_enabled(name, False)
+        async with self._lock:  # one step: a concurrent load cannot bring it back between
+            if name in self._loaded:
+                await self._unload(name)
+            await self.state.set_enabled(name, False)
 
     # ------------------------------------------------------------------ management
 
@@ -410,25 +488,34 @@ class PluginHost:
                 )
             staged = await self._stage(source, signature)
             target, backup = self.user_dir / name, backup_path(self.user_dir, name)
-            if staged.name != name:
-                await trio.to_thread.run_sync(discard, staged.folder)
-                raise PluginRefused(name, f"the new version's manifest names {staged.name!r}")
-            await trio.to_thread.run_sync(discard, backup)
-            target.rename(backup)
-            staged.folder.rename(target)
             try:
-                await self._switch(name, target)
-            except BaseException:
+                if staged.name != name:
+                    raise PluginRefused(name, f"the new version's manifest names {staged.name!r}")
+                await trio.to_thread.run_sync(discard, backup)
+                target.rename(backup)
+            except BaseException:  # refused or cancelled: the staged copy goes
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(discard, staged.folder)
+                raise
+            staged.folder.rename(target)
+            switch = _Switch()
+            try:
+                await self._switch(name, target, switch)
+            except BaseException as exc:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(discard, target)
                     backup.rename(target)
                     await self.discover()
+                    if switch.unsettled:
+                        problem = await self._restart_old_version(name, exc)
+                        if isinstance(exc, ActorError):
+                            raise PluginRefused(name, problem) from exc
                 raise
             await trio.to_thread.run_sync(discard, backup)
             await self._record(staged, target)
         return await self.status(name)
 
-    async def _switch(self, name: str, folder: Path) -> None:
+    async def _switch(self, name: str, folder: Path, switch: _Switch) -> None:
         (discovered,) = await trio.to_thread.run_sync(_from_plugin_dir, folder, "user")
         if discovered.problem is not None:
             raise PluginRefused(name, discovered.problem)
@@ -436,8 +523,13 @@ class PluginHost:
         if loaded is None:
             self._discovered[name] = discovered
             return
-        launch, _ = self._launch(discovered)
-        problem = await self.runtime.lookup(loaded.path).ask(SwapLaunch(launch), timeout=60)
+        launch, _ = await self._launch(discovered)
+        # The actor bounds the swap itself (the new version's start, then one stop), so
+        # this wait is longer than the swap can be: the actor answers first.
+        timeout = launch.start_timeout + launch.stop_budget + _SWAP_MARGIN
+        switch.unsettled = True
+        problem = await self.runtime.lookup(loaded.path).ask(SwapLaunch(launch), timeout=timeout)
+        switch.unsettled = False
         if problem is not None:
             await self.state.log(name, "update_failed", problem)
             raise PluginRefused(
@@ -451,6 +543,24 @@ class PluginHost:
         self.runtime.bus.unsubscribe_actor(loaded.path)
         if topics:
             self.runtime.bus.subscribe_actor(loaded.path, topics)
+
+    async def _restart_old_version(self, name: str, error: BaseException) -> str:
+        """The swap's outcome is unknown (its ask failed or was cancelled): the actor may
+        run either version. Restart it with the launch the host keeps (the old one, whose
+        files are back), so that both agree. Return what happened, for the caller."""
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            return f"{name!r} was unloaded meanwhile"
+        version = loaded.discovered.version
+        reason = str(error) or type(error).__name__
+        await self.state.log(name, "update_failed", f"no answer from the swap ({reason})")
+        with trio.move_on_after(loaded.launch.start_timeout + 2 * loaded.launch.stop_budget):
+            try:
+                await self.runtime.restart(loaded.path)
+            except ActorError as exc:
+                return f"the switch failed ({reason}); restarting version {version}: {exc}"
+            return f"the switch failed ({reason}); version {version} was restarted"
+        return f"the switch failed ({reason}); version {version} is still restarting"
 
     async def remove(self, name: str, *, purge_data: bool = False) -> None:
         """Unload and delete a user-installed plugin (and, with ``purge_data``, its
@@ -469,9 +579,9 @@ class PluginHost:
                 f"it is a {current.source.replace('_', ' ')} plugin; remove it with the tool"
                 " that installed it",
             )
-        if name in self._loaded:
-            await self.unload(name)
-        async with self._lock:
+        async with self._lock:  # one step: a concurrent load cannot bring it back between
+            if name in self._loaded:
+                await self._unload(name)
             await trio.to_thread.run_sync(discard, Path(current.location))
             if purge_data:
                 await trio.to_thread.run_sync(discard, self.config.home / "plugin-data" / name)
@@ -485,7 +595,14 @@ class PluginHost:
     async def _stage(self, source: Path, signature: Path | None) -> StagedPlugin:
         try:
             return await trio.to_thread.run_sync(
-                lambda: stage(Path(source), self.user_dir, self.config.trust, signature=signature)
+                lambda: stage(
+                    Path(source),
+                    self.user_dir,
+                    self.config.trust,
+                    signature=signature,
+                    effective=self._effective,
+                    describe_timeout=self.config.start_timeout,
+                )
             )
         except InstallRefused as exc:
             raise PluginRefused(Path(source).name, str(exc)) from None
@@ -563,7 +680,9 @@ class PluginHost:
             for spec in loaded.launch.capabilities.api_endpoints
         ]
 
-    async def execute_cli(self, argv: Sequence[str], *, timeout: float = 30) -> CommandResult:
+    async def execute_cli(
+        self, argv: Sequence[str], *, timeout: float = 30, source: Source = Source.CLI
+    ) -> CommandResult:
         """Run a plugin command: ``["analytics", "report", "--type", "weekly"]``.
 
         Unknown commands and bad flags are a CommandResult with exit code 2, like click.
@@ -579,7 +698,7 @@ class PluginHost:
         loaded = self._require_loaded(name)
         try:
             result = await self.runtime.lookup(loaded.path).ask(
-                PluginCall("cli", spec.handler, args), timeout=timeout
+                PluginCall("cli", spec.handler, args), timeout=timeout, source=source
             )
         except ActorError as exc:
             return CommandResult(f"plugin {name!r}: {exc}", 1)
@@ -588,12 +707,23 @@ class PluginHost:
         return result
 
     async def call_api(
-        self, name: str, spec: APIEndpointSpec, request: APIRequest, *, timeout: float = 30
+        self,
+        name: str,
+        spec: APIEndpointSpec,
+        request: APIRequest,
+        *,
+        timeout: float = 30,
+        source: Source = Source.HTTP,
     ) -> APIResult:
-        """Route an HTTP request to a plugin endpoint (auth is the caller's job)."""
+        """Route an HTTP request to a plugin endpoint (auth is the caller's job).
+
+        Raises:
+            ActorError: the router refused it (RateLimited, NotReady...) or the handler
+                failed (HandlerFailed).
+        """
         loaded = self._require_loaded(name)
         result = await self.runtime.lookup(loaded.path).ask(
-            PluginCall("api", spec.handler, request), timeout=timeout
+            PluginCall("api", spec.handler, request), timeout=timeout, source=source
         )
         if not isinstance(result, APIResult):
             raise PluginError(f"plugin {name!r} endpoint returned {type(result).__name__}")
@@ -646,16 +776,6 @@ def _parse_flags(spec: CLICommandSpec, argv: list[str]) -> dict[str, Any]:
         if flag.required and args.get(flag.name) is None:
             raise ValueError(f"--{flag.name} is required")
     return args
-
-
-def _capabilities_of(entry: str, folder: Path | None, name: str) -> Any:
-    """A subprocess plugin's capabilities, read by importing its class in the daemon.
-
-    The class body declares specs only; its code runs in the subprocess."""
-    try:
-        return load_plugin_class(entry, folder).capabilities
-    except PluginImportError as exc:
-        raise PluginRefused(name, f"its code is broken: {exc}") from None
 
 
 def _from_entry_points() -> list[DiscoveredPlugin]:

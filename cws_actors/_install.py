@@ -15,14 +15,17 @@ import shutil
 import time
 import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 
 from ._archive import ArchiveError, ArchiveLimits, unpack_archive
+from ._describe import DescribeFailed, describe_spec, describe_sync
 from ._loader import PluginImportError, load_plugin_class
 from ._manifest import Manifest, ManifestError, load_manifest
-from ._plugin import api_version_problem
+from ._plugin import Isolation, PluginMetadata, api_version_problem
+from ._plugin_actor import allowed_environment
 from ._signing import SignatureError, load_revocations, load_trusted_keys, verify
 
 STAGING_PREFIX = ".staging-"
@@ -57,10 +60,21 @@ class StagedPlugin:
 
 
 def stage(
-    source: Path, user_dir: Path, policy: TrustPolicy, *, signature: Path | None = None
+    source: Path,
+    user_dir: Path,
+    policy: TrustPolicy,
+    *,
+    signature: Path | None = None,
+    effective: Callable[[PluginMetadata], PluginMetadata] | None = None,
+    describe_timeout: float = 30.0,
 ) -> StagedPlugin:
     """Unpack (an archive) or copy (a folder) ``source`` into a staging folder under
     ``user_dir`` and verify it. On any refusal the staging folder is removed.
+
+    The code check imports the plugin: in this process for an in-process plugin (it
+    runs here anyway), in a describe process (limits, environment allow-list, at most
+    ``describe_timeout``) for a subprocess plugin. ``effective`` maps the manifest's
+    metadata to what the operator's overrides make of it (isolation, limits).
 
     Raises:
         InstallRefused: saying what is wrong with the source.
@@ -69,7 +83,7 @@ def stage(
     staging = user_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     try:
         signed_by = _materialize(source, staging, policy, signature)
-        manifest = _check(staging)
+        manifest = _check(staging, effective or (lambda metadata: metadata), describe_timeout)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -93,6 +107,8 @@ def _materialize(
     if signature is None and Path(f"{source}.minisig").is_file():
         signature = Path(f"{source}.minisig")
     signed_by = None
+    # Read once: the bytes verified are the bytes unpacked, whatever happens to the
+    # file meanwhile.
     data = source.read_bytes()
     if signature is not None:
         signed_by = _verify(data, signature, policy)
@@ -102,7 +118,7 @@ def _materialize(
             f" (expected a signature at {source}.minisig)"
         )
     try:
-        unpack_archive(source, staging, policy.archive_limits)
+        unpack_archive(data, staging, policy.archive_limits)
     except (ArchiveError, zipfile.BadZipFile) as exc:
         raise InstallRefused(f"unsafe or broken archive {source.name}: {exc}") from None
     return signed_by
@@ -133,7 +149,9 @@ def _copy_folder(source: Path, staging: Path) -> None:
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
 
 
-def _check(staging: Path) -> Manifest:
+def _check(
+    staging: Path, effective: Callable[[PluginMetadata], PluginMetadata], timeout: float
+) -> Manifest:
     try:
         manifest = load_manifest(staging / "plugin.toml")
     except ManifestError as exc:
@@ -142,9 +160,17 @@ def _check(staging: Path) -> Manifest:
     problem = api_version_problem(manifest.metadata.api_version)
     if problem is not None:
         raise InstallRefused(problem)
+    metadata = effective(manifest.metadata)
     try:
-        load_plugin_class(manifest.entry, staging)
-    except PluginImportError as exc:
+        if metadata.isolation is Isolation.SUBPROCESS:
+            # Its module's top level is plugin code: never run it in the daemon.
+            spec = describe_spec(
+                metadata.name, manifest.entry, staging, attrs.asdict(metadata.limits)
+            )
+            describe_sync(spec, allowed_environment(metadata.name), timeout=timeout)
+        else:
+            load_plugin_class(manifest.entry, staging)
+    except (PluginImportError, DescribeFailed) as exc:
         raise InstallRefused(f"its code is broken: {exc}") from None
     return manifest
 

@@ -205,6 +205,8 @@ class APIRequest:
     body: Any = None
     principal: str | None = None
     scopes: tuple[str, ...] = ()
+    path_params: Mapping[str, str] = attrs.field(factory=dict)
+    """Values of the ``{name}`` segments of the endpoint's path."""
 
 
 @attrs.frozen

@@ -3,6 +3,7 @@ process (subprocess), behind one driver interface."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -10,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ from ._plugin import (
     PluginContext,
     PluginMetadata,
 )
+from ._plugin_log import StderrLog
 from ._protocol import (
     PROTOCOL_VERSION,
     FrameReader,
@@ -44,10 +46,22 @@ ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPA
 environment (tokens, cloud credentials) reaches it unless the operator adds it."""
 
 
+TERMINATE_GRACE = 1.0
+"""After a plugin's graceful stop window: how long SIGTERM has before SIGKILL."""
+KILL_WAIT = 1.0
+"""How long to wait for a process to go after SIGKILL (the kernel takes milliseconds)."""
+
+
 def plugin_environment(launch: PluginLaunch) -> dict[str, str]:
     """The whole environment of a subprocess plugin: the allow-list, and its name."""
-    env = {key: os.environ[key] for key in launch.env_allowlist if key in os.environ}
-    env["CWS_PLUGIN_NAME"] = launch.metadata.name
+    return allowed_environment(launch.metadata.name, launch.env_allowlist)
+
+
+def allowed_environment(name: str, allowlist: tuple[str, ...] = ENV_ALLOWLIST) -> dict[str, str]:
+    """The daemon's variables in ``allowlist``, and ``CWS_PLUGIN_NAME``: all that any
+    process running plugin code gets of the daemon's environment."""
+    env = {key: os.environ[key] for key in allowlist if key in os.environ}
+    env["CWS_PLUGIN_NAME"] = name
     return env
 
 
@@ -84,6 +98,11 @@ class PluginCounters:
     """Events the plugin put on the bus: its messages out."""
     last_error: str | None = None
     pid: int | None = None
+    """The current (or last) process of a subprocess plugin: for status only, since the
+    number may belong to another process once that one has exited."""
+    kill: Callable[[], None] | None = None
+    """SIGKILL the current process (through its handle, never by pid); None while no
+    process of the plugin runs."""
 
 
 @attrs.frozen
@@ -99,6 +118,16 @@ class PluginLaunch:
     plugin_class: type[Plugin] | None = None
     env_allowlist: tuple[str, ...] = ENV_ALLOWLIST
     stop_timeout: float = 3.0
+    """How long the plugin's ``stop`` may take before its process is terminated."""
+    start_timeout: float = 30.0
+    """How long a start (handshake, ``initialize`` and ``start``) may take; a start that
+    takes longer fails as a crash."""
+
+    @property
+    def stop_budget(self) -> float:
+        """The longest a run takes to stop: the graceful window, SIGTERM's grace, the wait
+        after SIGKILL, and a margin. The actor's shutdown deadline."""
+        return self.stop_timeout + TERMINATE_GRACE + KILL_WAIT + 1.0
 
 
 @attrs.frozen
@@ -176,6 +205,9 @@ class SubprocessDriver:
     _reader: FrameReader | None = None
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
     _closing: bool = False
+    _killed: bool = False
+    """Killed on purpose (a forced unload): the actor is being stopped, so a call in
+    flight waits for that instead of reporting a crash (which would restart it)."""
     _opened: bool = False
     """Until the handshake and init succeed, a dying process fails ``open`` instead of
     crashing the actor (so that a hot reload can roll back)."""
@@ -202,6 +234,7 @@ class SubprocessDriver:
             process = await self._start_python(nursery, spec, env)
         self._process = process
         self.counters.pid = process.pid
+        self.counters.kill = self.kill
         assert process.stdout is not None and process.stderr is not None
         self._reader = FrameReader(process.stdout)
         nursery.start_soon(self._log_stderr, process.stderr)
@@ -257,17 +290,35 @@ class SubprocessDriver:
                     await process.wait()
                 await process.stdin.aclose()
 
+    def kill(self) -> None:
+        """SIGKILL the process now, as part of stopping the plugin (not a crash)."""
+        self._closing = self._killed = True
+        if self._process is not None:
+            self._process.kill()
+
     async def close(self) -> None:
+        """Stop the process: ask (``stop_timeout``), then SIGTERM, then SIGKILL. It is
+        gone when this returns (within ``launch.stop_budget``), even if its ``stop``
+        hangs, so an old version never outlives a hot swap."""
         self._closing = True
         process = self._process
         if process is None or process.returncode is not None:
             return
-        with trio.move_on_after(self.launch.stop_timeout):
-            try:
-                await self._request({"type": "stop"})
-            except (PluginCrashed, PluginCallFailed, trio.BrokenResourceError):
-                pass  # it is going anyway; the cancellation path will make sure
-            await process.wait()
+        steps = [(process.kill, KILL_WAIT)]
+        if not self._killed:
+            steps.insert(0, (process.terminate, TERMINATE_GRACE))
+            with trio.move_on_after(self.launch.stop_timeout):
+                try:
+                    await self._request({"type": "stop"})
+                except (PluginCrashed, PluginCallFailed, trio.BrokenResourceError):
+                    pass  # it is going anyway; the escalation below makes sure
+                await process.wait()
+        for signal_it, grace in steps:
+            if process.returncode is not None:
+                return
+            signal_it()
+            with trio.move_on_after(grace):
+                await process.wait()
 
     async def call(self, handler: str, payload: Any) -> Any:
         message: dict[str, Any] = {"type": "call", "handler": handler}
@@ -295,6 +346,7 @@ class SubprocessDriver:
                 await send_frame(process.stdin, message)
                 reply = await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._unless_killed()
                 raise PluginCrashed(self._describe_exit("the pipe broke")) from exc
         if reply["type"] == "error":
             raise PluginCallFailed(self.launch.metadata.name, reply["error_type"], reply["message"])
@@ -308,6 +360,7 @@ class SubprocessDriver:
             except ProtocolError as exc:
                 raise PluginCrashed(f"plugin {self.launch.metadata.name!r}: {exc}") from exc
             if frame is None:
+                await self._unless_killed()
                 if self._process is not None:
                     with trio.move_on_after(1):
                         await self._process.wait()
@@ -318,8 +371,18 @@ class SubprocessDriver:
                 continue
             return frame
 
+    async def _unless_killed(self) -> None:
+        if self._killed:
+            await trio.sleep_forever()  # the stop that follows the kill cancels this
+
     async def _watch(self, process: trio.Process | ForkedProcess) -> None:
-        await process.wait()
+        try:
+            await process.wait()
+        finally:
+            # Exited, or cancelled because this driver is stopping it (the owner of the
+            # process kills it): never signal it again.
+            if self.counters.kill == self.kill:
+                self.counters.kill = None
         if self._opened and not self._closing:
             raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
 
@@ -353,15 +416,12 @@ class SubprocessDriver:
         process.kill()
 
     async def _log_stderr(self, stream: trio.abc.ReceiveStream) -> None:
-        logger = logging.getLogger(f"cws.plugin.{self.launch.metadata.name}")
-        pending = b""
-        async for chunk in stream:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                logger.warning("%s", line.decode(errors="replace"))
-        if pending:
-            logger.warning("%s", pending.decode(errors="replace"))
+        log = StderrLog(logging.getLogger(f"cws.plugin.{self.launch.metadata.name}"))
+        try:
+            async for chunk in stream:
+                log.feed(chunk)
+        finally:
+            log.close()
 
     def _process_usage(self) -> dict[str, Any]:
         process = self._process
@@ -403,7 +463,8 @@ class PluginActor(Actor):
 
     async def on_start(self) -> None:
         self.driver = self.make_driver(self.launch)
-        await self.driver.open(self.nursery)
+        with _start_deadline(self.launch):
+            await self.driver.open(self.nursery)
 
     async def on_stop(self) -> None:
         if self.driver is not None:
@@ -430,12 +491,15 @@ class PluginActor(Actor):
         version, so none is lost and the actor's path never changes."""
         new = self.make_driver(launch)
         try:
-            await new.open(self.nursery)
-            health = await new.health()
+            # The deadline is the actor's own, so that it always answers the host (whose
+            # ask waits longer than this and the close below together).
+            with _start_deadline(launch):
+                await new.open(self.nursery)
+                health = await new.health()
             if health.status is HealthStatus.CRITICAL:
                 raise RuntimeError(f"its health is critical: {health.message}")
         except Exception as exc:  # noqa: BLE001 - reported to the host, which rolls back
-            with trio.CancelScope(shield=True), trio.move_on_after(launch.stop_timeout + 1):
+            with trio.CancelScope(shield=True), trio.move_on_after(launch.stop_budget):
                 try:
                     await new.close()
                 except Exception:  # noqa: BLE001 - the failure above is the one to report
@@ -458,3 +522,17 @@ class PluginActor(Actor):
         return (await self.driver.health()).status is not HealthStatus.CRITICAL
 
     readiness = liveness
+
+
+@contextlib.contextmanager
+def _start_deadline(launch: PluginLaunch) -> Iterator[None]:
+    """Fail a start that takes longer than ``launch.start_timeout`` as a crash, so that a
+    plugin stuck in its handshake or ``initialize`` never holds the supervisor (and the
+    host) waiting."""
+    try:
+        with trio.fail_after(launch.start_timeout):
+            yield
+    except trio.TooSlowError:
+        raise PluginCrashed(
+            f"plugin {launch.metadata.name!r} did not start within {launch.start_timeout:g}s"
+        ) from None

@@ -5,6 +5,10 @@ stdout (a plugin's ``print`` lands in stderr, which the daemon logs), imports th
 plugin, says hello, then answers the host's requests one at a time. It exits when the
 host says stop, on SIGTERM (after the plugin's ``stop``), or when its stdin closes,
 which is how a dead daemon takes its plugins with it.
+
+``python -m cws_actors._plugin_runner --describe SPEC`` only imports the plugin (under
+the same limits) and writes its class's capabilities to stdout as JSON: how the daemon
+learns what a subprocess plugin offers without running its code itself.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ._protocol import (
     FrameReader,
     decode_event,
     decode_request,
+    encode_capabilities,
     encode_result,
     send_frame,
 )
@@ -146,6 +151,29 @@ def run(spec: dict[str, Any]) -> None:
 
     Called in a fresh interpreter (``main``) or in a child of the fork server, which
     has this module and Trio imported already."""
+    plugin_class, protocol_out = _import_limited(spec)
+    try:
+        trio.run(Runner(spec, plugin_class, protocol_out).serve)
+    except MemoryError:
+        os._exit(EXIT_MEMORY)
+
+
+def describe(spec: dict[str, Any]) -> None:
+    """Import the plugin ``spec`` names and write its capabilities to stdout as JSON."""
+    plugin_class, protocol_out = _import_limited(spec)
+    try:
+        data = json.dumps(encode_capabilities(plugin_class.capabilities)).encode()
+    except TypeError as exc:
+        print(f"plugin {spec['name']!r} has capabilities that are not JSON: {exc}", file=sys.stderr)
+        sys.exit(EXIT_IMPORT)
+    with os.fdopen(protocol_out, "wb") as out:
+        out.write(data)
+
+
+def _import_limited(spec: dict[str, Any]) -> tuple[type[Plugin], int]:
+    """Limits first, then the protocol moved off stdout, then the plugin's import; the
+    plugin class and the protocol's file descriptor. Exits with EXIT_IMPORT if the
+    import fails."""
     # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon
     # decides when its plugins stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -158,13 +186,13 @@ def run(spec: dict[str, Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - reported on stderr, then a distinct exit code
         print(f"cannot import plugin {spec['name']!r}: {exc}", file=sys.stderr)
         sys.exit(EXIT_IMPORT)
-    try:
-        trio.run(Runner(spec, plugin_class, protocol_out).serve)
-    except MemoryError:
-        os._exit(EXIT_MEMORY)
+    return plugin_class, protocol_out
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--describe"]:
+        describe(json.loads(sys.argv[2]))
+        return
     run(json.loads(sys.argv[1]))
 
 

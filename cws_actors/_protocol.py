@@ -6,6 +6,10 @@ speaks first: ``{"type": "hello", "protocol": 1, "api_version": ..., "name": ...
 Then the host sends requests (``init``, ``call``, ``health``, ``status``, ``stop``),
 each answered by ``{"type": "result", "value": ...}`` or
 ``{"type": "error", "error_type": ..., "message": ...}``.
+
+The runner's describe mode (``--describe SPEC``) writes one JSON object to stdout and
+exits: the plugin class's :class:`Capabilities` (:func:`encode_capabilities`), read in
+a process of its own so that a subprocess plugin's code never runs in the daemon.
 """
 
 from __future__ import annotations
@@ -18,7 +22,19 @@ import attrs
 import trio
 
 from ._bus import Event
-from ._plugin import APIRequest, APIResult, CommandResult, Health, HealthStatus
+from ._plugin import (
+    APIEndpointSpec,
+    APIRequest,
+    APIResult,
+    Capabilities,
+    CLICommandSpec,
+    CLIFlagSpec,
+    CommandResult,
+    EventHandlerSpec,
+    Health,
+    HealthStatus,
+)
+from ._ratelimit import RateLimit
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024
@@ -117,3 +133,50 @@ def decode_result(value: Any) -> Any:
         if kind == "Health":
             return Health(HealthStatus(fields["status"]), fields["message"])
     return value
+
+
+def encode_capabilities(capabilities: Capabilities) -> dict[str, Any]:
+    """Capabilities as JSON-ready data (specs as objects, tuples as lists).
+
+    Raises:
+        TypeError: a value in a spec (a flag's default) is not JSON.
+    """
+    data: dict[str, Any] = json.loads(
+        json.dumps(attrs.asdict(capabilities, recurse=True), default=_fallback)
+    )
+    return data
+
+
+def decode_capabilities(data: Any) -> Capabilities:
+    """The inverse of :func:`encode_capabilities`, checked as the specs check themselves.
+
+    Raises:
+        ProtocolError: ``data`` does not describe capabilities.
+    """
+    try:
+        return Capabilities(
+            cli_commands=[_command(item) for item in data.get("cli_commands", ())],
+            api_endpoints=[_endpoint(item) for item in data.get("api_endpoints", ())],
+            event_handlers=[EventHandlerSpec(**item) for item in data.get("event_handlers", ())],
+            **{
+                field: tuple(data.get(field, ()))
+                for field in (
+                    "template_types",
+                    "service_types",
+                    "auth_providers",
+                    "storage_providers",
+                )
+            },
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"not a description of capabilities: {exc}") from None
+
+
+def _command(data: dict[str, Any]) -> CLICommandSpec:
+    flags = [CLIFlagSpec(**flag) for flag in data.get("flags", ())]
+    return CLICommandSpec(**{**data, "flags": flags})
+
+
+def _endpoint(data: dict[str, Any]) -> APIEndpointSpec:
+    limit = data.get("rate_limit")
+    return APIEndpointSpec(**{**data, "rate_limit": RateLimit(**limit) if limit else None})

@@ -21,6 +21,7 @@ from supervision import (
     ProbeStatus,
     Restart,
     Strategy,
+    SupervisionError,
     Supervisor,
     open_supervisor,
 )
@@ -31,7 +32,7 @@ from ._cell import ActorCell, HealthProbe
 from ._deadletters import DeadLetter, DeadLetterLog
 from ._durable import EventStore, SQLiteEventStore
 from ._envelope import Envelope, Source, next_id
-from ._exceptions import ActorNotFound, ActorStopped
+from ._exceptions import ActorError, ActorNotFound, ActorStopped
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 from ._ratelimit import RateLimit, TokenBucket
 from ._router import Router
@@ -267,6 +268,41 @@ class Runtime:
 
     # ----------------------------------------------------------------- lookups
 
+    def _parent_of(self, path: str) -> tuple[Supervisor, str]:
+        parent_path, _, name = path.rpartition("/")
+        node = self._subtrees.get(parent_path or "/")
+        known = path in self.router.cells or path in self._subtrees
+        if not known or node is None or node.supervisor is None or path == "/":
+            raise ActorNotFound(path)
+        return node.supervisor, name
+
+    async def restart(self, path: str) -> None:
+        """Restart the actor or subtree at ``path`` now: an operator's restart, which
+        does not count toward restart intensity.
+
+        Raises:
+            ActorNotFound: nothing at ``path``.
+            ActorError: it is quarantined (use ``clear_quarantine``), or failed to start.
+        """
+        supervisor, name = self._parent_of(path)
+        try:
+            await supervisor.restart_child(name)
+        except SupervisionError as exc:
+            raise ActorError(f"{path}: {exc}") from None
+
+    async def clear_quarantine(self, path: str) -> None:
+        """Start a quarantined actor again with a fresh restart budget.
+
+        Raises:
+            ActorNotFound: nothing at ``path``.
+            ActorError: it is not quarantined.
+        """
+        supervisor, name = self._parent_of(path)
+        try:
+            await supervisor.clear_quarantine(name)
+        except (SupervisionError, ValueError) as exc:
+            raise ActorError(f"{path}: {exc}") from None
+
     async def wait_ready(self, path: str) -> None:
         """Wait until the actor at ``path`` runs and its readiness probe passes (put a
         deadline on it with ``trio.move_on_after``).
@@ -292,10 +328,11 @@ class Runtime:
             raise ActorNotFound(path)
         return cell.ref
 
-    async def stop(self, path: str) -> None:
+    async def stop(self, path: str, *, finish_handler: bool = True) -> None:
         """Stop the actor or subtree at ``path`` for good: the handler in flight may
-        finish within the actor's shutdown time; queued asks get ActorStopped and queued
-        tells become dead letters (``stopped``).
+        finish within the actor's shutdown time (unless ``finish_handler`` is False: then
+        it is cancelled at once); queued asks get ActorStopped and queued tells become
+        dead letters (``stopped``).
 
         Raises:
             ActorNotFound: nothing at ``path``.
@@ -313,7 +350,7 @@ class Runtime:
             self.bus.unsubscribe_actor(cell.path)
         if subtree is None and cells and parent.supervisor is not None:
             state, _ = parent.supervisor.child_status(name)
-            if state is ChildState.RUNNING:  # let the handler in flight finish first
+            if finish_handler and state is ChildState.RUNNING:  # let it finish first
                 await cells[0].park(cells[0].shutdown)
         parent.specs.pop(name, None)
         if parent.supervisor is not None:

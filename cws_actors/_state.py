@@ -1,9 +1,10 @@
-"""The daemon's persistent state in SQLite (WAL): installed plugins, enabled flags and
-history. One writer at a time (a lock around a worker thread), so concurrent
+"""The daemon's persistent state in SQLite (WAL): installed plugins, enabled flags,
+history and API tokens (hashed). One writer at a time (a lock around a worker thread), so concurrent
 operations stay consistent; the schema carries a version and migrates forward."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -33,6 +34,18 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX history_by_plugin ON history (plugin, id);
     """,
+    # 2: API tokens (only a hash of each secret is kept)
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL
+    );
+    """,
 ]
 
 
@@ -44,6 +57,17 @@ class PluginRecord:
     path: str | None
     enabled: bool
     installed_at: float
+
+
+@attrs.frozen
+class TokenRecord:
+    id: str
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
 
 
 @attrs.frozen
@@ -69,12 +93,30 @@ class StateStore:
         return store
 
     def _connect(self) -> sqlite3.Connection:
-        fresh = not os.path.exists(self.path)
+        try:
+            # Created private, so that there is no moment when others could open it.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            if fresh:
-                os.chmod(self.path, 0o600)
-            # Refuse a newer schema before changing anything in the file (not even WAL).
+            self._migrate(connection)
+            # WAL cannot be switched on inside a transaction; it persists in the file.
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(self.path + suffix, 0o600)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        """Read the schema version and migrate forward in one write transaction, so that
+        two daemons opening one database never both migrate it."""
+        with connection:
+            connection.execute("BEGIN IMMEDIATE")
             has_table = connection.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cws_schema'"
             ).fetchone()
@@ -85,25 +127,20 @@ class StateStore:
             )
             version = row[0] if row else 0
             if version > len(_MIGRATIONS):
+                # Refused before anything changed: the transaction rolls back.
                 raise RuntimeError(
                     f"{self.path} has schema version {version}, newer than this cws-actors"
                     f" ({len(_MIGRATIONS)}); upgrade cws-actors"
                 )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
+            if version == len(_MIGRATIONS) and has_table:
+                return
             connection.execute("CREATE TABLE IF NOT EXISTS cws_schema (version INTEGER NOT NULL)")
-            for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-                with connection:
-                    connection.execute("BEGIN IMMEDIATE")
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            connection.execute(statement)
-                    connection.execute("DELETE FROM cws_schema")
-                    connection.execute("INSERT INTO cws_schema (version) VALUES (?)", (number,))
-        except BaseException:
-            connection.close()
-            raise
-        return connection
+            for script in _MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            connection.execute("DELETE FROM cws_schema")
+            connection.execute("INSERT INTO cws_schema (version) VALUES (?)", (len(_MIGRATIONS),))
 
     async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         if self._connection is None:
@@ -184,11 +221,67 @@ class StateStore:
         )
         return [HistoryEntry(*row) for row in reversed(rows)]
 
+    async def add_token(self, record: TokenRecord) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(
+                    "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        record.id,
+                        record.name,
+                        record.secret_hash,
+                        " ".join(record.scopes),
+                        record.created_at,
+                        record.expires_at,
+                    ),
+                )
+
+        await self._run(write)
+
+    async def tokens(self) -> list[TokenRecord]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT id, name, secret_hash, scopes, created_at, expires_at, revoked_at"
+                " FROM tokens ORDER BY created_at"
+            ).fetchall()
+        )
+        return [_token(row) for row in rows]
+
+    async def token(self, token_id: str) -> TokenRecord | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT id, name, secret_hash, scopes, created_at, expires_at, revoked_at"
+                " FROM tokens WHERE id = ?",
+                (token_id,),
+            ).fetchone()
+        )
+        return _token(row) if row else None
+
+    async def revoke_token(self, token_id: str) -> bool:
+        """Mark the token revoked; False if there is no such (unrevoked) token."""
+
+        def write(connection: sqlite3.Connection) -> bool:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                cursor = connection.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (time.time(), token_id),
+                )
+                return cursor.rowcount == 1
+
+        return bool(await self._run(write))
+
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             async with self._lock:
                 await trio.to_thread.run_sync(connection.close)
+
+
+def _token(row: tuple[Any, ...]) -> TokenRecord:
+    return TokenRecord(row[0], row[1], row[2], tuple(row[3].split()), row[4], row[5], row[6])
 
 
 def _log(connection: sqlite3.Connection, name: str, event: str, detail: str = "") -> None:

@@ -144,3 +144,16 @@ def write_plugin(
     )  # fmt: skip
     (plugin_dir / "echo_plugin.py").write_text(code)
     return plugin_dir
+
+
+def code_for(command: str, code: str = PLUGIN_CODE) -> str:
+    """``code`` with its CLI command and HTTP endpoint named ``command`` instead of echo,
+    so that several copies load side by side (the host refuses two plugins on one
+    route)."""
+    return (
+        code.replace('"/api/v1/echo"', f'"/api/v1/{command}"')
+        .replace(
+            'CLICommandSpec("echo", handler="echo"', f'CLICommandSpec("{command}", handler="echo"'
+        )
+        .replace('parent="echo"', f'parent="{command}"')
+    )

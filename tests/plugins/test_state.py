@@ -12,7 +12,7 @@ import trio
 
 from cws_actors._state import StateStore
 
-from ._fixtures import write_plugin
+from ._fixtures import code_for, write_plugin
 from .test_host import TIMEOUT, opened
 
 
@@ -21,7 +21,7 @@ async def test_a_new_database_is_private_wal_and_at_the_latest_schema(tmp_path: 
     with trio.fail_after(TIMEOUT):
         store = await StateStore.open(path)
         try:
-            assert await store.schema_version() == 1
+            assert await store.schema_version() == 2
         finally:
             await store.aclose()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -47,7 +47,7 @@ async def test_an_older_database_is_migrated_forward(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         store = await StateStore.open(path)
         try:
-            assert await store.schema_version() == 1
+            assert await store.schema_version() == 2
             await store.set_enabled("echo", False)
             assert not (await store.plugins())["echo"].enabled
         finally:
@@ -78,7 +78,7 @@ async def test_concurrent_writers_stay_consistent(tmp_path: Path) -> None:
 
 async def test_concurrent_installs_and_flags_through_the_host(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    sources = [write_plugin(tmp_path / "src", f"p{n}") for n in range(6)]
+    sources = [write_plugin(tmp_path / "src", f"p{n}", code=code_for(f"p{n}")) for n in range(6)]
     with trio.fail_after(TIMEOUT):
         async with opened(home) as host:
             async with trio.open_nursery() as nursery:

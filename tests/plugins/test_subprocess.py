@@ -15,7 +15,7 @@ import trio
 from cws_actors import APIRequest, PluginHost
 from cws_actors._plugin_actor import ENV_ALLOWLIST
 
-from ._fixtures import write_plugin
+from ._fixtures import code_for, write_plugin
 from .test_host import TIMEOUT, opened, wait_until
 
 
@@ -234,13 +234,7 @@ async def test_operator_limits_override_the_manifest(tmp_path: Path) -> None:
 async def test_one_plugin_killed_the_other_keeps_serving(tmp_path: Path) -> None:
     home = tmp_path / "home"
     write_plugin(home / "plugins", "echo", isolation="subprocess")
-    other = write_plugin(home / "plugins", "other", isolation="subprocess")
-    (other / "echo_plugin.py").write_text(
-        (other / "echo_plugin.py")
-        .read_text()
-        .replace('CLICommandSpec("echo", handler="echo"', 'CLICommandSpec("other", handler="echo"')
-        .replace('parent="echo"', 'parent="other"')
-    )
+    write_plugin(home / "plugins", "other", isolation="subprocess", code=code_for("other"))
     with trio.fail_after(TIMEOUT):
         async with opened(home) as host:
             await host.load("echo")

@@ -1,0 +1,138 @@
+"""Bearer tokens with scopes.
+
+A token reads ``cws_<id>_<secret>``: the id finds its record, and only a SHA-256 hash
+of the 256-bit secret is stored (a slow hash adds nothing to a secret that long); the
+hash is compared in constant time. ``admin`` holds every scope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+
+import attrs
+
+from cws_actors import StateStore, TokenRecord
+
+SCOPES = ("admin", "plugins:manage", "events:publish", "faults:inject", "instances:manage")
+"""The daemon's own scopes; plugins add theirs (``analytics.read``) in their specs."""
+
+_SCOPE = re.compile(r"[a-z][a-z0-9_.:\-]{0,63}")
+_TOKEN = re.compile(r"cws_([0-9a-f]{16})_([A-Za-z0-9_\-]{43})")
+
+
+class AuthError(Exception):
+    """A request's credentials are missing or wrong (401) or too weak (403)."""
+
+    status = 401
+
+
+class Forbidden(AuthError):
+    status = 403
+
+
+@attrs.frozen
+class Principal:
+    """Who is calling: the token's id and name, and its scopes."""
+
+    token_id: str
+    name: str
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+@attrs.frozen
+class IssuedToken:
+    token: str
+    """Shown once; only its hash is kept."""
+    record: TokenRecord
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_scopes(scopes: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    for scope in scopes:
+        if not _SCOPE.fullmatch(scope):
+            raise ValueError(
+                f"a scope is lowercase letters, digits and '.:_-' (like 'plugins:manage'),"
+                f" got {scope!r}"
+            )
+    if not scopes:
+        raise ValueError(f"a token needs at least one scope, such as {', '.join(SCOPES)}")
+    return tuple(dict.fromkeys(scopes))
+
+
+async def issue_token(
+    store: StateStore, *, name: str, scopes: list[str] | tuple[str, ...], ttl: float | None
+) -> IssuedToken:
+    """Create a token; ``ttl`` seconds until it expires (None: never)."""
+    if ttl is not None and ttl <= 0:
+        raise ValueError(f"a token's lifetime must be > 0 seconds, got {ttl}")
+    token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    now = time.time()
+    record = TokenRecord(
+        id=token_id,
+        name=name,
+        secret_hash=_hash(secret),
+        scopes=check_scopes(scopes),
+        created_at=now,
+        expires_at=now + ttl if ttl is not None else None,
+        revoked_at=None,
+    )
+    await store.add_token(record)
+    return IssuedToken(f"cws_{token_id}_{secret}", record)
+
+
+async def authenticate(store: StateStore, authorization: str | None) -> Principal:
+    """The principal of an ``Authorization: Bearer ...`` header.
+
+    Raises:
+        AuthError: missing, malformed, unknown, revoked or expired (all look alike to
+            the caller, except for the message).
+    """
+    if not authorization:
+        raise AuthError("this endpoint needs a token: send 'Authorization: Bearer <token>'")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    match = _TOKEN.fullmatch(value.strip())
+    if match is None:
+        raise AuthError("that is not a cws token (they look like cws_<16 hex>_<43 chars>)")
+    record = await store.token(match[1])
+    presented = _hash(match[2])
+    # Compare even when there is no record, so that timing tells nothing.
+    expected = record.secret_hash if record is not None else "0" * 64
+    if not hmac.compare_digest(presented, expected) or record is None:
+        raise AuthError("the token is not valid")
+    if record.revoked_at is not None:
+        raise AuthError("the token was revoked")
+    if record.expires_at is not None and record.expires_at <= time.time():
+        raise AuthError("the token has expired; create a new one with `cws token create`")
+    return Principal(record.id, record.name, frozenset(record.scopes))
+
+
+def require(principal: Principal, *scopes: str) -> None:
+    """Raises Forbidden unless the principal holds every one of ``scopes``."""
+    missing = [scope for scope in scopes if not principal.allows(scope)]
+    if missing:
+        raise Forbidden(f"this needs the scope {', '.join(missing)}; the token has"
+                        f" {', '.join(sorted(principal.scopes))}")  # fmt: skip
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``15m``, ``90s`` -> seconds.
+
+    Raises:
+        ValueError: saying the expected form.
+    """
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if match is None:
+        raise ValueError(f"a duration looks like 30d, 12h, 15m or 90s, got {text!r}")
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]

@@ -1,0 +1,57 @@
+"""``cws daemon``: serve the daemon in the foreground until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import asyncclick as click
+
+from ._cli_errors import CLIError, UsageProblem
+from ._config import DEFAULT_PORT, ConfigError, load_config
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _announce(url: str) -> None:
+    # Alone on stdout, and flushed (click.echo flushes), so that scripts and service
+    # managers can read the URL, which matters with --port 0.
+    click.echo(url)
+
+
+@click.command()
+@click.option("--host", default=None, help="The address to listen on [default 127.0.0.1].")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help=f"The port [default {DEFAULT_PORT}]; 0 picks a free one.")  # fmt: skip
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The home folder [env CWS_HOME; default ~/.cws].")  # fmt: skip
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="A TOML configuration file.")  # fmt: skip
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True, help="The log's level (on stderr).")  # fmt: skip
+async def daemon(
+    host: str | None, port: int | None, home: Path | None, config_file: Path | None, log_level: str
+) -> None:
+    """Run the daemon in the foreground; print the URL it serves.
+
+    Settings come from the defaults, then --config, then CWS_* variables, then these
+    flags. SIGTERM or SIGINT stops it gracefully (exit code 0); SIGHUP reloads the
+    configuration and rescans plugins.
+    """
+    # Imported here: hypercorn and the app are heavy, and only this command needs them.
+    from ._daemon import serve_daemon
+
+    try:
+        config = load_config(config_file, host=host, port=port, home=home)
+    except ConfigError as exc:
+        raise UsageProblem(str(exc)) from None
+    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+    try:
+        await serve_daemon(config, config_path=config_file, on_url=_announce)
+    except* OSError as group:
+        # Binding the socket (address in use, no permission) or creating the home.
+        first = group.exceptions[0]
+        reason = getattr(first, "strerror", None) or str(first)
+        raise CLIError(
+            f"cannot serve on {config.host}:{config.port} with home {config.home}: {reason}"
+        ) from None

@@ -1,0 +1,188 @@
+"""The daemon: the runtime, the plugin host and the HTTP app in one Trio run.
+
+``open_daemon(config)`` composes them (used by tests and by ``cws daemon``);
+``serve_daemon(config)`` also serves the app with hypercorn's Trio worker, handles
+SIGTERM/SIGINT (graceful stop) and SIGHUP (reload and rescan), and speaks the systemd
+notify protocol when ``NOTIFY_SOCKET`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from cws_actors import (
+    HostConfig,
+    PluginHost,
+    Runtime,
+    RuntimeConfig,
+    open_plugin_host,
+    open_runtime,
+)
+
+from ._config import DaemonConfig, load_config
+from ._metrics import Metrics
+
+log = logging.getLogger("cws.daemon")
+
+
+@attrs.define(eq=False)
+class Daemon:
+    """What the HTTP app serves."""
+
+    config: DaemonConfig
+    runtime: Runtime
+    host: PluginHost
+    metrics: Metrics
+    started_at: float = attrs.field(factory=time.time)
+    url: str | None = None
+    stopping: bool = False
+    config_path: Path | None = None
+    reloads: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return not self.stopping and self.url is not None
+
+    async def load_plugins(self) -> None:
+        """Load every enabled plugin; a refused one is logged and the others go on."""
+        for name, problem in (await self.host.load_all()).items():
+            if problem is not None:
+                log.warning("plugin %s not loaded: %s", name, problem)
+
+    async def reload(self) -> dict[str, str | None]:
+        """SIGHUP: read the configuration again and rescan plugins. Settings that need
+        a new socket or a new home (host, port, home) wait for a restart."""
+        if self.config_path is not None:
+            fresh = load_config(self.config_path, host=self.config.host, port=self.config.port)
+            self.host.config = attrs.evolve(
+                self.host.config,
+                overrides=fresh.overrides,
+                require_signed=fresh.require_signed,
+            )
+            self.config = attrs.evolve(fresh, home=self.config.home)
+        results = await self.host.load_all()
+        self.reloads += 1
+        return results
+
+
+def host_config(config: DaemonConfig) -> HostConfig:
+    return HostConfig(
+        home=config.home,
+        system_dir=config.system_dir,
+        entry_points=config.entry_points,
+        overrides=config.overrides,
+        require_signed=config.require_signed,
+        fork_server=config.fork_server,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_daemon(
+    config: DaemonConfig, *, config_path: Path | None = None
+) -> AsyncIterator[Daemon]:
+    """The runtime and the plugin host (no plugin loaded yet: see ``load_plugins``)."""
+    config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    runtime_config = RuntimeConfig(
+        state_path=str(config.home / "events.db"), durable_topics=config.durable_topics
+    )
+    async with (
+        open_runtime(config=runtime_config) as runtime,
+        open_plugin_host(runtime, host_config(config)) as host,
+    ):
+        yield Daemon(config, runtime, host, Metrics(runtime), config_path=config_path)
+
+
+async def serve_daemon(
+    config: DaemonConfig,
+    *,
+    config_path: Path | None = None,
+    on_url: Callable[[str], None] = print,
+    task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGTERM or SIGINT (or cancellation), then stop gracefully."""
+    from ._app import create_app
+
+    async with open_daemon(config, config_path=config_path) as daemon:
+        app = create_app(daemon)  # first: it guards the core routes from plugins
+        await daemon.load_plugins()
+        hyper = HypercornConfig()
+        hyper.bind = [f"{config.host}:{config.port}"]
+        hyper.graceful_timeout = config.shutdown_grace
+        hyper.accesslog = None
+        hyper.errorlog = logging.getLogger("cws.http")
+        hyper.include_server_header = False
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(_signals, daemon, stop)  # handlers in place before serving
+            binds: list[str] = await nursery.start(_serve_until, app, hyper, stop)
+            daemon.url = binds[0].replace("0.0.0.0", "127.0.0.1")
+            on_url(daemon.url)
+            nursery.start_soon(_systemd, daemon, stop)
+            task_status.started(daemon)
+            await stop.wait()
+            daemon.stopping = True
+            log.info("stopping: finishing requests in flight, then stopping actors")
+        # The app has stopped accepting and drained; the context managers now stop
+        # plugins and actors in reverse order.
+
+
+async def _serve_until(
+    app: Any, hyper: HypercornConfig, stop: trio.Event, task_status: trio.TaskStatus[list[str]]
+) -> None:
+    await serve(app, hyper, shutdown_trigger=stop.wait, task_status=task_status)
+
+
+async def _signals(
+    daemon: Daemon, stop: trio.Event, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                try:
+                    results = await daemon.reload()
+                    log.info("reloaded: %s", results)
+                except Exception as exc:  # noqa: BLE001 - a bad reload must not stop the daemon
+                    log.error("reload failed, the previous configuration stays: %s", exc)
+                continue
+            stop.set()
+            return
+
+
+async def _systemd(daemon: Daemon, stop: trio.Event) -> None:
+    """READY=1 once serving, WATCHDOG=1 at half the watchdog interval, STOPPING=1."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with sock:
+        await sock.connect(address)
+        await sock.send(f"READY=1\nSTATUS=serving {daemon.url}\nMAINPID={os.getpid()}".encode())
+        interval = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+        with trio.CancelScope() as scope:
+            if interval <= 0:
+                await stop.wait()
+            else:
+                while not stop.is_set():
+                    with trio.move_on_after(interval / 2):
+                        await stop.wait()
+                    if daemon.ready or stop.is_set():
+                        await sock.send(b"WATCHDOG=1")
+            scope.cancel()
+        with contextlib.suppress(OSError):
+            await sock.send(b"STOPPING=1")

@@ -1,0 +1,19 @@
+"""The live health dashboard: one self-contained HTML page (no CDN, no build step).
+
+The page polls ``/api/v1/actors``, ``/api/v1/plugins`` and ``/api/v1/dead-letters`` and
+follows ``/api/v1/events/stream`` with an ``EventSource``; it needs no token, because
+those routes are read-only and open.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+
+def dashboard_page() -> str:
+    """The dashboard's HTML, read from the package data (``api/dashboard.html``).
+
+    Returns:
+        The whole page as text, CSS and JavaScript inline.
+    """
+    return files("api").joinpath("dashboard.html").read_text(encoding="utf-8")

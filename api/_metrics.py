@@ -1,0 +1,94 @@
+"""Prometheus metrics: the runtime's own counters, read at scrape time (so the hot path
+pays nothing), and the HTTP layer's counters and latency histograms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cws_actors import ActorSnapshot, Runtime
+
+
+class RuntimeCollector(Collector):
+    """Routed, delivered and rejected messages per actor and reason, mailbox depth,
+    restarts and probe failures, from the runtime's snapshots."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Any]:
+        routed = CounterMetricFamily(
+            "cws_messages_routed", "Messages admitted to an actor's mailbox", labels=["actor"]
+        )
+        delivered = CounterMetricFamily(
+            "cws_messages_delivered", "Messages taken from a mailbox by its actor", labels=["actor"]
+        )
+        rejected = CounterMetricFamily(
+            "cws_messages_rejected",
+            "Messages the router refused, by reason",
+            labels=["actor", "reason"],
+        )
+        depth = GaugeMetricFamily("cws_mailbox_depth", "Messages waiting", labels=["actor"])
+        restarts = CounterMetricFamily("cws_actor_restarts", "Restarts", labels=["actor"])
+        probe_failures = GaugeMetricFamily(
+            "cws_probe_consecutive_failures",
+            "Consecutive failures of each probe",
+            labels=["actor", "probe"],
+        )
+        ready = GaugeMetricFamily("cws_actor_ready", "1 when the actor is ready", labels=["actor"])
+        router = self.runtime.router
+        for node in _actors(self.runtime.actors()):
+            restarts.add_metric([node.path], node.restarts)
+            ready.add_metric([node.path], 1.0 if node.ready else 0.0)
+            cell = router.cells.get(node.path)
+            if cell is not None:
+                routed.add_metric([node.path], cell.routed)
+            if node.mailbox is not None:
+                delivered.add_metric([node.path], node.mailbox.delivered)
+                depth.add_metric([node.path], node.mailbox.depth)
+            for probe in node.probes:
+                probe_failures.add_metric([node.path, probe.kind.value], probe.consecutive_failures)
+        for (path, reason), count in sorted(router.rejected.items()):
+            rejected.add_metric([path, reason], count)
+        yield from (routed, delivered, rejected, depth, restarts, probe_failures, ready)
+
+
+def _actors(node: ActorSnapshot) -> Iterator[ActorSnapshot]:
+    if node.kind == "actor":
+        yield node
+    for child in node.children:
+        yield from _actors(child)
+
+
+class Metrics:
+    """One registry per daemon (tests run several in one process)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(RuntimeCollector(runtime))
+        self.requests = Counter(
+            "cws_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "cws_rate_limited_requests",
+            "HTTP requests answered 429",
+            ["route"],
+            registry=self.registry,
+        )
+        self.plugin_latency = Histogram(
+            "cws_plugin_handler_seconds",
+            "Time from routing a request to a plugin to its answer",
+            ["plugin", "kind"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

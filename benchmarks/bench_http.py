@@ -1,0 +1,128 @@
+"""HTTP benchmark: a plugin endpoint routed through the router and the plugin's actor,
+beside a bare quart-trio route in the same daemon, in the same run, driven by wrk
+(Debian's ``wrk``: a load generator in C, so it is not the bottleneck).
+
+Run: ``.venv/bin/python benchmarks/bench_http.py [--seconds 10] [--connections 32] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from api._app import create_app
+from api._config import load_config
+from api._daemon import open_daemon
+
+PLUGIN = """
+from cws_actors import APIEndpointSpec, APIResult, Capabilities, Plugin
+
+class Bench(Plugin):
+    capabilities = Capabilities(
+        api_endpoints=[APIEndpointSpec("/bench/plugin", handler="hello", protected=False)]
+    )
+
+    async def hello(self, request):
+        return APIResult(200, {"hello": "world"})
+"""
+
+MANIFEST = """
+[plugin]
+name = "bench"
+version = "1.0.0"
+api_version = "1.0"
+entry = "bench_plugin:Bench"
+
+[mailbox]
+capacity = 10000
+"""
+
+
+def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+    """Requests per second and p99 latency (ms) from wrk's --latency report."""
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": rps, "p99_ms": p99, "errors": float(errors[1]) if errors else 0.0}
+
+
+async def main(seconds: int, connections: int) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("this benchmark needs wrk: apt-get install wrk")
+    with tempfile.TemporaryDirectory() as folder:
+        home = Path(folder)
+        plugin_dir = home / "plugins" / "bench"
+        plugin_dir.mkdir(parents=True)
+        (plugin_dir / "plugin.toml").write_text(textwrap.dedent(MANIFEST))
+        (plugin_dir / "bench_plugin.py").write_text(textwrap.dedent(PLUGIN))
+        config = load_config(None, env={}, home=home, port=0, entry_points=False,
+                             system_dir=home / "system")  # fmt: skip
+        async with open_daemon(config) as daemon:
+            app = create_app(daemon)
+
+            @app.get("/bench/bare")
+            async def bare() -> Any:
+                return {"hello": "world"}
+
+            await daemon.load_plugins()
+            hyper = Config()
+            hyper.bind = ["127.0.0.1:0"]
+            hyper.accesslog = None
+            async with trio.open_nursery() as nursery:
+                binds = await nursery.start(serve, app, hyper)
+                base = binds[0]
+                daemon.url = base
+                results = {}
+                for name, path in (("bare", "/bench/bare"), ("plugin", "/bench/plugin")):
+                    await trio.to_thread.run_sync(wrk, f"{base}{path}", 2, connections)
+                    results[name] = await trio.to_thread.run_sync(
+                        wrk, f"{base}{path}", seconds, connections
+                    )
+                nursery.cancel_scope.cancel()
+    return {
+        "bare_rps": results["bare"]["rps"],
+        "bare_p99_ms": results["bare"]["p99_ms"],
+        "plugin_rps": results["plugin"]["rps"],
+        "plugin_p99_ms": results["plugin"]["p99_ms"],
+        "plugin_errors": results["plugin"]["errors"],
+        "ratio": results["plugin"]["rps"] / results["bare"]["rps"],
+        "seconds": seconds,
+        "connections": connections,
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    return (
+        f"plugin endpoint: {result['plugin_rps']:,.0f} req/s, p99 {result['plugin_p99_ms']:.2f} ms"
+        f" vs bare quart-trio route {result['bare_rps']:,.0f} req/s, p99"
+        f" {result['bare_p99_ms']:.2f} ms: ratio {result['ratio']:.2f}"
+        f" ({result['connections']} connections, {result['seconds']} s each, wrk)"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = trio.run(main, args.seconds, args.connections)
+    print(json.dumps(result, indent=2) if args.json else report(result))

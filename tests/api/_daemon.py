@@ -1,0 +1,45 @@
+"""A real daemon for tests: hypercorn on 127.0.0.1 port 0, in this Trio run."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from api._auth import issue_token
+from api._config import load_config
+from api._daemon import Daemon, serve_daemon
+
+TIMEOUT = 30
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(home: Path, **settings: Any) -> AsyncIterator[Daemon]:
+    """Serve a daemon whose home is ``home`` (no entry points, no system plugins unless
+    ``settings`` say otherwise) until the block ends."""
+    settings = {"entry_points": False, "system_dir": home / "system", **settings}
+    config = load_config(None, env={}, home=home, port=0, **settings)
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(
+            functools.partial(serve_daemon, config, on_url=lambda url: None)
+        )
+        try:
+            yield daemon
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def token(daemon: Daemon, *scopes: str, ttl: float | None = None) -> str:
+    issued = await issue_token(daemon.host.state, name="test", scopes=list(scopes), ttl=ttl)
+    return issued.token
+
+
+def client(daemon: Daemon, bearer: str | None = None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    assert daemon.url is not None
+    return httpx.AsyncClient(base_url=daemon.url, headers=headers, timeout=TIMEOUT)

@@ -1,0 +1,151 @@
+"""The daemon's configuration, signals (SIGTERM drains, SIGHUP reloads) and the systemd
+notify protocol, with a real hypercorn and real signals."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+
+from api._config import ConfigError, DaemonConfig, load_config
+from api._daemon import Daemon, serve_daemon
+
+from ..plugins._fixtures import write_plugin
+from ..plugins.test_host import wait_until
+from ._daemon import TIMEOUT, client
+from ._plugin import CODE, write_web_plugin
+
+
+def test_defaults_file_env_and_flags_in_that_order(tmp_path: Path) -> None:
+    assert DaemonConfig().host == "127.0.0.1"  # loopback by default
+    config_file = tmp_path / "cws.toml"
+    config_file.write_text(
+        '[daemon]\nport = 9000\nhost = "127.0.0.1"\nshutdown_grace = 3\n'
+        "[plugins]\nrequire_signed = true\n"
+        '[plugins.overrides.echo]\nconfig = { greeting = "hi" }\n'
+        '[events]\ndurable_topics = ["instance.*", "billing.#"]\n'
+    )
+    env = {"CWS_PORT": "9100", "CWS_HOME": str(tmp_path / "envhome")}
+    config = load_config(config_file, env=env, port=None)
+    assert (config.port, config.home, config.shutdown_grace) == (9100, tmp_path / "envhome", 3.0)
+    assert config.require_signed
+    assert config.overrides == {"echo": {"config": {"greeting": "hi"}}}
+    assert config.durable_topics == ("instance.*", "billing.#")
+    assert config.source == f"embedded defaults, {config_file}, CWS_PORT, CWS_HOME"
+    assert load_config(config_file, env=env, port=0).port == 0  # a flag wins
+    assert load_config(None, env={}).home == Path("~/.cws").expanduser()
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("[daemon\n", {}, "not valid TOML"),
+        ("[deamon]\nport = 1\n", {}, "unknown table [deamon]; expected daemon, events, plugins"),
+        ('[daemon]\nport = "80"\n', {}, "daemon.port must be int, got str"),
+        ("[daemon]\nprot = 80\n", {}, "unknown setting daemon.prot"),
+        ("", {"CWS_PORT": "eighty"}, "CWS_PORT must be int, got 'eighty'"),
+        ("", {"CWS_REQUIRE_SIGNED": "maybe"}, "CWS_REQUIRE_SIGNED must be true or false"),
+    ],
+)
+def test_a_bad_configuration_says_what_is_wrong(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    config_file = tmp_path / "cws.toml"
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, env=env)
+    assert message in str(caught.value)
+
+
+def _config(home: Path, **settings: object) -> DaemonConfig:
+    return load_config(
+        None, env={}, home=home, port=0, entry_points=False, system_dir=home / "system", **settings
+    )
+
+
+SLOW = CODE.replace(
+    "    async def broken(self, request):",
+    "    async def slow(self, request):\n"
+    "        import trio\n"
+    "        await trio.sleep(0.5)\n"
+    "        return APIResult(200, {'slow': True})\n\n"
+    "    async def broken(self, request):",
+).replace(
+    'APIEndpointSpec("/api/v1/web/sick"',
+    'APIEndpointSpec("/api/v1/web/slow", handler="slow", protected=False),\n'
+    '            APIEndpointSpec("/api/v1/web/sick"',
+)
+
+
+async def test_sigterm_lets_requests_in_flight_finish_then_stops(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_web_plugin(home / "plugins", code=SLOW)
+    answers: list[int] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(
+                functools.partial(serve_daemon, _config(home), on_url=lambda url: None)
+            )
+
+            async def slow_request() -> None:
+                async with client(daemon) as http:
+                    answers.append((await http.get("/api/v1/web/slow")).status_code)
+
+            nursery.start_soon(slow_request)
+            await trio.sleep(0.1)  # the request is in the plugin's handler now
+            os.kill(os.getpid(), signal.SIGTERM)
+        # serve_daemon returned: the nursery closed on its own.
+    assert answers == [200]
+    assert daemon.stopping
+
+
+async def test_sighup_rescans_plugins(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "plugins").mkdir(parents=True)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(
+                functools.partial(serve_daemon, _config(home), on_url=lambda url: None)
+            )
+            assert daemon.host.loaded_names() == []
+            write_plugin(home / "plugins", "echo")
+            os.kill(os.getpid(), signal.SIGHUP)
+
+            async def reloaded() -> bool:
+                return daemon.reloads > 0
+
+            await wait_until(reloaded)
+            assert daemon.host.loaded_names() == ["echo"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_systemd_notify_ready_watchdog_and_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    address = str(tmp_path / "notify.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    await listener.bind(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    messages: list[str] = []
+    with listener, trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(
+                functools.partial(serve_daemon, _config(home), on_url=lambda url: None)
+            )
+            while "WATCHDOG=1" not in messages:
+                messages.append((await listener.recv(4096)).decode())
+            os.kill(os.getpid(), signal.SIGTERM)
+            while "STOPPING=1" not in messages:
+                messages.append((await listener.recv(4096)).decode())
+    ready = messages[0].splitlines()
+    assert ready[0] == "READY=1"
+    assert ready[1] == f"STATUS=serving {daemon.url}"
+    assert f"MAINPID={os.getpid()}" in ready
+    assert messages[-1] == "STOPPING=1"

@@ -1,0 +1,178 @@
+"""The dashboard in a real browser: Debian's headless chromium, driven by playwright's sync
+API in a worker thread, against a real daemon served by this Trio run.
+
+The browser thread waits on page content (playwright's ``expect`` polls the DOM with a
+timeout); it calls back into Trio with ``trio.from_thread`` to publish events or stop the
+daemon, so the order of events is fixed and no step sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from playwright.sync_api import Page, expect, sync_playwright
+
+from api._daemon import Daemon
+
+from ..plugins._fixtures import write_plugin
+from ._daemon import client, running_daemon, token
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Nothing here may reach past 127.0.0.1: no updates, no sync, no first-run pings.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 20_000  # each wait on the page; the whole test is bounded by trio.fail_after(60)
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"the dashboard test needs Debian's chromium at {CHROMIUM}:"
+            " run `apt-get install chromium` (do not use `playwright install`)"
+        )
+    return CHROMIUM
+
+
+@contextlib.contextmanager
+def open_page(browser_path: Path, url: str) -> Iterator[Page]:
+    """A fresh headless chromium showing ``url``; closed when the block ends."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(browser_path), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
+def browse_and_publish(
+    browser_path: Path, url: str, publish: Callable[[], Awaitable[None]]
+) -> tuple[list[str], list[str]]:
+    """Check the page against a daemon with the echo plugin, publish through ``publish``
+    once the event stream is open, and check the feed and the dead letters. Returns the
+    URLs the page requested and the errors it reported."""
+    requested: list[str] = []
+    errors: list[str] = []
+    with open_page(browser_path, url) as page:
+        page.on("request", lambda request: requested.append(request.url))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        expect(page).to_have_title(re.compile("cws daemon"))
+        expect(page.get_by_role("heading", name="Actors")).to_be_visible()
+        for path in ("/", "/plugins", "/plugins/echo"):
+            badge = page.locator(f'#actors tr[data-path="{path}"] .state .badge')
+            expect(badge).to_have_text("running", timeout=WAIT_MS)
+            expect(badge).to_have_class(re.compile(r"\bok\b"))  # running is green
+        echo = page.locator('#actors tr[data-path="/plugins/echo"]')
+        expect(echo).to_contain_text("liveness ✓")
+        expect(echo).to_contain_text("0 / 1000")  # mailbox depth / capacity
+        plugin = page.locator('#plugins tr[data-plugin="echo"]')
+        expect(plugin.locator(".state")).to_have_text("running", timeout=WAIT_MS)
+        expect(plugin).to_contain_text("1.0.0")
+        expect(plugin).to_contain_text("events: instance.*")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "connected")
+        expect(page.locator("#refreshed")).not_to_have_text("never")
+        expect(page.locator("#letters")).to_contain_text("none")
+        # The stream's subscription exists before its headers are sent, so once the
+        # EventSource is open nothing published afterwards can be missed.
+        expect(page.locator("#stream")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+
+        trio.from_thread.run(publish)
+
+        feed = page.locator("#feed")
+        expect(feed).to_have_attribute("aria-live", "polite")
+        started = feed.locator('li[data-topic="instance.started"]')
+        expect(started).to_contain_text('{"id":"i-1"}', timeout=WAIT_MS)
+        expect(started).to_contain_text("from http")
+        letter = page.locator("#letters tr", has_text="/plugins/gone")
+        expect(letter).to_contain_text("no_such_actor", timeout=WAIT_MS)
+        expect(letter).to_contain_text("ghost.seen")
+    return requested, errors
+
+
+async def test_the_dashboard_shows_actors_plugins_dead_letters_and_live_events(
+    tmp_path: Path, chromium: Path
+) -> None:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo")
+    with trio.fail_after(60):
+        async with running_daemon(home) as daemon:
+            publisher = await token(daemon, "events:publish")
+            async with client(daemon, publisher) as http:
+
+                async def publish() -> None:
+                    answer = await http.post(
+                        "/api/v1/events",
+                        json={"topic": "instance.started", "payload": {"id": "i-1"}},
+                    )
+                    assert answer.status_code == 202, answer.text
+                    # A subscriber with no actor behind it turns its event into a dead letter.
+                    daemon.runtime.bus.subscribe_actor("/plugins/gone", ("ghost.*",))
+                    answer = await http.post("/api/v1/events", json={"topic": "ghost.seen"})
+                    assert answer.status_code == 202, answer.text
+
+                assert daemon.url is not None
+                requested, errors = await trio.to_thread.run_sync(
+                    browse_and_publish, chromium, daemon.url + "/", publish
+                )
+    assert errors == []
+    # Self-contained: every request the page made went to the daemon (no CDN, no fonts).
+    assert requested
+    assert [url for url in requested if not url.startswith(daemon.url + "/")] == []
+
+
+def browse_until_disconnected(browser_path: Path, url: str, stop: Callable[[], None]) -> None:
+    with open_page(browser_path, url) as page:
+        expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "connected", timeout=WAIT_MS
+        )
+        expect(page.locator("#stream")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+        stop()
+        expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "disconnected", timeout=WAIT_MS
+        )
+        expect(page.locator("#connection")).to_have_class(re.compile(r"\bbad\b"))
+        expect(page.locator("#problem")).to_contain_text("retrying")
+        expect(page.locator("#stream")).not_to_have_attribute("data-state", "open")
+        # What was last seen stays on screen while the page keeps retrying.
+        expect(page.locator('#actors tr[data-path="/plugins"]')).to_be_visible()
+
+
+async def test_the_dashboard_says_disconnected_when_the_daemon_goes_away(
+    tmp_path: Path, chromium: Path
+) -> None:
+    stopped = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        async with running_daemon(tmp_path / "home") as daemon:
+            task_status.started(daemon)
+            await stopped.wait()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            daemon: Daemon = await nursery.start(serve)
+            assert daemon.url is not None
+
+            def stop() -> None:
+                trio.from_thread.run_sync(stopped.set)
+
+            await trio.to_thread.run_sync(
+                browse_until_disconnected, chromium, daemon.url + "/", stop
+            )
