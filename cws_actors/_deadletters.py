@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import time
 from collections import deque
 from typing import Any
 
@@ -29,7 +30,10 @@ class DeadLetter:
     envelope: Envelope
     reason: str
     at: float
+    """When, on Trio's clock (comparable with deadlines)."""
     detail: str = ""
+    wall_time: float = attrs.field(factory=time.time)
+    """When, as Unix time (for people and dashboards)."""
 
     def as_dict(self) -> dict[str, Any]:
         envelope = self.envelope
@@ -40,6 +44,7 @@ class DeadLetter:
             "reason": self.reason,
             "detail": self.detail,
             "at": self.at,
+            "time": self.wall_time,
             "correlation_id": envelope.correlation_id,
             "payload": repr(envelope.payload)[:200],
         }
