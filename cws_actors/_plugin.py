@@ -241,8 +241,15 @@ class Plugin:
         """Called when the plugin stops (unload, restart, shutdown)."""
 
     async def health(self) -> Health:
-        """Drives the plugin's liveness and readiness probes."""
+        """Drives the plugin's liveness probe (CRITICAL, repeated, restarts it) and, by
+        default, its readiness."""
         return Health()
+
+    async def ready(self) -> bool:
+        """Whether to route requests to it now (its readiness probe). By default: its
+        health is not CRITICAL. Override it to go out of routing without a restart, as
+        a cloud provider does while its cloud is down."""
+        return (await self.health()).status is not HealthStatus.CRITICAL
 
     async def status(self) -> dict[str, Any]:
         """Anything the plugin wants to show in ``cws plugins status``."""

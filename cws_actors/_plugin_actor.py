@@ -148,6 +148,8 @@ class PluginDriver(Protocol):
 
     async def health(self) -> Health: ...
 
+    async def ready(self) -> bool: ...
+
     async def status(self) -> dict[str, Any]: ...
 
 
@@ -186,6 +188,10 @@ class InProcessDriver:
     async def health(self) -> Health:
         assert self._plugin is not None
         return await self._plugin.health()
+
+    async def ready(self) -> bool:
+        assert self._plugin is not None
+        return bool(await self._plugin.ready())
 
     async def status(self) -> dict[str, Any]:
         assert self._plugin is not None
@@ -333,6 +339,9 @@ class SubprocessDriver:
     async def health(self) -> Health:
         result = decode_result(await self._request({"type": "health"}))
         return result if isinstance(result, Health) else Health(HealthStatus.CRITICAL, "bad")
+
+    async def ready(self) -> bool:
+        return bool(await self._request({"type": "ready"}))
 
     async def status(self) -> dict[str, Any]:
         status = await self._request({"type": "status"})
@@ -521,7 +530,9 @@ class PluginActor(Actor):
         assert self.driver is not None
         return (await self.driver.health()).status is not HealthStatus.CRITICAL
 
-    readiness = liveness
+    async def readiness(self) -> bool:
+        assert self.driver is not None
+        return await self.driver.ready()
 
 
 @contextlib.contextmanager

@@ -134,6 +134,8 @@ class Runner:
             return None
         if kind == "health":
             return await plugin.health()
+        if kind == "ready":
+            return bool(await plugin.ready())
         if kind == "status":
             return await plugin.status()
         if kind == "call":

@@ -312,3 +312,39 @@ async def test_a_plugin_publishes_on_the_bus(tmp_path: Path, isolation: str) -> 
             assert event.payload == {"pid": expected_pid}
             status = await host.status("echo")
             assert (status.calls, status.published) == (1, 1)
+
+
+@pytest.mark.parametrize("isolation", ["in_process", "subprocess"])
+async def test_ready_takes_a_plugin_out_of_routing_without_a_restart(
+    tmp_path: Path, isolation: str
+) -> None:
+    """A plugin whose ``ready()`` says no (its cloud is down) answers NotReady, is not
+    restarted, and comes back by itself when ``ready()`` says yes again."""
+    from ._fixtures import PLUGIN_CODE
+
+    code = PLUGIN_CODE.replace(
+        "    async def status(self):",
+        "    async def ready(self):\n"
+        "        return not (self.ctx.data_dir / 'down').exists()\n\n"
+        "    async def status(self):",
+    )
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo", isolation=isolation, code=code)
+    with trio.fail_after(TIMEOUT):
+        async with opened(home) as host:
+            await host.load("echo")
+            down = home / "plugin-data/echo/down"
+            down.touch()
+
+            async def refused() -> bool:
+                result = await host.execute_cli(["echo", "--text", "x"])
+                return result.exit_code == 1 and "not ready" in result.output
+
+            await wait_until(refused)
+            down.unlink()
+
+            async def served() -> bool:
+                return (await host.execute_cli(["echo", "--text", "x"])).output == "hello x"
+
+            await wait_until(served)
+            assert (await host.status("echo")).restarts == 0
