@@ -19,6 +19,7 @@ from cws_actors import ActorError, PluginError
 
 from ._auth import AuthError, Principal, authenticate, require
 from ._daemon import Daemon
+from ._instances import mount_instances
 from ._openapi import openapi_document
 from ._plugin_routes import PluginRoutes
 from ._problems import HTTPProblem, from_error, problem_response
@@ -407,6 +408,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
             raise HTTPProblem(400, "Bad request", "'args' must be a non-empty list of strings")
         return await plugin_routes.execute(argv, request.headers.get("Authorization"))
 
+    mount_instances(app, daemon, principal, json_body)
     plugin_routes.mount(principal, json_body)
     return app
 

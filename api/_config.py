@@ -10,6 +10,7 @@ max_body_bytes = 1048576    # JSON bodies; archives may be up to max_upload_byte
 max_upload_bytes = 104857600
 open_health = true          # /healthz, /readyz and /metrics without a token
 shutdown_grace = 10.0       # seconds for requests in flight on SIGTERM
+instance_poll_interval = 60 # seconds between cloud providers' state polls (0: never)
 
 [plugins]
 system_dir = "/usr/lib/cws/plugins"
@@ -57,6 +58,8 @@ class DaemonConfig:
     max_upload_bytes: int = 100 * 1024 * 1024
     open_health: bool = True
     shutdown_grace: float = 10.0
+    instance_poll_interval: float = 60.0
+    """Seconds between cloud providers' state polls (0: never)."""
     system_dir: Path = Path("/usr/lib/cws/plugins")
     require_signed: bool = False
     fork_server: bool = True
@@ -76,6 +79,7 @@ _FIELDS: list[tuple[str, str, str, type]] = [
     ("daemon", "max_upload_bytes", "max_upload_bytes", int),
     ("daemon", "open_health", "open_health", bool),
     ("daemon", "shutdown_grace", "shutdown_grace", float),
+    ("daemon", "instance_poll_interval", "instance_poll_interval", float),
     ("plugins", "system_dir", "system_dir", Path),
     ("plugins", "require_signed", "require_signed", bool),
     ("plugins", "fork_server", "fork_server", bool),

@@ -114,6 +114,7 @@ async def serve_daemon(
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT (or cancellation), then stop gracefully."""
     from ._app import create_app
+    from ._instances import poll_providers
 
     async with open_daemon(config, config_path=config_path) as daemon:
         app = create_app(daemon)  # first: it guards the core routes from plugins
@@ -131,6 +132,7 @@ async def serve_daemon(
             daemon.url = binds[0].replace("0.0.0.0", "127.0.0.1")
             on_url(daemon.url)
             nursery.start_soon(_systemd, daemon, stop)
+            nursery.start_soon(poll_providers, daemon, config.instance_poll_interval, stop)
             task_status.started(daemon)
             await stop.wait()
             daemon.stopping = True

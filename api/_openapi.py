@@ -31,6 +31,17 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 
 _STRING = {"type": "string"}
 _CORE = [
+    _Core(
+        "get", "/api/v1/instances", "Instances of every cloud provider", query=("provider", "state")
+    ),
+    _Core("get", "/api/v1/instances/{provider}/{id}", "One instance"),
+    _Core(
+        "post",
+        "/api/v1/instances/{provider}/{id}/{action}",
+        "start or stop an instance",
+        "instances:manage",
+        _object([], wait={"type": "boolean"}, hibernate={"type": "boolean"}),
+    ),
     _Core("get", "/healthz", "Liveness of the daemon"),
     _Core("get", "/readyz", "Readiness of the daemon"),
     _Core("get", "/metrics", "Prometheus metrics"),

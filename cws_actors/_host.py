@@ -60,6 +60,7 @@ from ._runtime import Runtime
 from ._state import StateStore
 
 ENTRY_POINT_GROUP = "cws_actors.plugins"
+_LIFECYCLE = frozenset({"initialize", "start", "stop", "health", "ready", "status"})
 PLUGINS_PATH = "/plugins"
 
 
@@ -662,6 +663,38 @@ class PluginHost:
             PluginCall("status"), timeout=10
         )
         return result
+
+    def providers_of(self, service_type: str) -> list[str]:
+        """The loaded plugins whose capabilities list ``service_type`` (for instance
+        ``cloud-provider``), sorted."""
+        return [
+            name
+            for name, loaded in sorted(self._loaded.items())
+            if service_type in loaded.launch.capabilities.service_types
+        ]
+
+    async def call_service(
+        self,
+        name: str,
+        handler: str,
+        payload: Any = None,
+        *,
+        timeout: float = 60,
+        source: Source = Source.HTTP,
+    ) -> Any:
+        """Call a service handler of a loaded plugin (``list_instances`` of a cloud
+        provider), routed through the router like any message.
+
+        Raises:
+            PluginNotFound: not loaded.
+            ActorError: refused by the router, or HandlerFailed.
+        """
+        if handler.startswith("_") or handler in _LIFECYCLE:
+            raise PluginError(f"{handler!r} is not a service handler")
+        loaded = self._require_loaded(name)
+        return await self.runtime.lookup(loaded.path).ask(
+            PluginCall("service", handler, payload), timeout=timeout, source=source
+        )
 
     # ------------------------------------------------------------------ faces
 

@@ -1,0 +1,125 @@
+"""``/api/v1/instances``: the cloud-provider plugins' instances, through the router.
+
+A provider plugin declares the ``cloud-provider`` service type; its name is the
+provider's name in these routes (``aws``, ``gcp``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+from quart import request
+from quart_trio import QuartTrio
+
+from cws_actors import ActorError, HandlerFailed, PluginError
+
+from ._daemon import Daemon
+from ._problems import HTTPProblem, from_error
+
+SERVICE_TYPE = "cloud-provider"
+
+# A provider error's type name (in process: the class; in a subprocess: its name) -> HTTP.
+_STATUS = {
+    "InstanceNotFound": (404, "Not found"),
+    "ProviderRequestError": (400, "Bad request"),
+    "ProviderAuthError": (502, "Provider refused"),
+    "ProviderThrottled": (503, "Provider throttled"),
+    "ProviderUnavailable": (503, "Provider unavailable"),
+    "CircuitOpen": (503, "Provider unavailable"),
+}
+
+
+def provider_problem(error: Exception, provider: str) -> HTTPProblem:
+    if isinstance(error, HandlerFailed):
+        cause = error.__cause__ or error
+        kind = getattr(cause, "error_type", type(cause).__name__).rpartition(".")[2]
+        if kind in _STATUS:
+            status, title = _STATUS[kind]
+            message = str(cause).split(": ", 2)[-1] if hasattr(cause, "error_type") else str(cause)
+            headers = {"Retry-After": "5"} if status == 503 else None
+            return HTTPProblem(status, title, f"{provider}: {message}", headers=headers,
+                               provider=provider)  # fmt: skip
+    return from_error(error, plugin=provider)
+
+
+def mount_instances(app: QuartTrio, daemon: Daemon, principal: Any, json_body: Any) -> None:
+    host = daemon.host
+
+    def providers(wanted: str | None = None) -> list[str]:
+        names = host.providers_of(SERVICE_TYPE)
+        if wanted is not None:
+            if wanted not in names:
+                loaded = ", ".join(names) or "none"
+                raise HTTPProblem(
+                    404, "Not found", f"no cloud provider {wanted!r}; loaded: {loaded}"
+                )
+            return [wanted]
+        return names
+
+    async def call(provider: str, handler: str, payload: Any) -> Any:
+        try:
+            return await host.call_service(provider, handler, payload, timeout=120)
+        except (ActorError, PluginError) as exc:
+            raise provider_problem(exc, provider) from None
+
+    @app.get("/api/v1/instances")
+    async def list_instances() -> Any:
+        filters: dict[str, Any] = {}
+        state = request.args.get("state")
+        if state:
+            filters["state"] = state
+        instances: list[Any] = []
+        errors: dict[str, Any] = {}
+
+        async def one(provider: str) -> None:
+            try:
+                instances.extend(
+                    await call(provider, "list_instances", {"filters": filters or None})
+                )
+            except HTTPProblem as problem:
+                errors[provider] = {"status": problem.status, "detail": problem.detail}
+
+        async with trio.open_nursery() as nursery:
+            for provider in providers(request.args.get("provider")):
+                nursery.start_soon(one, provider)
+        if state:
+            instances = [i for i in instances if i.get("state") == state]
+        instances.sort(key=lambda i: (i.get("provider", ""), i.get("id", "")))
+        return {"instances": instances, "count": len(instances), "errors": errors}
+
+    @app.get("/api/v1/instances/<provider>/<instance_id>")
+    async def get_instance(provider: str, instance_id: str) -> Any:
+        (name,) = providers(provider)
+        return await call(name, "get_instance", {"id": instance_id})
+
+    @app.post("/api/v1/instances/<provider>/<instance_id>/<action>")
+    async def act(provider: str, instance_id: str, action: str) -> Any:
+        await principal("instances:manage")
+        if action not in ("start", "stop"):
+            raise HTTPProblem(
+                404, "Not found", f"unknown action {action!r}; expected start or stop"
+            )
+        body = await json_body(required=False) or {}
+        if not isinstance(body, dict):
+            raise HTTPProblem(400, "Bad request", "the body must be a JSON object")
+        (name,) = providers(provider)
+        payload = {"id": instance_id, "wait": bool(body.get("wait")),
+                   "hibernate": bool(body.get("hibernate"))}  # fmt: skip
+        return await call(name, f"{action}_instance", payload)
+
+
+async def poll_providers(daemon: Daemon, interval: float, stop: trio.Event) -> None:
+    """Every ``interval`` seconds, ask each provider to publish the state changes it
+    sees (instances started or stopped outside the daemon)."""
+    if not interval or math.isinf(interval):
+        return
+    while not stop.is_set():
+        with trio.move_on_after(interval):
+            await stop.wait()
+            return
+        for provider in daemon.host.providers_of(SERVICE_TYPE):
+            try:
+                await daemon.host.call_service(provider, "poll", None, timeout=interval)
+            except (ActorError, PluginError):
+                pass  # an outage shows in the plugin's readiness and dead letters

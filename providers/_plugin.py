@@ -1,0 +1,137 @@
+"""A cloud provider as a plugin of the daemon, written against ``cws_actors``' public
+names only, like any third party's plugin.
+
+It declares the ``cloud-provider`` service type; the daemon's ``/api/v1/instances``
+routes and ``cws instances`` call its service handlers (``list_instances``,
+``get_instance``, ``start_instance``, ``stop_instance``) through the router. After each
+operation it publishes ``instance.started`` / ``instance.stopped`` (and
+``instance.launched`` / ``instance.terminated`` when polling sees them) carrying the
+InstanceInfo. While its cloud is down (the circuit breaker is open) ``ready()`` says no,
+so its routes answer 503 and its events become dead letters; it comes back by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from cws_actors import Capabilities, Health, HealthStatus, Plugin, PluginContext
+
+from ._base import (
+    BreakerState,
+    CloudProvider,
+    InstanceInfo,
+    InstanceState,
+    ProviderError,
+)
+
+SERVICE_TYPE = "cloud-provider"
+
+_EVENTS = {
+    InstanceState.RUNNING: "instance.started",
+    InstanceState.STOPPED: "instance.stopped",
+    InstanceState.TERMINATED: "instance.terminated",
+}
+
+
+class ProviderPlugin(Plugin):
+    """Subclasses set ``metadata`` and implement ``make_provider``."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(service_types=(SERVICE_TYPE,))
+    provider: CloudProvider | None = None
+
+    async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:
+        raise NotImplementedError
+
+    async def initialize(self, ctx: PluginContext, config: Mapping[str, Any]) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.seen: dict[str, InstanceState] = {}
+
+    async def start(self, ctx: PluginContext) -> None:
+        self.provider = await self.make_provider(self.config)
+
+    async def stop(self, ctx: PluginContext) -> None:
+        if self.provider is not None:
+            await self.provider.close()
+
+    async def ready(self) -> bool:
+        breaker = getattr(self.provider, "breaker", None)
+        return self.provider is not None and (
+            breaker is None or breaker.state is not BreakerState.OPEN
+        )
+
+    async def health(self) -> Health:
+        if self.provider is None:
+            return Health(HealthStatus.CRITICAL, "the provider client did not start")
+        breaker = getattr(self.provider, "breaker", None)
+        if breaker is not None and breaker.state is not BreakerState.CLOSED:
+            # Warning, not critical: a cloud outage is no reason to restart the plugin.
+            return Health(HealthStatus.WARNING, f"circuit {breaker.state.value}")
+        return Health()
+
+    # ------------------------------------------------------------------ service handlers
+
+    async def list_instances(self, payload: Any) -> list[dict[str, Any]]:
+        filters = (payload or {}).get("filters")
+        instances = await self._provider().list_instances(filters=filters)
+        await self._publish_changes(instances)
+        return [info.as_dict() for info in instances]
+
+    async def get_instance(self, payload: Any) -> dict[str, Any]:
+        return (await self._provider().get_instance_info(_id(payload))).as_dict()
+
+    async def start_instance(self, payload: Any) -> dict[str, Any]:
+        info = await self._provider().start_instance(_id(payload), wait=bool(payload.get("wait")))
+        await self._publish("instance.started", info)
+        return info.as_dict()
+
+    async def stop_instance(self, payload: Any) -> dict[str, Any]:
+        info = await self._provider().stop_instance(
+            _id(payload), wait=bool(payload.get("wait")), hibernate=bool(payload.get("hibernate"))
+        )
+        await self._publish("instance.stopped", info)
+        return info.as_dict()
+
+    async def poll(self, payload: Any = None) -> int:
+        """List every instance and publish the state changes seen since the last poll;
+        return how many. The daemon calls it every ``poll_interval`` seconds."""
+        before = dict(self.seen)
+        instances = await self._provider().list_instances()
+        return await self._publish_changes(instances, before=before)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _provider(self) -> CloudProvider:
+        if self.provider is None:
+            raise ProviderError("the provider client is not running")
+        return self.provider
+
+    async def _publish(self, topic: str, info: InstanceInfo) -> None:
+        self.seen[info.id] = info.state
+        await self.ctx.publish(topic, info.as_dict())
+
+    async def _publish_changes(
+        self, instances: list[InstanceInfo], *, before: dict[str, InstanceState] | None = None
+    ) -> int:
+        before = dict(self.seen) if before is None else before
+        published = 0
+        for info in instances:
+            previous = before.get(info.id)
+            self.seen[info.id] = info.state
+            if previous == info.state:
+                continue
+            if previous is None and info.state in (InstanceState.PENDING, InstanceState.RUNNING):
+                topic: str | None = "instance.launched" if before else None
+            else:
+                topic = _EVENTS.get(info.state)
+            if topic is not None:
+                await self.ctx.publish(topic, info.as_dict())
+                published += 1
+        return published
+
+
+def _id(payload: Any) -> str:
+    if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
+        raise ProviderError("expected a payload with an instance 'id' string")
+    return str(payload["id"])
