@@ -59,9 +59,16 @@ def mount_instances(app: QuartTrio, daemon: Daemon, principal: Any, json_body: A
 
     async def call(provider: str, handler: str, payload: Any) -> Any:
         try:
-            return await host.call_service(provider, handler, payload, timeout=120)
+            result = await host.call_service(provider, handler, payload, timeout=120)
         except (ActorError, PluginError) as exc:
             raise provider_problem(exc, provider) from None
+        if isinstance(result, dict) and isinstance(result.get("error"), dict):
+            error = result["error"]
+            status, title = _STATUS.get(str(error.get("type")), (502, "Provider error"))
+            headers = {"Retry-After": "5"} if status == 503 else None
+            raise HTTPProblem(status, title, f"{provider}: {error.get('message')}",
+                              headers=headers, provider=provider)  # fmt: skip
+        return result
 
     @app.get("/api/v1/instances")
     async def list_instances() -> Any:

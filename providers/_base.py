@@ -148,6 +148,13 @@ class CircuitBreaker:
     opened_at: float = 0.0
     _trial: bool = False
 
+    def allows_a_call(self) -> bool:
+        """Whether a call would be let through now (closed, or open long enough to try
+        once): what a provider plugin's readiness reports."""
+        if self.state is BreakerState.OPEN:
+            return trio.current_time() - self.opened_at >= self.reset_timeout
+        return self.state is BreakerState.CLOSED or not self._trial
+
     def before(self) -> None:
         if self.state is BreakerState.OPEN:
             waited = trio.current_time() - self.opened_at

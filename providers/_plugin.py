@@ -12,7 +12,7 @@ so its routes answer 503 and its events become dead letters; it comes back by it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from cws_actors import Capabilities, Health, HealthStatus, Plugin, PluginContext
@@ -57,9 +57,7 @@ class ProviderPlugin(Plugin):
 
     async def ready(self) -> bool:
         breaker = getattr(self.provider, "breaker", None)
-        return self.provider is not None and (
-            breaker is None or breaker.state is not BreakerState.OPEN
-        )
+        return self.provider is not None and (breaker is None or breaker.allows_a_call())
 
     async def health(self) -> Health:
         if self.provider is None:
@@ -72,33 +70,52 @@ class ProviderPlugin(Plugin):
 
     # ------------------------------------------------------------------ service handlers
 
-    async def list_instances(self, payload: Any) -> list[dict[str, Any]]:
-        filters = (payload or {}).get("filters")
-        instances = await self._provider().list_instances(filters=filters)
-        await self._publish_changes(instances)
-        return [info.as_dict() for info in instances]
+    async def list_instances(self, payload: Any) -> Any:
+        async def work() -> Any:
+            filters = (payload or {}).get("filters")
+            instances = await self._provider().list_instances(filters=filters)
+            await self._publish_changes(instances)
+            return [info.as_dict() for info in instances]
 
-    async def get_instance(self, payload: Any) -> dict[str, Any]:
-        return (await self._provider().get_instance_info(_id(payload))).as_dict()
+        return await _answer(work)
 
-    async def start_instance(self, payload: Any) -> dict[str, Any]:
-        info = await self._provider().start_instance(_id(payload), wait=bool(payload.get("wait")))
-        await self._publish("instance.started", info)
-        return info.as_dict()
+    async def get_instance(self, payload: Any) -> Any:
+        async def work() -> Any:
+            return (await self._provider().get_instance_info(_id(payload))).as_dict()
 
-    async def stop_instance(self, payload: Any) -> dict[str, Any]:
-        info = await self._provider().stop_instance(
-            _id(payload), wait=bool(payload.get("wait")), hibernate=bool(payload.get("hibernate"))
-        )
-        await self._publish("instance.stopped", info)
-        return info.as_dict()
+        return await _answer(work)
 
-    async def poll(self, payload: Any = None) -> int:
+    async def start_instance(self, payload: Any) -> Any:
+        async def work() -> Any:
+            wait = bool(payload.get("wait"))
+            info = await self._provider().start_instance(_id(payload), wait=wait)
+            await self._publish("instance.started", info)
+            return info.as_dict()
+
+        return await _answer(work)
+
+    async def stop_instance(self, payload: Any) -> Any:
+        async def work() -> Any:
+            info = await self._provider().stop_instance(
+                _id(payload),
+                wait=bool(payload.get("wait")),
+                hibernate=bool(payload.get("hibernate")),
+            )
+            await self._publish("instance.stopped", info)
+            return info.as_dict()
+
+        return await _answer(work)
+
+    async def poll(self, payload: Any = None) -> Any:
         """List every instance and publish the state changes seen since the last poll;
         return how many. The daemon calls it every ``poll_interval`` seconds."""
-        before = dict(self.seen)
-        instances = await self._provider().list_instances()
-        return await self._publish_changes(instances, before=before)
+
+        async def work() -> Any:
+            before = dict(self.seen)
+            instances = await self._provider().list_instances()
+            return await self._publish_changes(instances, before=before)
+
+        return await _answer(work)
 
     # ------------------------------------------------------------------ helpers
 
@@ -129,6 +146,15 @@ class ProviderPlugin(Plugin):
                 await self.ctx.publish(topic, info.as_dict())
                 published += 1
         return published
+
+
+async def _answer(work: Callable[[], Awaitable[Any]]) -> Any:
+    """A provider error is an answer, not a crash: an outage must not restart the plugin
+    (that would reset its circuit breaker). The daemon maps ``{"error": ...}`` to HTTP."""
+    try:
+        return await work()
+    except ProviderError as exc:
+        return {"error": {"type": type(exc).__name__, "message": str(exc)}}
 
 
 def _id(payload: Any) -> str:
