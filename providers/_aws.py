@@ -134,6 +134,17 @@ def _ec2_filters(filters: Mapping[str, str | list[str]]) -> list[dict[str, Any]]
             values = [values]
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise TypeError(f"filter {name!r} must be a str or a list of str, got {values!r}")
+        if name == "state":
+            # The normalized filter every provider understands: map the
+            # InstanceState values back to EC2's raw state names.
+            known = {state.value for state in _STATES.values()}
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise ProviderRequestError(
+                    f"aws: state filter values are {sorted(known)}, got {unknown}"
+                )
+            name = "instance-state-name"
+            values = [raw for raw, state in _STATES.items() if state.value in values]
         ec2_filters.append({"Name": name, "Values": list(values)})
     return ec2_filters
 
@@ -271,6 +282,8 @@ class AWSProvider:
     ) -> list[InstanceInfo]:
         """Every instance matching ``filters`` (EC2 filter names, e.g.
         ``{"instance-state-name": ["running"], "tag:Name": "web"}``), across all pages.
+        The normalized ``{"state": "stopping"}`` (InstanceState values, as every
+        provider takes) matches the EC2 states that normalize to it.
 
         Raises:
             ProviderRequestError: EC2 rejected a filter.

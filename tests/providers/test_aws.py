@@ -133,6 +133,18 @@ async def test_list_instances_filters_by_state_and_tag(aws: AWSProvider, ec2: An
     assert [i.id for i in both] == [web]
 
 
+async def test_the_normalized_state_filter_matches_ec2_states(aws: AWSProvider, ec2: Any) -> None:
+    running, stopped = launch(ec2), launch(ec2)
+    ec2.stop_instances(InstanceIds=[stopped])
+    with trio.fail_after(20):
+        only_stopped = await aws.list_instances(filters={"state": "stopped"})
+        only_running = await aws.list_instances(filters={"state": ["running"]})
+        with pytest.raises(ProviderRequestError, match="state filter values are"):
+            await aws.list_instances(filters={"state": "asleep"})
+    assert [i.id for i in only_stopped] == [stopped]
+    assert [i.id for i in only_running] == [running]
+
+
 async def test_list_instances_rejects_a_filter_value_of_the_wrong_type(aws: AWSProvider) -> None:
     with pytest.raises(TypeError, match="must be a str or a list of str"):
         await aws.list_instances(filters={"tag:Name": 3})  # type: ignore[dict-item]
