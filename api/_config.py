@@ -21,6 +21,10 @@ entry_points = true
 [plugins.overrides.research-analytics]
 config = { prices = { "t3.micro" = 0.0104 } }
 
+[plugins.overrides.aws]       # the built-in cloud providers: see the README
+config = { region = "us-east-1", endpoint_url = "http://127.0.0.1:5000" }
+env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+
 [events]
 durable_topics = ["instance.*"]
 ```
@@ -148,6 +152,8 @@ def _from_file(path: Path) -> dict[str, Any]:
     overrides = data.get("plugins", {}).get("overrides", {})
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise ConfigError(f"{path}: [plugins.overrides.<name>] must be tables")
+    for name, override in overrides.items():
+        _check_override(override, f"{path}: [plugins.overrides.{name}]")
     values["overrides"] = overrides
     topics = data.get("events", {}).get("durable_topics")
     if topics is not None:
@@ -155,6 +161,29 @@ def _from_file(path: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: events.durable_topics must be a list of topic patterns")
         values["durable_topics"] = tuple(topics)
     return values
+
+
+_OVERRIDE_KEYS = {
+    "config": "a table of the plugin's settings",
+    "isolation": '"in_process" or "subprocess"',
+    "limits": "a table of resource limits (memory_mb, cpu_seconds...)",
+    "env": "a list of environment variable names the plugin's process may see",
+}
+
+
+def _check_override(override: Mapping[str, Any], where: str) -> None:
+    for key, value in override.items():
+        if key not in _OVERRIDE_KEYS:
+            expected = ", ".join(sorted(_OVERRIDE_KEYS))
+            raise ConfigError(f"{where}: unknown key {key!r}; expected {expected}")
+        ok = {
+            "config": isinstance(value, dict),
+            "isolation": value in ("in_process", "subprocess"),
+            "limits": isinstance(value, dict),
+            "env": isinstance(value, list) and all(isinstance(v, str) and v for v in value),
+        }[key]
+        if not ok:
+            raise ConfigError(f"{where}: {key} must be {_OVERRIDE_KEYS[key]}, got {value!r}")
 
 
 def _typed(value: Any, kind: type, where: str) -> Any:

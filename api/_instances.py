@@ -27,6 +27,7 @@ _STATUS = {
     "ProviderThrottled": (503, "Provider throttled"),
     "ProviderUnavailable": (503, "Provider unavailable"),
     "CircuitOpen": (503, "Provider unavailable"),
+    "ProviderNotConfigured": (503, "Provider not configured"),
 }
 
 
@@ -95,12 +96,12 @@ def mount_instances(app: QuartTrio, daemon: Daemon, principal: Any, json_body: A
         instances.sort(key=lambda i: (i.get("provider", ""), i.get("id", "")))
         return {"instances": instances, "count": len(instances), "errors": errors}
 
-    @app.get("/api/v1/instances/<provider>/<instance_id>")
+    @app.get("/api/v1/instances/<provider>/<path:instance_id>")  # GCP ids are zone/name
     async def get_instance(provider: str, instance_id: str) -> Any:
         (name,) = providers(provider)
         return await call(name, "get_instance", {"id": instance_id})
 
-    @app.post("/api/v1/instances/<provider>/<instance_id>/<action>")
+    @app.post("/api/v1/instances/<provider>/<path:instance_id>/<action>")
     async def act(provider: str, instance_id: str, action: str) -> Any:
         await principal("instances:manage")
         if action not in ("start", "stop"):

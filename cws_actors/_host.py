@@ -372,6 +372,8 @@ class PluginHost:
         metadata = self._effective(manifest.metadata)
         folder = Path(discovered.location) if discovered.source != "entry_point" else None
         plugin_class = discovered.plugin_class
+        # What the operator lets through of the daemon's environment (cloud credentials).
+        allowlist = ENV_ALLOWLIST + tuple(override.get("env", ()))
         try:
             if plugin_class is not None:
                 capabilities = plugin_class.capabilities
@@ -383,7 +385,7 @@ class PluginHost:
                 spec = describe_spec(
                     metadata.name, manifest.entry, folder, attrs.asdict(metadata.limits)
                 )
-                env = allowed_environment(metadata.name)
+                env = allowed_environment(metadata.name, allowlist)
                 capabilities = await describe(spec, env, timeout=self.config.start_timeout)
         except (PluginImportError, DescribeFailed) as exc:
             raise PluginRefused(discovered.name, f"its code is broken: {exc}") from None
@@ -396,6 +398,7 @@ class PluginHost:
             data_dir=self.config.home / "plugin-data" / discovered.name,
             plugin_class=plugin_class,
             start_timeout=self.config.start_timeout,
+            env_allowlist=allowlist,
         )
         return launch, manifest
 

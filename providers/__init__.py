@@ -14,6 +14,7 @@ from ._base import InstanceNotFound as InstanceNotFound
 from ._base import InstanceState as InstanceState
 from ._base import ProviderAuthError as ProviderAuthError
 from ._base import ProviderError as ProviderError
+from ._base import ProviderNotConfigured as ProviderNotConfigured
 from ._base import ProviderRequestError as ProviderRequestError
 from ._base import ProviderThrottled as ProviderThrottled
 from ._base import ProviderUnavailable as ProviderUnavailable
@@ -30,6 +31,7 @@ __all__ = [
     "InstanceState",
     "ProviderAuthError",
     "ProviderError",
+    "ProviderNotConfigured",
     "ProviderRequestError",
     "ProviderThrottled",
     "ProviderUnavailable",

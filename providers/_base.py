@@ -10,7 +10,8 @@ Errors::
     ├── ProviderThrottled      the cloud said slow down, and retries ran out
     ├── ProviderUnavailable    5xx, a refused connection or a timeout, retries ran out
     │   └── CircuitOpen        recent calls failed: not trying until the breaker half-opens
-    └── ProviderRequestError   the request itself was wrong (bad id format, bad filter)
+    ├── ProviderRequestError   the request itself was wrong (bad id format, bad filter)
+    └── ProviderNotConfigured  the plugin lacks a setting it cannot guess (GCP's project)
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class CircuitOpen(ProviderUnavailable):
 
 class ProviderRequestError(ProviderError, ValueError):
     """The request itself was wrong (a malformed id, an unknown filter)."""
+
+
+class ProviderNotConfigured(ProviderError):
+    """The provider lacks a setting it cannot do without; the message names it and where
+    to set it. Its plugin stays loaded but not ready until it is configured and reloaded."""
 
 
 class CloudProvider(Protocol):

@@ -12,6 +12,7 @@ so its routes answer 503 and its events become dead letters; it comes back by it
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from ._base import (
     InstanceInfo,
     InstanceState,
     ProviderError,
+    ProviderNotConfigured,
 )
 
 SERVICE_TYPE = "cloud-provider"
@@ -39,6 +41,10 @@ class ProviderPlugin(Plugin):
 
     capabilities: ClassVar[Capabilities] = Capabilities(service_types=(SERVICE_TYPE,))
     provider: CloudProvider | None = None
+    not_configured: str | None = None
+    """Why the provider could not be built from the config. The plugin then stays loaded,
+    health WARNING, and answers every call with ProviderNotConfigured (HTTP 503 naming
+    the missing setting) until it is configured and reloaded."""
 
     async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:
         raise NotImplementedError
@@ -49,17 +55,26 @@ class ProviderPlugin(Plugin):
         self.seen: dict[str, InstanceState] = {}
 
     async def start(self, ctx: PluginContext) -> None:
-        self.provider = await self.make_provider(self.config)
+        try:
+            self.provider = await self.make_provider(self.config)
+        except ProviderNotConfigured as exc:
+            # Not a crash: restarting would not configure it. It waits, not ready, for
+            # the operator to set the missing value and reload it.
+            self.not_configured = str(exc)
 
     async def stop(self, ctx: PluginContext) -> None:
         if self.provider is not None:
             await self.provider.close()
 
     async def ready(self) -> bool:
+        if self.not_configured is not None:
+            return True  # to answer why it cannot serve, rather than a bare 503
         breaker = getattr(self.provider, "breaker", None)
         return self.provider is not None and (breaker is None or breaker.allows_a_call())
 
     async def health(self) -> Health:
+        if self.not_configured is not None:
+            return Health(HealthStatus.WARNING, f"not configured: {self.not_configured}")
         if self.provider is None:
             return Health(HealthStatus.CRITICAL, "the provider client did not start")
         breaker = getattr(self.provider, "breaker", None)
@@ -120,13 +135,15 @@ class ProviderPlugin(Plugin):
     # ------------------------------------------------------------------ helpers
 
     def _provider(self) -> CloudProvider:
+        if self.not_configured is not None:
+            raise ProviderNotConfigured(self.not_configured)
         if self.provider is None:
             raise ProviderError("the provider client is not running")
         return self.provider
 
     async def _publish(self, topic: str, info: InstanceInfo) -> None:
         self.seen[info.id] = info.state
-        await self.ctx.publish(topic, info.as_dict())
+        await self.ctx.publish(topic, _event(info))
 
     async def _publish_changes(
         self, instances: list[InstanceInfo], *, before: dict[str, InstanceState] | None = None
@@ -143,9 +160,16 @@ class ProviderPlugin(Plugin):
             else:
                 topic = _EVENTS.get(info.state)
             if topic is not None:
-                await self.ctx.publish(topic, info.as_dict())
+                await self.ctx.publish(topic, _event(info))
                 published += 1
         return published
+
+
+def _event(info: InstanceInfo) -> dict[str, Any]:
+    """An event's payload: the InstanceInfo, and ``at``, when the plugin saw the change
+    (UTC, ISO 8601), which the analytics plugin counts usage hours from."""
+    at = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+    return {**info.as_dict(), "at": at}
 
 
 async def _answer(work: Callable[[], Awaitable[Any]]) -> Any:

@@ -91,15 +91,19 @@ class Daemon:
 
 
 @contextlib.asynccontextmanager
-async def cws_daemon(home: Path) -> AsyncIterator[Daemon]:
-    """``cws daemon --port 0 --home HOME`` in a subprocess; SIGTERM at the end of the
-    block, which must make it exit 0."""
+async def cws_daemon(
+    home: Path, *, config: Path | None = None, **extra_env: str
+) -> AsyncIterator[Daemon]:
+    """``cws daemon --port 0 --home HOME [--config CONFIG]`` in a subprocess, with
+    ``extra_env`` over ``cws_env(home)``; SIGTERM at the end of the block, which must make
+    it exit 0."""
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"{home.name}-daemon.log"
-    env = cws_env(home)
+    env = cws_env(home, **extra_env)
+    config_args = ["--config", str(config)] if config is not None else []
     with log.open("wb") as log_file:
         process = await trio.lowlevel.open_process(
-            [CWS, "daemon", "--port", "0", "--home", str(home)],
+            [CWS, "daemon", "--port", "0", "--home", str(home), *config_args],
             stdout=subprocess.PIPE, stderr=log_file, env=env,
         )  # fmt: skip
     try:

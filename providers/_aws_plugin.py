@@ -1,0 +1,43 @@
+"""The ``aws`` plugin: EC2 instances through ``AWSProvider``, in a process of its own.
+
+Registered in the ``cws_actors.plugins`` entry-point group. Configure it in the daemon's
+config file::
+
+    [plugins.overrides.aws]
+    config = { region = "eu-west-1", profile = "research" }
+    # endpoint_url = "http://127.0.0.1:5000" for moto's server
+    # env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+
+The plugin process sees only the daemon's allow-listed environment (HOME, so
+``~/.aws/config`` and ``~/.aws/credentials`` work), plus the variables ``env`` names.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from typing import Any
+
+from cws_actors import Isolation, PluginMetadata
+
+from ._aws import AWSProvider
+from ._base import CloudProvider, ProviderRequestError
+from ._plugin import ProviderPlugin
+
+
+class AWSPlugin(ProviderPlugin):
+    """Amazon EC2 as the ``aws`` cloud provider."""
+
+    metadata = PluginMetadata(
+        name="aws",
+        version=importlib.metadata.version("cws-actors"),
+        description="Amazon EC2 instances: list, show, start, stop, and their events",
+        author="cws-actors developers",
+        isolation=Isolation.SUBPROCESS,
+    )
+
+    async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:
+        try:
+            return await AWSProvider.create(config)
+        except (TypeError, ValueError) as exc:
+            raise ProviderRequestError(f"aws: [plugins.overrides.aws] config: {exc}") from None

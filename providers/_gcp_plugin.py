@@ -1,0 +1,48 @@
+"""The ``gcp`` plugin: Compute Engine instances through ``GCPProvider``, in a process of
+its own.
+
+Registered in the ``cws_actors.plugins`` entry-point group. Configure it in the daemon's
+config file::
+
+    [plugins.overrides.gcp]
+    config = { project = "my-project", zones = ["us-central1-a"],
+               credentials_file = "/etc/cws/gcp-service-account.json" }
+    # api_endpoint = "http://127.0.0.1:8080" for a local fake (anonymous credentials)
+
+Without ``project`` the plugin stays loaded but answers every call with 503
+"not configured", naming the setting, until it is set and the plugin reloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from cws_actors import Isolation, PluginMetadata
+
+from ._base import CloudProvider, ProviderNotConfigured
+from ._gcp import GCPProvider
+from ._plugin import ProviderPlugin
+
+
+class GCPPlugin(ProviderPlugin):
+    """Google Compute Engine as the ``gcp`` cloud provider."""
+
+    metadata = PluginMetadata(
+        name="gcp",
+        version=importlib.metadata.version("cws-actors"),
+        description="Google Compute Engine instances: list, show, start, stop, and their events",
+        author="cws-actors developers",
+        isolation=Isolation.SUBPROCESS,
+    )
+
+    async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:
+        if not config.get("project"):
+            raise ProviderNotConfigured(
+                "gcp: no project; set config.project under [plugins.overrides.gcp]"
+            )
+        # Building the clients may look up default credentials (blocking I/O).
+        return await trio.to_thread.run_sync(GCPProvider.from_config, config)
