@@ -4,7 +4,8 @@ Built on :mod:`supervision` (every actor is a supervised child; every subtree a
 supervisor); nothing here imports ``api`` or ``providers``. Inside the package:
 ``_exceptions``, ``_envelope``, ``_mailbox``, ``_ratelimit`` and ``_deadletters`` at the
 bottom; ``_actor`` and ``_bus`` above them; ``_cell`` runs an actor; ``_router`` admits
-messages; ``_runtime`` composes it all.
+messages; ``_runtime`` composes it all. ``_faultspec`` and ``_faults`` inject faults on
+purpose (``runtime.faults``), through hooks in ``_cell`` and the plugin actor.
 """
 
 from supervision import Backoff as Backoff
@@ -40,6 +41,17 @@ from ._exceptions import HandlerFailed as HandlerFailed
 from ._exceptions import MailboxFull as MailboxFull
 from ._exceptions import NotReady as NotReady
 from ._exceptions import RateLimited as RateLimited
+from ._faults import FaultFiring as FaultFiring
+from ._faults import FaultInjector as FaultInjector
+from ._faults import FaultNotFound as FaultNotFound
+from ._faults import FaultRecord as FaultRecord
+from ._faults import FaultState as FaultState
+from ._faults import InjectedFault as InjectedFault
+from ._faultspec import FaultKind as FaultKind
+from ._faultspec import FaultSpec as FaultSpec
+from ._faultspec import FaultSpecError as FaultSpecError
+from ._faultspec import FaultTargetError as FaultTargetError
+from ._faultspec import parse_fault_list as parse_fault_list
 from ._host import DiscoveredPlugin as DiscoveredPlugin
 from ._host import HostConfig as HostConfig
 from ._host import PluginError as PluginError
@@ -108,6 +120,15 @@ __all__ = [
     "EventBus",
     "EventHandlerSpec",
     "EventStore",
+    "FaultFiring",
+    "FaultInjector",
+    "FaultKind",
+    "FaultNotFound",
+    "FaultRecord",
+    "FaultSpec",
+    "FaultSpecError",
+    "FaultState",
+    "FaultTargetError",
     "HandlerFailed",
     "Health",
     "HealthProbe",
@@ -115,6 +136,7 @@ __all__ = [
     "HistoryEntry",
     "HostConfig",
     "InMemoryBackend",
+    "InjectedFault",
     "Isolation",
     "MailboxConfig",
     "MailboxFull",
@@ -155,5 +177,6 @@ __all__ = [
     "on_event",
     "open_plugin_host",
     "open_runtime",
+    "parse_fault_list",
     "topic_matches",
 ]

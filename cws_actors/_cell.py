@@ -18,10 +18,12 @@ from ._bus import Event
 from ._durable import EventStore
 from ._envelope import Envelope, Reply, Source, _current, next_id
 from ._exceptions import ActorRestarting, ActorStopped, HandlerFailed
+from ._faults import FaultableProcess
 from ._mailbox import Mailbox, Offer
 from ._ratelimit import RateLimit, TokenBucket
 
 if TYPE_CHECKING:
+    from ._faults import CellFaults, FaultInjector
     from ._router import Router
     from ._runtime import _Subtree
 
@@ -65,6 +67,10 @@ class ActorCell:
     ref: ActorRef
     router: Router
     store: EventStore | None = None
+    injector: FaultInjector | None = None
+    faults: CellFaults | None = attrs.field(default=None, init=False)
+    """The injected faults on this actor, set by the injector; None (the one check per
+    message that fault injection costs) when there are none."""
     _buckets: dict[Source | None, TokenBucket] = attrs.field(factory=dict, init=False)
     in_flight: int = attrs.field(default=0, init=False)
     routed: int = attrs.field(default=0, init=False)
@@ -149,8 +155,19 @@ class ActorCell:
             raise
 
     async def _run_actor(self, actor: Actor, task_status: trio.TaskStatus[Any]) -> None:
+        if self.faults is not None:
+            await self.faults.before_start(self)
         await actor.on_start()
         task_status.started(self.ref)
+        nursery = actor._nursery
+        if (
+            self.injector is not None
+            and nursery is not None
+            and isinstance(actor, FaultableProcess)
+            and actor.process_fault_kinds
+        ):
+            # An actor that runs a process (a subprocess plugin) takes process faults.
+            nursery.start_soon(self.injector.drive_process, self.path, actor)
         try:
             if self.store is not None and actor.subscriptions():
                 await self._redeliver()
@@ -203,6 +220,8 @@ class ActorCell:
                 return
             token = _current.set(envelope)
             try:
+                if self.faults is not None and await self.faults.before_message(self, envelope):
+                    return  # dropped, or failed by error_rate: the actor never sees it
                 payload = envelope.payload
                 if envelope.source is Source.BUS and isinstance(payload, Event):
                     if payload.durable:

@@ -20,6 +20,7 @@ REASONS = (
     "stopped",
     "restarting",
     "expired",
+    "fault",  # dropped by an injected fault (cws_actors._faults)
 )
 
 

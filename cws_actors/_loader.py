@@ -34,7 +34,7 @@ def load_plugin_class(entry: str, folder: Path | None) -> type[Plugin]:
             module = _import_from_folder(module_name, folder)
     except PluginImportError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import is broken code too
         raise PluginImportError(
             f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from exc

@@ -20,12 +20,14 @@ import trio
 
 from ._actor import Actor
 from ._bus import Event, topic_matches
+from ._faultspec import FaultKind
 from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
 from ._plugin import (
     APIRequest,
     Capabilities,
     Health,
     HealthStatus,
+    Isolation,
     Plugin,
     PluginContext,
     PluginMetadata,
@@ -50,6 +52,9 @@ TERMINATE_GRACE = 1.0
 """After a plugin's graceful stop window: how long SIGTERM has before SIGKILL."""
 KILL_WAIT = 1.0
 """How long to wait for a process to go after SIGKILL (the kernel takes milliseconds)."""
+
+_PROCESS_FAULTS = frozenset({FaultKind.KILL, FaultKind.PAUSE})
+_PROCESS_FAULTS_LIMITED = _PROCESS_FAULTS | {FaultKind.MEMORY_HOG}
 
 
 def plugin_environment(launch: PluginLaunch) -> dict[str, str]:
@@ -296,6 +301,22 @@ class SubprocessDriver:
                     await process.wait()
                 await process.stdin.aclose()
 
+    def send_fault_signal(self, signum: int) -> bool:
+        """Signal the process for an injected fault: unlike ``kill``, a SIGKILL here is a
+        crash, which the watcher reports. False when no process runs, or (for any signal
+        but SIGCONT, which ends a pause) when it is being stopped."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return False
+        if self._closing and signum != signal.SIGCONT:
+            return False
+        process.send_signal(signum)
+        return True
+
+    async def memory_hog(self) -> None:
+        """Ask the process to allocate until its memory limit ends it (an injected fault)."""
+        await self._request({"type": "memory_hog"})
+
     def kill(self) -> None:
         """SIGKILL the process now, as part of stopping the plugin (not a crash)."""
         self._closing = self._killed = True
@@ -529,6 +550,26 @@ class PluginActor(Actor):
     async def liveness(self) -> bool:
         assert self.driver is not None
         return (await self.driver.health()).status is not HealthStatus.CRITICAL
+
+    # The process faults (cws_actors._faults.FaultableProcess) of a subprocess plugin.
+
+    @property
+    def process_fault_kinds(self) -> frozenset[FaultKind]:
+        """kill and pause for a subprocess plugin, and memory_hog if it has a memory
+        limit (without one the hog would take the machine's memory); none in-process."""
+        metadata = self.launch.metadata
+        if metadata.isolation is not Isolation.SUBPROCESS:
+            return frozenset()
+        return _PROCESS_FAULTS_LIMITED if metadata.limits.memory_mb else _PROCESS_FAULTS
+
+    def fault_signal(self, signum: int) -> bool:
+        driver = self.driver
+        return isinstance(driver, SubprocessDriver) and driver.send_fault_signal(signum)
+
+    async def fault_memory_hog(self) -> None:
+        driver = self.driver
+        if isinstance(driver, SubprocessDriver):
+            await driver.memory_hog()
 
     async def readiness(self) -> bool:
         assert self.driver is not None

@@ -20,7 +20,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -52,6 +52,17 @@ def apply_limits(limits: dict[str, int | None]) -> None:
     if limits.get("open_files"):
         files = int(limits["open_files"] or 0)
         resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+
+
+def hog_memory() -> NoReturn:
+    """Allocate until the memory limit stops it with MemoryError (the ``memory_hog``
+    fault). Refused without a limit, which would take the whole machine's memory."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        raise ValueError("memory_hog needs a memory limit (limits.memory_mb); none is set")
+    hoard = []
+    while True:
+        hoard.append(bytearray(16 * 1024 * 1024))
 
 
 class Runner:
@@ -145,6 +156,8 @@ class Runner:
             elif request.get("payload_type") == "request":
                 payload = decode_request(payload)
             return await getattr(plugin, request["handler"])(payload)
+        if kind == "memory_hog":
+            hog_memory()  # its MemoryError exits the process with EXIT_MEMORY
         raise ValueError(f"unknown request type {kind!r}")
 
 

@@ -5,7 +5,10 @@ A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. The run
 speaks first: ``{"type": "hello", "protocol": 1, "api_version": ..., "name": ...}``.
 Then the host sends requests (``init``, ``call``, ``health``, ``status``, ``stop``),
 each answered by ``{"type": "result", "value": ...}`` or
-``{"type": "error", "error_type": ..., "message": ...}``.
+``{"type": "error", "error_type": ..., "message": ...}``. One more request is a fault
+injected on purpose (:mod:`cws_actors._faults`): ``{"type": "memory_hog"}``, on which
+the runner allocates until its memory limit ends the process (exit code 3); it is
+refused with an error when no memory limit is set.
 
 The runner's describe mode (``--describe SPEC``) writes one JSON object to stdout and
 exits: the plugin class's :class:`Capabilities` (:func:`encode_capabilities`), read in

@@ -33,6 +33,7 @@ from ._deadletters import DeadLetter, DeadLetterLog
 from ._durable import EventStore, SQLiteEventStore
 from ._envelope import Envelope, Source, next_id
 from ._exceptions import ActorError, ActorNotFound, ActorStopped
+from ._faults import FaultInjector
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 from ._ratelimit import RateLimit, TokenBucket
 from ._router import Router
@@ -51,6 +52,8 @@ class RuntimeConfig:
         dead_letter_events: the rate at which dead letters are also published on
             ``system.dead_letter`` (beyond it they are only logged).
         seed: seeds the backoff jitter of every supervisor, for reproducible runs.
+        fault_seed: seeds the random source of every injected fault (``runtime.faults``),
+            so that the same injections fire the same way; None picks a seed.
         state_path, durable_topics: see below.
     """
 
@@ -59,6 +62,7 @@ class RuntimeConfig:
     dead_letter_capacity: int = 10_000
     dead_letter_events: RateLimit = attrs.field(factory=lambda: RateLimit(100, 100))
     seed: int | None = None
+    fault_seed: int | None = None
     state_path: str | None = None
     """The SQLite file of durable events (created with mode 0600); None: no durable topics."""
     durable_topics: tuple[str, ...] = ()
@@ -131,7 +135,11 @@ def _join(parent: str, name: str) -> str:
 
 @attrs.define(eq=False)
 class Runtime:
-    """The actor system. Open it with :func:`open_runtime`."""
+    """The actor system. Open it with :func:`open_runtime`.
+
+    ``faults`` is its :class:`FaultInjector`: inject crashes, hangs, latency, drops and
+    process kills into its actors (see :mod:`cws_actors._faults`).
+    """
 
     config: RuntimeConfig
     _root: _Subtree
@@ -139,6 +147,7 @@ class Runtime:
     _store: EventStore | None = None
     router: Router = attrs.field(init=False)
     bus: EventBus = attrs.field(init=False)
+    faults: FaultInjector = attrs.field(init=False)
     _subtrees: dict[str, _Subtree] = attrs.field(factory=dict, init=False)
     _dead_letter_bucket: TokenBucket = attrs.field(init=False)
 
@@ -153,6 +162,8 @@ class Runtime:
             self.bus.declare_durable(pattern)
         limit = self.config.dead_letter_events
         self._dead_letter_bucket = TokenBucket(limit.rate, limit.burst)
+        self.faults = FaultInjector(seed=self.config.fault_seed)
+        self.faults.bind(self.router.cells)
 
     # ----------------------------------------------------------------- spawning
 
@@ -195,6 +206,7 @@ class Runtime:
             ref=ActorRef(self, path),
             router=self.router,
             store=self._store,
+            injector=self.faults,
         )
         spec = ChildSpec(
             name,
@@ -205,7 +217,11 @@ class Runtime:
             probes=[cell.supervision_probe(p) for p in probes],
             on_exhausted=on_exhausted,
         )
-        await self._start_child(node, spec)
+        self.faults.attach(cell)  # before its start: a slow_start fault applies to it
+        try:
+            await self._start_child(node, spec)
+        finally:
+            self.faults.settle(cell)
         self.router.cells[path] = cell
         self.router.tombstones.pop(path, None)
         topics = cell.actor.subscriptions() if cell.actor is not None else ()
