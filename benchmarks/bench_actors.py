@@ -205,7 +205,15 @@ async def router_overhead(n: int) -> float:
         return (time.perf_counter() - began) / n * 1e6
 
 
-async def main(messages: int, asks: int, actors: int) -> dict[str, Any]:
+async def main(
+    messages: int,
+    asks: int,
+    actors: int,
+    *,
+    subscribers: int = 100,
+    events: int = 1000,
+    router_tells: int = 100_000,
+) -> dict[str, Any]:
     await tell_throughput(messages // 10)
     figures: dict[str, Any] = {}
     figures["tell_per_s"] = await tell_throughput(messages)
@@ -218,9 +226,18 @@ async def main(messages: int, asks: int, actors: int) -> dict[str, Any]:
     figures["raw_batched_drain_per_s"] = await raw_batched_drain(messages)
     figures["batched_ratio"] = figures["batched_tell_per_s"] / figures["raw_batched_drain_per_s"]
     figures["bytes_per_idle_actor"], figures["spawn_us"] = await idle_actors(actors)
-    figures["bus_deliveries_per_s"] = await bus_fanout(100, 1000)
-    figures["router_us_per_tell"] = await router_overhead(100_000)
+    figures["bus_deliveries_per_s"] = await bus_fanout(subscribers, events)
+    figures["router_us_per_tell"] = await router_overhead(router_tells)
     return figures
+
+
+def peer_figures(asks: int) -> dict[str, float | None]:
+    """pykka and thespian ask rates (None when not installed). Call outside trio.run:
+    they run on threads, not on Trio."""
+    return {
+        "pykka_ask_per_s": pykka_ask_rate(min(asks, 20_000)),
+        "thespian_ask_per_s": thespian_ask_rate(asks),
+    }
 
 
 def report(r: dict[str, Any]) -> str:
@@ -256,9 +273,7 @@ if __name__ == "__main__":
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
     result = trio.run(main, arguments.messages, arguments.asks, arguments.actors)
-    # Peers, in the same process right after: they run on threads, not on Trio.
-    result["pykka_ask_per_s"] = pykka_ask_rate(min(arguments.asks, 20_000))
-    result["thespian_ask_per_s"] = thespian_ask_rate(arguments.asks)
+    result |= peer_figures(arguments.asks)  # in the same process, right after
     if arguments.json:
         print(json.dumps(result, indent=2))
     else:

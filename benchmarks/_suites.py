@@ -1,0 +1,209 @@
+"""The suites: what each runs at quick and full sizes, and the rows made of its figures.
+The targets are all here, in :data:`TARGETS`, each with the reason for its bound."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._harness import Row, Target
+
+TARGETS: dict[str, Target] = {
+    "actors.tell": Target(
+        ">=", 0.6, "a tell through the router and mailbox costs at most ~1.7 raw channel sends"
+    ),
+    "actors.ask": Target(
+        "<=",
+        1.5,
+        "an ask, with its envelope, reply channel and deadline, within 1.5x a raw"
+        " ping-pong of two unbuffered channels",
+    ),
+    "actors.ask_vs_pykka": Target(">=", 1.0, "beat pykka's threaded ask"),
+    "actors.ask_vs_thespian": Target(
+        ">=", 1.0, "beat thespian's simpleSystemBase, a synchronous in-process system"
+    ),
+    "supervision.restart_p50": Target(
+        "<=", 5.0, "a supervised restart within 5x a bare nursery.start of the same child"
+    ),
+    "plugins.ask": Target(
+        ">=", 0.7, "framing, handshake state and supervision cost at most ~30% over raw pipes"
+    ),
+    "http.plugin_rps": Target(
+        ">=", 0.85, "routing through the plugin's actor costs at most 15% of a bare route"
+    ),
+}
+
+
+@attrs.frozen
+class Suite:
+    """``run(params)`` returns the figures; ``rows(figures)`` turns them into rows."""
+
+    name: str
+    quick: dict[str, Any]
+    full: dict[str, Any]
+    run: Callable[[dict[str, Any]], dict[str, Any]]
+    rows: Callable[[dict[str, Any]], list[Row]]
+
+
+def row(suite: str, key: str, metric: str, unit: str, ours: float | None, **more: Any) -> Row:
+    full_key = f"{suite}.{key}"
+    return Row(suite, full_key, metric, unit, ours, target=TARGETS.get(full_key), **more)
+
+
+def run_actors(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_actors
+
+    figures = trio.run(functools.partial(bench_actors.main, **params))
+    # Off Trio, right after: the peers run on their own threads.
+    return figures | bench_actors.peer_figures(params["asks"])
+
+
+def peer_row(figures: dict[str, Any], peer: str) -> Row:
+    rate = figures[f"{peer}_ask_per_s"]
+    note = "" if rate is not None else f"skipped: {peer} not installed (pip install -e '.[bench]')"
+    return row("actors", f"ask_vs_{peer}", f"ask vs {peer}", "asks/s",
+               figures["ask_per_s"] if rate is not None else None,
+               reference=rate, reference_name=f"{peer} ask", note=note)  # fmt: skip
+
+
+def actors_rows(f: dict[str, Any]) -> list[Row]:
+    return [
+        row("actors", "tell", "tell throughput", "msg/s", f["tell_per_s"],
+            reference=f["raw_channel_per_s"], reference_name="raw Trio memory channel"),
+        row("actors", "batched_tell", "tell burst, batched drain", "msg/s",
+            f["batched_tell_per_s"], reference=f["raw_batched_drain_per_s"],
+            reference_name="raw send_nowait/receive_nowait"),
+        row("actors", "ask", "ask round trip", "us", 1e6 / f["ask_per_s"],
+            reference=1e6 / f["raw_ping_pong_per_s"], reference_name="raw Trio ping-pong"),
+        peer_row(f, "pykka"),
+        peer_row(f, "thespian"),
+        row("actors", "idle_bytes", "memory per idle actor", "bytes", f["bytes_per_idle_actor"]),
+        row("actors", "spawn", "spawn", "us", f["spawn_us"]),
+        row("actors", "bus", "bus fan-out to 100 actors", "deliveries/s",
+            f["bus_deliveries_per_s"]),
+        row("actors", "router", "router cost per tell", "us", f["router_us_per_tell"]),
+    ]  # fmt: skip
+
+
+def run_supervision(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_supervision
+
+    return trio.run(bench_supervision.main, params["crashes"], params["children"])
+
+
+def supervision_rows(f: dict[str, Any]) -> list[Row]:
+    ours, bare = f["restart_latency"], f["bare_nursery_start"]
+    reference = "bare nursery.start"
+    return [
+        row("supervision", "restart_p50", "restart latency p50", "us", ours["p50_us"],
+            reference=bare["p50_us"], reference_name=reference),
+        row("supervision", "restart_p99", "restart latency p99", "us", ours["p99_us"],
+            reference=bare["p99_us"], reference_name=reference),
+        row("supervision", "child_bytes", "memory per idle child", "bytes",
+            f["bytes_per_supervised_child"], reference=f["bytes_per_bare_task"],
+            reference_name="bare task"),
+    ]  # fmt: skip
+
+
+def run_plugins(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_plugins
+
+    return trio.run(bench_plugins.main, params["crashes"], params["asks"])
+
+
+def plugins_rows(f: dict[str, Any]) -> list[Row]:
+    return [
+        row("plugins", "ask", "subprocess plugin ask", "asks/s", f["ask_sequential_per_s"],
+            reference=f["raw_pipes_sequential_per_s"], reference_name="raw pipes, Trio echo"),
+        row("plugins", "ask_concurrent", "subprocess plugin, 10 askers", "asks/s",
+            f["ask_10_concurrent_per_s"], reference=f["raw_pipes_pipelined_per_s"],
+            reference_name="raw pipes, pipelined",
+            note="one message at a time per actor; raw pipes do not wait"),
+        row("plugins", "crash_p50", "crash to ready p50 (fork server)", "ms",
+            f["crash_to_ready_p50_ms"], reference=f["fresh_python_crash_to_ready_p50_ms"],
+            reference_name="fresh interpreter"),
+        row("plugins", "crash_p99", "crash to ready p99 (fork server)", "ms",
+            f["crash_to_ready_p99_ms"], reference=f["fresh_python_crash_to_ready_p99_ms"],
+            reference_name="fresh interpreter"),
+    ]  # fmt: skip
+
+
+def run_http(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_http
+
+    return trio.run(
+        functools.partial(
+            bench_http.main,
+            params["seconds"],
+            params["connections"],
+            warmup=params["warmup"],
+            load_generator="auto",
+        )
+    )
+
+
+def http_rows(f: dict[str, Any]) -> list[Row]:
+    with_wrk = f["load_generator"] == "wrk"
+    notes = [] if with_wrk else ["wrk not installed: load from httpx, which caps both routes"]
+    if f["plugin_errors"]:
+        notes.append(f"{f['plugin_errors']:.0f} non-2xx/3xx replies")
+    return [
+        row("http", "plugin_rps", "plugin endpoint throughput", "req/s", f["plugin_rps"],
+            reference=f["bare_rps"], reference_name="bare quart-trio route",
+            note="; ".join(notes), judged=with_wrk),
+        row("http", "plugin_p99", "plugin endpoint latency p99", "ms", f["plugin_p99_ms"],
+            reference=f["bare_p99_ms"], reference_name="bare quart-trio route"),
+    ]  # fmt: skip
+
+
+SUITES: dict[str, Suite] = {
+    suite.name: suite
+    for suite in (
+        Suite(
+            "actors",
+            quick=dict(
+                messages=50_000,
+                asks=5_000,
+                actors=1_000,
+                subscribers=100,
+                events=100,
+                router_tells=10_000,
+            ),
+            full=dict(
+                messages=1_000_000,
+                asks=100_000,
+                actors=10_000,
+                subscribers=100,
+                events=1_000,
+                router_tells=100_000,
+            ),
+            run=run_actors,
+            rows=actors_rows,
+        ),
+        Suite(
+            "supervision",
+            quick=dict(crashes=1_000, children=1_000),
+            full=dict(crashes=10_000, children=10_000),
+            run=run_supervision,
+            rows=supervision_rows,
+        ),
+        Suite(
+            "plugins",
+            quick=dict(crashes=5, asks=500),
+            full=dict(crashes=50, asks=5_000),
+            run=run_plugins,
+            rows=plugins_rows,
+        ),
+        Suite(
+            "http",
+            quick=dict(seconds=1, connections=32, warmup=1),
+            full=dict(seconds=10, connections=32, warmup=2),
+            run=run_http,
+            rows=http_rows,
+        ),
+    )
+}
