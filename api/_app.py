@@ -15,7 +15,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from cws_actors import ActorError, PluginError
+from cws_actors import ActorError, PluginError, PluginNotFound, PluginRefused
+from cws_actors._bus import check_topic
 
 from ._auth import AuthError, Principal, authenticate, require
 from ._daemon import Daemon
@@ -28,6 +29,9 @@ from ._views import actor_view, dead_letter_view, event_view, plugin_view
 log = logging.getLogger("cws.http")
 
 Handler = Callable[..., Awaitable[Any]]
+
+MAX_LOAD_RETRIES = 10
+"""Retries ``POST /api/plugins/load`` allows (with backoff up to 2 s between them)."""
 
 
 def create_app(daemon: Daemon) -> QuartTrio:
@@ -288,16 +292,29 @@ def create_app(daemon: Daemon) -> QuartTrio:
         name = field(body, "plugin_name", str, aliases=("plugin",))
         timeout = field(body, "timeout_seconds", float, default=30.0)
         retries = field(body, "retries", int, default=0)
-        if timeout <= 0 or retries < 0:
-            raise HTTPProblem(400, "Bad request", "timeout_seconds must be > 0, retries >= 0")
+        if timeout <= 0 or not 0 <= retries <= MAX_LOAD_RETRIES:
+            raise HTTPProblem(
+                400,
+                "Bad request",
+                f"timeout_seconds must be > 0 and retries 0 to {MAX_LOAD_RETRIES},"
+                f" got {timeout} and {retries}",
+            )
+        try:
+            await daemon.host.status(name)  # an unknown name is a 404 whatever the timeout
+        except PluginNotFound as exc:
+            raise from_error(exc, plugin=name) from None
         last: Exception | None = None
-        for _ in range(retries + 1):
+        for attempt in range(retries + 1):
+            if attempt:
+                await trio.sleep(min(2.0, 0.1 * 2**attempt))  # back off between tries
             try:
                 with trio.fail_after(timeout):
                     await daemon.host.load(name)
                 status = await daemon.host.status(name)
                 return {"success": True, "plugin": name, "version": status.version,
                         "status": status.state}  # fmt: skip
+            except (PluginNotFound, PluginRefused) as exc:
+                raise from_error(exc, plugin=name) from None  # retrying cannot help
             except (PluginError, ActorError, trio.TooSlowError) as exc:
                 last = exc
         if isinstance(last, trio.TooSlowError):
@@ -364,6 +381,10 @@ def create_app(daemon: Daemon) -> QuartTrio:
                 "Bad request",
                 f"a topic is dot-separated words without wildcards, got {topic!r}",
             )
+        try:
+            check_topic(topic)  # the bus's own rule: letters, digits, '_' and '-'
+        except ValueError as exc:
+            raise HTTPProblem(400, "Bad request", str(exc)) from None
         event = await daemon.runtime.publish(topic, body.get("payload"), source="http")
         return event_view(event), 202
 

@@ -141,6 +141,9 @@ def _child(
 
 
 def main() -> None:
+    from ._plugin_runner import _die_with_parent
+
+    _die_with_parent()  # the fork server too ends with the daemon, whatever it is doing
     serve(socket.socket(fileno=int(sys.argv[1])))
 
 

@@ -13,6 +13,7 @@ learns what a subprocess plugin offers without running its code itself.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
@@ -185,10 +186,27 @@ def describe(spec: dict[str, Any]) -> None:
         out.write(data)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent (the daemon, or its fork
+    server) dies, so that a dead daemon takes its plugins with it even while one is busy
+    in a handler or a slow import and not reading its stdin."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(EXIT_IMPORT)
+
+
 def _import_limited(spec: dict[str, Any]) -> tuple[type[Plugin], int]:
     """Limits first, then the protocol moved off stdout, then the plugin's import; the
     plugin class and the protocol's file descriptor. Exits with EXIT_IMPORT if the
     import fails."""
+    _die_with_parent()
     # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon
     # decides when its plugins stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
