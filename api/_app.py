@@ -20,6 +20,7 @@ from cws_actors._bus import check_topic
 
 from ._auth import AuthError, Principal, authenticate, require
 from ._daemon import Daemon
+from ._faults import mount_faults
 from ._instances import mount_instances
 from ._openapi import openapi_document
 from ._plugin_routes import PluginRoutes
@@ -430,6 +431,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
         return await plugin_routes.execute(argv, request.headers.get("Authorization"))
 
     mount_instances(app, daemon, principal, json_body)
+    mount_faults(app, daemon, principal, json_body)
     plugin_routes.mount(principal, json_body)
     return app
 

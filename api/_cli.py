@@ -31,6 +31,7 @@ from supervision import (
 
 from ._cli_common import HOME_HELP, TOKEN_HELP, URL_HELP, Options
 from ._cli_daemon import daemon
+from ._cli_faults import chaos, faults
 from ._cli_instances import instances
 from ._cli_plugins import CwsGroup
 from ._cli_remote import actors, dead_letters, events, plugin
@@ -52,7 +53,8 @@ async def cli(ctx: click.Context, url: str | None, token: str | None, home: Path
     ctx.obj = Options(url=url, token=token, home=home)
 
 
-for _command in (daemon, token_group, plugin, instances, actors, events, dead_letters):
+for _command in (daemon, token_group, plugin, instances, actors, events, dead_letters, faults,
+                 chaos):  # fmt: skip
     cli.add_command(_command)
 
 

@@ -51,6 +51,11 @@ class Daemon:
     stopping: bool = False
     config_path: Path | None = None
     reloads: int = 0
+    background: trio.Nursery | None = None
+    """Where long requests (chaos runs) go on after their request has been answered."""
+    chaos_runs: dict[str, Any] = attrs.field(factory=dict)
+    """Chaos runs by id (``api._faults``), the latest last."""
+    chaos_scopes: list[trio.CancelScope] = attrs.field(factory=list)
 
     @property
     def ready(self) -> bool:
@@ -133,9 +138,12 @@ async def serve_daemon(
             on_url(daemon.url)
             nursery.start_soon(_systemd, daemon, stop)
             nursery.start_soon(poll_providers, daemon, config.instance_poll_interval, stop)
+            daemon.background = nursery
             task_status.started(daemon)
             await stop.wait()
             daemon.stopping = True
+            for scope in daemon.chaos_scopes:
+                scope.cancel()  # a chaos run clears its faults as it ends
             log.info("stopping: finishing requests in flight, then stopping actors")
         # The app has stopped accepting and drained; the context managers now stop
         # plugins and actors in reverse order.

@@ -24,6 +24,10 @@ from ._bus import InMemoryBackend as InMemoryBackend
 from ._bus import Subscription as Subscription
 from ._bus import topic_matches as topic_matches
 from ._cell import HealthProbe as HealthProbe
+from ._chaos import ChaosPlan as ChaosPlan
+from ._chaos import ChaosPlanError as ChaosPlanError
+from ._chaos import ChaosReport as ChaosReport
+from ._chaos import ChaosRun as ChaosRun
 from ._deadletters import DeadLetter as DeadLetter
 from ._durable import EventStore as EventStore
 from ._durable import SQLiteEventStore as SQLiteEventStore
@@ -109,6 +113,10 @@ __all__ = [
     "Backoff",
     "BusBackend",
     "CLICommandSpec",
+    "ChaosPlan",
+    "ChaosPlanError",
+    "ChaosReport",
+    "ChaosRun",
     "CLIFlagSpec",
     "Capabilities",
     "CommandResult",

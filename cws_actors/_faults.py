@@ -412,6 +412,7 @@ class FaultInjector:
         spec: FaultSpec | str | Mapping[str, Any],
         *,
         id: str | None = None,
+        seed: int | None = None,
     ) -> FaultRecord:
         """Inject a fault into the actors ``target`` names (a path or a glob), now and
         as they are spawned, until it expires, is spent or is cleared.
@@ -421,6 +422,8 @@ class FaultInjector:
             spec: a FaultSpec, its compact text (``"crash:0.05 for 1m"``) or its dict.
             id: the fault's id (letters, digits, ``_``, ``-``, ``.``); by default
                 ``f1``, ``f2``...
+            seed: seeds this fault's random source (with its id) instead of the
+                injector's seed: a chaos run passes its own.
 
         Raises:
             FaultSpecError: a bad spec or id, or an id already active.
@@ -447,7 +450,7 @@ class FaultInjector:
             target=target,
             spec=spec,
             matches=matches,
-            rng=random.Random(f"{self.seed}:{id}"),
+            rng=random.Random(f"{self.seed if seed is None else seed}:{id}"),
             created_at=now,
             created_time=time.time(),
             expires_at=now + spec.duration if spec.duration is not None else None,
