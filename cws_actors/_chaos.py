@@ -165,12 +165,14 @@ class ChaosReport:
         plan = d["plan"]
 
         def secs(value: float | None) -> str:
-            return "-" if value is None else format_duration(value)
+            if value is None:
+                return "-"
+            return f"{value * 1000:.1f}ms" if value < 1 else f"{value:.2f}s"
 
         lines = [
             f"# Chaos run, seed {plan['seed']}",
             "",
-            f"`{plan['faults']}` on `{plan['target']}` for {secs(plan['duration'])}, "
+            f"`{plan['faults']}` on `{plan['target']}` for {format_duration(plan['duration'])}, "
             f"{plan['rate']:g} asks/s per target; {len(d['targets'])} targets: "
             + ", ".join(f"`{t}`" for t in d["targets"]),
             "",
