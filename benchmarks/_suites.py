@@ -32,6 +32,12 @@ TARGETS: dict[str, Target] = {
     "plugins.ask": Target(
         ">=", 0.7, "framing, handshake state and supervision cost at most ~30% over raw pipes"
     ),
+    "ratelimit.neighbour_p50": Target(
+        "<=",
+        1.5,
+        "a plugin driven at 10x its rate limit is refused cheaply enough that the typical"
+        " request to the plugin beside it is at most 1.5x slower than with no storm",
+    ),
     "http.plugin_rps": Target(
         ">=", 0.85, "routing through the plugin's actor costs at most 15% of a bare route"
     ),
@@ -160,6 +166,32 @@ def http_rows(f: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def run_ratelimit(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_neighbour
+
+    return trio.run(bench_neighbour.main, params["seconds"])
+
+
+def ratelimit_rows(f: dict[str, Any]) -> list[Row]:
+    statuses = f["hot_statuses"]
+    refused = statuses.get("429", 0) / max(1, sum(statuses.values()))
+    storm = (
+        f"beside {f['hot_offered_per_s']:.0f} req/s to a plugin limited to"
+        f" {f['hot_limit_per_s']:.0f}"
+    )
+    alone = "same endpoint, no storm"
+    calm_ok = f["calm_statuses"] == {"200": sum(f["calm_statuses"].values())}
+    return [
+        row("ratelimit", "neighbour_p50", "neighbour latency p50, 10x storm", "ms",
+            f["storm_p50_ms"], reference=f["alone_p50_ms"], reference_name=alone,
+            note=storm if calm_ok else f"neighbour replies {f['calm_statuses']}"),
+        row("ratelimit", "neighbour_p99", "neighbour latency p99, 10x storm", "ms",
+            f["storm_p99_ms"], reference=f["alone_p99_ms"], reference_name=alone,
+            note="the storm's 429s share the daemon's event loop and the machine's cores"),
+        row("ratelimit", "refused", "storm refused with 429", "%", refused * 100),
+    ]  # fmt: skip
+
+
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
@@ -197,6 +229,13 @@ SUITES: dict[str, Suite] = {
             full=dict(crashes=50, asks=5_000),
             run=run_plugins,
             rows=plugins_rows,
+        ),
+        Suite(
+            "ratelimit",
+            quick=dict(seconds=1),
+            full=dict(seconds=5),
+            run=run_ratelimit,
+            rows=ratelimit_rows,
         ),
         Suite(
             "http",
