@@ -31,6 +31,7 @@ to the first sample that shows the actor restarted and ready again, so its resol
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -292,10 +293,15 @@ class ChaosRun:
         self._started = start = trio.current_time()
         before = {p: s.restarts for p, s in self._snapshots().items()}
         letters_before = {id(d) for d in self.runtime.dead_letters()}
+        # Ids of their own (chaos1-1, chaos2-1... so that the faults of earlier runs are
+        # not mistaken for this one's), random sources named by position (chaos-1...)
+        # so that the same seed replays the same decisions.
+        taken = {record.id.partition("-")[0] for record in faults.list(include_finished=True)}
+        run = next(f"chaos{k}" for k in itertools.count(1) if f"chaos{k}" not in taken)
         try:
             for n, spec in enumerate(self.plan.faults, 1):
-                record = faults.inject(self.plan.target, spec, id=f"chaos-{n}",
-                                       seed=self.plan.seed)  # fmt: skip
+                record = faults.inject(self.plan.target, spec, id=f"{run}-{n}",
+                                       seed=self.plan.seed, stream=f"chaos-{n}")  # fmt: skip
                 self._fault_ids.append(record.id)
             with self._cancel:
                 async with trio.open_nursery() as nursery:
@@ -304,7 +310,7 @@ class ChaosRun:
                         nursery.start_soon(self._probe_health)
                     async with trio.open_nursery() as load:
                         for path in self._targets:
-                            load.start_soon(self._drive, path, start + self.plan.duration)
+                            load.start_soon(self._drive, path, start)
                     nursery.cancel_scope.cancel()  # the sampler and the health probe
         except BaseException:
             self.state = "failed"
@@ -372,15 +378,15 @@ class ChaosRun:
         self.state = "cancelled" if cancelled else "done"
         return self.report
 
-    async def _drive(self, path: str, until: float) -> None:
-        interval = 1.0 / self.plan.rate
+    async def _drive(self, path: str, start: float) -> None:
+        """``rate x duration`` asks (rounded up), the k-th at ``start + k / rate``."""
+        count = math.ceil(self.plan.duration * self.plan.rate - 1e-9)
         async with trio.open_nursery() as asks:
-            next_at = trio.current_time()
-            while next_at < until:
+            for k in range(count):
+                await trio.sleep_until(start + k / self.plan.rate)
                 self._sent += 1
                 asks.start_soon(self._ask, path, self._sent)
-                next_at += interval
-                await trio.sleep_until(next_at)
+            await trio.sleep_until(start + self.plan.duration)
 
     async def _ask(self, path: str, seq: int) -> None:
         try:
@@ -420,7 +426,11 @@ class ChaosRun:
             now = trio.current_time()
             for firing in self.runtime.faults.firings():
                 key = (firing.fault_id, firing.number)
-                if firing.fault_id in self._fault_ids and key not in self._seen_firings:
+                if (
+                    firing.fault_id in self._fault_ids
+                    and firing.at >= self._started
+                    and key not in self._seen_firings
+                ):
                     self._seen_firings.add(key)
                     if firing.kind in _DISRUPTIVE:
                         self._pending.setdefault(firing.path, []).append(

@@ -39,9 +39,11 @@ first that consumes the message ends the list):
   protocol request on which the plugin's process allocates until its memory limit ends
   it. The plugin's watcher sees the death and the supervisor restarts it.
 
-Determinism: ``FaultInjector(seed=42)`` gives each fault its own ``random.Random``,
-seeded from the injector's seed and the fault's id, so that the same seed and the same
-injections (ids are ``f1``, ``f2``... unless given) make the same firings. Without a
+Determinism: ``FaultInjector(seed=42)`` gives each fault, for each actor it reaches, its
+own ``random.Random``, seeded from the injector's seed, the fault's id and the actor's
+path, so that the same seed and the same injections (ids are ``f1``, ``f2``... unless
+given) make the same firings: each actor's n-th message meets the same decision however
+the scheduler interleaves the actors. Without a
 seed the injector picks one (``injector.seed``), so that a run can be replayed.
 
 Cost: with no fault on an actor, its cell pays one ``is not None`` check per message.
@@ -235,7 +237,8 @@ class _Fault:
     target: str
     spec: FaultSpec
     matches: Callable[[str], bool]
-    rng: random.Random
+    seed_key: str
+    """With an actor's path, names that actor's random source for this fault."""
     created_at: float
     created_time: float
     expires_at: float | None
@@ -245,6 +248,15 @@ class _Fault:
     last_fired_at: float | None = None
     since_fired: dict[str, int] = attrs.field(factory=dict)
     """Per actor path: messages since the last firing (for ``crash`` after N)."""
+    rngs: dict[str, random.Random] = attrs.field(factory=dict)
+    """Per actor path: its own random source, so that each actor's decisions depend on
+    its own sequence of messages, not on how the scheduler interleaves the actors."""
+
+    def rng(self, path: str) -> random.Random:
+        rng = self.rngs.get(path)
+        if rng is None:
+            rng = self.rngs[path] = random.Random(f"{self.seed_key}:{path}")
+        return rng
 
     def live(self, now: float) -> bool:
         if self.state is not FaultState.ACTIVE:
@@ -258,7 +270,7 @@ class _Fault:
         """Whether the message (or start, or tick) just seen fires this fault."""
         spec = self.spec
         if spec.probability is not None:
-            return self.rng.random() < spec.probability
+            return self.rng(path).random() < spec.probability
         if spec.after is not None:
             passed = self.since_fired.get(path, 0) + 1
             if passed > spec.after:
@@ -268,14 +280,14 @@ class _Fault:
             return False
         return True
 
-    def draw_delay(self) -> float:
+    def draw_delay(self, path: str) -> float:
         spec = self.spec
         assert spec.delay is not None
         if spec.distribution == "uniform":
             assert spec.delay_max is not None
-            return self.rng.uniform(spec.delay, spec.delay_max)
+            return self.rng(path).uniform(spec.delay, spec.delay_max)
         if spec.distribution == "exponential":
-            return self.rng.expovariate(1.0 / spec.delay)
+            return self.rng(path).expovariate(1.0 / spec.delay)
         return spec.delay
 
     def fire(self, path: str, detail: str = "") -> None:
@@ -324,7 +336,7 @@ class CellFaults:
             fault.seen += 1
             kind = fault.spec.kind
             if kind is FaultKind.LATENCY:
-                delay = fault.draw_delay()
+                delay = fault.draw_delay(cell.path)
                 fault.fire(cell.path, f"{delay!r}s")
                 await trio.sleep(delay)
                 now = trio.current_time()
@@ -413,6 +425,7 @@ class FaultInjector:
         *,
         id: str | None = None,
         seed: int | None = None,
+        stream: str | None = None,
     ) -> FaultRecord:
         """Inject a fault into the actors ``target`` names (a path or a glob), now and
         as they are spawned, until it expires, is spent or is cleared.
@@ -424,6 +437,9 @@ class FaultInjector:
                 ``f1``, ``f2``...
             seed: seeds this fault's random source (with its id) instead of the
                 injector's seed: a chaos run passes its own.
+            stream: names the random source instead of the id, so that faults with
+                different ids can make the same decisions (a chaos run's n-th fault is
+                ``chaos-n`` whatever its id).
 
         Raises:
             FaultSpecError: a bad spec or id, or an id already active.
@@ -450,7 +466,7 @@ class FaultInjector:
             target=target,
             spec=spec,
             matches=matches,
-            rng=random.Random(f"{self.seed if seed is None else seed}:{id}"),
+            seed_key=f"{self.seed if seed is None else seed}:{stream or id}",
             created_at=now,
             created_time=time.time(),
             expires_at=now + spec.duration if spec.duration is not None else None,

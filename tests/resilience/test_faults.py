@@ -19,6 +19,8 @@ from cws_actors import (
     Actor,
     ActorError,
     AskTimeout,
+    ChaosPlan,
+    ChaosRun,
     FaultInjector,
     FaultKind,
     FaultNotFound,
@@ -585,3 +587,45 @@ async def test_message_faults_and_refusals_on_plugins(tmp_path: Path) -> None:
             assert "InjectedFault" in result.output
             await wait_until(lambda: restarted(host, old))
             assert "InjectedFault" in ((await host.status("echo")).last_exit or "")
+
+
+# ---------------------------------------------------------------------- chaos runs
+
+
+async def test_back_to_back_chaos_runs_report_only_their_own_faults(autojump_clock: Any) -> None:
+    """A second run on the same runtime neither counts the first run's firings nor
+    waits for their recoveries, its faults have ids of their own, and the same plan with
+    the same seed replays the same decisions."""
+    async with open_runtime(config=RuntimeConfig(fault_seed=1)) as runtime:
+        group = await runtime.spawn_supervisor("w", max_restarts=1000, period=60.0)
+        for i in range(3):
+            await spawn_echo(runtime, f"a{i}", parent=group)
+
+        async def chaos(faults: str, seed: int) -> dict[str, Any]:
+            plan = ChaosPlan.from_dict(
+                {"faults": faults, "target": "/w/*", "seed": seed, "duration": "2s",
+                 "rate": 20, "ask_timeout": "500ms", "settle": "30s"}
+            )  # fmt: skip
+            began = trio.current_time()
+            report = await ChaosRun(runtime, plan, message=lambda path, seq: seq).run()
+            data = report.as_dict()
+            data["took"] = trio.current_time() - began
+            return data
+
+        first = await chaos("crash:0.2,drop:0.1", seed=42)
+        assert first["faults"]["firings_by_kind"]["crash"] >= 5
+        assert first["recovery"]["count"] >= 5
+        calm = await chaos("latency:1ms", seed=7)
+        assert set(calm["faults"]["firings_by_kind"]) == {"latency"}
+        assert calm["faults"]["firings_by_kind"]["latency"] == calm["asks"]["sent"] == 120
+        assert calm["recovery"]["count"] == 0
+        assert calm["recovery"]["unrecovered"] == 0
+        assert calm["restarts"]["total"] == 0
+        assert calm["took"] < 2.5  # it did not wait out `settle` for the first run's crashes
+        again = await chaos("crash:0.2,drop:0.1", seed=42)
+        for key in ("asks", "messages", "restarts", "dead_letters"):
+            assert again[key] == first[key], key
+        assert again["faults"]["firings_by_kind"] == first["faults"]["firings_by_kind"]
+        ids = [record.id for record in runtime.faults.list(include_finished=True)]
+        assert ids == ["chaos1-1", "chaos1-2", "chaos2-1", "chaos3-1", "chaos3-2"]
+        assert runtime.faults.list() == []
