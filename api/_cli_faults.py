@@ -43,6 +43,12 @@ def _fault_rows(items: list[dict[str, Any]]) -> list[list[str]]:
 async def faults_inject(target: str, spec: str, fault_id: str | None, as_json: bool) -> None:
     """Inject SPEC into the actors TARGET names (a path or glob: /plugins/aws,
     /plugins/*)."""
+    if not target.strip():
+        raise click.BadParameter("empty; give an actor path or glob such as /plugins/aws",
+                                 param_hint="TARGET")  # fmt: skip
+    if not spec.strip():
+        raise click.BadParameter("empty; give a fault such as crash:0.05 or latency:10ms",
+                                 param_hint="SPEC")  # fmt: skip
     body: dict[str, Any] = {"target": target, "spec": spec}
     if fault_id is not None:
         body["id"] = fault_id
@@ -53,6 +59,9 @@ async def faults_inject(target: str, spec: str, fault_id: str | None, as_json: b
         return
     for fault in answer["faults"]:
         click.echo(f"{fault['id']}: {fault['text']} on {fault['target']}")
+    if not answer.get("matches"):
+        click.echo(f"warning: no actor matches {target!r} now; the fault waits for actors"
+                   " spawned there (cws plugin list shows the plugins)", err=True)  # fmt: skip
 
 
 @faults.command("list")
@@ -106,6 +115,13 @@ def _duration(ctx: Any, param: Any, value: str) -> float:
         raise click.BadParameter(str(exc)) from None
 
 
+def _positive_duration(ctx: Any, param: Any, value: str) -> float:
+    seconds = _duration(ctx, param, value)
+    if seconds <= 0:
+        raise click.BadParameter(f"must be more than 0 seconds, such as 30s or 2m; got {value!r}")
+    return seconds
+
+
 def _percentiles(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"count": 0, "p50": None, "p99": None, "max": None}
@@ -119,7 +135,7 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
 
 @chaos.command("run")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds every fault.")
-@click.option("--duration", default="60s", show_default=True, callback=_duration,
+@click.option("--duration", default="60s", show_default=True, callback=_positive_duration,
               help="How long the faults stay: 30s, 2m.")  # fmt: skip
 @click.option("--target", default="/plugins/*", show_default=True,
               help="The actors: a path or glob.")  # fmt: skip
@@ -131,7 +147,7 @@ def _percentiles(values: list[float]) -> dict[str, Any]:
 )
 @click.option("--rate", type=float, default=20.0, show_default=True,
               help="Asks a second to each target.")  # fmt: skip
-@click.option("--ask-timeout", default="2s", show_default=True, callback=_duration)
+@click.option("--ask-timeout", default="2s", show_default=True, callback=_positive_duration)
 @click.option(
     "--settle",
     default="10s",

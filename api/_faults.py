@@ -22,6 +22,7 @@ from cws_actors import (
     FaultSpecError,
     parse_fault_list,
 )
+from cws_actors._faults import compile_target
 
 from ._daemon import Daemon
 from ._problems import HTTPProblem
@@ -79,7 +80,11 @@ def mount_faults(app: QuartTrio, daemon: Daemon, principal: Any, json_body: Any)
             records = [faults.inject(target, spec, id=fault_id) for spec in specs]
         except ValueError as exc:  # FaultSpecError, FaultTargetError
             raise _bad(exc) from None
-        return {"faults": [r.as_dict() for r in records], "seed": faults.seed}, 201
+        # The actors it reaches now (it also reaches those spawned later that match).
+        matches = compile_target(target)
+        reached = sorted(path for path in daemon.runtime.router.cells if matches(path))
+        return {"faults": [r.as_dict() for r in records], "seed": faults.seed,
+                "matches": reached}, 201  # fmt: skip
 
     @app.get("/api/v1/faults")
     async def list_faults() -> Any:

@@ -194,8 +194,9 @@ class ChaosReport:
             ("asks sent", f"{asks['sent']}"),
             ("asks ok / failed / timed out", f"{asks['ok']} / {asks['failed']} / "
              f"{asks['timed_out']}"),
-            ("asks refused", f"{sum(asks['refused'].values())} ("
-             + ", ".join(f"{k} {v}" for k, v in sorted(asks["refused"].items())) + ")"),
+            ("asks refused", f"{sum(asks['refused'].values())}" + (
+                " (" + ", ".join(f"{k} {v}" for k, v in sorted(asks["refused"].items())) + ")"
+                if asks["refused"] else "")),
             ("messages lost: dead-lettered / unaccounted",
              f"{d['messages']['dead_lettered']} / {d['messages']['unaccounted']}"),
             ("dead letters by reason", ", ".join(
@@ -278,15 +279,32 @@ class ChaosRun:
                 continue
         return found
 
+    def _reaches(self, path: str, spec: FaultSpec) -> bool:
+        try:
+            self.runtime.faults._check_process_target(path, spec.kind)
+        except ValueError:
+            return False
+        return True
+
     async def run(self) -> ChaosReport:
         """Raises:
-        ChaosPlanError: no actor matches the target.
-        FaultSpecError: a fault cannot apply to the targets (kill on an in-process one).
+        ChaosPlanError: no actor matches the target, or a process fault (kill, pause,
+            memory_hog) can reach none of the targets (it skips those that run in the
+            daemon's process and applies to the others).
         """
         matches = compile_target(self.plan.target)
         self._targets = sorted(p for p in self.runtime.router.cells if matches(p))
         if not self._targets:
             raise ChaosPlanError(f"no actor matches {self.plan.target!r}")
+        for spec in self.plan.faults:
+            if spec.kind.process_level and not any(
+                self._reaches(path, spec) for path in self._targets
+            ):
+                raise ChaosPlanError(
+                    f"{spec}: none of the targets ({', '.join(self._targets)}) can take it;"
+                    f" {spec.kind.value} needs a subprocess plugin"
+                    + (" with a memory limit" if spec.kind.value == "memory_hog" else "")
+                )
         self.state = "running"
         faults = self.runtime.faults
         started_wall = time.time()

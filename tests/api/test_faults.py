@@ -42,6 +42,7 @@ async def test_inject_list_fire_and_clear_faults_over_http(tmp_path: Path) -> No
                     json={"target": "/plugins/memory", "spec": "error_rate:1 times 2"},
                 )
                 assert made.status_code == 201
+                assert made.json()["matches"] == ["/plugins/memory"]
                 (fault,) = made.json()["faults"]
                 assert (fault["kind"], fault["state"]) == ("error_rate", "active")
                 for _ in range(2):
@@ -77,6 +78,9 @@ async def test_a_chaos_run_over_http_reports_and_leaves_no_fault(tmp_path: Path)
                 )
                 assert bad.status_code == 400
                 assert "no actor matches" in bad.json()["detail"]
+                unreachable = await http.post("/api/v1/chaos", json={"faults": "kill:every 1s"})
+                assert unreachable.status_code == 400  # /plugins/memory runs in the daemon
+                assert "needs a subprocess plugin" in unreachable.json()["detail"]
                 unknown = await http.post("/api/v1/chaos", json={"faults": "crash", "speed": 2})
                 assert unknown.status_code == 400
                 assert "speed" in unknown.json()["detail"]
@@ -127,13 +131,24 @@ async def test_cws_faults_and_cws_chaos_run_through_the_cli(tmp_path: Path) -> N
             injected = await cws("faults", "inject", "/plugins/memory", "latency:5ms", env=env)
             assert injected.code == 0, injected.err
             assert "latency:5ms on /plugins/memory" in injected.out
+            assert injected.err == ""
+            waiting = await cws("faults", "inject", "/plugins/later", "crash", env=env)
+            assert waiting.code == 0, waiting.err
+            assert "warning: no actor matches '/plugins/later' now" in waiting.err
+            empty = await cws("faults", "inject", "", "crash", env=env)
+            assert empty.code == 2
+            assert "TARGET" in empty.err
+            assert "empty" in empty.err
+            zero = await cws("chaos", "run", "--duration", "0s", "--faults", "crash", env=env)
+            assert zero.code == 2
+            assert "more than 0 seconds" in zero.err
             listed = await cws("faults", "list", env=env)
             assert "latency:5ms" in listed.out
             bad = await cws("faults", "inject", "/plugins/memory", "crash:2", env=env)
             assert bad.code == 1
             assert "crash" in bad.err
             cleared = await cws("faults", "clear", env=env)
-            assert "cleared 1 fault(s)" in cleared.out
+            assert "cleared 2 fault(s)" in cleared.out
 
             reports = tmp_path / "reports"
             run = await cws(
