@@ -17,6 +17,8 @@ system_dir = "/usr/lib/cws/plugins"
 require_signed = false
 fork_server = true
 entry_points = true
+max_restarts = 10           # restarts of one plugin within restart_period before it is
+restart_period = 60.0       #   quarantined (the others go on; cleared by hand)
 
 [plugins.overrides.research-analytics]
 config = { prices = { "t3.micro" = 0.0104 } }
@@ -68,6 +70,9 @@ class DaemonConfig:
     require_signed: bool = False
     fork_server: bool = True
     entry_points: bool = True
+    max_restarts: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    """Restarts a plugin may have within ``restart_period`` before it is quarantined."""
+    restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     durable_topics: tuple[str, ...] = ("instance.*",)
     source: str = "embedded defaults"
@@ -88,6 +93,8 @@ _FIELDS: list[tuple[str, str, str, type]] = [
     ("plugins", "require_signed", "require_signed", bool),
     ("plugins", "fork_server", "fork_server", bool),
     ("plugins", "entry_points", "entry_points", bool),
+    ("plugins", "max_restarts", "max_restarts", int),
+    ("plugins", "restart_period", "restart_period", float),
 ]
 
 

@@ -91,6 +91,8 @@ def host_config(config: DaemonConfig) -> HostConfig:
         overrides=config.overrides,
         require_signed=config.require_signed,
         fork_server=config.fork_server,
+        max_restarts=config.max_restarts,
+        restart_period=config.restart_period,
     )
 
 

@@ -13,6 +13,7 @@ from quart import Response
 from cws_actors import (
     ActorError,
     ActorNotFound,
+    ActorQuarantined,
     ActorRestarting,
     ActorStopped,
     AskTimeout,
@@ -110,6 +111,13 @@ def from_error(error: Exception, *, plugin: str | None = None) -> HTTPProblem:
         )
     if isinstance(error, ActorNotFound | PluginNotFound):
         return HTTPProblem(404, "Not found", str(error))
+    if isinstance(error, ActorQuarantined):
+        return HTTPProblem(
+            503,
+            "Quarantined",
+            f"{who} is quarantined after exhausting its restart budget; once its cause is"
+            f" fixed, POST /api/v1/actors{error.path}/clear-quarantine starts it again",
+        )
     if isinstance(error, ActorStopped):
         return HTTPProblem(503, "Unavailable", f"{who} is stopped", headers={"Retry-After": "1"})
     if isinstance(error, PluginRefused):

@@ -37,6 +37,7 @@ from ._envelope import Source as Source
 from ._envelope import current_envelope as current_envelope
 from ._exceptions import ActorError as ActorError
 from ._exceptions import ActorNotFound as ActorNotFound
+from ._exceptions import ActorQuarantined as ActorQuarantined
 from ._exceptions import ActorRestarting as ActorRestarting
 from ._exceptions import ActorStopped as ActorStopped
 from ._exceptions import AskTimeout as AskTimeout
@@ -105,6 +106,7 @@ __all__ = [
     "Actor",
     "ActorError",
     "ActorNotFound",
+    "ActorQuarantined",
     "ActorRef",
     "ActorRestarting",
     "ActorSnapshot",

@@ -5,6 +5,7 @@ One base, a small tree::
     ActorError
     ├── ActorNotFound        no actor at that path
     ├── ActorStopped         the actor was stopped and will not run again
+    │   └── ActorQuarantined it exhausted its restart budget; cleared by hand
     ├── ActorRestarting      the actor is restarting and does not stash asks
     ├── NotReady             its readiness probe fails
     ├── RateLimited          its token bucket for this source is empty (retry_after)
@@ -44,6 +45,19 @@ class ActorStopped(ActorError):
 
     def __init__(self, path: str) -> None:
         super().__init__(f"actor {path!r} is stopped")
+        self.path = path
+
+
+class ActorQuarantined(ActorStopped):
+    """Raised when the actor exhausted its restart budget and is quarantined: it runs
+    again only after ``clear_quarantine`` (``POST /api/v1/actors/PATH/clear-quarantine``)."""
+
+    def __init__(self, path: str) -> None:
+        ActorError.__init__(
+            self,
+            f"actor {path!r} is quarantined after exhausting its restart budget;"
+            " clear_quarantine() starts it again",
+        )
         self.path = path
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import trio
 
-from supervision import ChildState, ProbeKind, SupervisionError
+from supervision import Backoff, ChildState, ProbeKind, SupervisionError
 
 from ._archive import ArchiveLimits
 from ._cell import HealthProbe
@@ -144,6 +144,13 @@ class HostConfig:
     (a restart in milliseconds); False starts a fresh interpreter for each run."""
     require_signed: bool = False
     archive_limits: ArchiveLimits = attrs.field(factory=ArchiveLimits)
+    max_restarts: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    """A plugin restarted more than ``max_restarts`` times within ``restart_period``
+    seconds is quarantined (visible in the API, cleared by hand); the others go on."""
+    backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
+    """The delay between a plugin's restarts when its manifest sets none: exponential
+    from 100 ms, capped at 5 s, with full jitter, reset after a minute of running."""
 
     @property
     def trust(self) -> TrustPolicy:
@@ -276,7 +283,7 @@ class PluginHost:
                 restart=manifest.restart,
                 mailbox=manifest.mailbox,
                 rate_limit=manifest.rate_limit,
-                backoff=manifest.backoff,
+                backoff=manifest.backoff or self.config.backoff,
                 shutdown=launch.stop_budget,
                 probes=[
                     HealthProbe(ProbeKind.LIVENESS, period=period, timeout=period / 2),
@@ -906,7 +913,9 @@ async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterato
         logging.getLogger("cws.plugins").warning("%s", step)
     state = await StateStore.open(config.home / "state.db")
     try:
-        await runtime.spawn_supervisor("plugins", max_restarts=1000, period=1.0)
+        await runtime.spawn_supervisor(
+            "plugins", max_restarts=config.max_restarts, period=config.restart_period
+        )
         host = PluginHost(runtime, config, state)
         await host.discover()
         async with trio.open_nursery() as nursery:

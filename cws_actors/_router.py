@@ -21,6 +21,7 @@ from ._envelope import Envelope, Reply, Source, next_id
 from ._exceptions import (
     ActorError,
     ActorNotFound,
+    ActorQuarantined,
     ActorRestarting,
     ActorStopped,
     AskTimeout,
@@ -186,6 +187,8 @@ class Router:
         elif state in _RESTARTING:
             if len(cell.mailbox) >= cell.mailbox.config.stash:
                 self._refuse(envelope, ActorRestarting(path))
+        elif state is ChildState.QUARANTINED:
+            self._refuse(envelope, ActorQuarantined(path))
         else:
             self._refuse(envelope, ActorStopped(path))
         limit = cell.rate_limit

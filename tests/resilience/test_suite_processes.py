@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from cws_actors import FaultState, PluginHost
+from supervision import Backoff
 from tests.plugins._fixtures import write_plugin
 from tests.plugins.test_host import opened
 from tests.plugins.test_subprocess import plugin_pid
@@ -59,7 +60,10 @@ async def test_sigkills_are_each_detected_and_restarted_leaving_no_process(
     before = {p.key for p in descendants()}
     seen: set[tuple[int, int]] = set()
     with trio.fail_after(TIMEOUT):
-        async with opened(home, fork_server=fork_server) as host:
+        # Room for every kill in the restart budget, and no backoff between them: this
+        # measures detection and restart, not the crash-loop policy.
+        budget = {"max_restarts": kills + 1, "backoff": Backoff(0.0, 0.0)}
+        async with opened(home, fork_server=fork_server, **budget) as host:
             await host.load("echo")
             faults = host.runtime.faults
             parent = os.getpid()
