@@ -47,7 +47,16 @@ _CORE = [
         "/api/v1/faults",
         "Inject faults: target (path or glob), spec (compact text, object or list), id",
         "faults:inject",
-        _object(["target", "spec"], target=_STRING, spec={}, id=_STRING),
+        _object(["target", "spec"], target=_STRING, spec={}, id=_STRING)
+        | {
+            "examples": [
+                {"target": "/plugins/aws", "spec": "crash:0.05 for 1m"},
+                {
+                    "target": "/plugins/*",
+                    "spec": ["latency:10ms..50ms", {"kind": "drop", "probability": 0.01}],
+                },
+            ]
+        },
     ),
     _Core(
         "get", "/api/v1/faults", "Active faults (all=true: finished ones too)", "", query=("all",)
@@ -76,7 +85,18 @@ _CORE = [
             rate={"type": "number"},
             ask_timeout={},
             settle={},
-        ),
+        )
+        | {
+            "examples": [
+                {
+                    "faults": "crash:0.05,latency:10ms..50ms",
+                    "target": "/plugins/*",
+                    "duration": "60s",
+                    "seed": 42,
+                    "rate": 20,
+                },
+            ]
+        },
     ),
     _Core("get", "/api/v1/chaos", "Chaos runs, the latest last", ""),
     _Core("get", "/api/v1/chaos/{id}", "A chaos run: progress, then its report", ""),

@@ -31,14 +31,25 @@ TIMEOUT = 90
 ANSWER_WITHIN = 5
 EXAMPLES = {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 20}
 # The event stream never ends by design: a request to it would wait forever.
-# Injecting faults and starting chaos runs break the daemon's actors on purpose (a
-# fuzzed "hang" on "/**" would make every later plugin call a 504); their bad input is
-# tested in tests/api/test_faults.py. Their reads and clears are fuzzed.
-EXCLUDED = {
-    ("GET", "/api/v1/events/stream"),
-    ("POST", "/api/v1/faults"),
-    ("POST", "/api/v1/chaos"),
-}
+EXCLUDED = {("GET", "/api/v1/events/stream")}
+# Injecting faults and starting chaos runs break actors on purpose (a fuzzed "hang" on
+# "/**" would make every later plugin call a 504, rightly): they are fuzzed with their
+# targets moved under /sandbox, where no actor lives. A target that is not a string, or
+# not a path, is left as generated, for the daemon to refuse.
+SANDBOXED = {("POST", "/api/v1/faults"), ("POST", "/api/v1/chaos")}
+SANDBOX = "/sandbox"
+
+
+def sandbox(case: Any) -> None:
+    body = case.body
+    if (case.method.upper(), case.path) not in SANDBOXED or not isinstance(body, dict):
+        return
+    target = body.get("target")
+    if isinstance(target, str) and target.startswith("/"):
+        case.body = {**body, "target": SANDBOX + target}
+    elif "target" not in body and case.path == "/api/v1/chaos":  # the default: /plugins/*
+        case.body = {**body, "target": SANDBOX + "/*"}
+
 
 # A plugin whose commands and endpoints are all harmless whatever the arguments (the
 # tests' echo plugin has commands that hang, spin or SIGKILL their process: in process,
@@ -131,6 +142,7 @@ def fuzz_operation(
         if hung:
             return  # one hung request says it; more would only cost their timeouts
         sent += 1
+        sandbox(case)
         try:
             response = case.call(
                 base_url=base_url,
@@ -183,6 +195,8 @@ async def test_generated_requests_never_get_a_5xx(tmp_path: Path) -> None:
                 "/api/v1/events",
                 "/api/v1/cli/execute",
                 "/api/v1/fuzz/items/{item}",
+                "/api/v1/faults",
+                "/api/v1/chaos",
             }
             assert daemon.url is not None
             found: list[str] = []
@@ -196,7 +210,12 @@ async def test_generated_requests_never_get_a_5xx(tmp_path: Path) -> None:
                     )
             async with client(daemon) as http:
                 alive = await http.get("/healthz")  # the daemon outlived all of it
+                fuzz = await http.get("/api/v1/fuzz/open")  # and the plugin was not hit
+            reached = [r.target for r in daemon.runtime.faults.list(include_finished=True)]
     assert alive.status_code == 200
+    assert fuzz.status_code == 200
+    assert reached, "no generated fault was accepted: the sandboxed routes were not reached"
+    assert all(target.startswith(SANDBOX) for target in reached), reached
     # The generators did produce requests, invalid ones included.
     assert sent[GenerationMode.POSITIVE] >= len(operations) * 10
     assert sent[GenerationMode.NEGATIVE] >= 100

@@ -70,8 +70,9 @@ async def test_a_crash_looping_plugin_is_quarantined_while_the_others_serve(
                 assert (await http.get("/healthz")).json()["status"] == "ok"
                 problem = refused.json()
                 assert problem["title"] == "Quarantined"
-                assert "plugin 'loop' is quarantined after exhausting its restart budget" in (
-                    problem["detail"]
+                assert (
+                    "plugin 'loop' is quarantined after exhausting its restart budget"
+                    in (problem["detail"])
                 )
                 assert "POST /api/v1/actors/plugins/loop/clear-quarantine" in problem["detail"]
 
