@@ -63,6 +63,9 @@ def serve(control: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_read, selectors.EVENT_READ, "child")
+    # Imported (and on a cold machine compiled) what every child inherits: the host
+    # counts a spawn's reply_timeout from here on.
+    control.send(json.dumps({"type": "ready"}).encode())
     while True:
         for key, _ in selector.select():
             if key.data == "child":
@@ -217,6 +220,9 @@ class ForkServer:
     reply_timeout: float = 10.0
     """A fork takes milliseconds: a server that does not answer a spawn in this long is
     stuck, and that spawn gives up with ForkServerGone."""
+    ready_timeout: float = 120.0
+    """How long the server may take to import what its children inherit, the first time
+    on a cold machine included (``.pyc`` files written, a cold disk cache)."""
     _socket: trio.socket.SocketType | None = None
     _process: trio.Process | None = None
     _children: dict[int, ForkedProcess] = attrs.field(factory=dict)
@@ -245,17 +251,40 @@ class ForkServer:
             theirs.close()
         self._process = process
         self._socket = sock = trio.socket.from_stdlib_socket(ours)
-        task_status.started()
+        problem: str | None = "was cancelled while starting"
         try:
-            await self._read_reports(sock)
+            problem = await self._wait_ready(sock)
+            if problem is None:
+                task_status.started()
+                await self._read_reports(sock)
         finally:
+            if problem is not None:
+                process.kill()  # it never served: nothing of it is worth a grace period
             with trio.CancelScope(shield=True):
                 await self._shut_down(process)
+        if problem is not None:
+            raise OSError(f"the fork server {problem}")  # the host falls back to fresh ones
         _log.warning(
             "the fork server exited (code %s); subprocess plugins start a fresh interpreter"
             " until the next load starts a new server",
             process.returncode,
         )
+
+    async def _wait_ready(self, sock: trio.socket.SocketType) -> str | None:
+        """None once the server says it is ready, else what went wrong."""
+        with trio.move_on_after(self.ready_timeout):
+            try:
+                data, _, _, _ = await sock.recvmsg(_MAX_MESSAGE)
+            except OSError as exc:
+                return f"died while starting: {exc}"
+            if not data:
+                return "died while starting"
+            try:
+                ready = json.loads(data).get("type") == "ready"
+            except (ValueError, AttributeError):
+                ready = False
+            return None if ready else f"sent {data[:100]!r} before it was ready"
+        return f"did not get ready within {self.ready_timeout:g}s"
 
     async def _read_reports(self, sock: trio.socket.SocketType) -> None:
         while True:

@@ -208,3 +208,37 @@ async def test_the_host_survives_a_killed_fork_server(tmp_path: Path) -> None:
             assert host._fork_server is not first
             assert host._fork_server.running
             assert (await host.execute_cli(["echo", "--text", "z"])).output == "hello z"
+
+
+async def test_a_slow_start_does_not_count_against_the_first_spawn(
+    tmp_path: Path, spec: dict[str, Any]
+) -> None:
+    """A cold machine (first .pyc writes, a cold disk cache) can take seconds to import
+    what the server preloads: that is waited for before the server counts as started,
+    and a spawn's reply_timeout counts the fork alone."""
+    slow = tmp_path / "slow-site"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(1.5)\n")
+    server = ForkServer(reply_timeout=0.5)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run, ENV | {"PYTHONPATH": str(slow)})
+            child = await server.spawn(spec, ENV)  # within 0.5 s, though startup took 1.5
+            assert await hello_pid(child) == child.pid
+            child.kill()
+            assert await child.wait() == -signal.SIGKILL
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_never_gets_ready_is_refused_and_ended(tmp_path: Path) -> None:
+    slow = tmp_path / "stuck-site"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(60)\n")
+    server = ForkServer(ready_timeout=0.5)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(OSError, match=r"did not get ready within 0.5s"):
+                await nursery.start(server.run, ENV | {"PYTHONPATH": str(slow)})
+    assert server._process is not None
+    assert server._process.returncode is not None  # killed, and reaped
+    assert not server.running
