@@ -40,6 +40,11 @@ class RuntimeCollector(Collector):
             labels=["actor", "probe"],
         )
         ready = GaugeMetricFamily("cws_actor_ready", "1 when the actor is ready", labels=["actor"])
+        late = CounterMetricFamily(
+            "cws_late_replies",
+            "Asks handled after their asker had timed out",
+            labels=["actor"],
+        )
         router = self.runtime.router
         for node in _actors(self.runtime.actors()):
             restarts.add_metric([node.path], node.restarts)
@@ -54,7 +59,9 @@ class RuntimeCollector(Collector):
                 probe_failures.add_metric([node.path, probe.kind.value], probe.consecutive_failures)
         for (path, reason), count in sorted(router.rejected.items()):
             rejected.add_metric([path, reason], count)
-        yield from (routed, delivered, rejected, depth, restarts, probe_failures, ready)
+        for path, count in sorted(router.late.items()):
+            late.add_metric([path], count)
+        yield from (routed, delivered, rejected, depth, restarts, probe_failures, ready, late)
 
 
 def _actors(node: ActorSnapshot) -> Iterator[ActorSnapshot]:

@@ -243,12 +243,13 @@ class ActorCell:
                 if reply is not None:
                     failure = HandlerFailed(self.path, exc)
                     failure.__cause__ = exc
-                    reply.set_error(failure)
+                    if not reply.set_error(failure):
+                        self.router.answered_late(envelope)
                 raise
             finally:
                 _current.reset(token)
-            if reply is not None:
-                reply.set_value(result)
+            if reply is not None and not reply.set_value(result):
+                self.router.answered_late(envelope)
         finally:
             self.in_flight -= 1
 

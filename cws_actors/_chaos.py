@@ -19,9 +19,11 @@ A run:
 Every ask ends one way: ``ok``; ``failed`` (the handler raised, an injected crash or
 error included); ``refused`` (the router said no: not ready, rate limited, restarting...,
 by reason); or ``timed_out``. A timed-out ask whose message is among the dead letters
-(a ``drop`` fault, an expiry) is accounted for; one that is not is *unaccounted*: sent,
-never answered, with no trace. That is the figure a trustworthy runtime keeps at zero
-outside hangs (a hung handler swallows its message until liveness restarts it).
+(a ``drop`` fault, an expiry) is accounted for, and so is one that its actor handled
+after the asker gave up (``answered_late``, from the router's late replies); any other
+is *unaccounted*: sent, never answered, with no trace. That is the figure a trustworthy
+runtime keeps at zero outside hangs (a hung handler swallows its message until liveness
+restarts it).
 
 Recovery time is measured from each disruptive firing (crash, hang, kill, memory_hog)
 to the first sample that shows the actor restarted and ready again, so its resolution is
@@ -197,6 +199,7 @@ class ChaosReport:
             ("asks refused", f"{sum(asks['refused'].values())}" + (
                 " (" + ", ".join(f"{k} {v}" for k, v in sorted(asks["refused"].items())) + ")"
                 if asks["refused"] else "")),
+            ("timed out but handled (answered late)", f"{d['messages']['answered_late']}"),
             ("messages lost: dead-lettered / unaccounted",
              f"{d['messages']['dead_lettered']} / {d['messages']['unaccounted']}"),
             ("dead letters by reason", ", ".join(
@@ -279,6 +282,17 @@ class ChaosRun:
                 continue
         return found
 
+    def _drained(self, snapshots: Mapping[str, Any]) -> bool:
+        """No running target holds a message it has not finished with (so that every
+        expiry is in the dead letters and every late answer recorded before the report);
+        a quarantined one keeps what it holds until it is cleared."""
+        cells = self.runtime.router.cells
+        return all(
+            cells[path].in_flight == 0
+            for path, snap in snapshots.items()
+            if path in cells and snap.state != "quarantined"
+        )
+
     def _reaches(self, path: str, spec: FaultSpec) -> bool:
         try:
             self.runtime.faults._check_process_target(path, spec.kind)
@@ -311,6 +325,7 @@ class ChaosRun:
         self._started = start = trio.current_time()
         before = {p: s.restarts for p, s in self._snapshots().items()}
         letters_before = {id(d) for d in self.runtime.dead_letters()}
+        late_before = {id(e) for e in self.runtime.router.late_replies}
         # Ids of their own (chaos1-1, chaos2-1... so that the faults of earlier runs are
         # not mistaken for this one's), random sources named by position (chaos-1...)
         # so that the same seed replays the same decisions.
@@ -354,6 +369,11 @@ class ChaosRun:
             for d in letters
             if (d.envelope.correlation_id or "").startswith("chaos:")
         }
+        late = {
+            int(e.correlation_id.partition(":")[2])
+            for e in self.runtime.router.late_replies
+            if id(e) not in late_before and (e.correlation_id or "").startswith("chaos:")
+        }
         firings = [
             f for f in self.runtime.faults.firings() if (f.fault_id, f.number) in self._seen_firings
         ]
@@ -386,7 +406,8 @@ class ChaosRun:
                 "sent": self._sent,
                 "answered": self._sent - self._outcomes["timed_out"],
                 "dead_lettered": len(self._timed_out & lettered),
-                "unaccounted": len(self._timed_out - lettered),
+                "answered_late": len((self._timed_out - lettered) & late),
+                "unaccounted": len(self._timed_out - lettered - late),
             },
             "dead_letters": dict(collections.Counter(d.reason for d in letters)),
             "quarantines": sorted(self._quarantines),
@@ -466,7 +487,7 @@ class ChaosRun:
                 last[path] = snap.restarts
             if settling and all(
                 s.ready or s.state == "quarantined" for s in snapshots.values()
-            ) and not any(self._pending.values()):  # fmt: skip
+            ) and not any(self._pending.values()) and self._drained(snapshots):  # fmt: skip
                 scope.cancel()
                 return
             await trio.sleep(self.plan.sample_interval)

@@ -35,15 +35,21 @@ class Reply:
         self._error: BaseException | None = None
         self.done = False
 
-    def set_value(self, value: Any) -> None:
-        if not self.done:
-            self._value = value
-            self._finish()
+    def set_value(self, value: Any) -> bool:
+        """Set the reply; False if one was set already (the ask timed out, say)."""
+        if self.done:
+            return False
+        self._value = value
+        self._finish()
+        return True
 
-    def set_error(self, error: BaseException) -> None:
-        if not self.done:
-            self._error = error
-            self._finish()
+    def set_error(self, error: BaseException) -> bool:
+        """Set the error; False if a reply was set already."""
+        if self.done:
+            return False
+        self._error = error
+        self._finish()
+        return True
 
     def _finish(self) -> None:
         self.done = True

@@ -55,6 +55,13 @@ class Router:
     rejected: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
+    late_replies: collections.deque[Envelope] = attrs.field(
+        factory=lambda: collections.deque(maxlen=10_000), init=False
+    )
+    """Asks handled after their asker stopped waiting (it timed out): delivered and
+    handled, with nobody left for the answer. The latest 10,000."""
+    late: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    """Late answers per actor path, for the metrics."""
 
     def tell(
         self,
@@ -122,6 +129,11 @@ class Router:
         if envelope.reply is not None:
             envelope.reply.set_error(DeadlineExceeded(envelope.target))
         self.dead_letter(envelope, "expired", "deadline passed in the mailbox")
+
+    def answered_late(self, envelope: Envelope) -> None:
+        """An ask whose handler finished after the asker had its error (a timeout)."""
+        self.late_replies.append(envelope)
+        self.late[envelope.target] += 1
 
     def bury(self, path: str) -> None:
         """Forget the actor at ``path``; later messages to it get ActorStopped."""

@@ -20,6 +20,7 @@ from cws_actors import (
     ActorError,
     AskTimeout,
     ChaosPlan,
+    ChaosReport,
     ChaosRun,
     FaultInjector,
     FaultKind,
@@ -629,3 +630,31 @@ async def test_back_to_back_chaos_runs_report_only_their_own_faults(autojump_clo
         ids = [record.id for record in runtime.faults.list(include_finished=True)]
         assert ids == ["chaos1-1", "chaos1-2", "chaos2-1", "chaos3-1", "chaos3-2"]
         assert runtime.faults.list() == []
+
+
+async def test_an_ask_handled_after_its_timeout_is_answered_late_not_lost(
+    autojump_clock: Any,
+) -> None:
+    async with open_runtime(config=RuntimeConfig(fault_seed=2)) as runtime:
+        await spawn_echo(runtime, "a")
+        runtime.faults.inject("/a", "latency:300ms")
+        with pytest.raises(AskTimeout):
+            await runtime.router.ask("/a", "slow", timeout=0.1, correlation_id="c-1")
+        await trio.sleep(0.5)  # the handler finishes, with nobody waiting
+        assert [e.correlation_id for e in runtime.router.late_replies] == ["c-1"]
+        assert runtime.router.late["/a"] == 1
+        assert list(runtime.dead_letters()) == []  # handled, so not a dead letter
+
+        plan = ChaosPlan.from_dict(
+            {"faults": "latency:300ms", "target": "/a", "duration": "1s", "rate": 10,
+             "ask_timeout": "100ms", "settle": "5s"}
+        )  # fmt: skip
+        report = (await ChaosRun(runtime, plan, message=lambda path, seq: seq).run()).as_dict()
+        messages = report["messages"]
+        # One at a time, 300 ms each: the one in the handler is answered late; those
+        # queued behind it expire in the mailbox (dead letters). None is lost.
+        assert messages["answered_late"] >= 1
+        assert messages["dead_lettered"] >= 1
+        assert report["asks"]["timed_out"] == messages["answered_late"] + messages["dead_lettered"]
+        assert messages["unaccounted"] == 0
+        assert "| timed out but handled (answered late) |" in ChaosReport(report).markdown()
