@@ -25,6 +25,7 @@ import trio
 
 from cws_actors import HostConfig, open_plugin_host, open_runtime
 from cws_actors._plugin_actor import PluginCall
+from supervision import Backoff
 
 PLUGIN = """
 from cws_actors import Capabilities, CLICommandSpec, CommandResult, Plugin
@@ -115,9 +116,12 @@ async def raw_pipes(asks: int) -> tuple[float, float]:
 async def plugin_figures(
     home: Path, crashes: int, asks: int, *, fork_server: bool
 ) -> dict[str, Any]:
+    # Crash to ready is the machinery's cost: no backoff, and a budget that fits every
+    # crash (the daemon's defaults would back off, then quarantine a crash loop).
     config = HostConfig(
-        home=home, system_dir=home / "system", entry_points=False, fork_server=fork_server
-    )
+        home=home, system_dir=home / "system", entry_points=False, fork_server=fork_server,
+        max_restarts=crashes + 1, backoff=Backoff(0.0, 0.0),
+    )  # fmt: skip
     async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
         await host.load("echo")
         ref = runtime.lookup("/plugins/echo")
