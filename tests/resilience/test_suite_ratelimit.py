@@ -157,7 +157,8 @@ async def test_a_plugin_at_ten_times_its_rate_limit_refuses_while_its_neighbour_
     statuses = hot.statuses()
     assert set(statuses) == {200, 429}, statuses
     admitted_at_most = BURST + RATE * elapsed + 1
-    assert BURST + RATE * elapsed / 2 <= statuses[200] <= admitted_at_most, (statuses, elapsed)
+    # Its burst at once, and refills meanwhile (the storm is far above the refill rate).
+    assert BURST + 1 <= statuses[200] <= admitted_at_most, (statuses, elapsed)
     assert statuses[429] >= int(STORM * SECONDS) - admitted_at_most
     assert rejected(metrics, "/plugins/hot") == statuses[429]
     for response in hot.responses:
