@@ -290,12 +290,16 @@ def actor_tree(root: dict[str, Any]) -> str:
     return table(headers, list(tree_rows(root)), colours={2: state_colour})
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 @remote_options
 @json_option
-async def actors(watch: bool, as_json: bool) -> None:
-    """Show the actor tree: state, readiness, restarts and mailbox depth."""
+@click.pass_context
+async def actors(ctx: click.Context, watch: bool, as_json: bool) -> None:
+    """Show the actor tree: state, readiness, restarts and mailbox depth (or restart an
+    actor, or clear its quarantine)."""
+    if ctx.invoked_subcommand is not None:
+        return
     async with connect() as client:
         try:
             while True:
@@ -309,6 +313,42 @@ async def actors(watch: bool, as_json: bool) -> None:
                 await trio.sleep(1)
         except KeyboardInterrupt:
             return  # Ctrl-C is how --watch ends
+
+
+def _actor_path(ctx: Any, param: Any, value: str) -> str:
+    path = "/" + value.strip().strip("/")
+    if path == "/":
+        raise click.BadParameter("give an actor's path, such as /plugins/aws")
+    return path
+
+
+async def _act_on(path: str, action: str, as_json: bool) -> None:
+    async with connect() as client:
+        node = await client.post(f"/api/v1/actors{path}/{action}")
+    if as_json:
+        echo_json(node)
+        return
+    ready = "ready" if node["ready"] else "not ready yet"
+    click.echo(f"{node['path']}: {node['state']}, {ready}, {node['restarts']} restart(s)")
+
+
+@actors.command("restart")
+@click.argument("path", callback=_actor_path)
+@remote_options
+@json_option
+async def actors_restart(path: str, as_json: bool) -> None:
+    """Restart the actor at PATH (/plugins/aws), as an operator would (scope admin)."""
+    await _act_on(path, "restart", as_json)
+
+
+@actors.command("clear-quarantine")
+@click.argument("path", callback=_actor_path)
+@remote_options
+@json_option
+async def actors_clear_quarantine(path: str, as_json: bool) -> None:
+    """Start the quarantined actor at PATH again, with a fresh restart budget (scope
+    admin). Fix what made it crash first: faults, config, the plugin itself."""
+    await _act_on(path, "clear-quarantine", as_json)
 
 
 # ---------------------------------------------------------------------- events

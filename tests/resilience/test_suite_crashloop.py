@@ -12,6 +12,7 @@ import trio
 from api._config import ConfigError, load_config
 
 from ..api._daemon import client, running_daemon, token
+from ..cli._cws import cws, cws_env
 from ..plugins.test_host import wait_until
 from .test_suite_ratelimit import write_ping_plugin
 
@@ -77,10 +78,18 @@ async def test_a_crash_looping_plugin_is_quarantined_while_the_others_serve(
                 )
                 assert "POST /api/v1/actors/plugins/loop/clear-quarantine" in problem["detail"]
 
-                # Cleared by hand (after the fault), it serves again.
+                # Cleared by hand (after the fault) with the CLI, it serves again.
                 assert (await http.delete("/api/v1/faults")).status_code == 200
-                cleared = await http.post("/api/v1/actors/plugins/loop/clear-quarantine")
-                assert cleared.status_code == 200, cleared.text
+                assert daemon.url is not None
+                env = cws_env(home, CWS_URL=daemon.url, CWS_TOKEN=admin)
+                listed = await cws("actors", env=env)
+                assert "quarantined" in listed.out, listed
+                cleared = await cws("actors", "clear-quarantine", "/plugins/loop", env=env)
+                assert cleared.code == 0, cleared
+                assert cleared.out.startswith("/plugins/loop: "), cleared
+                again = await cws("actors", "clear-quarantine", "/plugins/loop", env=env)
+                assert again.code == 1, again  # not quarantined any more: a clear error
+                assert "not quarantined" in again.err, again
 
                 async def ready() -> bool:
                     return (await loop_actor())["ready"] is True
