@@ -12,7 +12,7 @@ import trio
 
 from cws_actors import FaultState, PluginHost
 from supervision import Backoff
-from tests.plugins._fixtures import write_plugin
+from tests.plugins._fixtures import code_for, write_plugin
 from tests.plugins.test_host import opened
 from tests.plugins.test_subprocess import plugin_pid
 
@@ -116,3 +116,66 @@ async def test_sigkills_are_each_detected_and_restarted_leaving_no_process(
     assert len(set(starts)) == kills + 1  # each in a process of its own
     # Only the last process was stopped gracefully; the others died by SIGKILL.
     assert (home / "plugin-data/echo/stops").read_text().split() == starts[-1:]
+
+
+async def test_several_plugins_killed_at_once_each_come_back_alone(tmp_path: Path) -> None:
+    """Three subprocess plugins SIGKILLed together, ten times over, beside a fourth that
+    is never touched: each killed one is restarted on its own (a restart of one is not
+    a restart of its siblings), the untouched one keeps its process and its count, and
+    nothing is left in /proc."""
+    home = tmp_path / "home"
+    names = ["a", "b", "c", "calm"]
+    for name in names:
+        write_plugin(home / "plugins", name, isolation="subprocess", code=code_for(name))
+    before = {p.key for p in descendants()}
+    rounds = 10
+    with trio.fail_after(TIMEOUT):
+        budget = {"max_restarts": rounds + 1, "backoff": Backoff(0.0, 0.0)}
+        async with opened(home, **budget) as host:
+            for name in names:
+                await host.load(name)
+
+            def pid_of(name: str) -> int:
+                pid = host._loaded[name].counters.pid
+                assert pid is not None
+                return pid
+
+            calm = plugin_proc_of(pid_of("calm"))
+            seen: set[tuple[int, int]] = {calm.key}
+            for round_ in range(1, rounds + 1):
+                old = {name: plugin_proc_of(pid_of(name)) for name in names[:3]}
+                for name, process in old.items():
+                    seen.add(process.key)
+                    host.runtime.faults.inject(f"/plugins/{name}", "kill:once")
+
+                async def all_back(round_: int = round_) -> bool:
+                    for name in names[:3]:
+                        status = await host.status(name)
+                        if not (status.ready and status.restarts == round_):
+                            return False
+                    return True
+
+                await poll(all_back, f"round {round_}: not every killed plugin came back")
+                for name in names[:3]:
+                    assert pid_of(name) != old[name].pid
+                    result = await host.execute_cli([name, "--text", str(round_)])
+                    assert (result.exit_code, result.output) == (0, f"hello {round_}")
+
+                async def reaped(old: dict[str, Proc] = old) -> bool:
+                    return not still_running({p.key for p in old.values()})
+
+                await poll(reaped, f"round {round_}: a killed process was never reaped")
+                assert zombies_below_us() == []
+            status = await host.status("calm")
+            assert (status.restarts, status.ready) == (0, True)
+            assert pid_of("calm") == calm.pid  # its process was never touched
+            for name in names:
+                seen.add(plugin_proc_of(pid_of(name)).key)
+        assert still_running(seen) == set()
+        assert {p.key for p in descendants()} - before == set()
+
+
+def plugin_proc_of(pid: int) -> Proc:
+    seen = proc(pid)
+    assert seen is not None
+    return seen
