@@ -68,10 +68,20 @@ class Daemon:
                 log.warning("plugin %s not loaded: %s", name, problem)
 
     async def reload(self) -> dict[str, str | None]:
-        """SIGHUP: read the configuration again and rescan plugins. Settings that need
-        a new socket or a new home (host, port, home) wait for a restart."""
+        """SIGHUP: read the configuration again and rescan plugins. The plugin overrides
+        and ``require_signed`` apply at once; the other settings (the socket, the home,
+        the restart budget, the fork server...) wait for a restart, and the log says
+        which changed."""
         if self.config_path is not None:
             fresh = load_config(self.config_path, host=self.config.host, port=self.config.port)
+            waiting = sorted(
+                field.name
+                for field in attrs.fields(DaemonConfig)
+                if field.name not in _RELOADED
+                and getattr(fresh, field.name) != getattr(self.config, field.name)
+            )
+            if waiting:
+                log.warning("reload: %s take effect at the next start", ", ".join(waiting))
             self.host.config = attrs.evolve(
                 self.host.config,
                 overrides=fresh.overrides,
@@ -81,6 +91,10 @@ class Daemon:
         results = await self.host.load_all()
         self.reloads += 1
         return results
+
+
+_RELOADED = frozenset({"overrides", "require_signed", "source", "host", "port"})
+"""Settings that SIGHUP applies (host and port are the running socket's, by design)."""
 
 
 def host_config(config: DaemonConfig) -> HostConfig:

@@ -325,7 +325,7 @@ class ChaosRun:
         self._started = start = trio.current_time()
         before = {p: s.restarts for p, s in self._snapshots().items()}
         letters_before = {id(d) for d in self.runtime.dead_letters()}
-        late_before = {id(e) for e in self.runtime.router.late_replies}
+        late_before = {r.envelope_id for r in self.runtime.router.late_replies}
         # Ids of their own (chaos1-1, chaos2-1... so that the faults of earlier runs are
         # not mistaken for this one's), random sources named by position (chaos-1...)
         # so that the same seed replays the same decisions.
@@ -370,9 +370,9 @@ class ChaosRun:
             if (d.envelope.correlation_id or "").startswith("chaos:")
         }
         late = {
-            int(e.correlation_id.partition(":")[2])
-            for e in self.runtime.router.late_replies
-            if id(e) not in late_before and (e.correlation_id or "").startswith("chaos:")
+            int(r.correlation_id.partition(":")[2])
+            for r in self.runtime.router.late_replies
+            if r.envelope_id not in late_before and (r.correlation_id or "").startswith("chaos:")
         }
         firings = [
             f for f in self.runtime.faults.firings() if (f.fault_id, f.number) in self._seen_firings

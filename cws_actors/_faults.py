@@ -369,7 +369,8 @@ def _fail_reply(cell: ActorCell, envelope: Envelope, error: InjectedFault) -> No
     if envelope.reply is not None:
         failure = HandlerFailed(cell.path, error)
         failure.__cause__ = error
-        envelope.reply.set_error(failure)
+        if not envelope.reply.set_error(failure):  # a latency fault outlasted the ask
+            cell.router.answered_late(envelope)
 
 
 def _drop(cell: ActorCell, envelope: Envelope, fault: _Fault) -> None:

@@ -214,15 +214,17 @@ class _Request:
 
 @attrs.define(eq=False)
 class ForkServer:
-    """The host's handle on the server. Start it with ``nursery.start(server.run, env)``;
+    """The host's handle on the server. Start it with ``nursery.start(server.run, env)``,
+    which raises OSError if the server cannot start or does not get ready; once started,
     ``run`` returns (it never raises) when the server dies or the host closes it."""
 
     reply_timeout: float = 10.0
     """A fork takes milliseconds: a server that does not answer a spawn in this long is
     stuck, and that spawn gives up with ForkServerGone."""
-    ready_timeout: float = 120.0
+    ready_timeout: float = 30.0
     """How long the server may take to import what its children inherit, the first time
-    on a cold machine included (``.pyc`` files written, a cold disk cache)."""
+    on a cold machine included (``.pyc`` files written, a cold disk cache); past it,
+    plugins start fresh interpreters (well within systemd's 90 s start timeout)."""
     _socket: trio.socket.SocketType | None = None
     _process: trio.Process | None = None
     _children: dict[int, ForkedProcess] = attrs.field(factory=dict)
@@ -250,15 +252,17 @@ class ForkServer:
         finally:
             theirs.close()
         self._process = process
-        self._socket = sock = trio.socket.from_stdlib_socket(ours)
+        sock = trio.socket.from_stdlib_socket(ours)
         problem: str | None = "was cancelled while starting"
         try:
             problem = await self._wait_ready(sock)
             if problem is None:
+                self._socket = sock  # running: spawns go to it from now on
                 task_status.started()
                 await self._read_reports(sock)
         finally:
             if problem is not None:
+                sock.close()
                 process.kill()  # it never served: nothing of it is worth a grace period
             with trio.CancelScope(shield=True):
                 await self._shut_down(process)

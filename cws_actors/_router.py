@@ -39,6 +39,17 @@ _RESTARTING = frozenset({ChildState.STARTING, ChildState.RESTARTING, ChildState.
 _NOT_READY_RETRY = 1.0
 
 
+@attrs.frozen
+class LateReply:
+    """An ask handled after its asker had stopped waiting (the payload is not kept)."""
+
+    envelope_id: int
+    target: str
+    correlation_id: str | None
+    at: float
+    """When its handler finished, on Trio's clock."""
+
+
 @attrs.define(eq=False)
 class Router:
     """Checks, in order: the target exists; its deadline has not passed; it is running
@@ -55,7 +66,7 @@ class Router:
     rejected: collections.Counter[tuple[str, str]] = attrs.field(
         factory=collections.Counter, init=False
     )
-    late_replies: collections.deque[Envelope] = attrs.field(
+    late_replies: collections.deque[LateReply] = attrs.field(
         factory=lambda: collections.deque(maxlen=10_000), init=False
     )
     """Asks handled after their asker stopped waiting (it timed out): delivered and
@@ -132,7 +143,9 @@ class Router:
 
     def answered_late(self, envelope: Envelope) -> None:
         """An ask whose handler finished after the asker had its error (a timeout)."""
-        self.late_replies.append(envelope)
+        self.late_replies.append(
+            LateReply(envelope.id, envelope.target, envelope.correlation_id, trio.current_time())
+        )
         self.late[envelope.target] += 1
 
     def bury(self, path: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from api._config import ConfigError, DaemonConfig, load_config
-from api._daemon import Daemon, serve_daemon
+from api._daemon import Daemon, open_daemon, serve_daemon
 
 from ..plugins._fixtures import write_plugin
 from ..plugins.test_host import wait_until
@@ -149,3 +149,27 @@ async def test_systemd_notify_ready_watchdog_and_stopping(
     assert ready[1] == f"STATUS=serving {daemon.url}"
     assert f"MAINPID={os.getpid()}" in ready
     assert messages[-1] == "STOPPING=1"
+
+
+async def test_a_reload_applies_overrides_and_names_the_settings_that_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    home = tmp_path / "home"
+    path = tmp_path / "cws.toml"
+    base = (
+        f'[daemon]\nhome = "{home}"\n'
+        f'[plugins]\nentry_points = false\nsystem_dir = "{home}/system"\n'
+    )
+    path.write_text(base)
+    config = load_config(path, env={}, port=0)
+    async with open_daemon(config, config_path=path) as daemon:
+        path.write_text(
+            base + "max_restarts = 3\nrestart_period = 5.0\n"
+            '[plugins.overrides.echo]\nconfig = { greeting = "hi" }\n'
+        )
+        with caplog.at_level("WARNING", logger="cws.daemon"):
+            await daemon.reload()
+        assert daemon.host.config.overrides == {"echo": {"config": {"greeting": "hi"}}}
+        assert daemon.host.config.max_restarts == 10  # the running budget stays
+        assert daemon.config.max_restarts == 3
+    assert "reload: max_restarts, restart_period take effect at the next start" in caplog.text

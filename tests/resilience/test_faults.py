@@ -643,6 +643,14 @@ async def test_an_ask_handled_after_its_timeout_is_answered_late_not_lost(
         await trio.sleep(0.5)  # the handler finishes, with nobody waiting
         assert [e.correlation_id for e in runtime.router.late_replies] == ["c-1"]
         assert runtime.router.late["/a"] == 1
+        await spawn_echo(runtime, "b")  # failed by error_rate after the ask gave up: late too
+        runtime.faults.inject("/b", "latency:300ms")
+        runtime.faults.inject("/b", "error_rate:1")
+        with pytest.raises(AskTimeout):
+            await runtime.router.ask("/b", "slow", timeout=0.1, correlation_id="c-2")
+        await trio.sleep(0.5)
+        assert [r.correlation_id for r in runtime.router.late_replies] == ["c-1", "c-2"]
+        runtime.faults.clear(target="/b")
         assert list(runtime.dead_letters()) == []  # handled, so not a dead letter
 
         plan = ChaosPlan.from_dict(
