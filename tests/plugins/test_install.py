@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -18,7 +19,7 @@ from cws_actors._archive import make_archive
 from cws_actors._signing import generate_keypair, sign
 
 from ._fixtures import PLUGIN_CODE, write_plugin
-from .test_host import TIMEOUT, opened, wait_until
+from .test_host import TIMEOUT, opened
 
 
 def snapshot(home: Path) -> dict[str, bytes]:
@@ -280,9 +281,21 @@ async def test_system_plugins_are_not_removed_or_updated(tmp_path: Path, source:
 
 
 INSTALLER = """
-import sys, trio
+import sys, time, trio
 from pathlib import Path
 from cws_actors import HostConfig, open_plugin_host, open_runtime
+from cws_actors import _install
+
+unpack = _install.unpack_archive
+
+def unpack_then_wait(*args, **kwargs):
+    # The archive is unpacked into the staging folder, not yet checked or renamed into
+    # place: say so, and stay there until the test kills this process.
+    unpack(*args, **kwargs)
+    print("unpacked", flush=True)
+    time.sleep(3600)
+
+_install.unpack_archive = unpack_then_wait
 
 async def main():
     home, source = Path(sys.argv[1]), Path(sys.argv[2])
@@ -295,26 +308,36 @@ trio.run(main)
 
 
 async def test_a_kill_mid_install_leaves_the_previous_state(tmp_path: Path) -> None:
-    """SIGKILL the installing daemon while it unpacks a big archive: the plugins folder
-    is as it was, and the next daemon tidies the leftovers."""
+    """SIGKILL the installing daemon once it has unpacked an archive into its staging
+    folder (it says so, then waits there): the plugins folder is as it was, and the next
+    daemon tidies the leftovers."""
     home = tmp_path / "home"
     write_plugin(home / "plugins", "other")
     big = write_plugin(tmp_path / "src", "big")
-    for index in range(400):
+    for index in range(20):
         (big / f"data_{index}.bin").write_bytes(os.urandom(64 * 1024))
     archive = make_archive(big, tmp_path / "big.cwsplugin")
     before = snapshot(home)
-    with trio.fail_after(TIMEOUT):
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-c", INSTALLER, str(home), str(archive)]
-        )
-
-        async def staging_started() -> bool:
-            return any(p.name.startswith(".staging-") for p in (home / "plugins").iterdir())
-
-        await wait_until(staging_started, timeout=TIMEOUT)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", INSTALLER, str(home), str(archive)], stdout=subprocess.PIPE
+    )
+    try:
+        with trio.fail_after(TIMEOUT):
+            assert process.stdout is not None
+            said = b""
+            while b"unpacked" not in said:
+                chunk = await process.stdout.receive_some()
+                assert chunk, "the installer ended before it unpacked"
+                said += chunk
+            staged = [p for p in (home / "plugins").iterdir() if p.name.startswith(".staging-")]
+            assert len(staged) == 1  # mid-install: staged, not yet in place
+    finally:
         process.send_signal(signal.SIGKILL)
-        await process.wait()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            if process.stdout is not None:
+                await process.stdout.aclose()
+    with trio.fail_after(TIMEOUT):
         assert not (home / "plugins/big").exists()
         assert {k: v for k, v in snapshot(home).items() if not k.startswith(".")} == before
         async with opened(home) as host:
