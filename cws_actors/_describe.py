@@ -41,6 +41,7 @@ def describe_spec(
         "entry": entry,
         "folder": os.fspath(folder) if folder is not None else None,
         "limits": limits,
+        "parent_pid": os.getpid(),  # the describing process exits when this one is gone
     }
 
 

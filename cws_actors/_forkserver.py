@@ -16,8 +16,10 @@ itself, so forking it is safe. The host talks to it over a ``SOCK_SEQPACKET`` so
 Replies are matched to requests by id, so a spawn that is cancelled or times out never
 hands its child to the next one: a reply nobody waits for any more gets its child
 killed. The host's signals go through the pidfd, so they never reach a recycled pid.
-The server exits when the host's end of the socket closes (the daemon died or closed);
-its children exit when their stdin closes, as a directly started runner does. If the
+The server exits when the host's end of the socket closes (the host closed it) or when
+the daemon process is gone (a pidfd of it in the server's selector: even a daemon killed
+with SIGKILL); its children die with it (``PR_SET_PDEATHSIG``, exact here because the
+server is single-threaded) and also exit when their stdin closes. If the
 server dies, every spawn waiting on it fails with :class:`ForkServerGone` (the driver
 then starts a fresh interpreter) and ``ForkServer.run`` returns.
 """
@@ -50,10 +52,14 @@ _log = logging.getLogger("cws.plugins")
 # ---------------------------------------------------------------------- the server
 
 
-def serve(control: socket.socket) -> None:
-    """The server's loop: fork on request, report every exit."""
+def serve(control: socket.socket, daemon: int) -> None:
+    """The server's loop: fork on request, report every exit; return when the host's
+    socket closes or the daemon process ``daemon`` is gone."""
     from . import _plugin_runner  # noqa: F401 - imported once here, inherited by every child
 
+    if os.getppid() != daemon:
+        return  # the daemon died while this interpreter started
+    lifeline = _open_lifeline(daemon)
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
@@ -63,11 +69,18 @@ def serve(control: socket.socket) -> None:
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_read, selectors.EVENT_READ, "child")
+    if lifeline is not None:
+        selector.register(lifeline, selectors.EVENT_READ, "daemon")
     # Imported (and on a cold machine compiled) what every child inherits: the host
     # counts a spawn's reply_timeout from here on.
     control.send(json.dumps({"type": "ready"}).encode())
+    server = os.getpid()
     while True:
-        for key, _ in selector.select():
+        # Without a pidfd, look at our parent every half second instead.
+        events = selector.select(None if lifeline is not None else 0.5)
+        if _daemon_gone(events, daemon):
+            return  # the daemon died: our children follow us (their death signal)
+        for key, _ in events:
             if key.data == "child":
                 try:
                     while os.read(wake_read, 4096):
@@ -82,11 +95,30 @@ def serve(control: socket.socket) -> None:
             request = json.loads(message)
             pid = os.fork()
             if pid == 0:
-                _child(request, fds, control, (wake_read, wake_write))
+                _child(request, fds, control, server, (wake_read, wake_write, lifeline))
             for fd in fds:
                 os.close(fd)
             _send_forked(control, request["id"], pid)
         _reap(control)
+
+
+def _open_lifeline(daemon: int) -> int | None:
+    """A pidfd of the daemon, readable once the daemon process has exited; None where
+    pidfds are missing. Why not ``PR_SET_PDEATHSIG``: see
+    :func:`cws_actors._plugin_runner.exit_with_parent` (the daemon starts us from a
+    worker thread, which Trio retires when idle)."""
+    try:
+        pidfd = os.pidfd_open(daemon)
+    except (AttributeError, OSError):
+        return None
+    if os.getppid() != daemon:  # died meanwhile: the pid may name another process now
+        os.close(pidfd)
+        os._exit(0)
+    return pidfd
+
+
+def _daemon_gone(events: list[tuple[selectors.SelectorKey, int]], daemon: int) -> bool:
+    return any(key.data == "daemon" for key, _ in events) or os.getppid() != daemon
 
 
 def _send_forked(control: socket.socket, request_id: int, pid: int) -> None:
@@ -113,15 +145,27 @@ def _reap(control: socket.socket) -> None:
 
 
 def _child(
-    request: dict[str, Any], fds: list[int], control: socket.socket, wake: tuple[int, int]
+    request: dict[str, Any],
+    fds: list[int],
+    control: socket.socket,
+    server: int,
+    private: tuple[int | None, ...],
 ) -> None:
     code = 1
     try:
+        from ._plugin_runner import EXIT_ORPHANED, set_parent_death_signal
+
+        # Our parent is the server's only thread, which lives as long as the server: the
+        # kernel's parent-death signal is exact here, stopped or busy processes included.
+        set_parent_death_signal()
+        if os.getppid() != server:
+            os._exit(EXIT_ORPHANED)  # the server died before the signal was armed
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         control.close()
-        for fd in wake:
-            os.close(fd)
+        for fd in private:  # the server's wake-up pipe and its pidfd of the daemon
+            if fd is not None:
+                os.close(fd)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
@@ -129,7 +173,7 @@ def _child(
         os.environ.update(request["env"])
         from ._plugin_runner import run
 
-        run(request["spec"])
+        run({**request["spec"], "parent_pid": server})
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
@@ -144,10 +188,7 @@ def _child(
 
 
 def main() -> None:
-    from ._plugin_runner import _die_with_parent
-
-    _die_with_parent()  # the fork server too ends with the daemon, whatever it is doing
-    serve(socket.socket(fileno=int(sys.argv[1])))
+    serve(socket.socket(fileno=int(sys.argv[1])), daemon=int(sys.argv[2]))
 
 
 # ---------------------------------------------------------------------- the host side
@@ -241,7 +282,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-c", _SERVER_COMMAND, str(theirs.fileno())],
+                [sys.executable, "-c", _SERVER_COMMAND, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,

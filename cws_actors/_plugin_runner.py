@@ -3,8 +3,9 @@
 It applies its resource limits before any plugin code runs, moves the protocol off
 stdout (a plugin's ``print`` lands in stderr, which the daemon logs), imports the
 plugin, says hello, then answers the host's requests one at a time. It exits when the
-host says stop, on SIGTERM (after the plugin's ``stop``), or when its stdin closes,
-which is how a dead daemon takes its plugins with it.
+host says stop, on SIGTERM (after the plugin's ``stop``), when its stdin closes, or at
+once when the process that started it is gone (:func:`exit_with_parent`), which is how a
+dead daemon takes its plugins with it even while one is busy in a handler.
 
 ``python -m cws_actors._plugin_runner --describe SPEC`` only imports the plugin (under
 the same limits) and writes its class's capabilities to stdout as JSON: how the daemon
@@ -17,8 +18,11 @@ import ctypes
 import json
 import os
 import resource
+import select
 import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any, NoReturn
@@ -186,27 +190,73 @@ def describe(spec: dict[str, Any]) -> None:
         out.write(data)
 
 
+EXIT_ORPHANED = 5
+"""Exit code when the process that started this one (the daemon, or its fork server)
+is gone. Nobody waits for it; it tells a reader of a leftover log what happened."""
+
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent (the daemon, or its fork
-    server) dies, so that a dead daemon takes its plugins with it even while one is busy
-    in a handler or a slow import and not reading its stdin."""
-    if not sys.platform.startswith("linux"):
+def exit_with_parent(parent: int | None) -> None:
+    """End this process as soon as ``parent``, the process that started it, is gone,
+    whatever this process is doing: idle, busy in a handler, or importing.
+
+    Why not ``PR_SET_PDEATHSIG`` alone: Linux sends the parent-death signal when the
+    *thread* that forked us exits, not the process. ``trio.lowlevel.open_process``
+    spawns from a Trio worker thread, and Trio retires idle worker threads after 10 s,
+    so a daemon that spawned a plugin and then sat idle killed it 10 s later (issue 14).
+
+    What we do instead is tied to the process: a pidfd of the parent becomes readable
+    when the whole process has exited, and a thread of ours blocked in ``poll`` on it
+    ends this process at once (a busy pure-Python handler gives the thread the GIL
+    within the interpreter's switch interval, 5 ms). Where pidfds are missing (not
+    Linux, or a kernel before 5.3) the thread polls ``getppid()`` four times a second.
+    ``parent`` is the pid the starter says it has; if ``getppid()`` already differs,
+    the parent died while this interpreter started, and we exit now.
+
+    A plugin forked by the fork server also sets ``PR_SET_PDEATHSIG``: its parent is the
+    server's only thread, which lives as long as the server, so there the kernel's
+    signal is exact and reaches even a stopped or GIL-holding process (the server itself
+    watches the daemon the same way, through its selector)."""
+    if parent is None:
         return
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(EXIT_IMPORT)
+    if os.getppid() != parent:
+        os._exit(EXIT_ORPHANED)
+    try:
+        pidfd: int | None = os.pidfd_open(parent)
+    except (AttributeError, OSError):
+        pidfd = None
+    if os.getppid() != parent:  # died between the check and the pidfd: maybe not ours
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(
+        target=_wait_for_parent, args=(parent, pidfd), name="cws-exit-with-parent", daemon=True
+    ).start()
+
+
+def _wait_for_parent(parent: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
+    else:
+        while os.getppid() == parent:
+            time.sleep(0.25)
+    os._exit(EXIT_ORPHANED)
+
+
+def set_parent_death_signal() -> None:
+    """SIGKILL this process when the thread that forked it exits: exact only when that
+    thread lives as long as its process (see :func:`exit_with_parent`)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _import_limited(spec: dict[str, Any]) -> tuple[type[Plugin], int]:
     """Limits first, then the protocol moved off stdout, then the plugin's import; the
     plugin class and the protocol's file descriptor. Exits with EXIT_IMPORT if the
     import fails."""
-    _die_with_parent()
+    exit_with_parent(spec.get("parent_pid"))
     # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon
     # decides when its plugins stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
