@@ -144,9 +144,10 @@ def create_app(daemon: Daemon) -> QuartTrio:
     @app.get("/readyz")
     async def readyz() -> Any:
         await _open_or_token(daemon, principal)
-        if not daemon.ready:
-            raise HTTPProblem(503, "Not ready", "the daemon is starting or stopping",
-                              headers={"Retry-After": "1"})  # fmt: skip
+        waiting = daemon.waiting_for()
+        if waiting:
+            raise HTTPProblem(503, "Not ready", "waiting for: " + "; ".join(waiting),
+                              headers={"Retry-After": "1"}, waiting=waiting)  # fmt: skip
         return {"status": "ready"}
 
     @app.get("/metrics")

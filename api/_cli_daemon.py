@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncclick as click
 
 from ._cli_errors import CLIError, UsageProblem
-from ._config import DEFAULT_PORT, ConfigError, load_config
+from ._config import DEFAULT_PORT, ConfigError, DaemonConfig, load_config
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -39,7 +39,8 @@ async def daemon(
     configuration and rescans plugins.
     """
     # Imported here: hypercorn and the app are heavy, and only this command needs them.
-    from ._daemon import serve_daemon
+    from ._daemon import AddressInUse
+    from ._home_lock import HomeInUse
 
     try:
         config = load_config(config_file, host=host, port=port, home=home)
@@ -47,9 +48,18 @@ async def daemon(
         raise UsageProblem(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
     try:
+        await _serve(config, config_file)
+    except (HomeInUse, AddressInUse) as exc:  # raised before anything started
+        raise CLIError(str(exc)) from None
+
+
+async def _serve(config: DaemonConfig, config_file: Path | None) -> None:
+    from ._daemon import serve_daemon
+
+    try:
         await serve_daemon(config, config_path=config_file, on_url=_announce)
     except* OSError as group:
-        # Binding the socket (address in use, no permission) or creating the home.
+        # Binding the socket (no permission, no such address) or creating the home.
         first = group.exceptions[0]
         reason = getattr(first, "strerror", None) or str(first)
         raise CLIError(

@@ -4,11 +4,17 @@
 ``serve_daemon(config)`` also serves the app with hypercorn's Trio worker, handles
 SIGTERM/SIGINT (graceful stop) and SIGHUP (reload and rescan), and speaks the systemd
 notify protocol when ``NOTIFY_SOCKET`` is set.
+
+Start-up order: hold the home (one daemon per home), bind the socket (a port in use is
+a clear error before anything else starts), open the runtime and the host, serve and
+print the URL, then load the plugins in the background: ``/healthz`` answers at once,
+and ``/readyz`` answers 503 naming the plugins still loading until they are up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -33,6 +39,7 @@ from cws_actors import (
 )
 
 from ._config import DaemonConfig, load_config
+from ._home_lock import hold_home
 from ._metrics import Metrics
 
 log = logging.getLogger("cws.daemon")
@@ -56,16 +63,34 @@ class Daemon:
     chaos_runs: dict[str, Any] = attrs.field(factory=dict)
     """Chaos runs by id (``api._faults``), the latest last."""
     chaos_scopes: list[trio.CancelScope] = attrs.field(factory=list)
+    plugins_loaded: trio.Event = attrs.field(factory=trio.Event)
+    """Set once the first load of every enabled plugin has finished (loaded or refused)."""
 
     @property
     def ready(self) -> bool:
-        return not self.stopping and self.url is not None
+        return not self.waiting_for()
+
+    def waiting_for(self) -> list[str]:
+        """What ``/readyz`` waits for, in words; empty once ready."""
+        if self.stopping:
+            return ["the daemon is stopping"]
+        if self.url is None:
+            return ["the daemon is starting"]
+        if not self.plugins_loaded.is_set():
+            loading = self.host.loading
+            if loading:
+                return [f"plugin {name} loading" for name in loading]
+            return ["plugins being discovered"]
+        return []
 
     async def load_plugins(self) -> None:
         """Load every enabled plugin; a refused one is logged and the others go on."""
-        for name, problem in (await self.host.load_all()).items():
-            if problem is not None:
-                log.warning("plugin %s not loaded: %s", name, problem)
+        try:
+            for name, problem in (await self.host.load_all()).items():
+                if problem is not None:
+                    log.warning("plugin %s not loaded: %s", name, problem)
+        finally:
+            self.plugins_loaded.set()
 
     async def reload(self) -> dict[str, str | None]:
         """SIGHUP: read the configuration again and rescan plugins. The plugin overrides
@@ -126,6 +151,34 @@ async def open_daemon(
         yield Daemon(config, runtime, host, Metrics(runtime), config_path=config_path)
 
 
+class AddressInUse(Exception):
+    """Raised when the daemon's address is taken by another process."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket bound to ``host:port`` (as hypercorn would bind it).
+
+    Raises:
+        AddressInUse: the port is taken.
+        OSError: any other reason the address cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(
+                f"{host}:{port} is already in use: stop the other daemon (or program) that"
+                " listens there, or choose another port (--port, CWS_PORT; --port 0 picks a"
+                " free one)"
+            ) from None
+        raise
+    return sock
+
+
 async def serve_daemon(
     config: DaemonConfig,
     *,
@@ -133,15 +186,39 @@ async def serve_daemon(
     on_url: Callable[[str], None] = print,
     task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until SIGTERM or SIGINT (or cancellation), then stop gracefully."""
+    """Run the daemon until SIGTERM or SIGINT (or cancellation), then stop gracefully.
+
+    ``task_status.started(daemon)`` comes once it serves, before the plugins have loaded:
+    await ``daemon.plugins_loaded`` for them.
+
+    Raises:
+        HomeInUse: another daemon serves ``config.home``.
+        AddressInUse: the port is taken.
+    """
+    with hold_home(config.home) as home_lock:
+        listener = bind_listener(config.host, config.port)
+        try:
+            await _serve(config, config_path, on_url, listener, home_lock, task_status)
+        finally:
+            if listener.fileno() >= 0:
+                listener.close()  # hypercorn never took it
+
+
+async def _serve(
+    config: DaemonConfig,
+    config_path: Path | None,
+    on_url: Callable[[str], None],
+    listener: socket.socket,
+    home_lock: Any,
+    task_status: trio.TaskStatus[Daemon],
+) -> None:
     from ._app import create_app
     from ._instances import poll_providers
 
     async with open_daemon(config, config_path=config_path) as daemon:
         app = create_app(daemon)  # first: it guards the core routes from plugins
-        await daemon.load_plugins()
         hyper = HypercornConfig()
-        hyper.bind = [f"{config.host}:{config.port}"]
+        hyper.bind = [f"fd://{listener.detach()}"]  # hypercorn owns it from here on
         hyper.graceful_timeout = config.shutdown_grace
         hyper.accesslog = None
         hyper.errorlog = logging.getLogger("cws.http")
@@ -151,9 +228,15 @@ async def serve_daemon(
             await nursery.start(_signals, daemon, stop)  # handlers in place before serving
             binds: list[str] = await nursery.start(_serve_until, app, hyper, stop)
             daemon.url = binds[0].replace("0.0.0.0", "127.0.0.1")
+            home_lock.announce(daemon.url)
             on_url(daemon.url)
             nursery.start_soon(_systemd, daemon, stop)
-            nursery.start_soon(poll_providers, daemon, config.instance_poll_interval, stop)
+
+            async def load_then_poll() -> None:
+                await daemon.load_plugins()
+                await poll_providers(daemon, config.instance_poll_interval, stop)
+
+            nursery.start_soon(load_then_poll)
             daemon.background = nursery
             task_status.started(daemon)
             await stop.wait()

@@ -114,6 +114,7 @@ async def main(seconds: float) -> dict[str, Any]:
             daemon: Daemon = await nursery.start(
                 functools.partial(serve_daemon, config, on_url=lambda url: None)
             )
+            await daemon.plugins_loaded.wait()
             assert daemon.url is not None
             calm, hot = "/api/v1/calm/ping", "/api/v1/hot/ping"
             alone = await load(daemon.url, seconds, [(calm, CALM)])

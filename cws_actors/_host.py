@@ -117,6 +117,8 @@ class PluginStatus:
     last_error: str | None
     problem: str | None
     path: str | None
+    pid: int | None = None
+    """The plugin's process (subprocess isolation), while it runs."""
 
 
 @attrs.frozen
@@ -180,6 +182,16 @@ class _Loaded:
     path: str
 
 
+@attrs.frozen
+class _Prepared:
+    """A plugin described before the host lock was taken (or refused then)."""
+
+    discovered: DiscoveredPlugin
+    launch: PluginLaunch | None = None
+    manifest: Manifest | None = None
+    refused: PluginRefused | None = None
+
+
 @attrs.define(eq=False)
 class PluginHost:
     """Open with :func:`open_plugin_host`."""
@@ -192,6 +204,8 @@ class PluginHost:
     _lock: trio.Lock = attrs.field(factory=trio.Lock)
     _nursery: trio.Nursery | None = None
     _fork_server: ForkServer | None = None
+    _fork_server_starting: trio.Event | None = None
+    _loading: set[str] = attrs.field(factory=set)
     route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
     """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
     core route or another plugin's), or None. A plugin with such an endpoint is refused
@@ -229,33 +243,83 @@ class PluginHost:
             PluginNotFound: not discovered.
             PluginRefused: disabled, incompatible, broken, or failing to start.
         """
+        prepared = await self._prepare(name)
         async with self._lock:
-            await self._load(name)
+            await self._load(name, prepared)
         with trio.move_on_after(self.config.ready_timeout):
             with contextlib.suppress(SupervisionError):
                 await self.runtime.wait_ready(f"{PLUGINS_PATH}/{name}")
         return await self.status(name)
 
+    @property
+    def loading(self) -> list[str]:
+        """The plugins :meth:`load_all` has still to load, in its order."""
+        return sorted(self._loading)
+
     async def load_all(self) -> dict[str, str | None]:
-        """Load every enabled plugin; return each one's problem (None when loaded)."""
+        """Load every enabled plugin; return each one's problem (None when loaded).
+
+        The fork server starts beside the first loads (it imports while they describe
+        their plugins), not before them."""
         results: dict[str, str | None] = {}
         await self.discover()
         records = await self.state.plugins()
+        names = []
         for name in sorted(self._discovered):
             record = records.get(name)
             if record is not None and not record.enabled:
                 results[name] = "disabled"
-                continue
+            else:
+                names.append(name)
+        if any(self._wants_subprocess(name) for name in names):
+            self._start_fork_server_soon()
+        self._loading.update(names)
+
+        async def load_one(name: str) -> None:
             try:
                 await self.load(name)
                 results[name] = None
             except PluginError as exc:
                 results[name] = str(exc)
-        return results
+            finally:
+                self._loading.discard(name)
 
-    async def _load(self, name: str) -> None:
+        # Side by side: a plugin whose import is slow (or hangs until start_timeout) does
+        # not hold up the others. Their starts still take the host lock one at a time.
+        try:
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(load_one, name)
+        finally:
+            self._loading.difference_update(names)
+        return {name: results[name] for name in sorted(results)}
+
+    def _wants_subprocess(self, name: str) -> bool:
+        manifest = self._discovered[name].manifest
+        return (
+            manifest is not None
+            and self._effective(manifest.metadata).isolation is Isolation.SUBPROCESS
+        )
+
+    async def _prepare(self, name: str) -> _Prepared | None:
+        """What loading ``name`` needs that may take long (describing a subprocess
+        plugin imports its code in a process of its own), done before the host lock is
+        taken so that other loads go on meanwhile. None if it is loaded already."""
         if name in self._loaded:
-            return
+            return None
+        try:
+            discovered = await self._loadable(name)
+        except PluginError:
+            return None  # judged again under the lock, where it counts
+        try:
+            launch, manifest = await self._launch(discovered)
+        except PluginRefused as exc:
+            # Final only if the plugin is still the one described once the lock is ours
+            # (a remove or an update may be changing its files meanwhile).
+            return _Prepared(discovered, refused=exc)
+        return _Prepared(discovered, launch, manifest)
+
+    async def _loadable(self, name: str) -> DiscoveredPlugin:
         discovered = self._discovered.get(name)
         if discovered is None:
             await self.discover()
@@ -267,7 +331,19 @@ class PluginHost:
         record = (await self.state.plugins()).get(name)
         if record is not None and not record.enabled:
             raise PluginRefused(name, "it is disabled; enable it first")
-        launch, manifest = await self._launch(discovered)
+        return discovered
+
+    async def _load(self, name: str, prepared: _Prepared | None = None) -> None:
+        if name in self._loaded:
+            return
+        discovered = await self._loadable(name)
+        if prepared is not None and prepared.discovered is discovered:
+            if prepared.refused is not None:
+                raise prepared.refused
+            assert prepared.launch is not None and prepared.manifest is not None
+            launch, manifest = prepared.launch, prepared.manifest
+        else:  # not prepared, or rediscovered meanwhile: its files may have changed
+            launch, manifest = await self._launch(discovered)
         self._check_routes(name, launch)
         if launch.metadata.isolation is Isolation.SUBPROCESS:
             await self._start_fork_server()
@@ -337,11 +413,22 @@ class PluginHost:
         await self.discover()
         return await self.load(name)
 
+    def _start_fork_server_soon(self) -> None:
+        """Start the fork server in the background (a load that needs it waits)."""
+        if self._nursery is not None and self._fork_server_starting is None:
+            self._nursery.start_soon(self._start_fork_server)
+
     async def _start_fork_server(self) -> None:
+        """Return once the fork server runs, or failed to start (then plugins start
+        fresh interpreters); a start already under way is waited for, not repeated."""
         if not self.config.fork_server or self._nursery is None:
             return
         if self._fork_server is not None and self._fork_server.running:
             return
+        if self._fork_server_starting is not None:
+            await self._fork_server_starting.wait()
+            return
+        self._fork_server_starting = settled = trio.Event()
         self._fork_server = ForkServer()
         env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
         try:
@@ -351,6 +438,9 @@ class PluginHost:
                 "the fork server did not start (%s); plugins start a fresh interpreter", exc
             )
             self._fork_server = None
+        finally:
+            self._fork_server_starting = None
+            settled.set()
 
     def _make_driver(self, loaded: _Loaded) -> Any:
         def make_driver(launch: PluginLaunch) -> PluginDriver:
@@ -661,6 +751,7 @@ class PluginHost:
             last_error=counters.last_error,
             problem=discovered.problem,
             path=loaded.path if loaded is not None else None,
+            pid=counters.pid if state == ChildState.RUNNING.value else None,
         )
 
     async def statuses(self) -> list[PluginStatus]:

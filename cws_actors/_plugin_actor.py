@@ -233,6 +233,7 @@ class SubprocessDriver:
             "config": dict(launch.config),
             "data_dir": str(launch.data_dir),
             "limits": attrs.asdict(launch.metadata.limits),
+            "parent_pid": os.getpid(),  # the runner exits when this process is gone
         }
         env = plugin_environment(launch)
         process: trio.Process | ForkedProcess

@@ -19,9 +19,12 @@ TIMEOUT = 30
 
 
 @contextlib.asynccontextmanager
-async def running_daemon(home: Path, **settings: Any) -> AsyncIterator[Daemon]:
+async def running_daemon(
+    home: Path, *, wait_for_plugins: bool = True, **settings: Any
+) -> AsyncIterator[Daemon]:
     """Serve a daemon whose home is ``home`` (no entry points, no system plugins unless
-    ``settings`` say otherwise) until the block ends."""
+    ``settings`` say otherwise) until the block ends; its plugins have loaded when the
+    block starts, unless ``wait_for_plugins`` is false."""
     settings = {"entry_points": False, "system_dir": home / "system", **settings}
     config = load_config(None, env={}, home=home, port=0, **settings)
     async with trio.open_nursery() as nursery:
@@ -29,6 +32,8 @@ async def running_daemon(home: Path, **settings: Any) -> AsyncIterator[Daemon]:
             functools.partial(serve_daemon, config, on_url=lambda url: None)
         )
         try:
+            if wait_for_plugins:
+                await daemon.plugins_loaded.wait()
             yield daemon
         finally:
             nursery.cancel_scope.cancel()

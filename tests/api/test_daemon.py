@@ -91,6 +91,7 @@ async def test_sigterm_lets_requests_in_flight_finish_then_stops(tmp_path: Path)
             daemon: Daemon = await nursery.start(
                 functools.partial(serve_daemon, _config(home), on_url=lambda url: None)
             )
+            await daemon.plugins_loaded.wait()
 
             async def slow_request() -> None:
                 async with client(daemon) as http:
@@ -112,6 +113,7 @@ async def test_sighup_rescans_plugins(tmp_path: Path) -> None:
             daemon: Daemon = await nursery.start(
                 functools.partial(serve_daemon, _config(home), on_url=lambda url: None)
             )
+            await daemon.plugins_loaded.wait()
             assert daemon.host.loaded_names() == []
             write_plugin(home / "plugins", "echo")
             os.kill(os.getpid(), signal.SIGHUP)
@@ -139,6 +141,7 @@ async def test_systemd_notify_ready_watchdog_and_stopping(
             daemon: Daemon = await nursery.start(
                 functools.partial(serve_daemon, _config(home), on_url=lambda url: None)
             )
+            await daemon.plugins_loaded.wait()
             while "WATCHDOG=1" not in messages:
                 messages.append((await listener.recv(4096)).decode())
             os.kill(os.getpid(), signal.SIGTERM)

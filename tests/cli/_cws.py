@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import attrs
+import httpx
 import trio
 
 CWS = str(Path(sys.executable).parent / "cws")
@@ -80,6 +81,13 @@ async def close_pipes(process: trio.Process) -> None:
             await pipe.aclose()
 
 
+async def wait_until_ready(url: str) -> None:
+    """Poll ``/readyz`` until 200: the daemon serves before its plugins have loaded."""
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+        while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110 - a process
+            await trio.sleep(0.02)
+
+
 @attrs.frozen
 class Daemon:
     url: str
@@ -110,6 +118,7 @@ async def cws_daemon(
         assert process.stdout is not None
         with trio.fail_after(TIMEOUT):
             url = await Lines(process.stdout).next()
+            await wait_until_ready(url)
         yield Daemon(url, home, env | {"CWS_URL": url}, process, log)
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(TIMEOUT):
