@@ -5,41 +5,51 @@ state database directly; the other commands talk to a running daemon over HTTP
 (:mod:`api._cli_remote`), and any other word is looked up among the plugins' commands
 (:mod:`api._cli_plugins`). Exit codes: 0 ok, 1 error, 2 usage, 3 daemon unreachable,
 4 not authorized (:mod:`api._cli_errors`).
+
+The built-in commands are imported when they are used (``_COMMANDS``), so that
+``cws --version`` or ``cws plugin list`` does not pay for the daemon's imports.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import random
+import importlib
 from pathlib import Path
-from typing import Any
 
 import asyncclick as click
-import trio
-
-from supervision import (
-    Backoff,
-    ChildSpec,
-    OnExhausted,
-    Probe,
-    ProbeKind,
-    Strategy,
-    Supervisor,
-    open_supervisor,
-    supervisor_spec,
-)
 
 from ._cli_common import HOME_HELP, TOKEN_HELP, URL_HELP, Options
-from ._cli_daemon import daemon
-from ._cli_faults import chaos, faults
-from ._cli_instances import instances
 from ._cli_plugins import CwsGroup
-from ._cli_remote import actors, dead_letters, events, plugin
-from ._cli_tokens import token_group
+
+_COMMANDS = {
+    "actors": "api._cli_remote:actors",
+    "chaos": "api._cli_faults:chaos",
+    "daemon": "api._cli_daemon:daemon",
+    "dead-letters": "api._cli_remote:dead_letters",
+    "demo": "api._cli_demo:demo",
+    "events": "api._cli_remote:events",
+    "faults": "api._cli_faults:faults",
+    "instances": "api._cli_instances:instances",
+    "plugin": "api._cli_remote:plugin",
+    "token": "api._cli_tokens:token_group",
+}
+"""Built-in command -> ``module:attribute``, imported on first use."""
 
 
-@click.group(cls=CwsGroup)
-@click.version_option(importlib.metadata.version("cws-actors"), prog_name="cws")
+class LazyGroup(CwsGroup):
+    """The root group: built-in commands from ``_COMMANDS``, imported when named."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _COMMANDS and cmd_name not in self.commands:
+            module, _, attribute = _COMMANDS[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(_COMMANDS))
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="cws-actors", prog_name="cws")
 @click.option("--url", metavar="URL", default=None, help=URL_HELP)
 @click.option("--token", metavar="TOKEN", default=None, help=TOKEN_HELP)
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -51,91 +61,6 @@ async def cli(ctx: click.Context, url: str | None, token: str | None, home: Path
     Exit codes: 0 ok, 1 error, 2 usage error, 3 daemon unreachable, 4 not authorized.
     """
     ctx.obj = Options(url=url, token=token, home=home)
-
-
-for _command in (daemon, token_group, plugin, instances, actors, events, dead_letters, faults,
-                 chaos):  # fmt: skip
-    cli.add_command(_command)
-
-
-def _worker(name: str) -> Any:
-    async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started(name)
-        await trio.sleep_forever()
-
-    return run
-
-
-def _flaky(rng: random.Random, crash_probability: float) -> Any:
-    async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        while True:
-            await trio.sleep(0.5)
-            if rng.random() < crash_probability:
-                raise RuntimeError("flaky worker lost its connection")
-
-    return run
-
-
-def _hanger(rng: random.Random, health: dict[str, bool]) -> Any:
-    async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        health["alive"] = True
-        task_status.started()
-        while True:
-            await trio.sleep(0.5)
-            if rng.random() < 0.1:
-                health["alive"] = False  # stuck: only liveness can tell
-                await trio.sleep_forever()
-
-    return run
-
-
-def _report(supervisor: Supervisor, elapsed: float) -> str:
-    parts = []
-    for child in supervisor.statistics().children:
-        last = f" last={child.last_exit}" if child.last_exit else ""
-        parts.append(f"{child.id}={child.state.value}(restarts={child.restarts}{last})")
-    return f"[{elapsed:5.1f}s] " + "  ".join(parts)
-
-
-@cli.command()
-@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds to run.")
-@click.option("--seed", type=int, default=None, help="Seed the crashes and the backoff jitter.")
-async def demo(duration: float, seed: int | None) -> None:
-    """Run a live supervision tree: a flaky worker with backoff, a worker that hangs and
-    is caught by its liveness probe, and a nested rest_for_one subtree."""
-    if duration <= 0:
-        raise click.BadParameter(f"must be > 0, got {duration}", param_hint="--duration")
-    rng = random.Random(seed)
-    health = {"alive": True}
-    started = trio.current_time()
-    async with open_supervisor(max_restarts=50, period=10, name="demo", rng=rng) as root:
-        await root.start_child(
-            supervisor_spec(
-                "pipeline", [ChildSpec("reader", _worker("reader")),
-                             ChildSpec("writer", _worker("writer"))],
-                strategy=Strategy.REST_FOR_ONE,
-            )
-        )  # fmt: skip
-        await root.start_child(
-            ChildSpec(
-                "flaky",
-                _flaky(rng, 0.3),
-                backoff=Backoff(0.1, 2.0),
-                on_exhausted=OnExhausted.QUARANTINE,
-            )
-        )
-        liveness = Probe(
-            ProbeKind.LIVENESS, lambda: health["alive"], period=0.5, failure_threshold=2
-        )
-        await root.start_child(
-            ChildSpec("hanger", _hanger(rng, health), probes=[liveness], shutdown=1)
-        )
-        with trio.move_on_after(duration):
-            while True:
-                await trio.sleep(1)
-                click.echo(_report(root, trio.current_time() - started))
-        click.echo("final: " + _report(root, trio.current_time() - started))
 
 
 def main() -> None:

@@ -8,13 +8,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncclick as click
 import attrs
 
-from ._client import Connection, DaemonClient, open_client, resolve_connection
 from ._config import default_home
+
+if TYPE_CHECKING:  # httpx is imported by the commands that talk to the daemon
+    from ._client import Connection, DaemonClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +33,8 @@ class Options:
     home: Path | None = None
 
     def connection(self) -> Connection:
+        from ._client import resolve_connection
+
         return resolve_connection(url=self.url, token=self.token, home=self.home)
 
     def home_folder(self) -> Path:
@@ -87,6 +91,8 @@ def json_option(command: F) -> F:
 @contextlib.asynccontextmanager
 async def connect() -> AsyncIterator[DaemonClient]:
     """A client of the daemon this invocation talks to."""
+    from ._client import open_client
+
     async with open_client(options().connection()) as client:
         yield client
 

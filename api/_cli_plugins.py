@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncclick as click
 import attrs
 from asyncclick.core import ParameterSource
 
 from ._cli_errors import CLIError, DaemonUnreachable, UsageProblem
-from ._client import Connection, fetch_cli_specs, open_client, resolve_connection
+
+if TYPE_CHECKING:  # httpx is imported only when a plugin command is looked up
+    from ._client import Connection
 
 _CATALOG = "cws.plugin_catalog"
 _TYPES: Mapping[str, click.ParamType[Any]] = {
@@ -136,6 +138,8 @@ class CwsGroup(click.Group):
         """The plugin commands, fetched once per invocation."""
         root = ctx.find_root()
         if _CATALOG not in root.meta:
+            from ._client import fetch_cli_specs, resolve_connection
+
             params = root.params
             connection = resolve_connection(
                 url=params.get("url"), token=params.get("token"), home=params.get("home")
@@ -145,7 +149,8 @@ class CwsGroup(click.Group):
             except CLIError as exc:  # help and built-in commands work without plugins
                 root.meta[_CATALOG] = Catalog(connection, problem=exc)
             else:
-                root.meta[_CATALOG] = build_catalog(connection, specs, reserved=set(self.commands))
+                reserved = set(self.list_commands(ctx))
+                root.meta[_CATALOG] = build_catalog(connection, specs, reserved=reserved)
         catalog: Catalog = root.meta[_CATALOG]
         return catalog
 
@@ -301,6 +306,8 @@ async def _run_group(
 
 async def execute(ctx: click.Context, connection: Connection, argv: list[str]) -> None:
     """Run a plugin command on the daemon; print its output; exit with its code."""
+    from ._client import open_client
+
     async with open_client(connection) as client:
         result = await client.post("/api/v1/cli/execute", {"args": argv})
     if not isinstance(result, dict) or not isinstance(result.get("exit_code"), int):

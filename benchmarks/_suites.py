@@ -38,6 +38,18 @@ TARGETS: dict[str, Target] = {
         "a plugin driven at 10x its rate limit is refused cheaply enough that the typical"
         " request to the plugin beside it is at most 1.5x slower than with no storm",
     ),
+    "startup.healthz": Target(
+        "<=",
+        4.0,
+        "cws daemon answers /healthz within 4x an interpreter that imports trio (quart-trio"
+        " and hypercorn alone import in about 3x)",
+    ),
+    "startup.cli_version": Target(
+        "<=", 2.0, "the CLI imports lazily: cws --version within 2x an import of httpx"
+    ),
+    "startup.cli_plugin_list": Target(
+        "<=", 2.0, "cws plugin list, a round trip to the daemon, within 2x an import of httpx"
+    ),
     "http.plugin_rps": Target(
         ">=", 0.85, "routing through the plugin's actor costs at most 15% of a bare route"
     ),
@@ -192,6 +204,28 @@ def ratelimit_rows(f: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def run_startup(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_startup
+
+    return bench_startup.main(params["rounds"])
+
+
+def startup_rows(f: dict[str, Any]) -> list[Row]:
+    trio_ = "python -c 'import trio'"
+    httpx_ = "python -c 'import httpx'"
+    return [
+        row("startup", "healthz", "exec to /healthz 200", "s", f["daemon_healthz_s"],
+            reference=f["python_import_trio_s"], reference_name=trio_),
+        row("startup", "readyz", "exec to /readyz 200 (default plugins)", "s",
+            f["daemon_readyz_s"], reference=f["python_import_trio_s"], reference_name=trio_,
+            note=f"target under 2 s: {'met' if f['daemon_readyz_s'] < 2 else 'MISSED'}"),
+        row("startup", "cli_version", "cws --version", "s", f["cli_version_s"],
+            reference=f["python_import_httpx_s"], reference_name=httpx_),
+        row("startup", "cli_plugin_list", "cws plugin list", "s", f["cli_plugin_list_s"],
+            reference=f["python_import_httpx_s"], reference_name=httpx_),
+    ]  # fmt: skip
+
+
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
@@ -243,6 +277,13 @@ SUITES: dict[str, Suite] = {
             full=dict(seconds=10, connections=32, warmup=2),
             run=run_http,
             rows=http_rows,
+        ),
+        Suite(
+            "startup",
+            quick=dict(rounds=1),
+            full=dict(rounds=7),
+            run=run_startup,
+            rows=startup_rows,
         ),
     )
 }

@@ -20,7 +20,6 @@ from typing import Any
 
 from cws_actors import Isolation, PluginMetadata
 
-from ._aws import AWSProvider
 from ._base import CloudProvider, ProviderRequestError
 from ._plugin import ProviderPlugin
 
@@ -37,6 +36,10 @@ class AWSPlugin(ProviderPlugin):
     )
 
     async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:
+        # Imported here, in the plugin's process: the daemon imports this module to
+        # read the plugin's capabilities, and the SDK would cost it a second at start.
+        from ._aws import AWSProvider
+
         try:
             return await AWSProvider.create(config)
         except (TypeError, ValueError) as exc:

@@ -24,7 +24,6 @@ import trio
 from cws_actors import Isolation, PluginMetadata
 
 from ._base import CloudProvider, ProviderNotConfigured
-from ._gcp import GCPProvider
 from ._plugin import ProviderPlugin
 
 
@@ -40,6 +39,10 @@ class GCPPlugin(ProviderPlugin):
     )
 
     async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:
+        # Imported here, in the plugin's process: the daemon imports this module to
+        # read the plugin's capabilities, and the SDK would cost it a second at start.
+        from ._gcp import GCPProvider
+
         if not config.get("project"):
             raise ProviderNotConfigured(
                 "gcp: no project; set config.project under [plugins.overrides.gcp]"
