@@ -30,6 +30,7 @@ from supervision import (
 )
 
 from ._cli_common import HOME_HELP, TOKEN_HELP, URL_HELP, Options
+from ._cli_config import config_group
 from ._cli_daemon import daemon
 from ._cli_faults import chaos, faults
 from ._cli_instances import instances
@@ -56,6 +57,7 @@ async def cli(ctx: click.Context, url: str | None, token: str | None, home: Path
 for _command in (daemon, token_group, plugin, instances, actors, events, dead_letters, faults,
                  chaos):  # fmt: skip
     cli.add_command(_command)
+cli.add_command(config_group)  # cws config path|show|check
 
 
 def _worker(name: str) -> Any:
