@@ -387,9 +387,11 @@ def _read_table(read: _FileRead, name: str, table: dict[str, Any]) -> None:
         elif (name, key) == ("plugins", "overrides"):
             _read_overrides(read, value)
         elif (name, key) == ("events", "durable_topics"):
-            if not _strings(value):
+            bad = _bad_patterns(value)
+            if bad:
                 read.problem((name, key), "events.durable_topics must be an array of topic"
-                             f" patterns (strings), got {_describe(value)}")  # fmt: skip
+                             " patterns (dot-separated words, '*' for one word, '#' for any"
+                             f" number), got {bad}")  # fmt: skip
             else:
                 read.values["durable_topics"] = tuple(value)
                 read.origins["events.durable_topics"] = Origin("file", read.at(name, key))
@@ -491,6 +493,18 @@ def _ruled(setting: Setting, value: Any) -> Any:
     if setting.rule is not None and not setting.rule(value):
         raise _Invalid(f"must be {setting.expected}, got {_show(value)}")
     return value
+
+
+def _bad_patterns(value: Any) -> str:
+    """What is wrong with ``value`` as topic patterns (the bus's rule), else ``""``."""
+    if not isinstance(value, list):
+        return _describe(value)
+    for pattern in value:
+        if not isinstance(pattern, str):
+            return f"{_describe(pattern)} in the array"
+        if not all(part in ("*", "#") or _BARE_KEY.fullmatch(part) for part in pattern.split(".")):
+            return _show(pattern)
+    return ""
 
 
 def _is_int(value: Any) -> bool:
