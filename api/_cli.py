@@ -23,6 +23,7 @@ from ._cli_plugins import CwsGroup
 _COMMANDS = {
     "actors": "api._cli_remote:actors",
     "chaos": "api._cli_faults:chaos",
+    "config": "api._cli_config:config_group",
     "daemon": "api._cli_daemon:daemon",
     "dead-letters": "api._cli_remote:dead_letters",
     "demo": "api._cli_demo:demo",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import asyncclick as click
 
-from ._cli_errors import CLIError, UsageProblem
-from ._config import DEFAULT_PORT, ConfigError, DaemonConfig, load_config
+from ._cli_common import options
+from ._cli_errors import CLIError
+from ._config import DEFAULT_PORT, ConfigError, DaemonConfig, config_file_to_read, load_config
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -26,38 +27,46 @@ def _announce(url: str) -> None:
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The home folder [env CWS_HOME; default ~/.cws].")  # fmt: skip
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="A TOML configuration file.")  # fmt: skip
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True, help="The log's level (on stderr).")  # fmt: skip
+              default=None, help="A TOML file [default $CWS_HOME/cws.toml].")  # fmt: skip
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"],
+              case_sensitive=False), default=None,
+              help="The log's level (on stderr) [env CWS_LOG_LEVEL; default info].")  # fmt: skip
 async def daemon(
-    host: str | None, port: int | None, home: Path | None, config_file: Path | None, log_level: str
+    host: str | None,
+    port: int | None,
+    home: Path | None,
+    config_file: Path | None,
+    log_level: str | None,
 ) -> None:
     """Run the daemon in the foreground; print the URL it serves.
 
-    Settings come from the defaults, then --config, then CWS_* variables, then these
-    flags. SIGTERM or SIGINT stops it gracefully (exit code 0); SIGHUP reloads the
-    configuration and rescans plugins.
+    Settings come from the defaults, then $CWS_HOME/cws.toml (or --config FILE), then
+    CWS_* variables, then these flags (`cws config show` shows them). SIGTERM or SIGINT
+    stops it gracefully (exit code 0); SIGHUP reloads the configuration and rescans
+    plugins.
     """
     # Imported here: hypercorn and the app are heavy, and only this command needs them.
     from ._daemon import AddressInUse
     from ._home_lock import HomeInUse
 
+    home = home if home is not None else options().home  # `cws --home H daemon` too
+    config_path = config_file_to_read(config_file, home)
     try:
-        config = load_config(config_file, host=host, port=port, home=home)
+        config = load_config(config_path, host=host, port=port, home=home, log_level=log_level)
     except ConfigError as exc:
-        raise UsageProblem(str(exc)) from None
-    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
+        raise CLIError(str(exc)) from None  # exit 1, every problem listed, no traceback
+    logging.basicConfig(level=config.log_level, format=_LOG_FORMAT)
     try:
-        await _serve(config, config_file)
+        await _serve(config, config_path)
     except (HomeInUse, AddressInUse) as exc:  # raised before anything started
         raise CLIError(str(exc)) from None
 
 
-async def _serve(config: DaemonConfig, config_file: Path | None) -> None:
+async def _serve(config: DaemonConfig, config_path: Path | None) -> None:
     from ._daemon import serve_daemon
 
     try:
-        await serve_daemon(config, config_path=config_file, on_url=_announce)
+        await serve_daemon(config, config_path=config_path, on_url=_announce)
     except* OSError as group:
         # Binding the socket (no permission, no such address) or creating the home.
         first = group.exceptions[0]

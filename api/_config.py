@@ -1,53 +1,40 @@
 """The daemon's configuration: embedded defaults, then a TOML file, then ``CWS_*``
 environment variables, then command-line flags (each later source wins).
 
-```toml
-[daemon]
-host = "127.0.0.1"          # loopback unless you say otherwise
-port = 8947
-home = "~/.cws"             # state.db, plugins/, trusted_keys/ (or $CWS_HOME)
-max_body_bytes = 1048576    # JSON bodies; archives may be up to max_upload_bytes
-max_upload_bytes = 104857600
-open_health = true          # /healthz, /readyz and /metrics without a token
-shutdown_grace = 10.0       # seconds for requests in flight on SIGTERM
-instance_poll_interval = 60 # seconds between cloud providers' state polls (0: never)
+The file is ``$CWS_HOME/cws.toml`` (``~/.cws/cws.toml`` by default; ``--home`` names
+another home) when it exists, or the one ``--config FILE`` names. Every setting, its
+default and its meaning are in ``examples/cws.toml``, which the tests check against
+:data:`SETTINGS` and :class:`DaemonConfig`. The environment variable of a setting is
+``CWS_`` and its key upper-cased (``CWS_PORT``); the plugin overrides and the durable
+topics are set in the file only.
 
-[plugins]
-system_dir = "/usr/lib/cws/plugins"
-require_signed = false
-fork_server = true
-entry_points = true
-max_restarts = 10           # restarts of one plugin within restart_period before it is
-restart_period = 60.0       #   quarantined (the others go on; cleared by hand)
-
-[plugins.overrides.research-analytics]
-config = { prices = { "t3.micro" = 0.0104 } }
-
-[plugins.overrides.aws]       # the built-in cloud providers: see the README
-config = { region = "us-east-1", endpoint_url = "http://127.0.0.1:5000" }
-env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
-
-[events]
-durable_topics = ["instance.*"]
-```
+:func:`resolve_config` also says where each value came from (``cws config show``), and
+:func:`check_file` lists every problem of a file with its line (``cws config check``);
+:func:`load_config` is what the daemon calls, and it raises :class:`ConfigError` with
+those same problems.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import math
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from ._toml_lines import Key, key_lines, line_of
+
 DEFAULT_PORT = 8947
-
-
-class ConfigError(ValueError):
-    """The configuration file or an environment variable is unusable; the message names
-    the file or variable, the field and what is expected."""
+FILE_NAME = "cws.toml"
+"""The configuration file's name in the home folder."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 def default_home(env: Mapping[str, str] | None = None) -> Path:
@@ -55,8 +42,69 @@ def default_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("CWS_HOME") or "~/.cws").expanduser()
 
 
+def home_config_file(home: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """``<home>/cws.toml``: the file the daemon reads when ``--config`` is not given
+    (``home`` is ``--home``, else ``$CWS_HOME``, else ``~/.cws``)."""
+    return (home.expanduser() if home is not None else default_home(env)) / FILE_NAME
+
+
+def config_file_to_read(
+    config_file: Path | None, home: Path | None = None, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """What ``cws daemon`` reads: ``--config FILE`` when given (it must exist), else
+    ``<home>/cws.toml`` when it exists (see :func:`home_config_file`), else nothing."""
+    if config_file is not None:
+        return config_file
+    candidate = home_config_file(home, env)
+    try:
+        return candidate if candidate.exists() else None
+    except OSError:  # a home we may not look into: reading it will say why
+        return candidate
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with the configuration: ``location`` is ``FILE:LINE`` (or the
+    file alone), or None when ``text`` names an environment variable or a flag."""
+
+    text: str
+    location: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.text}" if self.location else self.text
+
+
+class ConfigError(ValueError):
+    """The configuration file, an environment variable or a flag is unusable; each of
+    ``problems`` names the file and line (or the variable or flag), the key and what is
+    expected."""
+
+    def __init__(self, problems: Sequence[Problem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(problems)]
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            message = str(self.problems[0])
+        else:
+            listed = "\n".join(f"  {problem}" for problem in self.problems)
+            message = f"{len(self.problems)} problems in the configuration:\n{listed}"
+        super().__init__(message)
+
+
+def _in(choices: Iterable[str]) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    allowed = tuple(choices)
+
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in allowed:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    return check
+
+
 @attrs.frozen
 class DaemonConfig:
+    """The daemon's settings; ``examples/cws.toml`` says what each one means."""
+
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     home: Path = attrs.field(factory=default_home)
@@ -66,6 +114,9 @@ class DaemonConfig:
     shutdown_grace: float = 10.0
     instance_poll_interval: float = 60.0
     """Seconds between cloud providers' state polls (0: never)."""
+    log_level: str = attrs.field(default="INFO", validator=_in(LOG_LEVELS))
+    log_format: str = attrs.field(default="text", validator=_in(LOG_FORMATS))
+    access_log: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     system_dir: Path = Path("/usr/lib/cws/plugins")
     require_signed: bool = False
     fork_server: bool = True
@@ -79,23 +130,122 @@ class DaemonConfig:
     """Where this configuration came from, for the log and ``/api/v1/daemon``."""
 
 
-# (table, key, field, type); the environment variable is CWS_<FIELD upper-cased>.
-_FIELDS: list[tuple[str, str, str, type]] = [
-    ("daemon", "host", "host", str),
-    ("daemon", "port", "port", int),
-    ("daemon", "home", "home", Path),
-    ("daemon", "max_body_bytes", "max_body_bytes", int),
-    ("daemon", "max_upload_bytes", "max_upload_bytes", int),
-    ("daemon", "open_health", "open_health", bool),
-    ("daemon", "shutdown_grace", "shutdown_grace", float),
-    ("daemon", "instance_poll_interval", "instance_poll_interval", float),
-    ("plugins", "system_dir", "system_dir", Path),
-    ("plugins", "require_signed", "require_signed", bool),
-    ("plugins", "fork_server", "fork_server", bool),
-    ("plugins", "entry_points", "entry_points", bool),
-    ("plugins", "max_restarts", "max_restarts", int),
-    ("plugins", "restart_period", "restart_period", float),
-]
+@attrs.frozen
+class Setting:
+    """A scalar setting: ``[table] key``, the DaemonConfig field of the same name and
+    the variable ``CWS_<KEY>``. ``rule`` checks the value (``expected`` says what it
+    wants); ``normalize`` runs first."""
+
+    table: str
+    key: str
+    kind: type
+    rule: Callable[[Any], bool] | None = None
+    expected: str = ""
+    normalize: Callable[[Any], Any] | None = None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.table}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"CWS_{self.key.upper()}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("daemon", "host", str, lambda v: bool(v.strip()), "an address, not empty"),
+    Setting("daemon", "port", int, lambda v: 0 <= v <= 65535, "in 0..65535 (0: any free port)"),
+    Setting("daemon", "home", Path, lambda v: bool(str(v)), "a folder"),
+    Setting("daemon", "max_body_bytes", int, lambda v: v >= 1, ">= 1"),
+    Setting("daemon", "max_upload_bytes", int, lambda v: v >= 1, ">= 1"),
+    Setting("daemon", "open_health", bool),
+    Setting("daemon", "shutdown_grace", float, lambda v: v >= 0, ">= 0"),
+    Setting("daemon", "instance_poll_interval", float, lambda v: v >= 0, ">= 0 (0: never)"),
+    Setting(
+        "daemon",
+        "log_level",
+        str,
+        LOG_LEVELS.__contains__,
+        "one of DEBUG, INFO, WARNING, ERROR",
+        normalize=str.upper,
+    ),
+    Setting(
+        "daemon",
+        "log_format",
+        str,
+        LOG_FORMATS.__contains__,
+        "one of text, json",
+        normalize=str.lower,
+    ),
+    Setting("daemon", "access_log", bool),
+    Setting("plugins", "system_dir", Path, lambda v: bool(str(v)), "a folder"),
+    Setting("plugins", "require_signed", bool),
+    Setting("plugins", "fork_server", bool),
+    Setting("plugins", "entry_points", bool),
+    Setting("plugins", "max_restarts", int, lambda v: v >= 1, ">= 1"),
+    Setting("plugins", "restart_period", float, lambda v: v > 0, "> 0"),
+)
+"""Every scalar setting; ``[plugins.overrides.<name>]`` and ``[events] durable_topics``
+are the two that are not (set in the file only)."""
+
+_BY_FIELD = {setting.key: setting for setting in SETTINGS}
+_TABLES: dict[str, dict[str, str]] = {"daemon": {}, "plugins": {}, "events": {}}
+for _setting in SETTINGS:
+    _TABLES[_setting.table][_setting.key] = _setting.dotted
+_TABLES["plugins"]["overrides"] = "plugins.overrides"
+_TABLES["events"]["durable_topics"] = "events.durable_topics"
+
+_OVERRIDE_KEYS = {
+    "config": "a table of the plugin's settings",
+    "isolation": '"in_process" or "subprocess"',
+    "limits": "a table of resource limits (memory_mb, cpu_seconds, open_files)",
+    "env": "an array of the environment variables the plugin's process may see",
+}
+_LIMITS = {"memory_mb": 16, "cpu_seconds": 1, "open_files": 16}
+"""``ResourceLimits``' fields and their least values."""
+RESILIENCE_KEYS = frozenset(
+    {"deadline", "retries", "backoff_initial", "backoff_max", "failure_threshold",
+     "reset_timeout"}
+)  # fmt: skip
+"""``providers.Resilience``' fields (named here: importing providers costs seconds)."""
+PROVIDER_CONFIG_KEYS: Mapping[str, frozenset[str]] = {
+    "aws": frozenset({"region", "profile", "endpoint_url", "page_size", "connect_timeout",
+                      "read_timeout", "wait_delay", "resilience"}),
+    "gcp": frozenset({"project", "zones", "credentials_file", "api_endpoint", "anonymous",
+                      "page_size", "poll_interval", "operation_timeout", "resilience"}),
+}  # fmt: skip
+"""The config keys of the built-in ``aws`` and ``gcp`` plugins: an unknown one (a typo
+that would silently fall back to a default) is refused with the closest known key."""
+
+
+@attrs.frozen
+class Origin:
+    """Where a value came from: ``kind`` is ``default``, ``file``, ``env`` or ``flag``;
+    ``detail`` is ``embedded default``, ``FILE:LINE``, the variable or the flag."""
+
+    kind: str
+    detail: str
+
+
+DEFAULT_ORIGIN = Origin("default", "embedded default")
+
+
+@attrs.frozen
+class ResolvedConfig:
+    """A configuration and, by dotted key (``daemon.port``, ``plugins.overrides.aws``,
+    ``events.durable_topics``), where each value came from."""
+
+    config: DaemonConfig
+    origins: Mapping[str, Origin]
+    path: Path | None
+    """The file read, if any."""
+
+    def origin(self, key: str) -> Origin:
+        return self.origins.get(key, DEFAULT_ORIGIN)
 
 
 def load_config(
@@ -104,114 +254,323 @@ def load_config(
     env: Mapping[str, str] | None = None,
     **flags: Any,
 ) -> DaemonConfig:
-    """Build the configuration. ``flags`` are command-line values (None: not given).
+    """Build the configuration from the defaults, the file at ``path`` (None: no file),
+    ``env`` (default ``os.environ``) and ``flags``, the command-line values by field
+    name (None: not given).
 
     Raises:
-        ConfigError: naming the file or variable and the field.
+        ConfigError: listing every problem found, each naming its file and line, or its
+            variable or flag.
     """
+    return resolve_config(path, env=env, **flags).config
+
+
+def resolve_config(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    **flags: Any,
+) -> ResolvedConfig:
+    """Like :func:`load_config`, and say where each value came from."""
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
+    origins: dict[str, Origin] = {}
+    problems: list[Problem] = []
     sources = ["embedded defaults"]
     if path is not None:
-        values.update(_from_file(path))
+        read = _read_file(path)
+        values |= read.values
+        origins |= read.origins
+        problems += read.problems
         sources.append(str(path))
-    for _, _, field, kind in _FIELDS:
-        name = f"CWS_{field.upper()}"
-        if name in env:
-            values[field] = _convert(env[name], kind, name)
-            sources.append(name)
+    for setting in SETTINGS:
+        if setting.env in env:
+            try:
+                values[setting.key] = _from_text(setting, env[setting.env])
+            except _Invalid as exc:
+                problems.append(Problem(f"{setting.env} {exc}"))
+            origins[setting.dotted] = Origin("env", setting.env)
+            sources.append(setting.env)
     for field, value in flags.items():
-        if value is not None:
-            values[field] = value
-    if "home" in values:
-        values["home"] = Path(values["home"]).expanduser()
-    elif "CWS_HOME" not in env:
+        if value is None:
+            continue
+        if field not in _BY_FIELD:
+            raise TypeError(f"load_config() got an unknown setting {field!r}")
+        setting = _BY_FIELD[field]
+        try:
+            values[field] = _checked(setting, value)
+        except _Invalid as exc:
+            problems.append(Problem(f"{setting.flag} {exc}"))
+        origins[setting.dotted] = Origin("flag", setting.flag)
+    if problems:
+        raise ConfigError(problems)
+    if "home" not in values:
         values["home"] = default_home(env)
     try:
-        return DaemonConfig(**values, source=", ".join(dict.fromkeys(sources)))
-    except (TypeError, ValueError) as exc:
+        config = DaemonConfig(**values, source=", ".join(dict.fromkeys(sources)))
+    except (TypeError, ValueError) as exc:  # a rule of DaemonConfig not in SETTINGS
         raise ConfigError(f"configuration: {exc}") from None
+    return ResolvedConfig(config, origins, path)
 
 
-def _from_file(path: Path) -> dict[str, Any]:
+def check_file(path: Path) -> list[Problem]:
+    """Every problem of the file at ``path`` (none: it is fine), in the file's order."""
+    return _read_file(path).problems
+
+
+# ---------------------------------------------------------------------- the file
+
+
+class _Invalid(Exception):
+    """A value is wrong; the text says what was expected and what came."""
+
+
+@attrs.define
+class _FileRead:
+    path: Path
+    lines: dict[Key, int] = attrs.field(factory=dict)
+    values: dict[str, Any] = attrs.field(factory=dict)
+    origins: dict[str, Origin] = attrs.field(factory=dict)
+    problems: list[Problem] = attrs.field(factory=list)
+
+    def at(self, *key: str) -> str:
+        line = line_of(self.lines, key)
+        return f"{self.path}:{line}" if line is not None else str(self.path)
+
+    def problem(self, key: Key, text: str) -> None:
+        self.problems.append(Problem(text, self.at(*key)))
+
+    def unknown(self, key: Key, known: Iterable[str]) -> None:
+        self.problem(key, _unknown_key(key, known))
+
+
+def _read_file(path: Path) -> _FileRead:
+    read = _FileRead(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    known = {"daemon", "plugins", "events"}
-    for table in data:
-        if table not in known:
-            raise ConfigError(
-                f"{path}: unknown table [{table}]; expected {', '.join(sorted(known))}"
-            )
-    values: dict[str, Any] = {}
-    for table, key, field, kind in _FIELDS:
-        section = data.get(table, {})
-        if key in section:
-            values[field] = _typed(section[key], kind, f"{path}: {table}.{key}")
-    fields = {key for table, key, _, _ in _FIELDS}
-    for table in ("daemon", "plugins"):
-        for key in data.get(table, {}):
-            if key not in fields and not (table == "plugins" and key == "overrides"):
-                raise ConfigError(f"{path}: unknown setting {table}.{key}")
-    overrides = data.get("plugins", {}).get("overrides", {})
-    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
-        raise ConfigError(f"{path}: [plugins.overrides.<name>] must be tables")
+        read.problems.append(Problem(f"cannot read it: {exc.strerror}", str(path)))
+        return read
+    except UnicodeDecodeError as exc:
+        read.problems.append(Problem(f"not UTF-8 text: {exc.reason}", str(path)))
+        return read
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = re.search(r"at line (\d+)", str(exc))
+        where = f"{path}:{found.group(1)}" if found else str(path)
+        read.problems.append(Problem(f"not valid TOML: {exc}", where))
+        return read
+    read.lines = key_lines(text)
+    for name, table in data.items():
+        if name not in _TABLES and isinstance(table, dict):
+            read.problem((name,), _unknown_table(name))
+        elif name not in _TABLES:
+            read.unknown((name,), [])
+        elif not isinstance(table, dict):
+            read.problem((name,), f"{name} must be a table ([{name}]), got {_describe(table)}")
+        else:
+            _read_table(read, name, table)
+    read.problems.sort(key=_line_number)
+    return read
+
+
+def _read_table(read: _FileRead, name: str, table: dict[str, Any]) -> None:
+    for key, value in table.items():
+        setting = _BY_FIELD.get(key)
+        if setting is not None and setting.table == name:
+            try:
+                read.values[key] = _checked(setting, value, setting.dotted)
+                read.origins[setting.dotted] = Origin("file", read.at(name, key))
+            except _Invalid as exc:
+                read.problem((name, key), f"{setting.dotted} {exc}")
+        elif (name, key) == ("plugins", "overrides"):
+            _read_overrides(read, value)
+        elif (name, key) == ("events", "durable_topics"):
+            bad = _bad_patterns(value)
+            if bad:
+                read.problem((name, key), "events.durable_topics must be an array of topic"
+                             " patterns (dot-separated words, '*' for one word, '#' for any"
+                             f" number), got {bad}")  # fmt: skip
+            else:
+                read.values["durable_topics"] = tuple(value)
+                read.origins["events.durable_topics"] = Origin("file", read.at(name, key))
+        else:
+            read.unknown((name, key), _TABLES[name])
+
+
+def _read_overrides(read: _FileRead, overrides: Any) -> None:
+    where = ("plugins", "overrides")
+    if not isinstance(overrides, dict):
+        read.problem(where, "plugins.overrides must be tables [plugins.overrides.<name>],"
+                     f" got {_describe(overrides)}")  # fmt: skip
+        return
+    good: dict[str, Any] = {}
     for name, override in overrides.items():
-        _check_override(override, f"{path}: [plugins.overrides.{name}]")
-    values["overrides"] = overrides
-    topics = data.get("events", {}).get("durable_topics")
-    if topics is not None:
-        if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
-            raise ConfigError(f"{path}: events.durable_topics must be a list of topic patterns")
-        values["durable_topics"] = tuple(topics)
-    return values
+        key = (*where, name)
+        before = len(read.problems)
+        if not isinstance(override, dict):
+            read.problem(key, f"[plugins.overrides.{name}] must be a table, got"
+                         f" {_describe(override)}")  # fmt: skip
+            continue
+        for field, value in override.items():
+            _check_override(read, name, field, value)
+        if len(read.problems) == before:
+            good[name] = override
+            read.origins[f"plugins.overrides.{name}"] = Origin("file", read.at(*key))
+    read.values["overrides"] = good
 
 
-_OVERRIDE_KEYS = {
-    "config": "a table of the plugin's settings",
-    "isolation": '"in_process" or "subprocess"',
-    "limits": "a table of resource limits (memory_mb, cpu_seconds...)",
-    "env": "a list of environment variable names the plugin's process may see",
-}
+def _check_override(read: _FileRead, name: str, field: str, value: Any) -> None:
+    key = ("plugins", "overrides", name, field)
+    dotted = dotted_key(key)
+    if field not in _OVERRIDE_KEYS:
+        read.unknown(key, _OVERRIDE_KEYS)
+        return
+    wrong = {
+        "isolation": value not in ("in_process", "subprocess"),
+        "env": not (_strings(value) and all(value)),
+        "config": not isinstance(value, dict),
+        "limits": not isinstance(value, dict),
+    }[field]
+    if wrong:
+        read.problem(key, f"{dotted} must be {_OVERRIDE_KEYS[field]}, got {_describe(value)}")
+    elif field == "limits":
+        for limit, number in value.items():
+            if limit not in _LIMITS:
+                read.unknown((*key, limit), _LIMITS)
+            elif not (_is_int(number) and number >= _LIMITS[limit]):
+                read.problem((*key, limit), f"{dotted}.{limit} must be an integer >="
+                             f" {_LIMITS[limit]}, got {_describe(number)}")  # fmt: skip
+    elif field == "config" and name in PROVIDER_CONFIG_KEYS:
+        for option, option_value in value.items():
+            if option not in PROVIDER_CONFIG_KEYS[name]:
+                read.unknown((*key, option), PROVIDER_CONFIG_KEYS[name])
+            elif option == "resilience" and isinstance(option_value, dict):
+                for part in option_value:
+                    if part not in RESILIENCE_KEYS:
+                        read.unknown((*key, option, part), RESILIENCE_KEYS)
 
 
-def _check_override(override: Mapping[str, Any], where: str) -> None:
-    for key, value in override.items():
-        if key not in _OVERRIDE_KEYS:
-            expected = ", ".join(sorted(_OVERRIDE_KEYS))
-            raise ConfigError(f"{where}: unknown key {key!r}; expected {expected}")
-        ok = {
-            "config": isinstance(value, dict),
-            "isolation": value in ("in_process", "subprocess"),
-            "limits": isinstance(value, dict),
-            "env": isinstance(value, list) and all(isinstance(v, str) and v for v in value),
-        }[key]
-        if not ok:
-            raise ConfigError(f"{where}: {key} must be {_OVERRIDE_KEYS[key]}, got {value!r}")
+# ---------------------------------------------------------------------- values
+
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+          Path: "a path (a string)"}  # fmt: skip
 
 
-def _typed(value: Any, kind: type, where: str) -> Any:
-    if kind is Path and isinstance(value, str):
-        return Path(value).expanduser()
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where} must be {kind.__name__}, got {type(value).__name__}")
+def _checked(setting: Setting, value: Any, name: str = "") -> Any:
+    """``value`` from the file or a flag, converted to the setting's type and checked."""
+    kind = setting.kind
+    if kind is Path and isinstance(value, str | Path):
+        value = Path(value).expanduser()
+    elif kind is float and _is_int(value):
+        value = float(value)
+    elif not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise _Invalid(f"must be {_KINDS[kind]}, got {_describe(value)}")
+    return _ruled(setting, value)
+
+
+def _from_text(setting: Setting, text: str) -> Any:
+    """An environment variable's text, converted to the setting's type and checked."""
+    kind = setting.kind
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise _Invalid(f"must be true or false (or 1/0, yes/no, on/off), got {text!r}")
+        return lowered in ("1", "true", "yes", "on")
+    try:
+        value = kind(text)
+    except ValueError:
+        raise _Invalid(f"must be {_KINDS[kind]}, got {text!r}") from None
+    return _ruled(setting, Path(value).expanduser() if kind is Path else value)
+
+
+def _ruled(setting: Setting, value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Invalid(f"must be a finite number, got {value}")
+    if setting.normalize is not None:
+        value = setting.normalize(value)
+    if setting.rule is not None and not setting.rule(value):
+        raise _Invalid(f"must be {setting.expected}, got {_show(value)}")
     return value
 
 
-def _convert(text: str, kind: type, name: str) -> Any:
-    if kind is bool:
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name} must be true or false, got {text!r}")
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"{name} must be {kind.__name__}, got {text!r}") from None
+def _bad_patterns(value: Any) -> str:
+    """What is wrong with ``value`` as topic patterns (the bus's rule), else ``""``."""
+    if not isinstance(value, list):
+        return _describe(value)
+    for pattern in value:
+        if not isinstance(pattern, str):
+            return f"{_describe(pattern)} in the array"
+        if not all(part in ("*", "#") or _BARE_KEY.fullmatch(part) for part in pattern.split(".")):
+            return _show(pattern)
+    return ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str | Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    return repr(value)
+
+
+def _describe(value: Any) -> str:
+    """A TOML value's type, and the value when it is short: ``a string "80"``."""
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"{'an integer' if isinstance(value, int) else 'a float'} ({value})"
+    if isinstance(value, str):
+        return f"a string ({_show(value)})"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a date or time ({value})"
+
+
+def dotted_key(key: Key) -> str:
+    """A key as TOML writes it: ``("a", "t3.micro")`` is ``a."t3.micro"``."""
+    return ".".join(part if _BARE_KEY.fullmatch(part) else _show(part) for part in key)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _unknown_key(key: Key, known: Iterable[str]) -> str:
+    """``unknown key daemon.prot; did you mean daemon.port?``: the closest key of the
+    same table, else the closest key of any table."""
+    dotted = dotted_key(key)
+    known = sorted(known)
+    parent = dotted_key(key[:-1])
+    close = difflib.get_close_matches(key[-1], known, n=1)
+    if close:
+        suggestion = f"{parent}.{close[0]}" if parent else close[0]
+        return f"unknown key {dotted}; did you mean {suggestion}?"
+    if len(key) <= 2:
+        everywhere = {k: f"{t}.{k}" for t, keys in _TABLES.items() for k in keys}
+        close = difflib.get_close_matches(key[-1], sorted(everywhere), n=1)
+        if close:
+            return f"unknown key {dotted}; did you mean {everywhere[close[0]]}?"
+    if not known:
+        return f"unknown key {dotted}; settings go in {', '.join(f'[{t}]' for t in _TABLES)}"
+    return f"unknown key {dotted}; expected one of {', '.join(known)}"
+
+
+def _unknown_table(name: str) -> str:
+    close = difflib.get_close_matches(name, list(_TABLES), n=1)
+    if close:
+        return f"unknown table [{name}]; did you mean [{close[0]}]?"
+    return f"unknown table [{name}]; expected {', '.join(f'[{t}]' for t in _TABLES)}"
+
+
+def _line_number(problem: Problem) -> int:
+    _, _, line = (problem.location or "").rpartition(":")
+    return int(line) if line.isdigit() else 0

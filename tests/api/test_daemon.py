@@ -45,10 +45,14 @@ def test_defaults_file_env_and_flags_in_that_order(tmp_path: Path) -> None:
     ("text", "env", "message"),
     [
         ("[daemon\n", {}, "not valid TOML"),
-        ("[deamon]\nport = 1\n", {}, "unknown table [deamon]; expected daemon, events, plugins"),
-        ('[daemon]\nport = "80"\n', {}, "daemon.port must be int, got str"),
-        ("[daemon]\nprot = 80\n", {}, "unknown setting daemon.prot"),
-        ("", {"CWS_PORT": "eighty"}, "CWS_PORT must be int, got 'eighty'"),
+        ("[deamon]\nport = 1\n", {}, "cws.toml:1: unknown table [deamon]; did you mean [daemon]?"),
+        ('[daemon]\nport = "80"\n', {}, "cws.toml:2: daemon.port must be an integer, got a string"),
+        (
+            "[daemon]\nprot = 80\n",
+            {},
+            "cws.toml:2: unknown key daemon.prot; did you mean daemon.port?",
+        ),
+        ("", {"CWS_PORT": "eighty"}, "CWS_PORT must be an integer, got 'eighty'"),
         ("", {"CWS_REQUIRE_SIGNED": "maybe"}, "CWS_REQUIRE_SIGNED must be true or false"),
     ],
 )

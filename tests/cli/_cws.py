@@ -82,9 +82,10 @@ async def close_pipes(process: trio.Process) -> None:
 
 
 async def wait_until_ready(url: str) -> None:
-    """Poll ``/readyz`` until 200: the daemon serves before its plugins have loaded."""
+    """Poll ``/readyz`` while it says 503: the daemon serves before its plugins have
+    loaded. (A daemon whose health routes want a token answers 401: nothing to wait for.)"""
     async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
-        while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110 - a process
+        while (await client.get("/readyz")).status_code == 503:  # noqa: ASYNC110 - a process
             await trio.sleep(0.02)
 
 

@@ -34,15 +34,15 @@ async def test_daemon_exits_zero_on_sigint_too(tmp_path: Path) -> None:
             assert await daemon.process.wait() == 0
 
 
-async def test_a_bad_configuration_is_a_usage_error(tmp_path: Path) -> None:
+async def test_a_bad_configuration_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "cws.toml"
     config.write_text("[daemon]\nprot = 80\n")
     env = cws_env(tmp_path / "home")
     result = await cws("daemon", "--config", str(config), "--port", "0", env=env)
-    assert result.code == 2
-    assert f"error: {config}: unknown setting daemon.prot" in result.err
+    assert result.code == 1
+    assert f"error: {config}:2: unknown key daemon.prot; did you mean daemon.port?" in result.err
     missing = await cws("daemon", "--config", str(tmp_path / "nope.toml"), env=env)
-    assert (missing.code, "cannot read it" in missing.err) == (2, True)
+    assert (missing.code, "cannot read it" in missing.err) == (1, True)
 
 
 async def test_tokens_are_created_listed_and_revoked_and_only_a_hash_is_kept(
