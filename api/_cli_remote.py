@@ -13,8 +13,6 @@ from typing import Any
 import asyncclick as click
 import trio
 
-from cws_actors._archive import ARCHIVE_SUFFIX, ArchiveError, make_archive
-
 from ._cli_common import (
     F,
     connect,
@@ -147,6 +145,9 @@ def _packed(source: Path, folder: Path) -> Path:
     """``source`` itself if it is an archive, else a folder packed into ``folder``."""
     if not source.is_dir():
         return source
+    # Imported here: cws_actors costs every other command a tenth of a second.
+    from cws_actors._archive import ARCHIVE_SUFFIX, ArchiveError, make_archive
+
     try:
         return make_archive(source, folder / f"{source.resolve().name}{ARCHIVE_SUFFIX}")
     except (ValueError, OSError) as exc:  # ArchiveError is a ValueError
