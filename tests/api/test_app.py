@@ -364,7 +364,8 @@ async def test_install_update_and_remove_by_upload(tmp_path: Path) -> None:
             updated = await http.post("/api/v1/plugins/echo/update", files=files)
             assert updated.json()["version"] == "1.1.0"
             evil = {"archive": ("x.cwsplugin", b"not a zip", "application/zip")}
-            assert_problem(await http.post("/api/v1/plugins/install", files=evil), 409, "archive")
+            bad = await http.post("/api/v1/plugins/install", files=evil)
+            assert_problem(bad, 400, "x.cwsplugin: the archive: not a valid zip archive")
             assert_problem(await http.post("/api/v1/plugins/install"), 400, "multipart")
             removed = await http.delete("/api/v1/plugins/echo?purge_data=true")
             assert removed.json() == {"removed": "echo", "purged_data": True}
