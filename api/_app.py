@@ -45,7 +45,7 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     async def principal(*scopes: str) -> Principal:
         try:
-            who = g.get("principal")  # checked once per request
+            who: Principal | None = g.get("principal")  # checked once per request
             if who is None:
                 who = await authenticate(daemon.host.state, request.headers.get("Authorization"))
                 g.principal = who
