@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -45,12 +45,23 @@ def create_app(daemon: Daemon) -> QuartTrio:
 
     async def principal(*scopes: str) -> Principal:
         try:
-            who = await authenticate(daemon.host.state, request.headers.get("Authorization"))
+            who: Principal | None = g.get("principal")  # checked once per request
+            if who is None:
+                who = await authenticate(daemon.host.state, request.headers.get("Authorization"))
+                g.principal = who
             require(who, *scopes)
         except AuthError as exc:
             title = "Unauthorized" if exc.status == 401 else "Forbidden"
             raise HTTPProblem(exc.status, title, str(exc)) from None
         return who
+
+    @app.before_request
+    async def refuse_an_invalid_token() -> None:
+        # A token that is presented must be valid on every route: reads, the open health
+        # routes and unknown paths too. The client meant to authenticate; serving it as
+        # anonymous would hide a revoked, expired or mistyped token until a write fails.
+        if request.headers.get("Authorization"):
+            await principal()
 
     async def json_body(*, required: bool = True) -> Any:
         # Read it (Quart stops at MAX_CONTENT_LENGTH, the upload limit) before refusing,
@@ -443,7 +454,8 @@ def _route() -> str:
 
 
 async def _open_or_token(daemon: Daemon, principal: Callable[..., Awaitable[Principal]]) -> None:
-    """Health, readiness and metrics are open on loopback unless configured otherwise."""
+    """Health, readiness and metrics are open on loopback unless configured otherwise (a
+    token that is presented anyway must be valid: ``refuse_an_invalid_token``)."""
     if daemon.config.open_health and (request.remote_addr or "").startswith(("127.", "::1")):
         return
     await principal()

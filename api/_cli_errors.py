@@ -47,11 +47,21 @@ class APIProblem(CLIError):
     """A line on what to do about it, printed under the message."""
 
     def __init__(self, status: int, title: str, detail: str) -> None:
-        message = f"{title}: {detail}" if detail else title
+        message = _titled(title, detail)
         super().__init__(f"{message}\n  {self.hint}" if self.hint else message)
         self.status = status
         self.title = title
         self.detail = detail
+
+
+def _titled(title: str, detail: str) -> str:
+    """``Title: detail``, unless the detail's first clause says the title already
+    ("Refused" before "plugin 'x' refused: ..."): a message never repeats its prefix."""
+    if not detail:
+        return title
+    if title.lower() in detail.partition(":")[0].lower():
+        return detail
+    return f"{title}: {detail}"
 
 
 class UsageProblem(CLIError):

@@ -7,6 +7,7 @@ from typing import Any
 import asyncclick as click
 
 from ._cli_common import connect, echo_json, json_option, remote_options, state_colour, table
+from ._cli_errors import CLIError
 from ._client import SLOW_TIMEOUT
 
 
@@ -32,13 +33,25 @@ async def instances_list(provider: str | None, state: str | None, as_json: bool)
     params = {key: value for key, value in (("provider", provider), ("state", state)) if value}
     async with connect() as client:
         body = await client.get("/api/v1/instances", **params)
+    errors = body.get("errors", {})
+    failures = [_failure(name, error["detail"]) for name, error in sorted(errors.items())]
+    asked = body.get("providers", list(errors))
+    if failures and set(errors) >= set(asked):  # not one provider answered
+        if as_json:
+            echo_json(body)
+        raise CLIError("every cloud provider failed:\n  " + "\n  ".join(failures))
     if as_json:
         echo_json(body)
         return
     headers = ["PROVIDER", "ID", "NAME", "TYPE", "ZONE", "STATE"]
     click.echo(table(headers, _rows(body["instances"]), colours={5: state_colour}))
-    for name, error in sorted(body.get("errors", {}).items()):
-        click.echo(f"warning: {name}: {error['detail']}", err=True)
+    for failure in failures:
+        click.echo(f"warning: {failure}", err=True)
+
+
+def _failure(provider: str, detail: str) -> str:
+    """The daemon's detail already starts with the provider's name: say it once."""
+    return detail if detail.startswith(f"{provider}: ") else f"{provider}: {detail}"
 
 
 @instances.command("show")

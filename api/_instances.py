@@ -31,15 +31,23 @@ _STATUS = {
 }
 
 
+def about(provider: str, message: str) -> str:
+    """``message`` led by the provider's name, once: the providers' own messages already
+    start with it (``aws: ...``), and a detail must not read ``aws: aws: ...``."""
+    return message if message.startswith(f"{provider}: ") else f"{provider}: {message}"
+
+
 def provider_problem(error: Exception, provider: str) -> HTTPProblem:
     if isinstance(error, HandlerFailed):
         cause = error.__cause__ or error
-        kind = getattr(cause, "error_type", type(cause).__name__).rpartition(".")[2]
+        error_type = getattr(cause, "error_type", None)
+        kind = (error_type or type(cause).__name__).rpartition(".")[2]
         if kind in _STATUS:
             status, title = _STATUS[kind]
-            message = str(cause).split(": ", 2)[-1] if hasattr(cause, "error_type") else str(cause)
+            # A subprocess's error reads "plugin 'aws' raised TYPE: MESSAGE": keep MESSAGE.
+            message = str(cause).partition(f"{error_type}: ")[2] if error_type else str(cause)
             headers = {"Retry-After": "5"} if status == 503 else None
-            return HTTPProblem(status, title, f"{provider}: {message}", headers=headers,
+            return HTTPProblem(status, title, about(provider, message), headers=headers,
                                provider=provider)  # fmt: skip
     return from_error(error, plugin=provider)
 
@@ -67,7 +75,7 @@ def mount_instances(app: QuartTrio, daemon: Daemon, principal: Any, json_body: A
             error = result["error"]
             status, title = _STATUS.get(str(error.get("type")), (502, "Provider error"))
             headers = {"Retry-After": "5"} if status == 503 else None
-            raise HTTPProblem(status, title, f"{provider}: {error.get('message')}",
+            raise HTTPProblem(status, title, about(provider, str(error.get("message"))),
                               headers=headers, provider=provider)  # fmt: skip
         return result
 
@@ -88,13 +96,17 @@ def mount_instances(app: QuartTrio, daemon: Daemon, principal: Any, json_body: A
             except HTTPProblem as problem:
                 errors[provider] = {"status": problem.status, "detail": problem.detail}
 
+        asked = providers(request.args.get("provider"))
         async with trio.open_nursery() as nursery:
-            for provider in providers(request.args.get("provider")):
+            for provider in asked:
                 nursery.start_soon(one, provider)
         if state:
             instances = [i for i in instances if i.get("state") == state]
         instances.sort(key=lambda i: (i.get("provider", ""), i.get("id", "")))
-        return {"instances": instances, "count": len(instances), "errors": errors}
+        # ``providers``: the ones asked, so that a client tells "every one failed" (each
+        # in ``errors``, its detail led by its name) from "none has instances".
+        return {"instances": instances, "count": len(instances), "providers": asked,
+                "errors": errors}  # fmt: skip
 
     @app.get("/api/v1/instances/<provider>/<path:instance_id>")  # GCP ids are zone/name
     async def get_instance(provider: str, instance_id: str) -> Any:

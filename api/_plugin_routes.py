@@ -30,6 +30,7 @@ from cws_actors import (
     Source,
     TokenBucket,
 )
+from cws_actors._archive import ArchiveError, check_archive
 
 from ._auth import AuthError, authenticate
 from ._daemon import Daemon
@@ -215,6 +216,7 @@ class PluginRoutes:
             filename = Path(archive.filename or "plugin.cwsplugin").name or "plugin.cwsplugin"
             target = staging / filename
             await archive.save(target)
+            await self._refuse_a_bad_archive(target, filename)
             signature_path = None
             if signature is not None:
                 signature_path = staging / f"{filename}.minisig"
@@ -231,6 +233,22 @@ class PluginRoutes:
                 raise from_error(exc, plugin=name) from None
         finally:
             await trio.to_thread.run_sync(shutil.rmtree, staging, True)
+
+    async def _refuse_a_bad_archive(self, archive: Path, filename: str) -> None:
+        """An archive that breaks a rule (a name too deep or too long, a link, a zip bomb,
+        no plugin.toml) is the client's error: a 400 naming the entry and the rule, before
+        anything is unpacked. The host checks it again as it stages it."""
+        limits = self.daemon.host.config.trust.archive_limits
+        try:
+            await trio.to_thread.run_sync(lambda: check_archive(archive.read_bytes(), limits))
+        except ArchiveError as exc:
+            raise HTTPProblem(
+                400,
+                "Bad archive",
+                f"{filename}: {exc}; nothing was installed",
+                entry=getattr(exc, "entry", None),
+                rule=getattr(exc, "rule", "format"),
+            ) from None
 
     def _upload_dir(self) -> Path:
         folder = self.daemon.config.home / "uploads"

@@ -1,10 +1,11 @@
 """``.cwsplugin`` archives: a zip with ``plugin.toml`` at its root, checked and unpacked safely.
 
 An archive comes from someone else, so every entry is checked before anything is written:
-names must be plain relative paths, entries plain files or folders, and the counts and
-sizes within :class:`ArchiveLimits`. Declared sizes can lie, so :func:`unpack_archive`
-also counts the bytes it writes and stops at the limits. On any error it removes what it
-wrote. It is synchronous: callers in Trio run it in ``trio.to_thread.run_sync``.
+names must be plain relative paths no deeper and no longer than the limits, entries
+plain files or folders, and the counts and sizes within :class:`ArchiveLimits`. Declared
+sizes can lie, so :func:`unpack_archive` also counts the bytes it writes and stops at the
+limits. On any error it removes what it wrote. It is synchronous: callers in Trio run it
+in ``trio.to_thread.run_sync``.
 
 Errors, one base::
 
@@ -27,6 +28,8 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 import attrs
+
+from ._removal import remove_tree
 
 ARCHIVE_SUFFIX = ".cwsplugin"
 MANIFEST_NAME = "plugin.toml"
@@ -51,6 +54,8 @@ _FLAGS_KNOWN = 0x6 | 0x8 | 0x800
 # Deterministic archives: zip cannot store times before 1980.
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _UNIX = 3
+_NAME_MAX = 255
+_SHOWN_CHARS = 200
 
 
 class ArchiveError(ValueError):
@@ -66,14 +71,23 @@ class UnsafeArchive(ArchiveError):
 
     Attributes:
         entry: the offending entry's name, or ``None`` for a rule about the whole archive.
-        rule: a short code: ``path``, ``type``, ``duplicate``, ``encrypted``,
-            ``compression``, ``files``, ``total_bytes``, ``file_bytes`` or ``ratio``.
+        rule: a short code: ``path``, ``depth``, ``path_length``, ``type``,
+            ``duplicate``, ``encrypted``, ``compression``, ``files``, ``total_bytes``,
+            ``file_bytes`` or ``ratio``.
     """
 
     def __init__(self, message: str, *, entry: str | None, rule: str) -> None:
-        super().__init__(message if entry is None else f"entry {entry!r}: {message}")
+        super().__init__(message if entry is None else f"entry {_shown(entry)}: {message}")
         self.entry = entry
         self.rule = rule
+
+
+def _shown(name: str) -> str:
+    """``name`` quoted, its middle cut out when it is too long to read in a message."""
+    if len(name) <= _SHOWN_CHARS:
+        return repr(name)
+    cut = f"{name[: _SHOWN_CHARS // 2]}...{name[-_SHOWN_CHARS // 4 :]}"
+    return f"{cut!r} ({len(name)} characters)"
 
 
 def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -96,6 +110,13 @@ class ArchiveLimits:
     ratio_above_bytes: int = attrs.field(default=1 * MiB, validator=_positive)
     """Small files of repeated text compress legitimately well, and the size limits bound
     them anyway; the ratio rule is for the large entries that make zip bombs."""
+    max_depth: int = attrs.field(default=32, validator=_positive)
+    """Components in an entry's name (``pkg/sub/mod.py`` is 3). Real plugins nest a few
+    levels; thousands would make a tree that tools (and ``shutil.rmtree``) cannot walk."""
+    max_path_bytes: int = attrs.field(default=1024, validator=_positive)
+    """UTF-8 bytes of an entry's name, so that the unpacked path stays well within the
+    system's ``PATH_MAX`` (4,096 on Linux) wherever the home is. Each component is also
+    limited to 255 bytes, the file systems' ``NAME_MAX``."""
 
 
 @attrs.frozen
@@ -137,6 +158,7 @@ def _check_entry(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
     reason = _unsafe_name(name)
     if reason is not None:
         raise UnsafeArchive(f"{reason}; names must be relative paths", entry=name, rule="path")
+    _check_name_size(name, limits)
     mode = info.external_attr >> 16
     kind = stat.S_IFMT(mode)
     if stat.S_ISLNK(mode):
@@ -168,6 +190,31 @@ def _check_entry(info: zipfile.ZipInfo, limits: ArchiveLimits) -> None:
             rule="compression",
         )
     _check_size(name, info.file_size, info.compress_size, limits, declared=True)
+
+
+def _check_name_size(name: str, limits: ArchiveLimits) -> None:
+    parts = name.removesuffix("/").split("/")
+    if len(parts) > limits.max_depth:
+        raise UnsafeArchive(
+            f"is {len(parts)} levels deep, over the limit of {limits.max_depth}",
+            entry=name,
+            rule="depth",
+        )
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > limits.max_path_bytes:
+        raise UnsafeArchive(
+            f"has a {size}-byte name, over the limit of {limits.max_path_bytes}",
+            entry=name,
+            rule="path_length",
+        )
+    longest = max(parts, key=lambda part: len(part.encode("utf-8", "surrogateescape")))
+    if len(longest.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+        raise UnsafeArchive(
+            f"has a component of more than {_NAME_MAX} bytes ({longest[:40]!r}...),"
+            " longer than file systems allow",
+            entry=name,
+            rule="path_length",
+        )
 
 
 def _check_size(
@@ -269,8 +316,9 @@ def _open_zip(source: Path | bytes) -> tuple[zipfile.ZipFile, int]:
         raise
 
 
-def check_archive(path: Path, limits: ArchiveLimits | None = None) -> ArchiveInfo:
-    """Check every entry's declared name, type and size without unpacking anything.
+def check_archive(path: Path | bytes, limits: ArchiveLimits | None = None) -> ArchiveInfo:
+    """Check every entry's declared name, type and size without unpacking anything
+    (``path`` may also be the archive's bytes).
 
     Raises:
         BadArchive: not a zip, a damaged directory, or no ``plugin.toml`` at its root.
@@ -331,14 +379,12 @@ def _make_dirs(destination: Path, relative: PurePosixPath) -> None:
 
 
 def _clear(destination: Path, *, created: bool) -> None:
+    # remove_tree, not shutil.rmtree: whatever was unpacked, however deep, goes.
     if created:
-        shutil.rmtree(destination, ignore_errors=True)
+        remove_tree(destination)
         return
     for child in destination.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
+        remove_tree(child)
 
 
 def _prepare(destination: Path) -> bool:
@@ -400,23 +446,42 @@ def _extract_all(
             raise BadArchive(f"entry {info.filename!r}: corrupt: {exc}") from None
 
 
-def _plugin_files(plugin_dir: Path) -> list[str]:
-    """Relative names to pack: ``plugin.toml`` first, then the rest sorted.
+def plugin_tree(plugin_dir: Path, limits: ArchiveLimits | None = None) -> list[str]:
+    """The relative names of the files to pack or copy from a plugin folder:
+    ``plugin.toml`` first, then the rest sorted.
 
-    Dotfiles and ``__pycache__`` are left out; links are refused.
+    Dotfiles, dot-folders and ``__pycache__`` are left out. The walk is iterative (Python
+    3.11's ``os.walk`` recurses once per level), and refuses what an archive could not
+    hold, before anything is written.
+
+    Raises:
+        ValueError: a symbolic link, or a path deeper than ``limits.max_depth``.
     """
+    limits = limits or ArchiveLimits()
     names: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(plugin_dir):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__pycache__"]
-        for name in [*dirnames, *filenames]:
-            path = Path(dirpath, name)
-            if path.is_symlink():
-                raise ValueError(f"{path} is a symbolic link; archives cannot hold links")
-        names += [
-            Path(dirpath, name).relative_to(plugin_dir).as_posix()
-            for name in filenames
-            if not name.startswith(".")
-        ]
+    pending = [PurePosixPath()]
+    while pending:
+        relative = pending.pop()
+        with os.scandir(plugin_dir.joinpath(*relative.parts)) as entries:
+            found = list(entries)
+        for entry in found:
+            path = relative / entry.name
+            if entry.is_symlink():
+                raise ValueError(
+                    f"{plugin_dir / path} is a symbolic link; a plugin folder must hold its"
+                    " own files (archives cannot hold links)"
+                )
+            if entry.name.startswith(".") or entry.name == "__pycache__":
+                continue
+            if len(path.parts) > limits.max_depth:
+                raise ValueError(
+                    f"{plugin_dir / relative} is more than {limits.max_depth} levels deep"
+                    " (the limit for a plugin's files)"
+                )
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(path)
+            else:
+                names.append(path.as_posix())
     return sorted(names, key=lambda name: (name != MANIFEST_NAME, name))
 
 
@@ -427,14 +492,15 @@ def make_archive(plugin_dir: Path, output: Path, *, limits: ArchiveLimits | None
     folder gives the same bytes, and it is checked against ``limits`` once written.
 
     Raises:
-        ValueError: no ``plugin.toml`` in ``plugin_dir``, ``output`` inside it, or a link.
+        ValueError: no ``plugin.toml`` in ``plugin_dir``, ``output`` inside it, a link,
+            or a folder deeper than ``limits.max_depth``.
         UnsafeArchive: the result breaks ``limits`` (``output`` is then removed).
     """
     if not (plugin_dir / MANIFEST_NAME).is_file():
         raise ValueError(f"{plugin_dir}: expected a plugin folder with {MANIFEST_NAME}")
     if output.resolve().is_relative_to(plugin_dir.resolve()):
         raise ValueError(f"output {output} must be outside the plugin folder {plugin_dir}")
-    names = _plugin_files(plugin_dir)
+    names = plugin_tree(plugin_dir, limits)
     try:
         with zipfile.ZipFile(output, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in names:

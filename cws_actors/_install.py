@@ -5,12 +5,16 @@ Everything here is synchronous file work; the host runs it in a worker thread. T
 staging folder lives inside the user plugin folder (``.staging-*``, hidden from
 discovery) so that the final step is one ``rename`` on one file system: a crash or a
 kill at any moment leaves either the previous state or the new one, never a mixture.
-:func:`recover` tidies up what a killed install or update left behind.
+:func:`recover` tidies up what a killed install or update left behind; it never stops a
+start (what it cannot remove is logged, with its path, and left for the operator).
+
+Folders are removed with :func:`remove_tree`, not ``shutil.rmtree``, which recurses
+once per level and fails on a deep enough tree.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import shutil
 import time
 import uuid
@@ -20,17 +24,20 @@ from pathlib import Path
 
 import attrs
 
-from ._archive import ArchiveError, ArchiveLimits, unpack_archive
+from ._archive import ArchiveError, ArchiveLimits, plugin_tree, unpack_archive
 from ._describe import DescribeFailed, describe_spec, describe_sync
 from ._loader import PluginImportError, load_plugin_class
 from ._manifest import Manifest, ManifestError, load_manifest
 from ._plugin import Isolation, PluginMetadata, api_version_problem
 from ._plugin_actor import allowed_environment
+from ._removal import remove_tree
 from ._signing import SignatureError, load_revocations, load_trusted_keys, verify
 
 STAGING_PREFIX = ".staging-"
 BACKUP_PREFIX = ".old-"
 TRASH_PREFIX = ".trash-"
+
+_log = logging.getLogger("cws.plugins")
 
 
 class InstallRefused(Exception):
@@ -85,7 +92,7 @@ def stage(
         signed_by = _materialize(source, staging, policy, signature)
         manifest = _check(staging, effective or (lambda metadata: metadata), describe_timeout)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_or_log(staging, "a refused install's staging folder")
         raise
     metadata = manifest.metadata
     return StagedPlugin(metadata.name, metadata.version, staging, manifest, signed_by)
@@ -100,7 +107,7 @@ def _materialize(
                 f"{source} is a folder, and only archives carry signatures"
                 " (pack it into a .cwsplugin archive and sign that)"
             )
-        _copy_folder(source, staging)
+        _copy_folder(source, staging, policy.archive_limits)
         return None
     if not source.is_file():
         raise InstallRefused(f"{source} does not exist (expected a folder or a .cwsplugin file)")
@@ -138,14 +145,11 @@ def _verify(data: bytes, signature: Path, policy: TrustPolicy) -> str:
     return verified.key_id
 
 
-def _copy_folder(source: Path, staging: Path) -> None:
-    for root, dirs, files in os.walk(source):
-        for entry in (*dirs, *files):
-            if Path(root, entry).is_symlink():
-                raise InstallRefused(
-                    f"{Path(root, entry)} is a symbolic link; a plugin folder must hold"
-                    " its own files"
-                )
+def _copy_folder(source: Path, staging: Path, limits: ArchiveLimits) -> None:
+    try:
+        plugin_tree(source, limits)  # links and depth, checked before anything is copied
+    except ValueError as exc:
+        raise InstallRefused(str(exc)) from None
     shutil.copytree(source, staging, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
 
 
@@ -185,28 +189,60 @@ def discard(folder: Path) -> None:
         return
     trash = folder.with_name(f"{TRASH_PREFIX}{uuid.uuid4().hex}")
     folder.rename(trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    _remove_or_log(trash, f"the discarded {folder.name}")
+
+
+def _remove_or_log(folder: Path, what: str) -> bool:
+    """Remove ``folder``; if that fails, log its path (the next start's :func:`recover`
+    tries again) and return False. Used where the removal is tidying up, and must not
+    hide the error being handled or fail what already succeeded."""
+    try:
+        remove_tree(folder)
+    except OSError as exc:
+        _log.error("cannot remove %s at %s (%s); remove it by hand", what, folder, exc)
+        return False
+    return True
 
 
 def recover(user_dir: Path) -> list[str]:
     """Undo what a killed install, update or remove left behind; return what was done.
 
-    A staging or trash folder is deleted. A backup whose plugin folder is missing (the
-    update was killed between its two renames) is put back; otherwise it is stale and
-    deleted."""
+    A staging or trash folder is deleted, however deep. A backup whose plugin folder is
+    missing (the update was killed between its two renames) is put back; otherwise it
+    is stale and deleted. It never raises: a leftover it cannot handle is logged at
+    ERROR with its path and left in place (hidden from discovery by its dot), so that
+    the daemon still starts."""
     done: list[str] = []
-    if not user_dir.is_dir():
+    try:
+        entries = sorted(user_dir.iterdir()) if user_dir.is_dir() else []
+    except OSError as exc:
+        _log.error("cannot look for unfinished installs in %s (%s)", user_dir, exc)
         return done
-    for entry in sorted(user_dir.iterdir()):
-        if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
-            shutil.rmtree(entry, ignore_errors=True)
-            done.append(f"removed the unfinished {entry.name}")
-        elif entry.name.startswith(BACKUP_PREFIX):
-            target = user_dir / entry.name[len(BACKUP_PREFIX) :]
-            if target.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-                done.append(f"removed the stale backup {entry.name}")
-            else:
-                entry.rename(target)
-                done.append(f"restored {target.name} from an interrupted update")
+    for entry in entries:
+        try:
+            step = _recover_entry(user_dir, entry)
+        except OSError as exc:
+            _log.error(
+                "cannot tidy up %s, left by an interrupted install, update or remove (%s);"
+                " it is ignored, and can be removed by hand",
+                entry,
+                exc,
+            )
+            continue
+        if step is not None:
+            done.append(step)
     return done
+
+
+def _recover_entry(user_dir: Path, entry: Path) -> str | None:
+    if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)):
+        remove_tree(entry)
+        return f"removed the unfinished {entry.name}"
+    if entry.name.startswith(BACKUP_PREFIX):
+        target = user_dir / entry.name[len(BACKUP_PREFIX) :]
+        if target.exists():
+            remove_tree(entry)
+            return f"removed the stale backup {entry.name}"
+        entry.rename(target)
+        return f"restored {target.name} from an interrupted update"
+    return None

@@ -371,7 +371,7 @@ class Runtime:
         parent.specs.pop(name, None)
         if parent.supervisor is not None:
             with contextlib.suppress(LookupError):
-                await parent.supervisor.delete_child(name)
+                await parent.supervisor.remove_child(name)
         for cell in cells:
             self.router.bury(cell.path)
             self._drain(cell)

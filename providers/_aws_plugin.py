@@ -43,4 +43,8 @@ class AWSPlugin(ProviderPlugin):
         try:
             return await AWSProvider.create(config)
         except (TypeError, ValueError) as exc:
-            raise ProviderRequestError(f"aws: [plugins.overrides.aws] config: {exc}") from None
+            # A ProviderRequestError is a ValueError too: keep its message, say where once.
+            message = str(exc).removeprefix("aws: ")
+            raise ProviderRequestError(
+                f"aws: bad config under [plugins.overrides.aws]: {message}"
+            ) from None

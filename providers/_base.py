@@ -200,10 +200,14 @@ class Resilience:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Resilience:
         section = dict(config.get("resilience", {}))
-        try:
-            return cls(**{key: section[key] for key in section})
-        except TypeError as exc:
-            raise ProviderRequestError(f"[config.resilience]: {exc}") from None
+        known = [field.name for field in attrs.fields(cls)]
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise ProviderRequestError(
+                f"config 'resilience' has an unknown setting {unknown[0]!r};"
+                f" expected {', '.join(known)}"
+            )
+        return cls(**section)
 
 
 async def call_resiliently(

@@ -12,6 +12,7 @@ Layers inside the package: ``_validate`` and ``_exceptions`` at the bottom; ``_p
 
 from ._exceptions import ChildNotFound as ChildNotFound
 from ._exceptions import ChildQuarantined as ChildQuarantined
+from ._exceptions import ChildRunning as ChildRunning
 from ._exceptions import ChildStartFailed as ChildStartFailed
 from ._exceptions import DuplicateChild as DuplicateChild
 from ._exceptions import RestartIntensityExceeded as RestartIntensityExceeded
@@ -42,6 +43,7 @@ __all__ = [
     "ChildInfo",
     "ChildNotFound",
     "ChildQuarantined",
+    "ChildRunning",
     "ChildSpec",
     "ChildStartFailed",
     "ChildState",

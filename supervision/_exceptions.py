@@ -6,6 +6,7 @@ One base, a small tree::
     ├── RestartIntensityExceeded   the supervisor gave up: too many restarts in its period
     ├── ChildNotFound              no child with that id
     ├── DuplicateChild             a child with that id already exists
+    ├── ChildRunning               delete_child() of a child that runs: terminate it first
     ├── ChildStartFailed           a child raised, or returned, before calling started()
     ├── ChildQuarantined           waiting on a child that is quarantined
     └── SupervisorClosed           the supervisor is stopping, failed or closed
@@ -54,9 +55,29 @@ class DuplicateChild(SupervisionError, ValueError):
     def __init__(self, child_id: str, supervisor: str) -> None:
         super().__init__(
             f"supervisor {supervisor!r} already has a child {child_id!r};"
-            " child ids must be unique (delete_child() it first to replace it)"
+            " child ids must be unique (remove_child() it first to replace it)"
         )
         self.child_id = child_id
+
+
+class ChildRunning(SupervisionError):
+    """Raised by ``delete_child`` when the child is not stopped (it is starting, running,
+    waiting to restart or stopping), as OTP's ``delete_child`` answers
+    ``{error, running}``: stop it with ``terminate_child()`` first, or use
+    ``remove_child()``, which does both.
+
+    Attributes:
+        child_id: the child's id.
+        state: its state, a ``ChildState`` value such as ``"running"``.
+    """
+
+    def __init__(self, child_id: str, supervisor: str, state: str) -> None:
+        super().__init__(
+            f"supervisor {supervisor!r} cannot delete child {child_id!r}: it is {state};"
+            " stop it with terminate_child() first, or remove_child() to do both"
+        )
+        self.child_id = child_id
+        self.state = state
 
 
 class ChildStartFailed(SupervisionError):

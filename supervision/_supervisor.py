@@ -30,6 +30,7 @@ from . import _validate
 from ._exceptions import (
     ChildNotFound,
     ChildQuarantined,
+    ChildRunning,
     ChildStartFailed,
     DuplicateChild,
     RestartIntensityExceeded,
@@ -230,12 +231,30 @@ class Supervisor:
         raise self._closed_error()
 
     async def delete_child(self, child_id: str) -> None:
-        """Stop a child if it runs and forget it."""
+        """Forget a stopped (terminated or quarantined) child's spec, as OTP's
+        ``delete_child`` does: a group restart no longer starts it, and its id is free.
+
+        Raises:
+            ChildRunning: the child is not stopped; ``terminate_child()`` it first, or
+                use ``remove_child()``.
+        """
+        with self._operation():
+            async with self._lock:
+                child = self._get(child_id)
+                if child.state not in (ChildState.STOPPED, ChildState.QUARANTINED):
+                    raise ChildRunning(child_id, self.name, child.state.value)
+                self._remove(child)
+                return
+        raise self._closed_error()
+
+    async def remove_child(self, child_id: str) -> None:
+        """Stop a child if it runs, then forget it: ``terminate_child`` and
+        ``delete_child`` in one step, so that no restart can come between them."""
         with self._operation():
             async with self._lock:
                 child = self._get(child_id)
                 self._refuse_self_stop(child)
-                await self._stop(child, self._cancel_reason("deleted"))
+                await self._stop(child, self._cancel_reason("removed"))
                 self._remove(child)
                 return
         raise self._closed_error()

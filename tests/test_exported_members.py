@@ -10,7 +10,7 @@ PROMISED = {
     "supervision": {
         "open_supervisor", "Supervisor", "Strategy", "Restart", "ChildSpec", "Backoff",
         "Jitter", "Probe", "ProbeKind", "OnExhausted", "SupervisionError",
-        "RestartIntensityExceeded", "ChildNotFound", "DuplicateChild", "ExitKind",
+        "RestartIntensityExceeded", "ChildNotFound", "DuplicateChild", "ChildRunning", "ExitKind",
         "ExitReason", "ChildState", "SupervisorStatistics", "ChildStatistics",
         "supervisor_spec",
     },

@@ -81,6 +81,43 @@ async def test_every_mutating_route_needs_a_token_and_its_scope(daemon: Daemon) 
     assert (await daemon.host.status("web")).loaded  # nothing happened
 
 
+# Every GET route, core and plugin, the open ones included; and a path that matches none.
+READS = [
+    "/", "/healthz", "/readyz", "/metrics", "/api/v1/daemon", "/openapi.json",
+    "/api/v1/plugins", "/api/v1/plugins/discover", "/api/v1/plugins/web", "/api/plugins",
+    "/api/plugins/discover", "/api/plugins/web", "/api/v1/actors", "/api/v1/actors/plugins/web",
+    "/api/v1/dead-letters", "/api/v1/events/stream", "/api/v1/cli/commands", "/api/v1/faults",
+    "/api/v1/faults/firings", "/api/v1/faults/f-1", "/api/v1/chaos", "/api/v1/chaos/c-1",
+    "/api/v1/instances", "/api/v1/instances/aws/i-1", "/api/v1/web/open", "/no/such/route",
+]  # fmt: skip
+
+
+async def test_a_presented_token_that_is_invalid_is_a_401_on_every_route(daemon: Daemon) -> None:
+    """Reads and the open health routes too: the client meant to authenticate, so a bad
+    token is never served as anonymous. Without a token, the open routes stay open."""
+    admin = await token(daemon, "admin")
+    revoked = await token(daemon, "admin")
+    await daemon.host.state.revoke_token(revoked.split("_")[1])
+    bad = {
+        "unknown": "Bearer cws_0123456789abcdef_" + "x" * 43,
+        "revoked": f"Bearer {revoked}",
+        "wrong secret": f"Bearer {admin[:-4]}AAAA",
+        "not a cws token": "Bearer hunter2",
+        "another scheme": "Basic dXNlcjpwYXNz",
+    }
+    with trio.fail_after(TIMEOUT):
+        async with client(daemon) as http:
+            for path in READS:
+                for what, header in bad.items():
+                    answer = await http.get(path, headers={"Authorization": header})
+                    assert answer.status_code == 401, (path, what, answer.text)
+                    assert answer.headers["www-authenticate"].startswith("Bearer")
+            for path in ("/healthz", "/readyz", "/metrics", "/api/v1/plugins", "/api/v1/web/open"):
+                assert (await http.get(path)).status_code == 200, path  # no token: open
+                good = await http.get(path, headers={"Authorization": f"Bearer {admin}"})
+                assert good.status_code == 200, path
+
+
 async def test_revoked_and_expired_tokens_are_refused(daemon: Daemon) -> None:
     from api._auth import issue_token
 
@@ -364,7 +401,8 @@ async def test_install_update_and_remove_by_upload(tmp_path: Path) -> None:
             updated = await http.post("/api/v1/plugins/echo/update", files=files)
             assert updated.json()["version"] == "1.1.0"
             evil = {"archive": ("x.cwsplugin", b"not a zip", "application/zip")}
-            assert_problem(await http.post("/api/v1/plugins/install", files=evil), 409, "archive")
+            bad = await http.post("/api/v1/plugins/install", files=evil)
+            assert_problem(bad, 400, "x.cwsplugin: the archive: not a valid zip archive")
             assert_problem(await http.post("/api/v1/plugins/install"), 400, "multipart")
             removed = await http.delete("/api/v1/plugins/echo?purge_data=true")
             assert removed.json() == {"removed": "echo", "purged_data": True}

@@ -32,7 +32,8 @@ class Memory:
 
     def __init__(self, data_dir):
         self.data_dir = data_dir
-        self.breaker = CircuitBreaker("memory", failure_threshold=1, reset_timeout=0.5)
+        self.name = data_dir.name  # the plugin's name: write_provider() can make several
+        self.breaker = CircuitBreaker(self.name, failure_threshold=1, reset_timeout=0.5)
         self.policy = Resilience(retries=0, reset_timeout=0.5)
         self.states = {"i-1": InstanceState.RUNNING, "i-2": InstanceState.STOPPED}
 
@@ -45,7 +46,7 @@ class Memory:
     async def _call(self, work):
         async def guarded():
             if (self.data_dir / "down").exists():
-                raise ProviderUnavailable("memory: the cloud is down")
+                raise ProviderUnavailable(f"{self.name}: the cloud is down")
             return work()
         return await call_resiliently(guarded, breaker=self.breaker, policy=self.policy)
 
@@ -90,10 +91,11 @@ probe_period = 0.1
 """
 
 
-def write_provider(folder: Path) -> None:
-    plugin_dir = folder / "memory"
+def write_provider(folder: Path, name: str = "memory") -> None:
+    plugin_dir = folder / name
     plugin_dir.mkdir(parents=True)
-    (plugin_dir / "plugin.toml").write_text(textwrap.dedent(MANIFEST))
+    manifest = MANIFEST.replace('name = "memory"', f'name = "{name}"')
+    (plugin_dir / "plugin.toml").write_text(textwrap.dedent(manifest))
     (plugin_dir / "memory_plugin.py").write_text(CODE)
 
 
@@ -139,7 +141,11 @@ async def test_an_outage_takes_only_that_provider_out_then_it_recovers(tmp_path:
             down = home / "plugin-data/memory/down"
             down.touch()
             first = await http.get("/api/v1/instances")
-            assert first.json()["errors"]["memory"]["status"] == 503
+            assert first.json()["errors"]["memory"] == {
+                "status": 503,
+                "detail": "memory: the cloud is down",  # its name once, not "memory: memory:"
+            }
+            assert first.json()["providers"] == ["memory"]
 
             async def out_of_routing() -> bool:
                 answer = await http.get("/api/v1/instances/memory/i-1")

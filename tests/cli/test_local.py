@@ -10,7 +10,10 @@ import sqlite3
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
+
+from api._cli_errors import APIProblem
 
 from ._cws import TIMEOUT, cws, cws_daemon, cws_env, expect
 
@@ -122,3 +125,21 @@ async def test_an_unreachable_daemon_is_exit_3_and_says_how_to_start_it(tmp_path
         assert helped.code == 0
         assert f"the daemon at {url} is unreachable" in " ".join(helped.out.split())
         assert (await cws("--url", "localhost:1", "plugin", "list", env=env)).code == 2
+
+
+@pytest.mark.parametrize(
+    ("title", "detail", "shown"),
+    [
+        ("Refused", "plugin 'echo' refused: broken", "plugin 'echo' refused: broken"),
+        ("Not ready", "plugin 'aws' is not ready (probe)", "plugin 'aws' is not ready (probe)"),
+        ("Not found", "no plugin named 'x'", "Not found: no plugin named 'x'"),
+        (
+            "Bad archive",
+            "x.cwsplugin: entry 'a': refused",
+            "Bad archive: x.cwsplugin: entry 'a': refused",
+        ),
+        ("Unavailable", "", "Unavailable"),
+    ],
+)
+def test_a_problem_message_never_repeats_its_title(title: str, detail: str, shown: str) -> None:
+    assert APIProblem(409, title, detail).format_message() == shown

@@ -13,7 +13,9 @@ import httpx
 import pytest
 import trio
 
+from ..api.test_instances import write_provider
 from ..plugins._fixtures import write_plugin
+from ..plugins.test_host import wait_until
 from ._cws import (
     CWS,
     TIMEOUT,
@@ -219,3 +221,35 @@ async def test_remove_asks_and_refuses_without_a_terminal(daemon: Daemon, tmp_pa
     assert after["plugins"] == []
     gone = await cws("echo", "--text", "hi", env=env)
     expect(gone, 2, err="No such command 'echo'")
+
+
+async def test_instances_list_exits_1_when_every_provider_failed(tmp_path: Path) -> None:
+    """Each failure said once, its provider's name once; one provider up is a listing
+    with a warning (exit 0)."""
+    home = tmp_path / "home"
+    write_provider(home / "plugins", "memory")
+    write_provider(home / "plugins", "spare")
+    for name in ("memory", "spare"):
+        (home / "plugin-data" / name).mkdir(parents=True)
+        (home / "plugin-data" / name / "down").touch()
+    async with cws_daemon(home) as daemon:
+        failed = await cws("instances", "list", env=daemon.env)
+        expect(failed, 1, err="error: every cloud provider failed:\n  memory: ")
+        assert "\n  spare: " in failed.err
+        assert failed.out == ""
+        for name in ("memory", "spare"):
+            assert failed.err.count(f"{name}:") == 1, failed.err
+        as_json = await cws("instances", "list", "--json", env=daemon.env)
+        expect(as_json, 1, err="every cloud provider failed")
+        assert set(json.loads(as_json.out)["errors"]) == {"memory", "spare"}
+        (home / "plugin-data/spare/down").unlink()
+
+        async def spare_answers() -> bool:
+            listed = await cws("instances", "list", "--provider", "spare", env=daemon.env)
+            return listed.code == 0
+
+        await wait_until(spare_answers)
+        partly = await cws("instances", "list", env=daemon.env)
+        expect(partly, 0, out="i-1  vm-i-1  t3.micro")  # the spare provider's instances
+        assert partly.err.count("memory:") == 1, partly.err
+        assert partly.err.startswith("warning: memory: ")

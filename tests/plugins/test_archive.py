@@ -355,7 +355,37 @@ def test_refuses_other_compression_methods(tmp_path: Path, out: Path) -> None:
     _refused(archive, out, UnsafeArchive, "compression method 12; expected stored or deflated")
 
 
-@pytest.mark.parametrize("field", ["max_files", "max_total_bytes", "max_file_bytes", "max_ratio"])
+def test_refuses_an_entry_nested_too_deep_naming_it(tmp_path: Path, out: Path) -> None:
+    # 2,100 nested folders: shutil.rmtree (recursive in 3.11) could not remove them.
+    name = "/".join(["d"] * 2100) + "/x.txt"
+    archive = _plugin_zip(tmp_path / "deep.cwsplugin", (name, b"deep"))
+    error = _refused(archive, out, UnsafeArchive, "is 2101 levels deep, over the limit of 32")
+    assert (error.entry, error.rule) == (name, "depth")
+    # The message names the entry, its middle cut so that it stays readable.
+    assert str(error).startswith("entry 'd/d/d/d/d/d/d/d/d/d/")
+    assert f"/x.txt' ({len(name)} characters): is 2101 levels deep" in str(error)
+    assert len(str(error)) < 250
+    # Exactly at the limit is fine.
+    at_limit = _plugin_zip(tmp_path / "ok.cwsplugin", ("/".join(["d"] * 31) + "/x.txt", b""))
+    assert check_archive(at_limit).entry_count == 2
+
+
+def test_refuses_a_name_too_long_for_the_file_system(tmp_path: Path, out: Path) -> None:
+    long_name = "/".join(["n" * 200] * 6)  # 6 levels, 1,205 bytes
+    archive = _plugin_zip(tmp_path / "long.cwsplugin", (long_name, b""))
+    error = _refused(archive, out, UnsafeArchive, "has a 1205-byte name, over the limit of 1024")
+    assert error.rule == "path_length"
+    component = _plugin_zip(tmp_path / "wide.cwsplugin", ("lib/" + "é" * 128 + ".py", b""))
+    error = _refused(component, out, UnsafeArchive, "component of more than 255 bytes")
+    assert error.rule == "path_length"
+    limits = ArchiveLimits(max_depth=2, max_path_bytes=5000)
+    _refused(archive, out, UnsafeArchive, "is 6 levels deep, over the limit of 2", limits)
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["max_files", "max_total_bytes", "max_file_bytes", "max_ratio", "max_depth", "max_path_bytes"],
+)
 def test_limits_must_be_positive(field: str) -> None:
     with pytest.raises(ValueError, match=f"{field} must be > 0, got 0"):
         ArchiveLimits(**{field: 0})
@@ -401,6 +431,16 @@ def test_make_archive_refuses_what_it_cannot_pack(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"link\.py is a symbolic link"):
         make_archive(folder, tmp_path / "linked.cwsplugin")
     assert not (tmp_path / "linked.cwsplugin").exists()
+
+
+def test_make_archive_refuses_a_folder_nested_too_deep(tmp_path: Path) -> None:
+    folder = _plugin_folder(tmp_path / "echo")
+    deep = folder.joinpath(*["d"] * 40)
+    deep.mkdir(parents=True)
+    (deep / "x.py").write_text("")
+    with pytest.raises(ValueError, match="is more than 32 levels deep"):
+        make_archive(folder, tmp_path / "deep.cwsplugin")
+    assert not (tmp_path / "deep.cwsplugin").exists()
 
 
 def test_make_archive_checks_its_result_against_the_limits(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ signatures and processes. Every refusal checks its message and that nothing chan
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,13 +12,17 @@ import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from cws_actors import PluginHost, PluginNotFound, PluginRefused
 from cws_actors._archive import make_archive
+from cws_actors._removal import remove_tree
 from cws_actors._signing import generate_keypair, sign
 
+from ..api._daemon import client, running_daemon, token
+from ..cli._cws import cws_daemon
 from ._fixtures import PLUGIN_CODE, write_plugin
 from .test_host import TIMEOUT, opened
 
@@ -356,3 +361,113 @@ async def test_an_update_killed_between_renames_is_recovered(tmp_path: Path) -> 
         async with opened(home) as host:
             assert [(p.name, p.version) for p in await host.discover()] == [("echo", "1.0.0")]
     assert snapshot(home) == before
+
+
+# ---------------------------------------------------------------- deep trees (issue 14.9)
+
+
+def deep_tree(root: Path, depth: int) -> None:
+    """``root/d/d/.../d/x.txt``, ``depth`` folders below ``root``, made relative to one
+    open folder at a time: deeper than the recursion limit and longer than PATH_MAX."""
+    root.mkdir(parents=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        os.close(os.open("x.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+        os.symlink(str(root.parent / "outside"), "link", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_remove_tree_removes_a_tree_of_any_depth_without_following_links(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "kept.txt").write_text("not ours")
+    deep_tree(tmp_path / "deep", 3000)
+    with pytest.raises(RecursionError):  # what recovery used before
+        shutil.rmtree(tmp_path / "deep")
+    remove_tree(tmp_path / "deep")
+    assert not (tmp_path / "deep").exists()
+    assert (outside / "kept.txt").read_text() == "not ours"  # the link was not followed
+    remove_tree(tmp_path / "deep")  # gone already: nothing to do
+    (tmp_path / "file").write_text("x")
+    remove_tree(tmp_path / "file")
+    assert not (tmp_path / "file").exists()
+
+
+async def test_an_archive_nested_too_deep_is_a_400_over_http(tmp_path: Path, source: Path) -> None:
+    """The upload that used to be a 500 (RecursionError) leaving a staging folder no
+    start could remove: refused before unpacking, naming the entry, nothing left."""
+    archive = make_archive(source, tmp_path / "echo.cwsplugin")
+    deep_name = "/".join(["d"] * 2100) + "/x.txt"
+    with zipfile.ZipFile(archive, "a") as bundle:
+        bundle.writestr(deep_name, "deep")
+    home = tmp_path / "home"
+    with trio.fail_after(TIMEOUT):
+        async with running_daemon(home) as daemon:
+            manager = await token(daemon, "plugins:manage")
+            async with client(daemon, manager) as http:
+                files = {"archive": ("deep.cwsplugin", archive.read_bytes(), "application/zip")}
+                refused = await http.post("/api/v1/plugins/install", files=files)
+                assert refused.status_code == 400, refused.text
+                body = refused.json()
+                assert (body["title"], body["rule"], body["entry"]) == (
+                    "Bad archive",
+                    "depth",
+                    deep_name,
+                )
+                assert body["detail"].startswith("deep.cwsplugin: entry 'd/d/d/")
+                assert "is 2101 levels deep, over the limit of 32" in body["detail"]
+                assert body["detail"].endswith("; nothing was installed")
+                assert (await http.get("/api/v1/plugins")).json()["plugins"] == []
+    assert not (home / "plugins").exists()  # refused before staging: nothing was unpacked
+    assert list((home / "uploads").iterdir()) == []
+
+
+def _unremovable(folder: Path) -> None:
+    """Make ``folder``'s content impossible to delete, even for root (immutable)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        return
+    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make a folder immutable here: {made.stderr.decode().strip()}")
+
+
+def _removable(folder: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+    else:
+        folder.chmod(0o700)
+
+
+async def test_a_daemon_starts_whatever_the_leftovers(tmp_path: Path) -> None:
+    """A staging folder 2,100 levels deep (what the upload above used to leave) is
+    removed at start; one that cannot be removed is logged with its path, and the
+    daemon starts and serves anyway."""
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "other")
+    deep_tree(home / "plugins/.staging-deep", 2100)
+    stuck = home / "plugins/.trash-stuck"
+    write_plugin(stuck, "stuck")
+    _unremovable(stuck)
+    try:
+        with trio.fail_after(TIMEOUT):
+            async with cws_daemon(home) as daemon, httpx.AsyncClient() as http:
+                assert (await http.get(f"{daemon.url}/healthz")).status_code == 200
+                listed = (await http.get(f"{daemon.url}/api/v1/plugins")).json()
+                assert [p["name"] for p in listed["plugins"]] == ["other"]
+                log = daemon.log.read_text()
+        assert not (home / "plugins/.staging-deep").exists()
+        assert "removed the unfinished .staging-deep" in log
+        assert f"ERROR cws.plugins: cannot tidy up {stuck}" in log
+        assert "can be removed by hand" in log
+        assert stuck.exists()
+    finally:
+        _removable(stuck)

@@ -161,6 +161,14 @@ api_version = "1.0"
 entry = "echo_plugin:EchoPlugin"
 """
 
+# The archives whose form breaks a rule: the client's error, a 400 "Bad archive" found
+# before anything is unpacked. The others are well formed but unusable here: a 409.
+MALFORMED_ARCHIVES = frozenset(
+    {"dot-dot", "deep-dot-dot", "absolute", "drive", "backslash", "symlink", "symlinked-folder",
+     "duplicate", "nested", "not-a-zip", "empty", "truncated", "zip-bomb", "too-deep",
+     "name-too-long"}
+)  # fmt: skip
+
 # (id, archive maker, words the problem's detail must contain)
 ARCHIVES: list[tuple[str, Callable[[Path], bytes], tuple[str, ...]]] = [
     ("dot-dot", lambda t: with_entry(t, f"../{ESCAPED}"), (f"../{ESCAPED}", "path traversal")),
@@ -211,6 +219,16 @@ ARCHIVES: list[tuple[str, Callable[[Path], bytes], tuple[str, ...]]] = [
         ("'zeros.bin'",),
     ),
     # Manifests: a good archive around a bad plugin.toml.
+    (
+        "too-deep",
+        lambda t: with_entry(t, "/".join(["d"] * 2100) + "/x.txt"),
+        ("is 2101 levels deep, over the limit of 32",),
+    ),
+    (
+        "name-too-long",
+        lambda t: with_entry(t, "/".join(["n" * 250] * 5)),
+        ("byte name, over the limit of 1024",),
+    ),
     ("manifest-not-toml", lambda t: with_manifest(t, "[plugin\nname = "), ("not valid TOML",)),
     ("manifest-no-plugin-table", lambda t: with_manifest(t, "[limits]\n"), ("[plugin]",)),
     (
@@ -272,11 +290,9 @@ ARCHIVES: list[tuple[str, Callable[[Path], bytes], tuple[str, ...]]] = [
 
 
 @pytest.mark.parametrize("route", ["install", "update"])
-@pytest.mark.parametrize(
-    ("make", "details"), [(m, d) for _, m, d in ARCHIVES], ids=[i for i, _, _ in ARCHIVES]
-)
+@pytest.mark.parametrize(("case", "make", "details"), ARCHIVES, ids=[i for i, _, _ in ARCHIVES])
 async def test_a_bad_archive_is_refused_with_its_reason_and_nothing_changes(
-    tmp_path: Path, make: Callable[[Path], bytes], details: tuple[str, ...], route: str
+    tmp_path: Path, case: str, make: Callable[[Path], bytes], details: tuple[str, ...], route: str
 ) -> None:
     home = tmp_path / "home"
     archive = make(tmp_path)
@@ -287,8 +303,12 @@ async def test_a_bad_archive_is_refused_with_its_reason_and_nothing_changes(
                 "/api/v1/plugins/install" if route == "install" else "/api/v1/plugins/keeper/update"
             )
             answer = await http.post(path, files=upload(archive))
-            body = assert_problem(answer, 409, *details)
-            assert body["title"] == "Refused"
+            if case in MALFORMED_ARCHIVES:
+                body = assert_problem(answer, 400, *details)
+                assert (body["title"], body["detail"][:15]) == ("Bad archive", "echo.cwsplugin:")
+            else:
+                body = assert_problem(answer, 409, *details)
+                assert body["title"] == "Refused"
             assert await observed_state(http, home) == before
             await still_serving(http)
     assert not list(tmp_path.rglob(ESCAPED))

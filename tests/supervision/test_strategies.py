@@ -6,7 +6,16 @@ import pytest
 import trio
 import trio.testing
 
-from supervision import ChildState, ExitKind, Restart, Strategy, open_supervisor
+from supervision import (
+    Backoff,
+    ChildNotFound,
+    ChildRunning,
+    ChildState,
+    ExitKind,
+    Restart,
+    Strategy,
+    open_supervisor,
+)
 
 from ._workers import Workers
 
@@ -149,9 +158,46 @@ async def test_restart_delete_and_which_children() -> None:
         assert workers.take() == ["exit b", "start b"]
         assert supervisor.statistics().child("b").restarts == 0  # manual: not counted
         assert supervisor.statistics().restarts == 0
-        await supervisor.delete_child("a")
+        await supervisor.remove_child("a")
         assert workers.take() == ["exit a"]
         assert [c.id for c in supervisor.which_children()] == ["b", "c"]
         await supervisor.terminate_child("c")
         assert await supervisor.restart_child("c") == "c"
         assert workers.take() == ["exit c", "start c"]
+
+
+async def test_delete_child_refuses_a_running_child_as_otp_does() -> None:
+    workers = Workers()
+    async with open_supervisor(name="sup", strategy=Strategy.ONE_FOR_ALL) as supervisor:
+        await start_abc(supervisor, workers)
+        workers.take()
+        with pytest.raises(ChildRunning, match="it is running; stop it with terminate_child"):
+            await supervisor.delete_child("b")
+        assert workers.take() == []  # refused: nothing stopped, nothing forgotten
+        assert [c.id for c in supervisor.which_children()] == ["a", "b", "c"]
+        await supervisor.terminate_child("b")
+        await supervisor.delete_child("b")
+        assert workers.take() == ["exit b"]
+        # Deleted, it stays out of a group restart, and its id is free.
+        workers.crash("a")
+        await trio.testing.wait_all_tasks_blocked()
+        assert workers.take() == ["exit a", "exit c", "start a", "start c"]
+        with pytest.raises(ChildNotFound):
+            await supervisor.delete_child("b")
+        await supervisor.start_child(workers.spec("b"))
+        assert workers.take() == ["start b"]
+
+
+async def test_delete_child_refuses_a_child_waiting_to_restart(autojump_clock) -> None:
+    workers = Workers()
+    async with open_supervisor(name="sup") as supervisor:
+        await supervisor.start_child(workers.spec("a", backoff=Backoff(10.0, 10.0)))
+        workers.crash("a")
+        await trio.testing.wait_all_tasks_blocked()
+        assert supervisor.child_status("a") == (ChildState.RESTARTING, False)
+        with pytest.raises(ChildRunning, match="it is restarting"):
+            await supervisor.delete_child("a")
+        await supervisor.remove_child("a")
+        assert supervisor.which_children() == ()
+        await trio.sleep(20)  # past the backoff: the removed child does not come back
+        assert workers.take() == ["start a", "exit a"]

@@ -131,6 +131,7 @@ async def test_unknown_child_ids_raise_child_not_found() -> None:
             supervisor.terminate_child,
             supervisor.restart_child,
             supervisor.delete_child,
+            supervisor.remove_child,
             supervisor.wait_ready,
             supervisor.clear_quarantine,
         ):
