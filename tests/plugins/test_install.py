@@ -437,7 +437,7 @@ def _unremovable(folder: Path) -> None:
         return
     made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
     if made.returncode != 0:
-        pytest.skip(f"cannot make a folder immutable here: {made.stderr.decode().strip()}")
+        pytest.fail(f"cannot make a folder immutable here: {made.stderr.decode().strip()}")
 
 
 def _removable(folder: Path) -> None:
