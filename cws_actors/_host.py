@@ -7,7 +7,7 @@ import importlib.metadata
 import logging
 import os
 import shlex
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,9 @@ class PluginHost:
     _fork_server: ForkServer | None = None
     _fork_server_starting: trio.Event | None = None
     _loading: set[str] = attrs.field(factory=set)
+    _starting: dict[str, trio.Event] = attrs.field(factory=dict)
+    """Plugins whose actor is starting (outside the host lock), set when settled."""
+    _starting_launches: dict[str, PluginLaunch] = attrs.field(factory=dict)
     route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
     """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
     core route or another plugin's), or None. A plugin with such an endpoint is refused
@@ -245,7 +248,13 @@ class PluginHost:
         """
         prepared = await self._prepare(name)
         async with self._lock:
-            await self._load(name, prepared)
+            start = await self._reserve(name, prepared)
+        if start is not None:
+            await start()  # outside the lock: plugins start side by side
+        else:
+            await self._settle(name)  # another load of it is starting it
+        if name not in self._loaded:
+            raise PluginRefused(name, "it failed to start (a load of it under way failed)")
         with trio.move_on_after(self.config.ready_timeout):
             with contextlib.suppress(SupervisionError):
                 await self.runtime.wait_ready(f"{PLUGINS_PATH}/{name}")
@@ -333,9 +342,22 @@ class PluginHost:
             raise PluginRefused(name, "it is disabled; enable it first")
         return discovered
 
-    async def _load(self, name: str, prepared: _Prepared | None = None) -> None:
-        if name in self._loaded:
-            return
+    async def _settle(self, name: str) -> None:
+        """Wait until a start of ``name`` under way has succeeded or failed."""
+        starting = self._starting.get(name)
+        if starting is not None:
+            await starting.wait()
+
+    async def _reserve(
+        self, name: str, prepared: _Prepared | None
+    ) -> Callable[[], Awaitable[None]] | None:
+        """With the host lock held: check that ``name`` may load, claim its routes, and
+        return what starts it (None if it is loaded or starting already). The start runs
+        without the lock, so that one plugin's start (a cloud SDK's import, a second or
+        more) does not hold up the others; whatever needs ``name`` meanwhile (unload,
+        update, remove, disable) waits for it with ``_settle``."""
+        if name in self._loaded or name in self._starting:
+            return None
         discovered = await self._loadable(name)
         if prepared is not None and prepared.discovered is discovered:
             if prepared.refused is not None:
@@ -345,6 +367,23 @@ class PluginHost:
         else:  # not prepared, or rediscovered meanwhile: its files may have changed
             launch, manifest = await self._launch(discovered)
         self._check_routes(name, launch)
+        if name in self._loaded or name in self._starting:
+            return None  # another load got there while we described it
+        self._starting[name] = trio.Event()
+        self._starting_launches[name] = launch
+
+        async def start() -> None:
+            try:
+                await self._start(name, discovered, launch, manifest)
+            finally:
+                del self._starting_launches[name]
+                self._starting.pop(name).set()
+
+        return start
+
+    async def _start(
+        self, name: str, discovered: DiscoveredPlugin, launch: PluginLaunch, manifest: Manifest
+    ) -> None:
         if launch.metadata.isolation is Isolation.SUBPROCESS:
             await self._start_fork_server()
         path = f"{PLUGINS_PATH}/{name}"
@@ -378,11 +417,13 @@ class PluginHost:
         await self.state.log(name, "loaded", discovered.version)
 
     def _check_routes(self, name: str, launch: PluginLaunch) -> None:
+        launches = {other: loaded.launch for other, loaded in self._loaded.items()}
+        launches |= self._starting_launches
         for spec in launch.capabilities.api_endpoints:
-            for other, loaded in self._loaded.items():
+            for other, their_launch in launches.items():
                 if other == name:
                     continue
-                for theirs in loaded.launch.capabilities.api_endpoints:
+                for theirs in their_launch.capabilities.api_endpoints:
                     if (theirs.method, theirs.path) == (spec.method, spec.path):
                         raise PluginRefused(
                             name, f"{spec.method} {spec.path} is already served by {other!r}"
@@ -508,6 +549,7 @@ class PluginHost:
 
     async def _unload(self, name: str, *, force: bool = False) -> None:
         """``unload`` with the host lock held."""
+        await self._settle(name)
         loaded = self._loaded.pop(name, None)
         if loaded is None:
             raise PluginNotFound(f"plugin {name!r} is not loaded")
@@ -525,6 +567,7 @@ class PluginHost:
     async def disable(self, name: str) -> None:
         """Disable (persisted across daemon restarts) and unload it if loaded."""
         async with self._lock:  # one step: a concurrent load cannot bring it back between
+            await self._settle(name)
             if name in self._loaded:
                 await self._unload(name)
             await self.state.set_enabled(name, False)
@@ -578,6 +621,7 @@ class PluginHost:
             PluginRefused: the new version is unusable; the old one is untouched.
         """
         async with self._lock:
+            await self._settle(name)
             current = self._discovered.get(name)
             if current is None:
                 raise PluginNotFound(f"no plugin named {name!r} is installed; install it")
@@ -681,6 +725,7 @@ class PluginHost:
                 " that installed it",
             )
         async with self._lock:  # one step: a concurrent load cannot bring it back between
+            await self._settle(name)
             if name in self._loaded:
                 await self._unload(name)
             await trio.to_thread.run_sync(discard, Path(current.location))
