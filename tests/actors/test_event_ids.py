@@ -5,6 +5,7 @@ item 7)."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 import sqlite3
 import subprocess
@@ -35,7 +36,7 @@ def stored_ids(path: Path) -> list[int]:
 
 
 def assert_strictly_increasing(ids: list[int]) -> None:
-    assert all(a < b for a, b in zip(ids, ids[1:], strict=False)), ids
+    assert all(a < b for a, b in itertools.pairwise(ids)), ids
 
 
 async def publish_mix(path: Path | None, rounds: int) -> list[Event]:
