@@ -133,7 +133,7 @@ class _IdBlocks:
         return None
 
     def remaining(self) -> int:
-        return sum(last - max(first, self._next) + 1 for first, last in self._ranges)
+        return sum(max(0, last - max(first, self._next) + 1) for first, last in self._ranges)
 
 
 @attrs.define(eq=False)

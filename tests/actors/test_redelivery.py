@@ -9,9 +9,18 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 
-from cws_actors import Actor, Event, MailboxConfig, RuntimeConfig, on_event, open_runtime
+from cws_actors import (
+    Actor,
+    Event,
+    MailboxConfig,
+    Overflow,
+    RuntimeConfig,
+    on_event,
+    open_runtime,
+)
 
 BACKLOG = 2_500
 CAPACITY = 1_000  # the default mailbox
@@ -100,3 +109,30 @@ async def test_a_backlog_bigger_than_the_mailbox_is_delivered_after_one_restart(
     assert max(position[i] for i in admitted) < position[backlog[-1]]
     assert min(position[i] for i in admitted) == CAPACITY // 2
     assert min(position[i] for i in new[len(admitted) - NEW_PLAIN :]) > position[backlog[-1]]
+
+
+@pytest.mark.parametrize("overflow", [Overflow.REJECT, Overflow.DROP_NEWEST, Overflow.DROP_OLDEST])
+async def test_durable_events_a_full_mailbox_refused_come_back_in_the_same_run(
+    tmp_path: Path, overflow: Overflow
+) -> None:
+    """Refused, dropped or evicted by a full mailbox, a durable event is paged back in
+    from the store once the mailbox has drained: no restart needed."""
+    path = tmp_path / "state.db"
+    seen: list[Event] = []
+    gate = trio.Event()
+    ledger = Ledger(seen, 8, gate)
+    with trio.fail_after(20):
+        async with open_runtime(config=config(path)) as runtime:
+            ref = await runtime.spawn(
+                lambda: ledger, name="ledger", mailbox=MailboxConfig(2, overflow)
+            )
+            published = [(await runtime.publish("orders.created", 0)).id]
+            await ledger.started.wait()  # in the handler, on the gate
+            published += [(await runtime.publish("orders.created", n)).id for n in range(1, 8)]
+            lost = [d for d in runtime.dead_letters() if d.reason == "mailbox_full"]
+            assert len(lost) == 5  # 2 fit in the mailbox; one event is in the handler
+            gate.set()
+            await ledger.done.wait()
+            assert runtime.actors().find(ref.path).restarts == 0
+    assert sorted(event.id for event in seen) == published  # each one exactly once
+    assert unacked(path) == 0
