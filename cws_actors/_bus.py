@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 from collections.abc import AsyncIterator, Callable
@@ -12,7 +13,6 @@ import attrs
 import trio
 
 from ._durable import EventStore
-from ._envelope import next_id
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-]+")
 
@@ -66,8 +66,18 @@ class Event:
     """Something that happened, published on ``topic``."""
 
     id: int
-    """Unique in this process; for a durable event, the store's id, stable across
-    restarts: handlers of durable topics deduplicate on it (delivery is at-least-once)."""
+    """The event's number, durable or not, taken when it is published.
+
+    With a state file (``RuntimeConfig.state_path``): unique among every event ever
+    published in that home, durable or not, across restarts and crashes of the runtime,
+    for as long as the file lives; and increasing: an event published after another
+    (in one runtime, or in a later run on the same file) has a bigger id. Ids are not
+    contiguous (a restart skips ids), and delivery order is not id order (a durable
+    event is delivered once stored, a redelivered one long after). A redelivered durable
+    event keeps its id, so handlers deduplicate on it (delivery is at-least-once).
+
+    Without a state file: unique and increasing within this runtime only; they start
+    again at 1 in the next one."""
     topic: str
     payload: Any
     published_at: float
@@ -169,9 +179,17 @@ class EventBus:
     _actors: dict[str, tuple[str, ...]] = attrs.field(factory=dict, init=False)
     _streams: list[Subscription] = attrs.field(factory=list, init=False)
     _published: int = attrs.field(default=0, init=False)
+    _next_event_id: Callable[[], int] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.backend.attach(self._fan_out)
+        # One id space for all the events of a home: the store numbers them, durable or
+        # not (a durable event gets its id from the same allocator inside `append`).
+        # Without a store, a counter: ids are then unique per bus, that is per runtime.
+        if self.store is not None:
+            self._next_event_id = self.store.next_event_id
+        else:
+            self._next_event_id = itertools.count(1).__next__
 
     def declare_durable(self, pattern: str) -> None:
         """Make the topics matching ``pattern`` durable: their events are stored before
@@ -207,7 +225,7 @@ class EventBus:
                 f"topic {topic!r} is durable: use `await publish(...)`, which returns"
                 " once the event is stored"
             )
-        event = Event(next_id(), topic, payload, trio.current_time(), source)
+        event = Event(self._next_event_id(), topic, payload, trio.current_time(), source)
         self._published += 1
         self.backend.send(event)
         return event

@@ -53,6 +53,8 @@ class _Control(enum.Enum):
 
 # Yield to the scheduler at least this often when the mailbox never runs dry.
 _BATCH = 64
+# Unacknowledged durable events are read from the store this many at a time at most.
+_REDELIVERY_PAGE = 256
 
 
 @attrs.define(eq=False)
@@ -77,7 +79,19 @@ class ActorCell:
     actor: Actor | None = attrs.field(default=None, init=False)
     stopped: bool = attrs.field(default=False, init=False)
     queued_durable: set[int] = attrs.field(factory=set, init=False)
-    """Ids of durable events in the mailbox, not to be queued twice by a redelivery."""
+    """Ids of durable events in the mailbox or in the handler, not to be queued twice."""
+    redelivery_pending: bool = attrs.field(default=False, init=False)
+    """Unacknowledged durable events may wait in the store: page them in as room frees."""
+    _redelivered_up_to: int = attrs.field(default=0, init=False)
+    """The store has been read up to this event id since ``redelivery_pending`` was set."""
+
+    def redeliver_later(self, event_id: int) -> None:
+        """A durable event for this actor did not get into its mailbox (it was full, or
+        the event was evicted): the running actor pages it in from the store, in this
+        run, once its mailbox has room; a stopped one, at its next start."""
+        self.queued_durable.discard(event_id)
+        self.redelivery_pending = True
+        self._redelivered_up_to = min(self._redelivered_up_to, event_id - 1)
 
     def take_token(self, source: Source) -> float:
         """0.0 when admitted, else seconds until a token is there."""
@@ -170,33 +184,61 @@ class ActorCell:
             nursery.start_soon(self.injector.drive_process, self.path, actor)
         try:
             if self.store is not None and actor.subscriptions():
-                await self._redeliver()
+                # Everything unacknowledged, from the oldest: paged in by `_serve`.
+                self.redelivery_pending, self._redelivered_up_to = True, 0
+            else:
+                self.redelivery_pending = False
             await self._serve(actor)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(self.shutdown):
                 await actor.on_stop()
 
-    async def _redeliver(self) -> None:
-        """Queue this actor's unacknowledged durable events (after a crash of the actor
-        or of the whole runtime) that are not in its mailbox already."""
+    async def _redeliver_page(self) -> None:
+        """Queue the next page of this actor's unacknowledged durable events (left by a
+        crash of the actor or of the runtime, or refused by a full mailbox), oldest
+        first, skipping those already queued.
+
+        Redelivered events fill at most half of the mailbox: the other half stays free
+        for new events, which keep flowing meanwhile, interleaved with the backlog. The
+        pages go on, as the mailbox drains, until the store has nothing more: no event
+        waits for another restart of the actor.
+        """
         assert self.store is not None
-        for stored in await self.store.unacked(self.path):
-            if stored.id in self.queued_durable:
-                continue
-            event = Event(
-                stored.id, stored.topic, stored.payload, stored.published_at, stored.source,
-                durable=True,
-            )  # fmt: skip
-            outcome, _ = self.mailbox.offer(Envelope(next_id(), Source.BUS, self.path, event))
-            if outcome is not Offer.ACCEPTED:
-                break  # the rest wait for the next start; they stay unacknowledged
-            self.in_flight += 1
-            self.queued_durable.add(stored.id)
+        capacity = self.mailbox.config.capacity
+        room = (capacity + 1) // 2 - len(self.mailbox)
+        if room <= 0:
+            return
+        wanted = min(room, _REDELIVERY_PAGE)
+        # Cleared before the read: an event refused while we wait sets it again.
+        self.redelivery_pending = False
+        page = await self.store.unacked(self.path, after=self._redelivered_up_to, limit=wanted)
+        for stored in page:
+            if stored.id not in self.queued_durable:
+                event = Event(
+                    stored.id, stored.topic, stored.payload, stored.published_at,
+                    stored.source, durable=True,
+                )  # fmt: skip
+                envelope = Envelope(next_id(), Source.BUS, self.path, event)
+                # Never into a full mailbox: its overflow policy could evict a message.
+                if self.mailbox.full or self.mailbox.offer(envelope)[0] is not Offer.ACCEPTED:
+                    self.redelivery_pending = True  # room was taken meanwhile: next time
+                    return
+                self.in_flight += 1
+                self.queued_durable.add(stored.id)
+            self._redelivered_up_to = max(self._redelivered_up_to, stored.id)
+        if len(page) == wanted:
+            self.redelivery_pending = True  # a full page: there may be more
 
     async def _serve(self, actor: Actor) -> None:
         mailbox = self.mailbox
+        capacity = mailbox.config.capacity
         handled = 0
         while True:
+            # Below a quarter full, page the backlog in up to half: a few reads of
+            # hundreds of events each, rather than one read per event handled.
+            if self.redelivery_pending and len(mailbox) * 4 < capacity:
+                while self.redelivery_pending and len(mailbox) * 2 < capacity:
+                    await self._redeliver_page()
             envelope = mailbox.pop()
             if envelope is None:
                 await mailbox.wait()
@@ -224,8 +266,6 @@ class ActorCell:
                     return  # dropped, or failed by error_rate: the actor never sees it
                 payload = envelope.payload
                 if envelope.source is Source.BUS and isinstance(payload, Event):
-                    if payload.durable:
-                        self.queued_durable.discard(payload.id)
                     await actor._dispatch_event(payload)
                     if payload.durable and self.store is not None:
                         # Shielded: a handled event whose ack is lost is handled twice.
@@ -252,6 +292,10 @@ class ActorCell:
                 self.router.answered_late(envelope)
         finally:
             self.in_flight -= 1
+            event = envelope.payload
+            if isinstance(event, Event) and event.durable:
+                # Handled and acknowledged, or not (a crash: the next start redelivers).
+                self.queued_durable.discard(event.id)
 
     async def _control(self, actor: Actor, envelope: Envelope) -> None:
         reply = envelope.reply

@@ -124,16 +124,24 @@ class Router:
         return await reply.wait()
 
     def deliver_event(self, path: str, event: Event) -> None:
-        """Route a bus event; a refusal becomes a dead letter (nobody waits for it)."""
+        """Route a bus event; a refusal becomes a dead letter (nobody waits for it).
+
+        A refused durable event stays unacknowledged in the store: refused by a full
+        mailbox, the running actor pages it in once there is room (see
+        :meth:`ActorCell.redeliver_later`); refused for another reason (not ready, rate
+        limited, restarting), the actor's next start redelivers it."""
         envelope = Envelope(next_id(), Source.BUS, path, event)
-        try:
-            cell = self._route(envelope)
-        except ActorError as error:
-            # A durable event stays unacknowledged: the actor's next start redelivers it.
-            self.dead_letter(envelope, error.reason, str(error))
-        else:
-            if event.durable:
+        if event.durable:
+            cell = self.cells.get(path)
+            if cell is not None:
+                if event.id in cell.queued_durable:
+                    return  # the store's redelivery was quicker: it is queued already
+                # Marked before routing: a dead letter for it (below) takes the mark off.
                 cell.queued_durable.add(event.id)
+        try:
+            self._route(envelope)
+        except ActorError as error:
+            self.dead_letter(envelope, error.reason, str(error))
 
     def expired(self, envelope: Envelope) -> None:
         """An envelope whose deadline passed in the mailbox."""
@@ -156,6 +164,14 @@ class Router:
             del self.tombstones[next(iter(self.tombstones))]
 
     def dead_letter(self, envelope: Envelope, reason: str, detail: str = "") -> None:
+        event = envelope.payload
+        if isinstance(event, Event) and event.durable:
+            cell = self.cells.get(envelope.target)
+            if cell is not None:
+                if reason == "mailbox_full":  # refused, dropped or evicted
+                    cell.redeliver_later(event.id)
+                else:
+                    cell.queued_durable.discard(event.id)
         letter = self.dead_letters.record(envelope, reason, detail)
         if self.on_dead_letter is not None:
             self.on_dead_letter(letter)
