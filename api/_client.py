@@ -21,7 +21,7 @@ import httpx
 import trio
 
 from ._cli_errors import APIProblem, CLIError, DaemonUnreachable, NotAuthorized, UsageProblem
-from ._config import DEFAULT_PORT, default_home
+from ._home import DEFAULT_PORT, default_home
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 TOKEN_FILE = "token"

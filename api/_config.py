@@ -28,18 +28,14 @@ from typing import Any
 
 import attrs
 
+from ._home import DEFAULT_PORT as DEFAULT_PORT
+from ._home import default_home as default_home
 from ._toml_lines import Key, key_lines, line_of
 
-DEFAULT_PORT = 8947
 FILE_NAME = "cws.toml"
 """The configuration file's name in the home folder."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
-
-
-def default_home(env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("CWS_HOME") or "~/.cws").expanduser()
 
 
 def home_config_file(home: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
