@@ -398,6 +398,15 @@ def create_app(daemon: Daemon) -> QuartTrio:
             check_topic(topic)  # the bus's own rule: letters, digits, '_' and '-'
         except ValueError as exc:
             raise HTTPProblem(400, "Bad request", str(exc)) from None
+        if not daemon.plugins_loaded.is_set():
+            # Subscriptions come with the plugins: an event published now would miss them.
+            waiting = "; ".join(daemon.waiting_for())
+            raise HTTPProblem(
+                503, "Not ready",
+                "plugins are still loading, and an event published now would miss their"
+                f" subscriptions; retry once /readyz answers 200 ({waiting})",
+                headers={"Retry-After": "1"},
+            )  # fmt: skip
         event = await daemon.runtime.publish(topic, body.get("payload"), source="http")
         return event_view(event), 202
 

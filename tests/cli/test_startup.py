@@ -120,12 +120,22 @@ async def test_healthz_at_once_and_readyz_names_the_plugins_still_loading(
                         break
                     await trio.sleep(0.01)
                 assert (await client.get("/readyz")).json()["waiting"] == ["plugin slow loading"]
+                # An event now would miss the subscriptions of the plugins still loading.
+                made = await cws("token", "create", "--scope", "admin", env=env)
+                bearer = {"Authorization": f"Bearer {made.out.strip()}"}
+                event = {"topic": "instance.started", "payload": {}}
+                early = await client.post("/api/v1/events", json=event, headers=bearer)
+                assert early.status_code == 503, early.text
+                assert early.headers["Retry-After"] == "1"
+                assert "plugins are still loading" in early.json()["detail"]
                 gate.write_text("open")
                 while (await client.get("/readyz")).status_code != 200:  # noqa: ASYNC110
                     await trio.sleep(0.01)
                 states = {p["name"]: p["state"] for p in
                           (await client.get("/api/v1/plugins")).json()["plugins"]}  # fmt: skip
                 assert states == {"quick": "running", "slow": "running"}
+                late = await client.post("/api/v1/events", json=event, headers=bearer)
+                assert late.status_code == 202, late.text
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(TIMEOUT):

@@ -23,7 +23,17 @@ from typing import Any
 import httpx
 import trio
 
-from tests.cli._cws import CWS, TIMEOUT, Daemon, Lines, close_pipes, cws, cws_daemon, cws_env
+from tests.cli._cws import (
+    CWS,
+    TIMEOUT,
+    Daemon,
+    Lines,
+    close_pipes,
+    cws,
+    cws_daemon,
+    cws_env,
+    wait_until_ready,
+)
 from tests.cli._cws import create_token as create_cli_token
 
 from ._procs import proc
@@ -66,6 +76,7 @@ async def killable_daemon(home: Path) -> AsyncIterator[tuple[Daemon, trio.Proces
         assert process.stdout is not None
         with trio.fail_after(TIMEOUT):
             url = await Lines(process.stdout).next()
+            await wait_until_ready(url)
         yield Daemon(url, home, env | {"CWS_URL": url}, process, log), process
     finally:
         if process.returncode is None:
