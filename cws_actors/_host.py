@@ -63,6 +63,11 @@ ENTRY_POINT_GROUP = "cws_actors.plugins"
 _LIFECYCLE = frozenset({"initialize", "start", "stop", "health", "ready", "status"})
 PLUGINS_PATH = "/plugins"
 
+_log = logging.getLogger("cws.plugins")
+"""Each install, load, unload, update, enable, disable and remove at INFO, with the
+``plugin`` (and ``version``...) in the record's ``extra``; a plugin that cannot load at
+ERROR. Its crashes and restarts are its supervisor's to log (logger ``supervision``)."""
+
 
 class PluginError(Exception):
     """Base of the plugin host's errors; the message says what to do."""
@@ -117,6 +122,8 @@ class PluginStatus:
     last_error: str | None
     problem: str | None
     path: str | None
+    last_restart_at: float | None = None
+    """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
 
 
 @attrs.frozen
@@ -161,6 +168,8 @@ class HostConfig:
             archive_limits=self.archive_limits,
         )
 
+
+_DISABLED = "it is disabled; enable it first"
 
 _SWAP_MARGIN = 10.0
 """Seconds the host's ask waits for a swap beyond the longest the swap can take."""
@@ -230,7 +239,12 @@ class PluginHost:
             PluginRefused: disabled, incompatible, broken, or failing to start.
         """
         async with self._lock:
-            await self._load(name)
+            try:
+                await self._load(name)
+            except PluginRefused as exc:
+                if exc.reason != _DISABLED:  # the operator's choice, not a failure
+                    _log.error("%s", exc, extra={"plugin": name, "reason": exc.reason})
+                raise
         with trio.move_on_after(self.config.ready_timeout):
             with contextlib.suppress(SupervisionError):
                 await self.runtime.wait_ready(f"{PLUGINS_PATH}/{name}")
@@ -245,6 +259,7 @@ class PluginHost:
             record = records.get(name)
             if record is not None and not record.enabled:
                 results[name] = "disabled"
+                _log.info("plugin %s is disabled: not loading it", name, extra={"plugin": name})
                 continue
             try:
                 await self.load(name)
@@ -266,7 +281,7 @@ class PluginHost:
             raise PluginRefused(name, discovered.problem)
         record = (await self.state.plugins()).get(name)
         if record is not None and not record.enabled:
-            raise PluginRefused(name, "it is disabled; enable it first")
+            raise PluginRefused(name, _DISABLED)
         launch, manifest = await self._launch(discovered)
         self._check_routes(name, launch)
         if launch.metadata.isolation is Isolation.SUBPROCESS:
@@ -300,6 +315,13 @@ class PluginHost:
             raise PluginRefused(name, f"it failed to start: {exc}") from exc
         self._loaded[name] = loaded
         await self.state.log(name, "loaded", discovered.version)
+        isolation = launch.metadata.isolation.value
+        _log.info(
+            "loaded plugin %s %s (%s, from %s)", name, discovered.version, isolation,
+            discovered.source,
+            extra={"plugin": name, "version": discovered.version, "isolation": isolation,
+                   "source": discovered.source},
+        )  # fmt: skip
 
     def _check_routes(self, name: str, launch: PluginLaunch) -> None:
         for spec in launch.capabilities.api_endpoints:
@@ -347,7 +369,7 @@ class PluginHost:
         try:
             await self._nursery.start(self._fork_server.run, env)
         except OSError as exc:
-            logging.getLogger("cws.plugins").warning(
+            _log.warning(
                 "the fork server did not start (%s); plugins start a fresh interpreter", exc
             )
             self._fork_server = None
@@ -426,10 +448,15 @@ class PluginHost:
             kill()  # through the process's handle: never a pid that may be reused
         await self.runtime.stop(loaded.path, finish_handler=not force)
         await self.state.log(name, "unloaded", "forced" if force else "")
+        _log.info(
+            "unloaded plugin %s%s", name, " (forced: its process was killed)" if force else "",
+            extra={"plugin": name, "forced": force},
+        )  # fmt: skip
 
     async def enable(self, name: str) -> PluginStatus:
         """Enable (persisted) and load it."""
         await self.state.set_enabled(name, True)
+        _log.info("enabled plugin %s", name, extra={"plugin": name})
         return await self.load(name)
 
     async def disable(self, name: str) -> None:
@@ -438,6 +465,7 @@ class PluginHost:
             if name in self._loaded:
                 await self._unload(name)
             await self.state.set_enabled(name, False)
+        _log.info("disabled plugin %s", name, extra={"plugin": name})
 
     # ------------------------------------------------------------------ management
 
@@ -472,6 +500,11 @@ class PluginHost:
                 raise
             await self._record(staged, target)
             await self.discover()
+        _log.info(
+            "installed plugin %s %s from %s%s", staged.name, staged.version, source,
+            f" (signed by {staged.signed_by})" if staged.signed_by else "",
+            extra={"plugin": staged.name, "version": staged.version, "signed_by": staged.signed_by},
+        )  # fmt: skip
         return await self.status(staged.name)
 
     async def update(
@@ -524,6 +557,11 @@ class PluginHost:
                 raise
             await trio.to_thread.run_sync(discard, backup)
             await self._record(staged, target)
+        _log.info(
+            "updated plugin %s from %s to %s%s", name, current.version, staged.version,
+            "" if name in self._loaded else " (not loaded: the new version starts at its load)",
+            extra={"plugin": name, "version": staged.version, "previous": current.version},
+        )  # fmt: skip
         return await self.status(name)
 
     async def _switch(self, name: str, folder: Path, switch: _Switch) -> None:
@@ -543,6 +581,11 @@ class PluginHost:
         switch.unsettled = False
         if problem is not None:
             await self.state.log(name, "update_failed", problem)
+            _log.warning(
+                "plugin %s: version %s failed to start (%s); version %s keeps running",
+                name, discovered.version, problem, loaded.discovered.version,
+                extra={"plugin": name, "version": discovered.version, "reason": problem},
+            )  # fmt: skip
             raise PluginRefused(
                 name,
                 f"version {discovered.version} failed to start ({problem});"
@@ -565,6 +608,10 @@ class PluginHost:
         version = loaded.discovered.version
         reason = str(error) or type(error).__name__
         await self.state.log(name, "update_failed", f"no answer from the swap ({reason})")
+        _log.warning(
+            "plugin %s: no answer from the switch to its new version (%s); restarting"
+            " version %s", name, reason, version, extra={"plugin": name, "reason": reason},
+        )  # fmt: skip
         with trio.move_on_after(loaded.launch.start_timeout + 2 * loaded.launch.stop_budget):
             try:
                 await self.runtime.restart(loaded.path)
@@ -598,6 +645,10 @@ class PluginHost:
                 await trio.to_thread.run_sync(discard, self.config.home / "plugin-data" / name)
             await self.state.forget(name)
             await self.discover()
+        _log.info(
+            "removed plugin %s%s", name, " and its data" if purge_data else "",
+            extra={"plugin": name, "purge_data": purge_data},
+        )  # fmt: skip
 
     async def history(self, name: str) -> list[Any]:
         """The plugin's install, load, update, enable and failure history (oldest first)."""
@@ -616,6 +667,9 @@ class PluginHost:
                 )
             )
         except InstallRefused as exc:
+            _log.warning(
+                "refused %s: %s", source, exc, extra={"source": str(source), "reason": str(exc)}
+            )
             raise PluginRefused(Path(source).name, str(exc)) from None
 
     async def _record(self, staged: StagedPlugin, target: Path) -> None:
@@ -633,6 +687,7 @@ class PluginHost:
         loaded = self._loaded.get(name)
         counters = loaded.counters if loaded is not None else PluginCounters()
         state, ready, restarts, last_exit = "not_loaded", False, 0, None
+        last_restart_at = None
         if discovered.problem is not None:
             state = "refused"
         if loaded is not None:
@@ -641,6 +696,7 @@ class PluginHost:
                 state, ready, restarts, last_exit = (
                     node.state, node.ready, node.restarts, node.last_exit
                 )  # fmt: skip
+                last_restart_at = node.last_restart_at
             except KeyError:
                 state = ChildState.STOPPED.value
         return PluginStatus(
@@ -661,6 +717,7 @@ class PluginHost:
             last_error=counters.last_error,
             problem=discovered.problem,
             path=loaded.path if loaded is not None else None,
+            last_restart_at=last_restart_at,
         )
 
     async def statuses(self) -> list[PluginStatus]:
@@ -910,7 +967,7 @@ async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterato
     (plugins are quarantined, never escalated, so one cannot take the others down)."""
     config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     for step in await trio.to_thread.run_sync(recover, config.home / "plugins"):
-        logging.getLogger("cws.plugins").warning("%s", step)
+        _log.warning("%s", step)
     state = await StateStore.open(config.home / "state.db")
     try:
         await runtime.spawn_supervisor(
