@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import asyncclick as click
 
 from ._cli_errors import CLIError, UsageProblem
 from ._config import DEFAULT_PORT, ConfigError, load_config
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from ._logging import daemon_logging
 
 
 def _announce(url: str) -> None:
@@ -27,10 +25,21 @@ def _announce(url: str) -> None:
               help="The home folder [env CWS_HOME; default ~/.cws].")  # fmt: skip
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="A TOML configuration file.")  # fmt: skip
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True, help="The log's level (on stderr).")  # fmt: skip
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"],
+              case_sensitive=False), default=None,
+              help="The log's level, on stderr [default info].")  # fmt: skip
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False),
+              default=None, help="text, or one JSON object a line [default text].")  # fmt: skip
+@click.option("--access-log/--no-access-log", default=None,
+              help="Log each HTTP request (hypercorn's access log) [default off].")  # fmt: skip
 async def daemon(
-    host: str | None, port: int | None, home: Path | None, config_file: Path | None, log_level: str
+    host: str | None,
+    port: int | None,
+    home: Path | None,
+    config_file: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+    access_log: bool | None,
 ) -> None:
     """Run the daemon in the foreground; print the URL it serves.
 
@@ -42,12 +51,24 @@ async def daemon(
     from ._daemon import serve_daemon
 
     try:
-        config = load_config(config_file, host=host, port=port, home=home)
+        config = load_config(
+            config_file,
+            host=host,
+            port=port,
+            home=home,
+            log_level=log_level,
+            log_format=log_format,
+            access_log=access_log,
+        )
     except ConfigError as exc:
         raise UsageProblem(str(exc)) from None
-    logging.basicConfig(level=log_level.upper(), format=_LOG_FORMAT)
     try:
-        await serve_daemon(config, config_path=config_file, on_url=_announce)
+        with daemon_logging(
+            level=config.log_level,
+            log_format=config.log_format.lower(),
+            access_log=config.access_log,
+        ):
+            await serve_daemon(config, config_path=config_file, on_url=_announce)
     except* OSError as group:
         # Binding the socket (address in use, no permission) or creating the home.
         first = group.exceptions[0]

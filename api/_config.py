@@ -11,6 +11,9 @@ max_upload_bytes = 104857600
 open_health = true          # /healthz, /readyz and /metrics without a token
 shutdown_grace = 10.0       # seconds for requests in flight on SIGTERM
 instance_poll_interval = 60 # seconds between cloud providers' state polls (0: never)
+log_level = "INFO"          # DEBUG, INFO, WARNING or ERROR (on stderr)
+log_format = "text"         # "text" or "json" (one JSON object a line)
+access_log = false          # hypercorn's access log, one line a request
 
 [plugins]
 system_dir = "/usr/lib/cws/plugins"
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,17 @@ class ConfigError(ValueError):
 def default_home(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
     return Path(env.get("CWS_HOME") or "~/.cws").expanduser()
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[Any, Any, Any], None]:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, str) or value.upper() not in (c.upper() for c in choices):
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
 
 
 @attrs.frozen
@@ -75,6 +89,9 @@ class DaemonConfig:
     restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
     durable_topics: tuple[str, ...] = ("instance.*",)
+    log_level: str = attrs.field(default="INFO", validator=_one_of("log_level", _LOG_LEVELS))
+    log_format: str = attrs.field(default="text", validator=_one_of("log_format", ("text", "json")))
+    access_log: bool = False
     source: str = "embedded defaults"
     """Where this configuration came from, for the log and ``/api/v1/daemon``."""
 
@@ -89,6 +106,9 @@ _FIELDS: list[tuple[str, str, str, type]] = [
     ("daemon", "open_health", "open_health", bool),
     ("daemon", "shutdown_grace", "shutdown_grace", float),
     ("daemon", "instance_poll_interval", "instance_poll_interval", float),
+    ("daemon", "log_level", "log_level", str),
+    ("daemon", "log_format", "log_format", str),
+    ("daemon", "access_log", "access_log", bool),
     ("plugins", "system_dir", "system_dir", Path),
     ("plugins", "require_signed", "require_signed", bool),
     ("plugins", "fork_server", "fork_server", bool),

@@ -33,6 +33,7 @@ from cws_actors import (
 )
 
 from ._config import DaemonConfig, load_config
+from ._logging import ACCESS_LOGGER
 from ._metrics import Metrics
 
 log = logging.getLogger("cws.daemon")
@@ -62,10 +63,9 @@ class Daemon:
         return not self.stopping and self.url is not None
 
     async def load_plugins(self) -> None:
-        """Load every enabled plugin; a refused one is logged and the others go on."""
-        for name, problem in (await self.host.load_all()).items():
-            if problem is not None:
-                log.warning("plugin %s not loaded: %s", name, problem)
+        """Load every enabled plugin; a refused one is logged (by the host, at ERROR) and
+        the others go on."""
+        await self.host.load_all()
 
     async def reload(self) -> dict[str, str | None]:
         """SIGHUP: read the configuration again and rescan plugins. The plugin overrides
@@ -143,7 +143,7 @@ async def serve_daemon(
         hyper = HypercornConfig()
         hyper.bind = [f"{config.host}:{config.port}"]
         hyper.graceful_timeout = config.shutdown_grace
-        hyper.accesslog = None
+        hyper.accesslog = logging.getLogger(ACCESS_LOGGER) if config.access_log else None
         hyper.errorlog = logging.getLogger("cws.http")
         hyper.include_server_header = False
         stop = trio.Event()
