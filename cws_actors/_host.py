@@ -450,7 +450,7 @@ class PluginHost:
         await self.state.log(name, "unloaded", "forced" if force else "")
         _log.info(
             "unloaded plugin %s%s", name, " (forced: its process was killed)" if force else "",
-            extra={"plugin": name, "forced": force},
+            extra={"plugin": name, **({"forced": True} if force else {})},
         )  # fmt: skip
 
     async def enable(self, name: str) -> PluginStatus:

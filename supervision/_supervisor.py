@@ -538,7 +538,7 @@ class Supervisor:
             "restarting %s in %.2f s%s (restart %d)",
             self._where(child), plan.delay, group, child.restarts,
             extra=self._fields(child, backoff=round(plan.delay, 3), restarts=child.restarts,
-                               group=[target.spec.id for target in plan.children]),
+                               **({"group": [t.spec.id for t in plan.children]} if others else {})),
         )  # fmt: skip
 
     def _log_exit(self, child: _Child, reason: ExitReason, verb: str) -> None:
