@@ -26,7 +26,7 @@ import datetime
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -119,6 +119,30 @@ class OperatorHints(logging.Filter):
         return True
 
 
+class AccessFields(logging.Filter):
+    """On hypercorn's access records: puts the request's ``method``, ``path``,
+    ``status``, ``duration_ms`` and ``client`` in the record's fields (only these: its
+    atoms also hold the whole environment), and drops the records without a response.
+
+    Hypercorn logs a request a second time, with no response, when the client closes
+    the connection as the response ends (pgjones/hypercorn#357, open); the price of
+    dropping those is that a request abandoned before any response is not logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.args, Mapping) or "s" not in record.args:
+            return True
+        atoms: Mapping[str, Any] = record.args
+        status = str(atoms["s"])
+        if status == "-":
+            return False
+        record.method, record.path = atoms.get("m"), atoms.get("Uq")
+        record.status = int(status) if status.isdigit() else status
+        record.duration_ms = round(int(atoms.get("D", 0)) / 1000, 3)
+        record.client = atoms.get("h")
+        return True
+
+
 class _DaemonHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The daemon's handler; a second ``daemon_logging`` replaces it, never stacks."""
 
@@ -153,9 +177,12 @@ def daemon_logging(
     root.setLevel(level.upper())
     # Asked for, the access log shows whatever the level; hypercorn logs it at INFO.
     access.setLevel(logging.INFO if access_log else logging.NOTSET)
+    access_fields = AccessFields()
+    access.addFilter(access_fields)
     try:
         yield handler
     finally:
+        access.removeFilter(access_fields)
         root.removeHandler(handler)
         for old in saved[2]:
             root.addHandler(old)
