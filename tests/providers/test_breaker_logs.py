@@ -47,14 +47,12 @@ async def test_each_breaker_change_is_one_warning(
     logged = [r for r in caplog.records if r.name == "providers"]
     assert {r.levelno for r in logged} == {logging.WARNING}
     assert [r.getMessage() for r in logged] == [
-        "aws: circuit breaker open (was closed): 3 failures in a row;"
-        " calls fail at once for 5 s",
+        "aws: circuit breaker open (was closed): 3 failures in a row; calls fail at once for 5 s",
         "aws: circuit breaker half-open (was open): letting one trial call through",
         "aws: circuit breaker open (was half-open): the trial call failed;"
         " calls fail at once for 5 s",
         "aws: circuit breaker half-open (was open): letting one trial call through",
-        "aws: circuit breaker closed (was half-open): the cloud answered; calls go through"
-        " again",
+        "aws: circuit breaker closed (was half-open): the cloud answered; calls go through again",
     ]
     assert [(r.provider, r.breaker, r.previous) for r in logged[:2]] == [  # type: ignore[attr-defined]
         ("aws", "open", "closed"),
