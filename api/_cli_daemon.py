@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import asyncclick as click
@@ -10,8 +9,7 @@ import asyncclick as click
 from ._cli_common import options
 from ._cli_errors import CLIError
 from ._config import DEFAULT_PORT, ConfigError, DaemonConfig, config_file_to_read, load_config
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from ._logging import daemon_logging
 
 
 def _announce(url: str) -> None:
@@ -31,12 +29,19 @@ def _announce(url: str) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"],
               case_sensitive=False), default=None,
               help="The log's level (on stderr) [env CWS_LOG_LEVEL; default info].")  # fmt: skip
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False),
+              default=None, help="text, or a JSON object a line [default text]."
+              )  # fmt: skip
+@click.option("--access-log/--no-access-log", default=None,
+              help="Log each HTTP request (hypercorn's access log) [default off].")  # fmt: skip
 async def daemon(
     host: str | None,
     port: int | None,
     home: Path | None,
     config_file: Path | None,
     log_level: str | None,
+    log_format: str | None,
+    access_log: bool | None,
 ) -> None:
     """Run the daemon in the foreground; print the URL it serves.
 
@@ -52,12 +57,24 @@ async def daemon(
     home = home if home is not None else options().home  # `cws --home H daemon` too
     config_path = config_file_to_read(config_file, home)
     try:
-        config = load_config(config_path, host=host, port=port, home=home, log_level=log_level)
+        config = load_config(
+            config_path,
+            host=host,
+            port=port,
+            home=home,
+            log_level=log_level,
+            log_format=log_format,
+            access_log=access_log,
+        )
     except ConfigError as exc:
         raise CLIError(str(exc)) from None  # exit 1, every problem listed, no traceback
-    logging.basicConfig(level=config.log_level, format=_LOG_FORMAT)
     try:
-        await _serve(config, config_path)
+        with daemon_logging(
+            level=config.log_level,
+            log_format=config.log_format.lower(),
+            access_log=config.access_log,
+        ):
+            await _serve(config, config_path)
     except (HomeInUse, AddressInUse) as exc:  # raised before anything started
         raise CLIError(str(exc)) from None
 

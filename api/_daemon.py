@@ -40,6 +40,7 @@ from cws_actors import (
 
 from ._config import DaemonConfig, load_config
 from ._home_lock import hold_home
+from ._logging import ACCESS_LOGGER
 from ._metrics import Metrics
 
 log = logging.getLogger("cws.daemon")
@@ -84,11 +85,10 @@ class Daemon:
         return []
 
     async def load_plugins(self) -> None:
-        """Load every enabled plugin; a refused one is logged and the others go on."""
+        """Load every enabled plugin; a refused one is logged (by the host, at ERROR) and
+        the others go on."""
         try:
-            for name, problem in (await self.host.load_all()).items():
-                if problem is not None:
-                    log.warning("plugin %s not loaded: %s", name, problem)
+            await self.host.load_all()
         finally:
             self.plugins_loaded.set()
 
@@ -220,7 +220,7 @@ async def _serve(
         hyper = HypercornConfig()
         hyper.bind = [f"fd://{listener.detach()}"]  # hypercorn owns it from here on
         hyper.graceful_timeout = config.shutdown_grace
-        hyper.accesslog = None
+        hyper.accesslog = logging.getLogger(ACCESS_LOGGER) if config.access_log else None
         hyper.errorlog = logging.getLogger("cws.http")
         hyper.include_server_header = False
         stop = trio.Event()

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from typing import Any
 
 import attrs
+import trio
 
 from cws_actors import ActorSnapshot, DeadLetter, Event, PluginHost, PluginStatus
 
 
 def plugin_view(host: PluginHost, status: PluginStatus) -> dict[str, Any]:
     view = attrs.asdict(status)
+    view["last_restart_at"] = wall_time(status.last_restart_at)
     view["capabilities"] = capabilities_view(host, status.name)
     return view
+
+
+def wall_time(at: float | None) -> str | None:
+    """A ``trio.current_time()`` of this run as ISO-8601 UTC (``...Z``), or None."""
+    if at is None:
+        return None
+    seconds = time.time() - (trio.current_time() - at)
+    stamp = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return stamp.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def capabilities_view(host: PluginHost, name: str) -> dict[str, Any]:
@@ -32,6 +45,7 @@ def actor_view(node: ActorSnapshot) -> dict[str, Any]:
         "ready": node.ready,
         "restarts": node.restarts,
         "last_exit": node.last_exit,
+        "last_restart_at": wall_time(node.last_restart_at),
         "probes": [
             {
                 "kind": probe.kind.value,

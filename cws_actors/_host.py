@@ -63,6 +63,11 @@ ENTRY_POINT_GROUP = "cws_actors.plugins"
 _LIFECYCLE = frozenset({"initialize", "start", "stop", "health", "ready", "status"})
 PLUGINS_PATH = "/plugins"
 
+_log = logging.getLogger("cws.plugins")
+"""Each install, load, unload, update, enable, disable and remove at INFO, with the
+``plugin`` (and ``version``...) in the record's ``extra``; a plugin that cannot load at
+ERROR. Its crashes and restarts are its supervisor's to log (logger ``supervision``)."""
+
 
 class PluginError(Exception):
     """Base of the plugin host's errors; the message says what to do."""
@@ -119,6 +124,8 @@ class PluginStatus:
     path: str | None
     pid: int | None = None
     """The plugin's process (subprocess isolation), while it runs."""
+    last_restart_at: float | None = None
+    """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
 
 
 @attrs.frozen
@@ -163,6 +170,8 @@ class HostConfig:
             archive_limits=self.archive_limits,
         )
 
+
+_DISABLED = "it is disabled; enable it first"
 
 _SWAP_MARGIN = 10.0
 """Seconds the host's ask waits for a swap beyond the longest the swap can take."""
@@ -246,15 +255,20 @@ class PluginHost:
             PluginNotFound: not discovered.
             PluginRefused: disabled, incompatible, broken, or failing to start.
         """
-        prepared = await self._prepare(name)
-        async with self._lock:
-            start = await self._reserve(name, prepared)
-        if start is not None:
-            await start()  # outside the lock: plugins start side by side
-        else:
-            await self._settle(name)  # another load of it is starting it
-        if name not in self._loaded:
-            raise PluginRefused(name, "it failed to start (a load of it under way failed)")
+        try:
+            prepared = await self._prepare(name)
+            async with self._lock:
+                start = await self._reserve(name, prepared)
+            if start is not None:
+                await start()  # outside the lock: plugins start side by side
+            else:
+                await self._settle(name)  # another load of it is starting it
+            if name not in self._loaded:
+                raise PluginRefused(name, "it failed to start (a load of it under way failed)")
+        except PluginRefused as exc:
+            if exc.reason != _DISABLED:  # the operator's choice, not a failure
+                _log.error("%s", exc, extra={"plugin": name, "reason": exc.reason})
+            raise
         with trio.move_on_after(self.config.ready_timeout):
             with contextlib.suppress(SupervisionError):
                 await self.runtime.wait_ready(f"{PLUGINS_PATH}/{name}")
@@ -278,6 +292,7 @@ class PluginHost:
             record = records.get(name)
             if record is not None and not record.enabled:
                 results[name] = "disabled"
+                _log.info("plugin %s is disabled: not loading it", name, extra={"plugin": name})
             else:
                 names.append(name)
         if any(self._wants_subprocess(name) for name in names):
@@ -294,7 +309,7 @@ class PluginHost:
                 self._loading.discard(name)
 
         # Side by side: a plugin whose import is slow (or hangs until start_timeout) does
-        # not hold up the others. Their starts still take the host lock one at a time.
+        # not hold up the others; only their checks take the host lock, one at a time.
         try:
             async with trio.open_nursery() as nursery:
                 for name in names:
@@ -339,7 +354,7 @@ class PluginHost:
             raise PluginRefused(name, discovered.problem)
         record = (await self.state.plugins()).get(name)
         if record is not None and not record.enabled:
-            raise PluginRefused(name, "it is disabled; enable it first")
+            raise PluginRefused(name, _DISABLED)
         return discovered
 
     async def _settle(self, name: str) -> None:
@@ -415,6 +430,13 @@ class PluginHost:
             raise PluginRefused(name, f"it failed to start: {exc}") from exc
         self._loaded[name] = loaded
         await self.state.log(name, "loaded", discovered.version)
+        isolation = launch.metadata.isolation.value
+        _log.info(
+            "loaded plugin %s %s (%s, from %s)", name, discovered.version, isolation,
+            discovered.source,
+            extra={"plugin": name, "version": discovered.version, "isolation": isolation,
+                   "source": discovered.source},
+        )  # fmt: skip
 
     def _check_routes(self, name: str, launch: PluginLaunch) -> None:
         launches = {other: loaded.launch for other, loaded in self._loaded.items()}
@@ -475,7 +497,7 @@ class PluginHost:
         try:
             await self._nursery.start(self._fork_server.run, env)
         except OSError as exc:
-            logging.getLogger("cws.plugins").warning(
+            _log.warning(
                 "the fork server did not start (%s); plugins start a fresh interpreter", exc
             )
             self._fork_server = None
@@ -558,10 +580,15 @@ class PluginHost:
             kill()  # through the process's handle: never a pid that may be reused
         await self.runtime.stop(loaded.path, finish_handler=not force)
         await self.state.log(name, "unloaded", "forced" if force else "")
+        _log.info(
+            "unloaded plugin %s%s", name, " (forced: its process was killed)" if force else "",
+            extra={"plugin": name, **({"forced": True} if force else {})},
+        )  # fmt: skip
 
     async def enable(self, name: str) -> PluginStatus:
         """Enable (persisted) and load it."""
         await self.state.set_enabled(name, True)
+        _log.info("enabled plugin %s", name, extra={"plugin": name})
         return await self.load(name)
 
     async def disable(self, name: str) -> None:
@@ -571,6 +598,7 @@ class PluginHost:
             if name in self._loaded:
                 await self._unload(name)
             await self.state.set_enabled(name, False)
+        _log.info("disabled plugin %s", name, extra={"plugin": name})
 
     # ------------------------------------------------------------------ management
 
@@ -605,6 +633,11 @@ class PluginHost:
                 raise
             await self._record(staged, target)
             await self.discover()
+        _log.info(
+            "installed plugin %s %s from %s%s", staged.name, staged.version, source,
+            f" (signed by {staged.signed_by})" if staged.signed_by else "",
+            extra={"plugin": staged.name, "version": staged.version, "signed_by": staged.signed_by},
+        )  # fmt: skip
         return await self.status(staged.name)
 
     async def update(
@@ -658,6 +691,11 @@ class PluginHost:
                 raise
             await trio.to_thread.run_sync(discard, backup)
             await self._record(staged, target)
+        _log.info(
+            "updated plugin %s from %s to %s%s", name, current.version, staged.version,
+            "" if name in self._loaded else " (not loaded: the new version starts at its load)",
+            extra={"plugin": name, "version": staged.version, "previous": current.version},
+        )  # fmt: skip
         return await self.status(name)
 
     async def _switch(self, name: str, folder: Path, switch: _Switch) -> None:
@@ -677,6 +715,11 @@ class PluginHost:
         switch.unsettled = False
         if problem is not None:
             await self.state.log(name, "update_failed", problem)
+            _log.warning(
+                "plugin %s: version %s failed to start (%s); version %s keeps running",
+                name, discovered.version, problem, loaded.discovered.version,
+                extra={"plugin": name, "version": discovered.version, "reason": problem},
+            )  # fmt: skip
             raise PluginRefused(
                 name,
                 f"version {discovered.version} failed to start ({problem});"
@@ -699,6 +742,10 @@ class PluginHost:
         version = loaded.discovered.version
         reason = str(error) or type(error).__name__
         await self.state.log(name, "update_failed", f"no answer from the swap ({reason})")
+        _log.warning(
+            "plugin %s: no answer from the switch to its new version (%s); restarting"
+            " version %s", name, reason, version, extra={"plugin": name, "reason": reason},
+        )  # fmt: skip
         with trio.move_on_after(loaded.launch.start_timeout + 2 * loaded.launch.stop_budget):
             try:
                 await self.runtime.restart(loaded.path)
@@ -733,6 +780,10 @@ class PluginHost:
                 await trio.to_thread.run_sync(discard, self.config.home / "plugin-data" / name)
             await self.state.forget(name)
             await self.discover()
+        _log.info(
+            "removed plugin %s%s", name, " and its data" if purge_data else "",
+            extra={"plugin": name, "purge_data": purge_data},
+        )  # fmt: skip
 
     async def history(self, name: str) -> list[Any]:
         """The plugin's install, load, update, enable and failure history (oldest first)."""
@@ -751,6 +802,9 @@ class PluginHost:
                 )
             )
         except InstallRefused as exc:
+            _log.warning(
+                "refused %s: %s", source, exc, extra={"source": str(source), "reason": str(exc)}
+            )
             raise PluginRefused(Path(source).name, str(exc)) from None
 
     async def _record(self, staged: StagedPlugin, target: Path) -> None:
@@ -768,6 +822,7 @@ class PluginHost:
         loaded = self._loaded.get(name)
         counters = loaded.counters if loaded is not None else PluginCounters()
         state, ready, restarts, last_exit = "not_loaded", False, 0, None
+        last_restart_at = None
         if discovered.problem is not None:
             state = "refused"
         if loaded is not None:
@@ -776,6 +831,7 @@ class PluginHost:
                 state, ready, restarts, last_exit = (
                     node.state, node.ready, node.restarts, node.last_exit
                 )  # fmt: skip
+                last_restart_at = node.last_restart_at
             except KeyError:
                 state = ChildState.STOPPED.value
         return PluginStatus(
@@ -797,6 +853,7 @@ class PluginHost:
             problem=discovered.problem,
             path=loaded.path if loaded is not None else None,
             pid=counters.pid if state == ChildState.RUNNING.value else None,
+            last_restart_at=last_restart_at,
         )
 
     async def statuses(self) -> list[PluginStatus]:
@@ -1046,7 +1103,7 @@ async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterato
     (plugins are quarantined, never escalated, so one cannot take the others down)."""
     config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     for step in await trio.to_thread.run_sync(recover, config.home / "plugins"):
-        logging.getLogger("cws.plugins").warning("%s", step)
+        _log.warning("%s", step)
     state = await StateStore.open(config.home / "state.db")
     try:
         await runtime.spawn_supervisor(

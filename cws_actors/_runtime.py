@@ -83,6 +83,8 @@ class ActorSnapshot:
     probes: tuple[ProbeStatus, ...]
     mailbox: MailboxStatistics | None
     children: tuple[ActorSnapshot, ...]
+    last_restart_at: float | None = None
+    """``trio.current_time()`` of its latest restart by its supervisor, or None."""
 
     def find(self, path: str) -> ActorSnapshot:
         """The node at ``path`` in this tree.
@@ -407,16 +409,15 @@ class Runtime:
                 exit_text = str(child.last_exit) if child.last_exit is not None else None
                 subtree = self._subtrees.get(path)
                 if subtree is not None:
-                    children.append(
-                        self._snapshot_subtree(
-                            subtree,
-                            child.state.value,
-                            child.ready,
-                            child.restarts,
-                            exit_text,
-                            child.probes,
-                        )
+                    snapshot = self._snapshot_subtree(
+                        subtree,
+                        child.state.value,
+                        child.ready,
+                        child.restarts,
+                        exit_text,
+                        child.probes,
                     )
+                    children.append(attrs.evolve(snapshot, last_restart_at=child.last_restart_at))
                     continue
                 cell = self.router.cells.get(path)
                 children.append(
@@ -430,6 +431,7 @@ class Runtime:
                         probes=child.probes,
                         mailbox=cell.mailbox.statistics() if cell is not None else None,
                         children=(),
+                        last_restart_at=child.last_restart_at,
                     )
                 )
         return ActorSnapshot(

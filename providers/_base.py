@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
@@ -26,6 +27,10 @@ import attrs
 import trio
 
 T = TypeVar("T")
+
+_log = logging.getLogger("providers")
+"""Each circuit breaker's change of state, at WARNING. (In a subprocess plugin, the
+record reaches the daemon's log through the plugin's stderr, as ``cws.plugin.<name>``.)"""
 
 
 class InstanceState(enum.Enum):
@@ -166,7 +171,7 @@ class CircuitBreaker:
             waited = trio.current_time() - self.opened_at
             if waited < self.reset_timeout:
                 raise CircuitOpen(self.name, self.reset_timeout - waited)
-            self.state = BreakerState.HALF_OPEN
+            self._change(BreakerState.HALF_OPEN, "letting one trial call through")
             self._trial = False
         if self.state is BreakerState.HALF_OPEN:
             if self._trial:
@@ -174,14 +179,33 @@ class CircuitBreaker:
             self._trial = True
 
     def success(self) -> None:
-        self.state, self.failures, self._trial = BreakerState.CLOSED, 0, False
+        if self.state is not BreakerState.CLOSED:
+            self._change(BreakerState.CLOSED, "the cloud answered; calls go through again")
+        self.failures, self._trial = 0, False
 
     def failure(self) -> None:
         self.failures += 1
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.failure_threshold:
-            self.state = BreakerState.OPEN
+            if self.state is BreakerState.HALF_OPEN:
+                why = "the trial call failed"
+            else:
+                why = f"{self.failures} failures in a row"
+            self._change(
+                BreakerState.OPEN,
+                f"{why}; calls fail at once for {self.reset_timeout:g} s",
+            )
             self.opened_at = trio.current_time()
             self._trial = False
+
+    def _change(self, state: BreakerState, why: str) -> None:
+        previous, self.state = self.state, state
+        if previous is not state:
+            _log.warning(
+                "%s: circuit breaker %s (was %s): %s",
+                self.name, state.value.replace("_", "-"), previous.value.replace("_", "-"), why,
+                extra={"provider": self.name, "breaker": state.value,
+                       "previous": previous.value, "failures": self.failures},
+            )  # fmt: skip
 
 
 @attrs.frozen

@@ -94,6 +94,9 @@ class ChildStatistics:
     """``trio.current_time()`` when its current run called started(); None if not running."""
     runs: int
     """How many times its start function has been called."""
+    last_restart_at: float | None = None
+    """``trio.current_time()`` when the supervisor last decided to restart it (the start
+    follows after the backoff delay); None if it never did."""
 
 
 @attrs.frozen

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -47,6 +48,11 @@ from ._stats import (
     SupervisorState,
     SupervisorStatistics,
 )
+
+_log = logging.getLogger("supervision")
+"""Crashes and restarts at WARNING, a quarantine at WARNING, a supervisor that gives up
+at ERROR. Each record's ``extra`` carries ``supervisor`` (its name) and ``child`` (the
+child's id), and what the event is about (``reason``, ``backoff``, ``state``...)."""
 
 
 @attrs.define(eq=False)
@@ -92,6 +98,7 @@ class _Child:
     trackers: dict[ProbeKind, ProbeTracker] = attrs.field(factory=dict)
     changed: trio.Event = attrs.field(factory=trio.Event)
     pending: _Plan | None = None
+    last_restart_at: float | None = None
 
 
 class _StartError(Exception):
@@ -226,6 +233,7 @@ class Supervisor:
                 if child.state is ChildState.QUARANTINED:
                     raise ChildQuarantined(child_id)
                 self._refuse_self_stop(child)
+                _log.info("restarting %s on request", self._where(child), extra=self._fields(child))
                 await self._stop(child, self._cancel_reason("restart requested"))
                 return await self._start_or_raise(child)
         raise self._closed_error()
@@ -275,6 +283,11 @@ class Supervisor:
                     )
                 child.budget = None
                 child.attempt = 0
+                _log.info(
+                    "%s: quarantine cleared, starting it again",
+                    self._where(child),
+                    extra=self._fields(child),
+                )
                 return await self._start_or_raise(child)
         raise self._closed_error()
 
@@ -465,6 +478,7 @@ class Supervisor:
             async with self._lock:
                 if child.run is not run or run.stopper_handles:
                     return  # stale: someone else already dealt with this run
+                self._log_exit(child, reason, "crashed")
                 if not self._restarts_after(child.spec.restart, reason):
                     self._settle_exit(child, reason)
                     if child.spec.restart is Restart.TEMPORARY:
@@ -494,10 +508,24 @@ class Supervisor:
             if _over_budget(child.budget, now, self.max_restarts, self.period):
                 child.state = ChildState.QUARANTINED
                 self._notify(child)
+                _log.warning(
+                    "%s quarantined: more than %d restarts within %g s; it stays stopped"
+                    " until its quarantine is cleared",
+                    self._where(child), self.max_restarts, self.period,
+                    extra=self._fields(child, state="quarantined", max_restarts=self.max_restarts,
+                                       period=self.period),
+                )  # fmt: skip
                 return None
         else:
             self._restarts += 1
             if _over_budget(self._window, now, self.max_restarts, self.period):
+                _log.error(
+                    "supervisor %s gave up: more than %d restarts within %g s, the last of %s;"
+                    " it stops its children and escalates",
+                    self.name, self.max_restarts, self.period, self._where(child),
+                    extra=self._fields(child, state="escalated", max_restarts=self.max_restarts,
+                                       period=self.period),
+                )  # fmt: skip
                 await self._fail(
                     RestartIntensityExceeded(
                         self.name, len(self._window), self.period, child.spec.id
@@ -515,10 +543,34 @@ class Supervisor:
         plan = _Plan(targets, self._backoff_delay(child, run, now))
         for target in targets:
             target.restarts += 1
+            target.last_restart_at = now
             target.state = ChildState.RESTARTING
             target.pending = plan
             self._notify(target)
+        self._log_restart(child, plan)
         return plan
+
+    def _log_restart(self, child: _Child, plan: _Plan) -> None:
+        others = [self._where(target) for target in plan.children if target is not child]
+        group = f" with {', '.join(others)} ({self.strategy.value})" if others else ""
+        _log.warning(
+            "restarting %s in %.2f s%s (restart %d)",
+            self._where(child), plan.delay, group, child.restarts,
+            extra=self._fields(child, backoff=round(plan.delay, 3), restarts=child.restarts,
+                               **({"group": [t.spec.id for t in plan.children]} if others else {})),
+        )  # fmt: skip
+
+    def _log_exit(self, child: _Child, reason: ExitReason, verb: str) -> None:
+        """One line per exit the supervisor reacts to: a crash at WARNING, a normal exit
+        (a permanent child returned) at DEBUG."""
+        level = logging.WARNING if reason.abnormal else logging.DEBUG
+        if _log.isEnabledFor(level):
+            _log.log(
+                level,
+                "%s %s: %s",
+                self._where(child), verb if reason.abnormal else "exited", reason,
+                extra=self._fields(child, reason=str(reason), exit_kind=reason.kind.value),
+            )  # fmt: skip
 
     def _restart_targets(self, child: _Child) -> list[_Child]:
         if self.strategy is Strategy.ONE_FOR_ONE:
@@ -559,7 +611,8 @@ class Supervisor:
             child.pending = None
             try:
                 await self._start(child)
-            except _StartError:
+            except _StartError as err:
+                self._log_exit(child, err.reason, "failed to start")
                 return await self._plan_restart(child, None)
         return None
 
@@ -694,6 +747,14 @@ class Supervisor:
         except KeyError:
             raise ChildNotFound(child_id, self.name) from None
 
+    def _where(self, child: _Child) -> str:
+        """The child in a log line: its supervisor's name, a slash, its id (the actor
+        runtime names supervisors by path, so this is the actor's path)."""
+        return f"{self.name.rstrip('/')}/{child.spec.id}"
+
+    def _fields(self, child: _Child, **fields: Any) -> dict[str, Any]:
+        return {"supervisor": self.name, "child": child.spec.id, **fields}
+
     def _refuse_self_stop(self, child: _Child) -> None:
         if child.run is not None and child.run.task is trio.lowlevel.current_task():
             raise RuntimeError(
@@ -724,6 +785,7 @@ class Supervisor:
             probes=tuple(tracker.snapshot() for tracker in child.trackers.values()),
             started_at=run.started_at if run is not None else None,
             runs=child.runs,
+            last_restart_at=child.last_restart_at,
         )
 
 

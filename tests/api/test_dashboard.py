@@ -19,7 +19,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from api._daemon import Daemon
 
-from ..plugins._fixtures import write_plugin
+from ..plugins._fixtures import code_for, write_plugin
+from ..plugins.test_host import wait_until
 from ._daemon import client, running_daemon, token
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,8 +48,9 @@ def chromium() -> Path:
 
 
 @contextlib.contextmanager
-def open_page(browser_path: Path, url: str) -> Iterator[Page]:
-    """A fresh headless chromium showing ``url``; closed when the block ends."""
+def open_page(browser_path: Path, url: str, *, fake_clock: bool = False) -> Iterator[Page]:
+    """A fresh headless chromium showing ``url``; closed when the block ends. With
+    ``fake_clock``, the page's time moves only when the test moves it (``page.clock``)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(browser_path), args=CHROMIUM_ARGS, headless=True
@@ -56,6 +58,8 @@ def open_page(browser_path: Path, url: str) -> Iterator[Page]:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(WAIT_MS)
+            if fake_clock:
+                page.clock.install()
             page.goto(url)
             yield page
         finally:
@@ -176,3 +180,48 @@ async def test_the_dashboard_says_disconnected_when_the_daemon_goes_away(
             await trio.to_thread.run_sync(
                 browse_until_disconnected, chromium, daemon.url + "/", stop
             )
+
+
+def browse_restarted(browser_path: Path, url: str) -> list[str]:
+    errors: list[str] = []
+    with open_page(browser_path, url, fake_clock=True) as page:
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.clock.run_for(2000)  # the first poll
+        flaky = page.locator('#plugins tr[data-plugin="echo"] .restarted')
+        expect(flaky).to_have_text("restarted just now", timeout=WAIT_MS)
+        expect(flaky).to_have_class(re.compile(r"\bwarn\b"))
+        actor = page.locator('#actors tr[data-path="/plugins/echo"] .restarted')
+        expect(actor).to_have_text("restarted just now")
+        # A plugin that never restarted carries no flag.
+        steady = page.locator('#plugins tr[data-plugin="steady"]')
+        expect(steady.locator(".state")).to_have_text("running", timeout=WAIT_MS)
+        expect(steady.locator(".restarted")).to_have_count(0)
+        # The page's clock moves on (the daemon's does not): the flag ages, then goes.
+        page.clock.fast_forward(12 * 60_000)
+        page.clock.run_for(2000)
+        expect(flaky).to_have_text(re.compile(r"^restarted 1[23] min ago$"), timeout=WAIT_MS)
+        page.clock.fast_forward(50 * 60_000)
+        page.clock.run_for(2000)
+        expect(flaky).to_have_count(0, timeout=WAIT_MS)
+        expect(page.locator('#plugins tr[data-plugin="echo"] .state')).to_have_text("running")
+    return errors
+
+
+async def test_the_dashboard_flags_a_plugin_that_restarted_in_the_last_hour(
+    tmp_path: Path, chromium: Path
+) -> None:
+    home = tmp_path / "home"
+    write_plugin(home / "plugins", "echo")
+    write_plugin(home / "plugins", "steady", code=code_for("steady"))
+    with trio.fail_after(60):
+        async with running_daemon(home) as daemon:
+            assert (await daemon.host.execute_cli(["echo", "crash"])).exit_code == 1
+
+            async def restarted() -> bool:
+                status = await daemon.host.status("echo")
+                return status.ready and status.restarts == 1
+
+            await wait_until(restarted)
+            assert daemon.url is not None
+            errors = await trio.to_thread.run_sync(browse_restarted, chromium, daemon.url + "/")
+    assert errors == []
