@@ -22,7 +22,7 @@ from cws_actors import (
     FaultSpecError,
     parse_fault_list,
 )
-from cws_actors._faults import compile_target
+from cws_actors.faults._injector import compile_target
 
 from ._daemon import Daemon
 from ._problems import HTTPProblem

@@ -30,7 +30,7 @@ from cws_actors import (
     Source,
     TokenBucket,
 )
-from cws_actors._archive import ArchiveError, check_archive
+from cws_actors._packaging._archive import ArchiveError, check_archive
 
 from ._auth import AuthError, authenticate
 from ._daemon import Daemon

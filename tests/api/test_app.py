@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from api._daemon import Daemon
-from cws_actors._archive import make_archive
+from cws_actors._packaging._archive import make_archive
 
 from ..plugins._fixtures import write_plugin
 from ..plugins.test_host import wait_until

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cws_actors._archive import (
+from cws_actors._packaging._archive import (
     ArchiveError,
     ArchiveInfo,
     ArchiveLimits,

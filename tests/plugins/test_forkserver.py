@@ -13,8 +13,8 @@ import pytest
 import trio
 import trio.testing
 
-from cws_actors._forkserver import ForkServer, ForkServerGone
-from cws_actors._protocol import FrameReader
+from cws_actors._isolation._forkserver import ForkServer, ForkServerGone
+from cws_actors._isolation._protocol import FrameReader
 
 from ._fixtures import code_for, write_plugin
 from .test_host import TIMEOUT, opened, wait_until

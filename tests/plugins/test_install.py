@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from cws_actors import PluginHost, PluginNotFound, PluginRefused
-from cws_actors._archive import make_archive
-from cws_actors._removal import remove_tree
-from cws_actors._signing import generate_keypair, sign
+from cws_actors._packaging._archive import make_archive
+from cws_actors._packaging._removal import remove_tree
+from cws_actors._packaging._signing import generate_keypair, sign
 
 from ..api._daemon import client, running_daemon, token
 from ..cli._cws import cws_daemon
@@ -289,7 +289,7 @@ INSTALLER = """
 import sys, time, trio
 from pathlib import Path
 from cws_actors import HostConfig, open_plugin_host, open_runtime
-from cws_actors import _install
+from cws_actors._host import _install
 
 unpack = _install.unpack_archive
 

@@ -15,11 +15,11 @@ import trio
 import trio.testing
 
 from cws_actors import PluginNotFound, PluginRefused
-from cws_actors._archive import make_archive
-from cws_actors._describe import DescribeFailed, describe, describe_spec
-from cws_actors._plugin_actor import allowed_environment
-from cws_actors._signing import generate_keypair, sign
-from cws_actors._state import StateStore
+from cws_actors._host._state import StateStore
+from cws_actors._isolation._describe import DescribeFailed, describe, describe_spec
+from cws_actors._isolation._plugin_actor import allowed_environment
+from cws_actors._packaging._archive import make_archive
+from cws_actors._packaging._signing import generate_keypair, sign
 
 from ._fixtures import PLUGIN_CODE, write_plugin
 from .test_host import TIMEOUT, opened
@@ -96,7 +96,7 @@ def test_the_runner_starts_without_warnings(tmp_path: Path) -> None:
 
     folder = write_plugin(tmp_path, "echo", isolation="subprocess")
     spec = describe_spec("echo", "echo_plugin:EchoPlugin", folder, {})
-    argv = [sys.executable, "-W", "error", "-m", "cws_actors._plugin_runner", "--describe"]
+    argv = [sys.executable, "-W", "error", "-m", "cws_actors._isolation._runner", "--describe"]
     result = subprocess.run(
         [*argv, json.dumps(spec)], capture_output=True, timeout=TIMEOUT, check=False
     )

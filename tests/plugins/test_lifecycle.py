@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from cws_actors import PluginHost, PluginRefused
-from cws_actors._plugin_log import MAX_LINE, TRUNCATED, StderrLog
+from cws_actors._isolation._log import MAX_LINE, TRUNCATED, StderrLog
 
 from ._fixtures import PLUGIN_CODE, code_for, write_plugin
 from .test_host import TIMEOUT, opened, wait_until

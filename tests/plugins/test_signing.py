@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cws_actors._signing import (
+from cws_actors._packaging._signing import (
     BadSignature,
     ExpiredSignature,
     PublicKey,

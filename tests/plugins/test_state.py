@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cws_actors._state import StateStore
+from cws_actors._host._state import StateStore
 
 from ._fixtures import code_for, write_plugin
 from .test_host import TIMEOUT, opened

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from cws_actors import APIRequest, PluginHost
-from cws_actors._plugin_actor import ENV_ALLOWLIST
+from cws_actors._isolation._plugin_actor import ENV_ALLOWLIST
 
 from ._fixtures import code_for, write_plugin
 from .test_host import TIMEOUT, opened, wait_until
@@ -180,7 +180,7 @@ async def test_the_plugin_exits_when_the_daemon_dies(tmp_path: Path) -> None:
     }  # fmt: skip
     with trio.fail_after(TIMEOUT):
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cws_actors._plugin_runner", json.dumps(spec)],
+            [sys.executable, "-m", "cws_actors._isolation._runner", json.dumps(spec)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -29,8 +29,8 @@ import pytest
 import trio
 
 from api._daemon import Daemon
-from cws_actors._archive import make_archive
-from cws_actors._signing import SigningKey, generate_keypair, sign
+from cws_actors._packaging._archive import make_archive
+from cws_actors._packaging._signing import SigningKey, generate_keypair, sign
 from tests.api._daemon import TIMEOUT, client, running_daemon, token
 from tests.plugins._fixtures import code_for, write_plugin
 from tests.plugins.test_install import snapshot

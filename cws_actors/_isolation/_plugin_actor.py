@@ -18,11 +18,9 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ._actor import Actor
-from ._bus import Event, topic_matches
-from ._faultspec import FaultKind
-from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
-from ._plugin import (
+from .._core._actor import Actor
+from .._core._bus import Event, topic_matches
+from .._plugins._model import (
     APIRequest,
     Capabilities,
     Health,
@@ -32,7 +30,9 @@ from ._plugin import (
     PluginContext,
     PluginMetadata,
 )
-from ._plugin_log import StderrLog
+from ..faults._spec import FaultKind
+from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
+from ._log import StderrLog
 from ._protocol import (
     PROTOCOL_VERSION,
     FrameReader,
@@ -205,7 +205,7 @@ class InProcessDriver:
 
 @attrs.define(eq=False)
 class SubprocessDriver:
-    """Runs the plugin in ``python -m cws_actors._plugin_runner`` and talks to it."""
+    """Runs the plugin in ``python -m cws_actors._isolation._runner`` and talks to it."""
 
     launch: PluginLaunch
     publish: Callable[[str, Any], Awaitable[Any]]
@@ -271,7 +271,7 @@ class SubprocessDriver:
         process: trio.Process = await nursery.start(
             functools.partial(
                 trio.run_process,
-                [sys.executable, "-m", "cws_actors._plugin_runner", json.dumps(spec)],
+                [sys.executable, "-m", "cws_actors._isolation._runner", json.dumps(spec)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -429,7 +429,7 @@ class SubprocessDriver:
                 "SIGXCPU": " (over its CPU-seconds limit)",
             }.get(signame, "")
             return f"plugin {name!r} process was killed by {signame}{detail}"
-        from ._plugin_runner import EXIT_IMPORT, EXIT_MEMORY
+        from ._runner import EXIT_IMPORT, EXIT_MEMORY
 
         reason = {
             EXIT_MEMORY: " (out of memory under its memory limit)",
@@ -552,7 +552,7 @@ class PluginActor(Actor):
         assert self.driver is not None
         return (await self.driver.health()).status is not HealthStatus.CRITICAL
 
-    # The process faults (cws_actors._faults.FaultableProcess) of a subprocess plugin.
+    # The process faults (cws_actors.faults._injector.FaultableProcess) of a subprocess plugin.
 
     @property
     def process_fault_kinds(self) -> frozenset[FaultKind]:

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ._bus import compile_pattern
-from ._ratelimit import RateLimit
+from .._core._bus import compile_pattern
+from .._core._ratelimit import RateLimit
 
 PLUGIN_API_VERSION = "1.0"
 """The plugin API this host speaks: a plugin needing ``M.m`` loads when ``M`` equals our

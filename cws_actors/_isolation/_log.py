@@ -13,7 +13,7 @@ import logging
 
 import attrs
 
-from ._ratelimit import TokenBucket
+from .._core._ratelimit import TokenBucket
 
 MAX_LINE = 8 * 1024
 """Bytes of one stderr line that reach the log; the rest is dropped."""

@@ -42,10 +42,10 @@ from typing import Any
 import attrs
 import trio
 
-from ._envelope import Source
-from ._exceptions import ActorError, AskTimeout, DeadlineExceeded, HandlerFailed
-from ._faults import compile_target
-from ._faultspec import FaultKind, FaultSpec, format_duration, parse_duration, parse_fault_list
+from .._core._envelope import Source
+from .._core._exceptions import ActorError, AskTimeout, DeadlineExceeded, HandlerFailed
+from ._injector import compile_target
+from ._spec import FaultKind, FaultSpec, format_duration, parse_duration, parse_fault_list
 
 _DISRUPTIVE = frozenset({FaultKind.CRASH, FaultKind.HANG, FaultKind.KILL, FaultKind.MEMORY_HOG})
 
@@ -217,7 +217,7 @@ Message = Callable[[str, int], Any]
 
 
 def _status_call(path: str, seq: int) -> Any:
-    from ._plugin_actor import PluginCall
+    from .._isolation._plugin_actor import PluginCall
 
     return PluginCall("status", payload={"chaos_seq": seq})
 

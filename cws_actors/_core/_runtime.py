@@ -26,6 +26,7 @@ from supervision import (
     open_supervisor,
 )
 
+from ..faults._injector import FaultInjector
 from ._actor import Actor, ActorRef
 from ._bus import Event, EventBus
 from ._cell import ActorCell, HealthProbe
@@ -33,7 +34,6 @@ from ._deadletters import DeadLetter, DeadLetterLog
 from ._durable import EventStore, SQLiteEventStore
 from ._envelope import Envelope, Source, next_id
 from ._exceptions import ActorError, ActorNotFound, ActorStopped
-from ._faults import FaultInjector
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 from ._ratelimit import RateLimit, TokenBucket
 from ._router import Router
@@ -140,7 +140,7 @@ class Runtime:
     """The actor system. Open it with :func:`open_runtime`.
 
     ``faults`` is its :class:`FaultInjector`: inject crashes, hangs, latency, drops and
-    process kills into its actors (see :mod:`cws_actors._faults`).
+    process kills into its actors (see :mod:`cws_actors.faults._injector`).
     """
 
     config: RuntimeConfig

@@ -66,13 +66,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 import trio
 
-from ._bus import Event
-from ._exceptions import AskTimeout, HandlerFailed
-from ._faultspec import FaultKind, FaultSpec, FaultSpecError, FaultTargetError
+from .._core._bus import Event
+from .._core._exceptions import AskTimeout, HandlerFailed
+from ._spec import FaultKind, FaultSpec, FaultSpecError, FaultTargetError
 
 if TYPE_CHECKING:
-    from ._cell import ActorCell
-    from ._envelope import Envelope
+    from .._core._cell import ActorCell
+    from .._core._envelope import Envelope
 
 _MESSAGE_KINDS = frozenset(
     {FaultKind.CRASH, FaultKind.HANG, FaultKind.LATENCY, FaultKind.ERROR_RATE, FaultKind.DROP}

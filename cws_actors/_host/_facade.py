@@ -16,35 +16,13 @@ import trio
 
 from supervision import Backoff, ChildState, ProbeKind, SupervisionError
 
-from ._archive import ArchiveLimits
-from ._cell import HealthProbe
-from ._describe import DescribeFailed, describe, describe_spec
-from ._envelope import Source
-from ._exceptions import ActorError
-from ._forkserver import ForkServer
-from ._install import (
-    InstallRefused,
-    StagedPlugin,
-    TrustPolicy,
-    backup_path,
-    discard,
-    recover,
-    stage,
-)
-from ._loader import PluginImportError, load_plugin_class
-from ._manifest import Manifest, ManifestError, load_manifest
-from ._plugin import (
-    APIEndpointSpec,
-    APIRequest,
-    APIResult,
-    CLICommandSpec,
-    CommandResult,
-    Isolation,
-    Plugin,
-    PluginMetadata,
-    api_version_problem,
-)
-from ._plugin_actor import (
+from .._core._cell import HealthProbe
+from .._core._envelope import Source
+from .._core._exceptions import ActorError
+from .._core._runtime import Runtime
+from .._isolation._describe import DescribeFailed, describe, describe_spec
+from .._isolation._forkserver import ForkServer
+from .._isolation._plugin_actor import (
     ENV_ALLOWLIST,
     InProcessDriver,
     PluginActor,
@@ -56,7 +34,29 @@ from ._plugin_actor import (
     SwapLaunch,
     allowed_environment,
 )
-from ._runtime import Runtime
+from .._packaging._archive import ArchiveLimits
+from .._plugins._loader import PluginImportError, load_plugin_class
+from .._plugins._manifest import Manifest, ManifestError, load_manifest
+from .._plugins._model import (
+    APIEndpointSpec,
+    APIRequest,
+    APIResult,
+    CLICommandSpec,
+    CommandResult,
+    Isolation,
+    Plugin,
+    PluginMetadata,
+    api_version_problem,
+)
+from ._install import (
+    InstallRefused,
+    StagedPlugin,
+    TrustPolicy,
+    backup_path,
+    discard,
+    recover,
+    stage,
+)
 from ._state import StateStore
 
 ENTRY_POINT_GROUP = "cws_actors.plugins"

@@ -13,17 +13,17 @@ import trio
 
 from supervision import Probe, ProbeKind
 
+from ..faults._injector import FaultableProcess
 from ._actor import Actor, ActorRef
 from ._bus import Event
 from ._durable import EventStore
 from ._envelope import Envelope, Reply, Source, _current, next_id
 from ._exceptions import ActorRestarting, ActorStopped, HandlerFailed
-from ._faults import FaultableProcess
 from ._mailbox import Mailbox, Offer
 from ._ratelimit import RateLimit, TokenBucket
 
 if TYPE_CHECKING:
-    from ._faults import CellFaults, FaultInjector
+    from ..faults._injector import CellFaults, FaultInjector
     from ._router import Router
     from ._runtime import _Subtree
 

@@ -2,7 +2,7 @@
 runner imported already, and forks a plugin process on request in about a millisecond
 instead of starting an interpreter (a quarter of a second here).
 
-The server (``python -c "from cws_actors._forkserver import main; main()" FD``) is
+The server (``python -c "from cws_actors._isolation._forkserver import main; main()" FD``) is
 single-threaded and never runs Trio
 itself, so forking it is safe. The host talks to it over a ``SOCK_SEQPACKET`` socket:
 
@@ -44,8 +44,8 @@ import trio
 _MAX_MESSAGE = 1 << 20
 # Room for the one pidfd a "forked" reply carries.
 _FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
-# Not ``-m cws_actors._forkserver``: the package imports this module, and runpy warns.
-_SERVER_COMMAND = "from cws_actors._forkserver import main; main()"
+# Not ``-m cws_actors._isolation._forkserver``: the package imports this module, and runpy warns.
+_SERVER_COMMAND = "from cws_actors._isolation._forkserver import main; main()"
 _log = logging.getLogger("cws.plugins")
 
 
@@ -55,7 +55,7 @@ _log = logging.getLogger("cws.plugins")
 def serve(control: socket.socket, daemon: int) -> None:
     """The server's loop: fork on request, report every exit; return when the host's
     socket closes or the daemon process ``daemon`` is gone."""
-    from . import _plugin_runner  # noqa: F401 - imported once here, inherited by every child
+    from . import _runner  # noqa: F401 - imported once here, inherited by every child
 
     if os.getppid() != daemon:
         return  # the daemon died while this interpreter started
@@ -105,7 +105,7 @@ def serve(control: socket.socket, daemon: int) -> None:
 def _open_lifeline(daemon: int) -> int | None:
     """A pidfd of the daemon, readable once the daemon process has exited; None where
     pidfds are missing. Why not ``PR_SET_PDEATHSIG``: see
-    :func:`cws_actors._plugin_runner.exit_with_parent` (the daemon starts us from a
+    :func:`cws_actors._isolation._runner.exit_with_parent` (the daemon starts us from a
     worker thread, which Trio retires when idle)."""
     try:
         pidfd = os.pidfd_open(daemon)
@@ -153,7 +153,7 @@ def _child(
 ) -> None:
     code = 1
     try:
-        from ._plugin_runner import EXIT_ORPHANED, set_parent_death_signal
+        from ._runner import EXIT_ORPHANED, set_parent_death_signal
 
         # Our parent is the server's only thread, which lives as long as the server: the
         # kernel's parent-death signal is exact here, stopped or busy processes included.
@@ -171,7 +171,7 @@ def _child(
             os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
-        from ._plugin_runner import run
+        from ._runner import run
 
         run({**request["spec"], "parent_pid": server})
         code = 0

@@ -6,7 +6,7 @@ speaks first: ``{"type": "hello", "protocol": 1, "api_version": ..., "name": ...
 Then the host sends requests (``init``, ``call``, ``health``, ``status``, ``stop``),
 each answered by ``{"type": "result", "value": ...}`` or
 ``{"type": "error", "error_type": ..., "message": ...}``. One more request is a fault
-injected on purpose (:mod:`cws_actors._faults`): ``{"type": "memory_hog"}``, on which
+injected on purpose (:mod:`cws_actors.faults._injector`): ``{"type": "memory_hog"}``, on which
 the runner allocates until its memory limit ends the process (exit code 3); it is
 refused with an error when no memory limit is set.
 
@@ -24,8 +24,9 @@ from typing import Any
 import attrs
 import trio
 
-from ._bus import Event
-from ._plugin import (
+from .._core._bus import Event
+from .._core._ratelimit import RateLimit
+from .._plugins._model import (
     APIEndpointSpec,
     APIRequest,
     APIResult,
@@ -37,7 +38,6 @@ from ._plugin import (
     Health,
     HealthStatus,
 )
-from ._ratelimit import RateLimit
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 * 1024 * 1024

@@ -1,7 +1,7 @@
 """What a subprocess plugin offers, learnt without running its code in the daemon.
 
 A plugin's module runs code when it is imported, so for a subprocess plugin the daemon
-asks ``python -m cws_actors._plugin_runner --describe SPEC`` instead: a process with
+asks ``python -m cws_actors._isolation._runner --describe SPEC`` instead: a process with
 the plugin's limits and the environment allow-list, which imports the class and
 writes its capabilities as JSON. :func:`describe` is for Trio code (loading);
 :func:`describe_sync` for the installer's worker thread. Both bound the time and the
@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import trio
 
-from ._plugin import Capabilities
+from .._plugins._model import Capabilities
 from ._protocol import ProtocolError, decode_capabilities
 
 MAX_OUTPUT = 1024 * 1024
@@ -46,7 +46,7 @@ def describe_spec(
 
 
 def _argv(spec: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-m", "cws_actors._plugin_runner", "--describe", json.dumps(spec)]
+    return [sys.executable, "-m", "cws_actors._isolation._runner", "--describe", json.dumps(spec)]
 
 
 async def describe(spec: dict[str, Any], env: dict[str, str], *, timeout: float) -> Capabilities:
@@ -137,7 +137,7 @@ def _read_all_capped(stdout: IO[bytes], stderr: IO[bytes], deadline: float) -> t
 def _capabilities(spec: dict[str, Any], returncode: int, out: bytes, err: bytes) -> Capabilities:
     # Not at the top: the package imports this module, and ``python -m`` warns about a
     # runner module imported before it runs.
-    from ._plugin_runner import EXIT_IMPORT
+    from ._runner import EXIT_IMPORT
 
     text = err.decode(errors="replace").strip()
     last = text.rpartition("\n")[2]

@@ -9,7 +9,7 @@ import sys
 import types
 from pathlib import Path
 
-from ._plugin import Plugin, check_handlers
+from ._model import Plugin, check_handlers
 
 _generation = itertools.count(1)
 

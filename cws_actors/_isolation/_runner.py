@@ -1,4 +1,4 @@
-"""The plugin side of subprocess isolation: ``python -m cws_actors._plugin_runner SPEC``.
+"""The plugin side of subprocess isolation: ``python -m cws_actors._isolation._runner SPEC``.
 
 It applies its resource limits before any plugin code runs, moves the protocol off
 stdout (a plugin's ``print`` lands in stderr, which the daemon logs), imports the
@@ -7,7 +7,7 @@ host says stop, on SIGTERM (after the plugin's ``stop``), when its stdin closes,
 once when the process that started it is gone (:func:`exit_with_parent`), which is how a
 dead daemon takes its plugins with it even while one is busy in a handler.
 
-``python -m cws_actors._plugin_runner --describe SPEC`` only imports the plugin (under
+``python -m cws_actors._isolation._runner --describe SPEC`` only imports the plugin (under
 the same limits) and writes its class's capabilities to stdout as JSON: how the daemon
 learns what a subprocess plugin offers without running its code itself.
 """
@@ -29,8 +29,8 @@ from typing import Any, NoReturn
 
 import trio
 
-from ._loader import load_plugin_class
-from ._plugin import PLUGIN_API_VERSION, Plugin, PluginContext
+from .._plugins._loader import load_plugin_class
+from .._plugins._model import PLUGIN_API_VERSION, Plugin, PluginContext
 from ._protocol import (
     PROTOCOL_VERSION,
     FrameReader,

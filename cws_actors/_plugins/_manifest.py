@@ -11,9 +11,9 @@ import attrs
 
 from supervision import Backoff, Restart
 
-from ._mailbox import MailboxConfig, Overflow
-from ._plugin import Isolation, PluginMetadata, ResourceLimits
-from ._ratelimit import RateLimit
+from .._core._mailbox import MailboxConfig, Overflow
+from .._core._ratelimit import RateLimit
+from ._model import Isolation, PluginMetadata, ResourceLimits
 
 
 class ManifestError(ValueError):
