@@ -11,7 +11,7 @@ from typing import Any
 import asyncclick as click
 import trio
 
-from cws_actors.faults._spec import parse_duration
+from cws_actors.faults import parse_duration
 
 from ._cli_common import connect, echo_json, json_option, on_terminal, remote_options, table
 from ._cli_errors import CLIError

@@ -13,16 +13,16 @@ import trio.lowlevel
 from quart import request
 from quart_trio import QuartTrio
 
-from cws_actors import (
+from cws_actors.faults import (
     ChaosPlan,
     ChaosPlanError,
     ChaosRun,
     FaultNotFound,
     FaultSpec,
     FaultSpecError,
+    compile_target,
     parse_fault_list,
 )
-from cws_actors.faults._injector import compile_target
 
 from ._daemon import Daemon
 from ._problems import HTTPProblem

@@ -83,21 +83,6 @@ from ._plugins._model import Plugin as Plugin
 from ._plugins._model import PluginContext as PluginContext
 from ._plugins._model import PluginMetadata as PluginMetadata
 from ._plugins._model import ResourceLimits as ResourceLimits
-from .faults._chaos import ChaosPlan as ChaosPlan
-from .faults._chaos import ChaosPlanError as ChaosPlanError
-from .faults._chaos import ChaosReport as ChaosReport
-from .faults._chaos import ChaosRun as ChaosRun
-from .faults._injector import FaultFiring as FaultFiring
-from .faults._injector import FaultInjector as FaultInjector
-from .faults._injector import FaultNotFound as FaultNotFound
-from .faults._injector import FaultRecord as FaultRecord
-from .faults._injector import FaultState as FaultState
-from .faults._injector import InjectedFault as InjectedFault
-from .faults._spec import FaultKind as FaultKind
-from .faults._spec import FaultSpec as FaultSpec
-from .faults._spec import FaultSpecError as FaultSpecError
-from .faults._spec import FaultTargetError as FaultTargetError
-from .faults._spec import parse_fault_list as parse_fault_list
 
 __all__ = [
     "APIEndpointSpec",
@@ -117,10 +102,6 @@ __all__ = [
     "CLICommandSpec",
     "CLIFlagSpec",
     "Capabilities",
-    "ChaosPlan",
-    "ChaosPlanError",
-    "ChaosReport",
-    "ChaosRun",
     "CommandResult",
     "DeadLetter",
     "DeadlineExceeded",
@@ -130,15 +111,6 @@ __all__ = [
     "EventBus",
     "EventHandlerSpec",
     "EventStore",
-    "FaultFiring",
-    "FaultInjector",
-    "FaultKind",
-    "FaultNotFound",
-    "FaultRecord",
-    "FaultSpec",
-    "FaultSpecError",
-    "FaultState",
-    "FaultTargetError",
     "HandlerFailed",
     "Health",
     "HealthProbe",
@@ -146,7 +118,6 @@ __all__ = [
     "HistoryEntry",
     "HostConfig",
     "InMemoryBackend",
-    "InjectedFault",
     "Isolation",
     "MailboxConfig",
     "MailboxFull",
@@ -187,6 +158,5 @@ __all__ = [
     "on_event",
     "open_plugin_host",
     "open_runtime",
-    "parse_fault_list",
     "topic_matches",
 ]

@@ -13,7 +13,6 @@ import trio
 
 from supervision import Probe, ProbeKind
 
-from ..faults._injector import FaultableProcess
 from ._actor import Actor, ActorRef
 from ._bus import Event
 from ._durable import EventStore
@@ -23,7 +22,7 @@ from ._mailbox import Mailbox, Offer
 from ._ratelimit import RateLimit, TokenBucket
 
 if TYPE_CHECKING:
-    from ..faults._injector import CellFaults, FaultInjector
+    from ._hooks import CellHooks, RuntimeHooks
     from ._router import Router
     from ._runtime import _Subtree
 
@@ -69,10 +68,11 @@ class ActorCell:
     ref: ActorRef
     router: Router
     store: EventStore | None = None
-    injector: FaultInjector | None = None
-    faults: CellFaults | None = attrs.field(default=None, init=False)
-    """The injected faults on this actor, set by the injector; None (the one check per
-    message that fault injection costs) when there are none."""
+    listener: RuntimeHooks | None = None
+    """The runtime's hooks, told of each run started."""
+    hooks: CellHooks | None = attrs.field(default=None, init=False)
+    """Set by the listener (the fault injector, when faults target this actor); None
+    (the one check per message that the hooks cost) when nobody listens."""
     _buckets: dict[Source | None, TokenBucket] = attrs.field(factory=dict, init=False)
     in_flight: int = attrs.field(default=0, init=False)
     routed: int = attrs.field(default=0, init=False)
@@ -169,19 +169,12 @@ class ActorCell:
             raise
 
     async def _run_actor(self, actor: Actor, task_status: trio.TaskStatus[Any]) -> None:
-        if self.faults is not None:
-            await self.faults.before_start(self)
+        if self.hooks is not None:
+            await self.hooks.before_start(self)
         await actor.on_start()
         task_status.started(self.ref)
-        nursery = actor._nursery
-        if (
-            self.injector is not None
-            and nursery is not None
-            and isinstance(actor, FaultableProcess)
-            and actor.process_fault_kinds
-        ):
-            # An actor that runs a process (a subprocess plugin) takes process faults.
-            nursery.start_soon(self.injector.drive_process, self.path, actor)
+        if self.listener is not None:
+            self.listener.started(self, actor)
         try:
             if self.store is not None and actor.subscriptions():
                 # Everything unacknowledged, from the oldest: paged in by `_serve`.
@@ -262,7 +255,7 @@ class ActorCell:
                 return
             token = _current.set(envelope)
             try:
-                if self.faults is not None and await self.faults.before_message(self, envelope):
+                if self.hooks is not None and await self.hooks.before_message(self, envelope):
                     return  # dropped, or failed by error_rate: the actor never sees it
                 payload = envelope.payload
                 if envelope.source is Source.BUS and isinstance(payload, Event):

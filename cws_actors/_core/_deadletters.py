@@ -20,7 +20,7 @@ REASONS = (
     "stopped",
     "restarting",
     "expired",
-    "fault",  # dropped by an injected fault (cws_actors.faults._injector)
+    "fault",  # dropped by an injected fault (cws_actors.faults)
 )
 
 

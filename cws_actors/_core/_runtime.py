@@ -8,7 +8,7 @@ import contextvars
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -26,7 +26,6 @@ from supervision import (
     open_supervisor,
 )
 
-from ..faults._injector import FaultInjector
 from ._actor import Actor, ActorRef
 from ._bus import Event, EventBus
 from ._cell import ActorCell, HealthProbe
@@ -34,9 +33,13 @@ from ._deadletters import DeadLetter, DeadLetterLog
 from ._durable import EventStore, SQLiteEventStore
 from ._envelope import Envelope, Source, next_id
 from ._exceptions import ActorError, ActorNotFound, ActorStopped
+from ._hooks import RuntimeHooks
 from ._mailbox import Mailbox, MailboxConfig, MailboxStatistics
 from ._ratelimit import RateLimit, TokenBucket
 from ._router import Router
+
+if TYPE_CHECKING:
+    from ..faults import FaultInjector
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 DEAD_LETTER_TOPIC = "system.dead_letter"
@@ -140,7 +143,7 @@ class Runtime:
     """The actor system. Open it with :func:`open_runtime`.
 
     ``faults`` is its :class:`FaultInjector`: inject crashes, hangs, latency, drops and
-    process kills into its actors (see :mod:`cws_actors.faults._injector`).
+    process kills into its actors (see :mod:`cws_actors.faults`).
     """
 
     config: RuntimeConfig
@@ -150,6 +153,7 @@ class Runtime:
     router: Router = attrs.field(init=False)
     bus: EventBus = attrs.field(init=False)
     faults: FaultInjector = attrs.field(init=False)
+    _hooks: RuntimeHooks = attrs.field(init=False)
     _subtrees: dict[str, _Subtree] = attrs.field(factory=dict, init=False)
     _dead_letter_bucket: TokenBucket = attrs.field(init=False)
 
@@ -164,8 +168,13 @@ class Runtime:
             self.bus.declare_durable(pattern)
         limit = self.config.dead_letter_events
         self._dead_letter_bucket = TokenBucket(limit.rate, limit.burst)
+        # The core's one arrow up, taken at run time: ``runtime.faults`` is public API.
+        # The runtime talks to the injector only as its hooks; the cells not at all.
+        from ..faults import FaultInjector
+
         self.faults = FaultInjector(seed=self.config.fault_seed)
-        self.faults.bind(self.router.cells)
+        self._hooks = self.faults
+        self._hooks.bind(self.router.cells)
 
     # ----------------------------------------------------------------- spawning
 
@@ -208,7 +217,7 @@ class Runtime:
             ref=ActorRef(self, path),
             router=self.router,
             store=self._store,
-            injector=self.faults,
+            listener=self._hooks,
         )
         spec = ChildSpec(
             name,
@@ -219,11 +228,11 @@ class Runtime:
             probes=[cell.supervision_probe(p) for p in probes],
             on_exhausted=on_exhausted,
         )
-        self.faults.attach(cell)  # before its start: a slow_start fault applies to it
+        self._hooks.attach(cell)  # before its start: a slow_start fault applies to it
         try:
             await self._start_child(node, spec)
         finally:
-            self.faults.settle(cell)
+            self._hooks.settle(cell)
         self.router.cells[path] = cell
         self.router.tombstones.pop(path, None)
         topics = cell.actor.subscriptions() if cell.actor is not None else ()

@@ -6,7 +6,7 @@ speaks first: ``{"type": "hello", "protocol": 1, "api_version": ..., "name": ...
 Then the host sends requests (``init``, ``call``, ``health``, ``status``, ``stop``),
 each answered by ``{"type": "result", "value": ...}`` or
 ``{"type": "error", "error_type": ..., "message": ...}``. One more request is a fault
-injected on purpose (:mod:`cws_actors.faults._injector`): ``{"type": "memory_hog"}``, on which
+injected on purpose (:mod:`cws_actors.faults`): ``{"type": "memory_hog"}``, on which
 the runner allocates until its memory limit ends the process (exit code 3); it is
 refused with an error when no memory limit is set.
 

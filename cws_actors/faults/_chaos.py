@@ -44,14 +44,11 @@ import trio
 
 from .._core._envelope import Source
 from .._core._exceptions import ActorError, AskTimeout, DeadlineExceeded, HandlerFailed
-from ._injector import compile_target
+from ._exceptions import ChaosPlanError
 from ._spec import FaultKind, FaultSpec, format_duration, parse_duration, parse_fault_list
+from ._targets import compile_target
 
 _DISRUPTIVE = frozenset({FaultKind.CRASH, FaultKind.HANG, FaultKind.KILL, FaultKind.MEMORY_HOG})
-
-
-class ChaosPlanError(ValueError):
-    """A chaos plan that cannot run: what was wrong and what is expected."""
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -295,7 +292,7 @@ class ChaosRun:
 
     def _reaches(self, path: str, spec: FaultSpec) -> bool:
         try:
-            self.runtime.faults._check_process_target(path, spec.kind)
+            self.runtime.faults.check_process_target(path, spec.kind)
         except ValueError:
             return False
         return True

@@ -1,176 +1,38 @@
-"""Fault injection: crash, hang, slow down, drop, kill and starve actors and plugins on
-purpose, to test that supervision, probes and callers cope.
-
-Public names (all exported by :mod:`cws_actors`):
-
-- :class:`FaultInjector`: a runtime's faults, as ``runtime.faults``. ``inject(target,
-  spec)`` returns a :class:`FaultRecord`; ``list()``, ``get(id)``, ``clear(id)``,
-  ``clear(target=...)``, ``clear()`` and ``firings()`` (a :class:`FaultFiring` log).
-- :class:`FaultSpec`, :class:`FaultKind`, :func:`parse_fault_list`: what a fault does
-  (in ``_faultspec``), from and to a dict or the compact string syntax.
-- :class:`FaultRecord` (with its :class:`FaultState`): an injected fault, its id, target,
-  spec, times and firing statistics, frozen at the moment it was asked for.
-- :class:`InjectedFault`: the exception a ``crash`` or ``error_rate`` fault raises.
-- :class:`FaultSpecError`, :class:`FaultTargetError` (ValueErrors) for bad specs and
-  targets; :class:`FaultNotFound` (a LookupError) for an unknown fault id.
-
-A target is an actor path (``/plugins/aws``) or a glob over paths: ``*`` and ``?`` match
-within one path segment, ``**`` any number of segments (``/plugins/*``, ``/**``). It may
-name actors that do not exist yet: they get the fault when they are spawned.
-
-What each kind does (message faults apply to tells, asks and bus events, never to the
-probes' control messages; the faults on one actor apply in the order injected, and the
-first that consumes the message ends the list):
-
-- ``crash``: the handler raises InjectedFault before the actor sees the message; the
-  asker gets HandlerFailed and the supervisor restarts the actor, as for any crash.
-- ``hang``: the handler blocks until cancelled: a liveness probe fails and restarts it.
-- ``latency``: a delay before the message is handled (fixed, uniform or exponential).
-- ``error_rate``: the asker gets HandlerFailed (InjectedFault chained) without the actor
-  seeing the message, and the actor is *not* restarted: it models a handler that
-  reports an error (a 5xx from a cloud) rather than one that breaks. Use ``crash`` for
-  crashes.
-- ``drop``: the message vanishes and becomes a dead letter with reason ``fault``. An ask
-  gets no reply, so it fails with AskTimeout at its deadline, as a lost message would
-  (at once, if it has no deadline, so that nothing waits forever).
-- ``slow_start``: a delay before each start of the actor (``on_start``).
-- ``kill``, ``pause``, ``memory_hog``: only for subprocess plugins. SIGKILL (once, or
-  every interval on a schedule counted from injection), SIGSTOP then SIGCONT, or a
-  protocol request on which the plugin's process allocates until its memory limit ends
-  it. The plugin's watcher sees the death and the supervisor restarts it.
-
-Determinism: ``FaultInjector(seed=42)`` gives each fault, for each actor it reaches, its
-own ``random.Random``, seeded from the injector's seed, the fault's id and the actor's
-path, so that the same seed and the same injections (ids are ``f1``, ``f2``... unless
-given) make the same firings: each actor's n-th message meets the same decision however
-the scheduler interleaves the actors. Without a
-seed the injector picks one (``injector.seed``), so that a run can be replayed.
-
-Cost: with no fault on an actor, its cell pays one ``is not None`` check per message.
-"""
+"""The fault injector of a runtime (``runtime.faults``): inject, list, get, clear, and
+the runtime's hooks (``_core._hooks.RuntimeHooks``) through which it reaches actors as
+they are spawned and started. The module docstring of :mod:`cws_actors.faults` says
+what each kind of fault does."""
 
 from __future__ import annotations
 
 import builtins
 import collections
-import enum
 import itertools
 import math
 import random
 import re
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import trio
 
-from .._core._bus import Event
-from .._core._exceptions import AskTimeout, HandlerFailed
-from ._spec import FaultKind, FaultSpec, FaultSpecError, FaultTargetError
+from ._exceptions import FaultNotFound, FaultSpecError, FaultTargetError
+from ._firing import CellFaults, _Fault
+from ._records import FaultFiring, FaultRecord, FaultState
+from ._spec import FaultKind, FaultSpec
+from ._targets import compile_target
 
 if TYPE_CHECKING:
+    from .._core._actor import Actor
     from .._core._cell import ActorCell
-    from .._core._envelope import Envelope
 
 _MESSAGE_KINDS = frozenset(
     {FaultKind.CRASH, FaultKind.HANG, FaultKind.LATENCY, FaultKind.ERROR_RATE, FaultKind.DROP}
 )
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-
-
-class InjectedFault(Exception):
-    """Raised in an actor's handler by a ``crash`` fault (the actor crashes) or an
-    ``error_rate`` fault (only the asker sees it, chained in HandlerFailed)."""
-
-    def __init__(self, fault_id: str, kind: FaultKind, path: str) -> None:
-        super().__init__(f"fault {fault_id!r} ({kind.value}) injected into {path}")
-        self.fault_id = fault_id
-        self.kind = kind
-        self.path = path
-
-
-class FaultNotFound(LookupError):
-    """Raised by ``get`` and ``clear`` for an id that names no active fault."""
-
-
-class FaultState(enum.Enum):
-    ACTIVE = "active"
-    EXPIRED = "expired"
-    """Its ``duration`` ran out."""
-    SPENT = "spent"
-    """It fired ``count`` times."""
-    CLEARED = "cleared"
-
-
-@attrs.frozen
-class FaultRecord:
-    """An injected fault as it was when asked for (``FaultInjector.list``, ``get``)."""
-
-    id: str
-    target: str
-    spec: FaultSpec
-    state: FaultState
-    created_at: float
-    """On Trio's clock, like ``expires_at`` and ``last_fired_at``."""
-    created_time: float
-    """Unix time, for people and dashboards."""
-    expires_at: float | None
-    fired: int
-    """How many times it fired."""
-    seen: int
-    """How many messages, starts or process ticks it was checked against."""
-    last_fired_at: float | None
-
-    @property
-    def kind(self) -> FaultKind:
-        return self.spec.kind
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "target": self.target,
-            "kind": self.spec.kind.value,
-            "spec": self.spec.as_dict(),
-            "text": str(self.spec),
-            "state": self.state.value,
-            "created_at": self.created_at,
-            "created_time": self.created_time,
-            "expires_at": self.expires_at,
-            "fired": self.fired,
-            "seen": self.seen,
-            "last_fired_at": self.last_fired_at,
-        }
-
-
-@attrs.frozen
-class FaultFiring:
-    """One firing of a fault, in ``FaultInjector.firings()``."""
-
-    fault_id: str
-    kind: FaultKind
-    path: str
-    """The actor it hit."""
-    number: int
-    """1 for the fault's first firing, 2 for the next..."""
-    seen: int
-    """The fault's ``seen`` count when it fired: which message (or start, or tick) it was."""
-    at: float
-    """On Trio's clock."""
-    detail: str = ""
-    """What it did, when that varies: the latency drawn, the signal sent."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "fault_id": self.fault_id,
-            "kind": self.kind.value,
-            "path": self.path,
-            "number": self.number,
-            "seen": self.seen,
-            "at": self.at,
-            "detail": self.detail,
-        }
 
 
 @runtime_checkable
@@ -185,204 +47,6 @@ class FaultableProcess(Protocol):
         ...
 
     async def fault_memory_hog(self) -> None: ...
-
-
-# ---------------------------------------------------------------------- internals
-
-
-def compile_target(target: str) -> Callable[[str], bool]:
-    """A predicate on actor paths for a fault target (a path or a glob).
-
-    Raises:
-        FaultTargetError: not a string starting with '/'.
-    """
-    if not isinstance(target, str) or not target.startswith("/"):
-        raise FaultTargetError(
-            "a fault target is an actor path or a glob starting with '/', such as"
-            f" '/plugins/aws' or '/plugins/*', got {target!r}"
-        )
-    if not any(char in target for char in "*?["):
-        return target.__eq__
-    pattern = ""
-    for segment in target[1:].split("/"):
-        pattern += "(?:/[^/]+)*" if segment == "**" else "/" + _segment_regex(segment)
-    compiled = re.compile(pattern)
-    return lambda path: compiled.fullmatch(path) is not None
-
-
-def _segment_regex(segment: str) -> str:
-    out, index = "", 0
-    while index < len(segment):
-        char = segment[index]
-        index += 1
-        if char == "*":
-            out += "[^/]*"
-        elif char == "?":
-            out += "[^/]"
-        elif char == "[" and "]" in segment[index + 1 :]:
-            end = segment.index("]", index + 1)
-            body = segment[index:end]
-            out += "[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\")
-            out += "]"
-            index = end + 1
-        else:
-            out += re.escape(char)
-    return out
-
-
-@attrs.define(eq=False)
-class _Fault:
-    injector: FaultInjector
-    id: str
-    target: str
-    spec: FaultSpec
-    matches: Callable[[str], bool]
-    seed_key: str
-    """With an actor's path, names that actor's random source for this fault."""
-    created_at: float
-    created_time: float
-    expires_at: float | None
-    state: FaultState = FaultState.ACTIVE
-    fired: int = 0
-    seen: int = 0
-    last_fired_at: float | None = None
-    since_fired: dict[str, int] = attrs.field(factory=dict)
-    """Per actor path: messages since the last firing (for ``crash`` after N)."""
-    rngs: dict[str, random.Random] = attrs.field(factory=dict)
-    """Per actor path: its own random source, so that each actor's decisions depend on
-    its own sequence of messages, not on how the scheduler interleaves the actors."""
-
-    def rng(self, path: str) -> random.Random:
-        rng = self.rngs.get(path)
-        if rng is None:
-            rng = self.rngs[path] = random.Random(f"{self.seed_key}:{path}")
-        return rng
-
-    def live(self, now: float) -> bool:
-        if self.state is not FaultState.ACTIVE:
-            return False
-        if self.expires_at is not None and now >= self.expires_at:
-            self.injector._finish(self, FaultState.EXPIRED)
-            return False
-        return True
-
-    def triggers(self, path: str) -> bool:
-        """Whether the message (or start, or tick) just seen fires this fault."""
-        spec = self.spec
-        if spec.probability is not None:
-            return self.rng(path).random() < spec.probability
-        if spec.after is not None:
-            passed = self.since_fired.get(path, 0) + 1
-            if passed > spec.after:
-                self.since_fired[path] = 0
-                return True
-            self.since_fired[path] = passed
-            return False
-        return True
-
-    def draw_delay(self, path: str) -> float:
-        spec = self.spec
-        assert spec.delay is not None
-        if spec.distribution == "uniform":
-            assert spec.delay_max is not None
-            return self.rng(path).uniform(spec.delay, spec.delay_max)
-        if spec.distribution == "exponential":
-            return self.rng(path).expovariate(1.0 / spec.delay)
-        return spec.delay
-
-    def fire(self, path: str, detail: str = "") -> None:
-        now = trio.current_time()
-        self.fired += 1
-        self.last_fired_at = now
-        self.injector._firings.append(
-            FaultFiring(self.id, self.spec.kind, path, self.fired, self.seen, now, detail)
-        )
-        if self.spec.count is not None and self.fired >= self.spec.count:
-            self.injector._finish(self, FaultState.SPENT)
-
-    def record(self) -> FaultRecord:
-        return FaultRecord(
-            id=self.id,
-            target=self.target,
-            spec=self.spec,
-            state=self.state,
-            created_at=self.created_at,
-            created_time=self.created_time,
-            expires_at=self.expires_at,
-            fired=self.fired,
-            seen=self.seen,
-            last_fired_at=self.last_fired_at,
-        )
-
-
-@attrs.frozen
-class CellFaults:
-    """The faults on one actor, as its cell holds them (None there when there are none)."""
-
-    message: tuple[_Fault, ...]
-    start: tuple[_Fault, ...]
-
-    async def before_message(self, cell: ActorCell, envelope: Envelope) -> bool:
-        """Apply the message faults; True when the message is consumed (dropped, or
-        failed by ``error_rate``) and the actor must not see it.
-
-        Raises:
-            InjectedFault: a ``crash`` fault fired.
-        """
-        now = trio.current_time()
-        for fault in self.message:
-            if not fault.live(now):
-                continue
-            fault.seen += 1
-            kind = fault.spec.kind
-            if kind is FaultKind.LATENCY:
-                delay = fault.draw_delay(cell.path)
-                fault.fire(cell.path, f"{delay!r}s")
-                await trio.sleep(delay)
-                now = trio.current_time()
-                continue
-            if not fault.triggers(cell.path):
-                continue
-            fault.fire(cell.path)
-            if kind is FaultKind.CRASH:
-                raise InjectedFault(fault.id, kind, cell.path)
-            if kind is FaultKind.HANG:
-                await trio.sleep_forever()
-            if kind is FaultKind.ERROR_RATE:
-                _fail_reply(cell, envelope, InjectedFault(fault.id, kind, cell.path))
-            else:
-                _drop(cell, envelope, fault)
-            return True
-        return False
-
-    async def before_start(self, cell: ActorCell) -> None:
-        """Apply the ``slow_start`` faults."""
-        for fault in self.start:
-            if fault.live(trio.current_time()):
-                fault.seen += 1
-                assert fault.spec.delay is not None
-                fault.fire(cell.path, f"{fault.spec.delay!r}s")
-                await trio.sleep(fault.spec.delay)
-
-
-def _fail_reply(cell: ActorCell, envelope: Envelope, error: InjectedFault) -> None:
-    if envelope.reply is not None:
-        failure = HandlerFailed(cell.path, error)
-        failure.__cause__ = error
-        if not envelope.reply.set_error(failure):  # a latency fault outlasted the ask
-            cell.router.answered_late(envelope)
-
-
-def _drop(cell: ActorCell, envelope: Envelope, fault: _Fault) -> None:
-    payload = envelope.payload
-    if isinstance(payload, Event) and payload.durable:
-        cell.queued_durable.discard(payload.id)  # unacknowledged: redelivered on restart
-    cell.router.dead_letter(envelope, "fault", f"dropped by fault {fault.id!r} ({fault.spec})")
-    if envelope.reply is not None and envelope.deadline == math.inf:
-        envelope.reply.set_error(AskTimeout(cell.path, math.inf))
-
-
-# ---------------------------------------------------------------------- the injector
 
 
 @attrs.define(eq=False)
@@ -450,7 +114,7 @@ class FaultInjector:
         matches = compile_target(target)
         spec = _coerce_spec(spec)
         if spec.kind.process_level:
-            self._check_process_target(target, spec.kind)
+            self.check_process_target(target, spec.kind)
         if id is None:
             id = next(f"f{n}" for n in self._ids if f"f{n}" not in self._faults)
         elif not isinstance(id, str) or not _ID.fullmatch(id):
@@ -528,6 +192,45 @@ class FaultInjector:
         """The latest firings, oldest first."""
         return tuple(self._firings)
 
+    def check_process_target(self, target: str, kind: FaultKind) -> None:
+        """Check that a process fault (``kill``, ``pause``, ``memory_hog``) can reach
+        ``target`` as it runs now; a glob, or an actor not spawned yet, always can (the
+        fault applies to the eligible actors it matches).
+
+        Raises:
+            FaultTargetError: the actor there runs in the daemon's process, or (for
+                ``memory_hog``) has no memory limit.
+        """
+        cell = self._cells.get(target) or self._starting.get(target)
+        actor = cell.actor if cell is not None else None
+        if actor is None:
+            return  # a glob, or an actor not spawned yet: it applies to the eligible ones
+        kinds = actor.process_fault_kinds if isinstance(actor, FaultableProcess) else frozenset()
+        if kind in kinds:
+            return
+        if kind is FaultKind.MEMORY_HOG and FaultKind.KILL in kinds:
+            raise FaultTargetError(
+                f"memory_hog needs a memory limit on {target} (limits.memory_mb in its"
+                " manifest or the operator's overrides)"
+            )
+        raise FaultTargetError(
+            f"{kind.value} needs a subprocess plugin; {target} runs in the daemon's process"
+        )
+
+    def _check_process_target(self, target: str, kind: FaultKind) -> None:
+        # Kept only until api/ (restructured beside this change) calls the public name.
+        self.check_process_target(target, kind)
+
+    def reached(self, target: str) -> builtins.list[str]:
+        """The paths of the actors running now that ``target`` (a path or a glob)
+        matches, sorted; a fault on it also reaches those spawned later.
+
+        Raises:
+            FaultTargetError: not a path or a glob.
+        """
+        matches = compile_target(target)
+        return sorted(path for path in self._cells if matches(path))
+
     # ------------------------------------------------------------------ runtime hooks
 
     def bind(self, cells: Mapping[str, ActorCell]) -> None:
@@ -538,7 +241,18 @@ class FaultInjector:
         """Put an actor being spawned under the faults whose targets match it, before its
         start (so that ``slow_start`` applies to it); ``settle`` it once started."""
         self._starting[cell.path] = cell
-        cell.faults = self._cell_faults(cell.path)
+        cell.hooks = self._cell_faults(cell.path)
+
+    def started(self, cell: ActorCell, actor: Actor) -> None:
+        """A run of ``cell`` started: an actor that runs a process (a subprocess
+        plugin) takes process faults, fired by a task in its nursery for this run."""
+        nursery = actor._nursery
+        if (
+            nursery is not None
+            and isinstance(actor, FaultableProcess)
+            and actor.process_fault_kinds
+        ):
+            nursery.start_soon(self.drive_process, cell.path, actor)
 
     def settle(self, cell: ActorCell) -> None:
         """The spawn of ``cell`` ended: it is among the bound cells now, or it failed."""
@@ -598,23 +312,6 @@ class FaultInjector:
                 process.fault_signal(signal.SIGCONT)  # never leave a stopped process
         return True
 
-    def _check_process_target(self, target: str, kind: FaultKind) -> None:
-        cell = self._cells.get(target) or self._starting.get(target)
-        actor = cell.actor if cell is not None else None
-        if actor is None:
-            return  # a glob, or an actor not spawned yet: it applies to the eligible ones
-        kinds = actor.process_fault_kinds if isinstance(actor, FaultableProcess) else frozenset()
-        if kind in kinds:
-            return
-        if kind is FaultKind.MEMORY_HOG and FaultKind.KILL in kinds:
-            raise FaultTargetError(
-                f"memory_hog needs a memory limit on {target} (limits.memory_mb in its"
-                " manifest or the operator's overrides)"
-            )
-        raise FaultTargetError(
-            f"{kind.value} needs a subprocess plugin; {target} runs in the daemon's process"
-        )
-
     def _cell_faults(self, path: str) -> CellFaults | None:
         message, start = [], []
         for fault in self._faults.values():
@@ -629,7 +326,7 @@ class FaultInjector:
 
     def _refresh(self) -> None:
         for cell in itertools.chain(self._cells.values(), self._starting.values()):
-            cell.faults = self._cell_faults(cell.path)
+            cell.hooks = self._cell_faults(cell.path)
         changed, self._changed = self._changed, trio.Event()
         changed.set()  # the process drivers look again
 

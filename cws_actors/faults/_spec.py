@@ -39,18 +39,7 @@ from typing import Any
 
 import attrs
 
-
-class FaultSpecError(ValueError):
-    """Raised for a fault spec that cannot be: an unknown kind, a parameter that does not
-    apply to the kind or is out of range (a probability outside 0..1, a negative
-    duration), or text that does not follow the compact grammar."""
-
-
-class FaultTargetError(FaultSpecError):
-    """Raised when a fault cannot apply to its target: a target that is not an actor
-    path or glob, a process fault (``kill``, ``pause``, ``memory_hog``) aimed at an
-    actor that runs in the daemon's process, or ``memory_hog`` at a plugin without a
-    memory limit."""
+from ._exceptions import FaultSpecError
 
 
 class FaultKind(enum.Enum):

@@ -19,6 +19,15 @@ from cws_actors import (
     Actor,
     ActorError,
     AskTimeout,
+    HandlerFailed,
+    HealthProbe,
+    PluginHost,
+    ProbeKind,
+    Runtime,
+    RuntimeConfig,
+    open_runtime,
+)
+from cws_actors.faults import (
     ChaosPlan,
     ChaosReport,
     ChaosRun,
@@ -29,14 +38,7 @@ from cws_actors import (
     FaultSpecError,
     FaultState,
     FaultTargetError,
-    HandlerFailed,
-    HealthProbe,
     InjectedFault,
-    PluginHost,
-    ProbeKind,
-    Runtime,
-    RuntimeConfig,
-    open_runtime,
     parse_fault_list,
 )
 from tests.plugins._fixtures import code_for, write_plugin

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from cws_actors import FaultState, PluginHost
+from cws_actors import PluginHost
+from cws_actors.faults import FaultState
 from supervision import Backoff
 from tests.plugins._fixtures import code_for, write_plugin
 from tests.plugins.test_host import opened

@@ -16,13 +16,13 @@ from cws_actors import (
     ActorError,
     HandlerFailed,
     HealthProbe,
-    InjectedFault,
     OnExhausted,
     ProbeKind,
     Runtime,
     RuntimeConfig,
     open_runtime,
 )
+from cws_actors.faults import InjectedFault
 
 
 class Echo(Actor):
