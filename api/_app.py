@@ -15,8 +15,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from cws_actors import ActorError, PluginError, PluginNotFound, PluginRefused
-from cws_actors._core._bus import check_topic
+from cws_actors import ActorError, PluginError, PluginNotFound, PluginRefused, check_topic
 
 from ._auth import AuthError, Principal, authenticate, require
 from ._daemon import Daemon

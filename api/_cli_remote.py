@@ -146,7 +146,7 @@ def _packed(source: Path, folder: Path) -> Path:
     if not source.is_dir():
         return source
     # Imported here: cws_actors costs every other command a tenth of a second.
-    from cws_actors._packaging._archive import ARCHIVE_SUFFIX, ArchiveError, make_archive
+    from cws_actors import ARCHIVE_SUFFIX, ArchiveError, make_archive
 
     try:
         return make_archive(source, folder / f"{source.resolve().name}{ARCHIVE_SUFFIX}")

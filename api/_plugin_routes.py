@@ -24,13 +24,14 @@ from cws_actors import (
     APIEndpointSpec,
     APIRequest,
     APIResult,
+    ArchiveError,
     PluginError,
     PluginStatus,
     RateLimit,
     Source,
     TokenBucket,
+    check_archive,
 )
-from cws_actors._packaging._archive import ArchiveError, check_archive
 
 from ._auth import AuthError, authenticate
 from ._daemon import Daemon

@@ -23,8 +23,7 @@ from typing import Any
 
 import trio
 
-from cws_actors import HostConfig, open_plugin_host, open_runtime
-from cws_actors._isolation._plugin_actor import PluginCall
+from cws_actors import HostConfig, PluginCall, open_plugin_host, open_runtime
 from supervision import Backoff
 
 PLUGIN = """

@@ -1,11 +1,20 @@
-"""cws_actors: supervised actors, mailboxes, the router, rate limits and the event bus.
+"""cws_actors: supervised actors, mailboxes, the router, rate limits, the event bus and
+the plugin host. This module is the package's only door; plugin authors import from it.
 
 Built on :mod:`supervision` (every actor is a supervised child; every subtree a
-supervisor); nothing here imports ``api`` or ``providers``. Inside the package:
-``_exceptions``, ``_envelope``, ``_mailbox``, ``_ratelimit`` and ``_deadletters`` at the
-bottom; ``_actor`` and ``_bus`` above them; ``_cell`` runs an actor; ``_router`` admits
-messages; ``_runtime`` composes it all. ``_faultspec`` and ``_faults`` inject faults on
-purpose (``runtime.faults``), through hooks in ``_cell`` and the plugin actor.
+supervisor); nothing here imports ``api`` or ``providers``. The rooms, arrows pointing
+down:
+
+- ``_core``: exceptions, envelopes, mailboxes, rate limits, dead letters, the bus and the
+  durable event store at the bottom; actors, cells, the router and the runtime above
+  them; ``_hooks``, through which a cell lets a listener in without knowing who it is.
+- ``_plugins``: the plugin model, its manifest and its loader (on ``_core``).
+- ``_packaging``: ``.cwsplugin`` archives, signatures and safe removal.
+- ``_isolation``: the plugin actor and its drivers, the subprocess runner, the protocol,
+  the fork server (on ``_plugins`` and ``_core``).
+- ``_host``: the plugin host (on all of the above) and its state database.
+- :mod:`cws_actors.faults` (public): fault injection and chaos runs, plugged into the
+  core through ``_core._hooks``; ``runtime.faults`` is its injector.
 """
 
 from supervision import Backoff as Backoff
@@ -22,6 +31,7 @@ from ._core._bus import Event as Event
 from ._core._bus import EventBus as EventBus
 from ._core._bus import InMemoryBackend as InMemoryBackend
 from ._core._bus import Subscription as Subscription
+from ._core._bus import check_topic as check_topic
 from ._core._bus import topic_matches as topic_matches
 from ._core._cell import HealthProbe as HealthProbe
 from ._core._deadletters import DeadLetter as DeadLetter
@@ -36,11 +46,18 @@ from ._core._exceptions import ActorNotFound as ActorNotFound
 from ._core._exceptions import ActorQuarantined as ActorQuarantined
 from ._core._exceptions import ActorRestarting as ActorRestarting
 from ._core._exceptions import ActorStopped as ActorStopped
+from ._core._exceptions import ArchiveError as ArchiveError
 from ._core._exceptions import AskTimeout as AskTimeout
 from ._core._exceptions import DeadlineExceeded as DeadlineExceeded
 from ._core._exceptions import HandlerFailed as HandlerFailed
 from ._core._exceptions import MailboxFull as MailboxFull
+from ._core._exceptions import ManifestError as ManifestError
 from ._core._exceptions import NotReady as NotReady
+from ._core._exceptions import PluginCallFailed as PluginCallFailed
+from ._core._exceptions import PluginCrashed as PluginCrashed
+from ._core._exceptions import PluginError as PluginError
+from ._core._exceptions import PluginNotFound as PluginNotFound
+from ._core._exceptions import PluginRefused as PluginRefused
 from ._core._exceptions import RateLimited as RateLimited
 from ._core._mailbox import MailboxConfig as MailboxConfig
 from ._core._mailbox import MailboxStatistics as MailboxStatistics
@@ -53,20 +70,19 @@ from ._core._runtime import RuntimeConfig as RuntimeConfig
 from ._core._runtime import open_runtime as open_runtime
 from ._host._facade import DiscoveredPlugin as DiscoveredPlugin
 from ._host._facade import HostConfig as HostConfig
-from ._host._facade import PluginError as PluginError
 from ._host._facade import PluginHost as PluginHost
-from ._host._facade import PluginNotFound as PluginNotFound
-from ._host._facade import PluginRefused as PluginRefused
 from ._host._facade import PluginStatus as PluginStatus
 from ._host._facade import open_plugin_host as open_plugin_host
 from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord
 from ._host._state import StateStore as StateStore
 from ._host._state import TokenRecord as TokenRecord
-from ._isolation._plugin_actor import PluginCallFailed as PluginCallFailed
-from ._isolation._plugin_actor import PluginCrashed as PluginCrashed
+from ._isolation._plugin_actor import PluginCall as PluginCall
+from ._packaging._archive import ARCHIVE_SUFFIX as ARCHIVE_SUFFIX
+from ._packaging._archive import ArchiveInfo as ArchiveInfo
+from ._packaging._archive import check_archive as check_archive
+from ._packaging._archive import make_archive as make_archive
 from ._plugins._manifest import Manifest as Manifest
-from ._plugins._manifest import ManifestError as ManifestError
 from ._plugins._model import PLUGIN_API_VERSION as PLUGIN_API_VERSION
 from ._plugins._model import APIEndpointSpec as APIEndpointSpec
 from ._plugins._model import APIRequest as APIRequest
@@ -88,6 +104,7 @@ __all__ = [
     "APIEndpointSpec",
     "APIRequest",
     "APIResult",
+    "ARCHIVE_SUFFIX",
     "Actor",
     "ActorError",
     "ActorNotFound",
@@ -96,6 +113,8 @@ __all__ = [
     "ActorRestarting",
     "ActorSnapshot",
     "ActorStopped",
+    "ArchiveError",
+    "ArchiveInfo",
     "AskTimeout",
     "Backoff",
     "BusBackend",
@@ -129,6 +148,7 @@ __all__ = [
     "Overflow",
     "PLUGIN_API_VERSION",
     "Plugin",
+    "PluginCall",
     "PluginCallFailed",
     "PluginContext",
     "PluginCrashed",
@@ -154,9 +174,18 @@ __all__ = [
     "Subscription",
     "TokenBucket",
     "TokenRecord",
+    "check_archive",
+    "check_topic",
     "current_envelope",
+    "make_archive",
     "on_event",
     "open_plugin_host",
     "open_runtime",
     "topic_matches",
 ]
+
+for _name in __all__:  # reprs and tracebacks say cws_actors.Actor (trio, httpx do this)
+    _value = globals()[_name]
+    if getattr(_value, "__module__", "").startswith(__name__ + "."):
+        _value.__module__ = __name__
+del _name, _value

@@ -1,6 +1,6 @@
-"""The exceptions of :mod:`cws_actors`.
+"""The exceptions of :mod:`cws_actors`: one tree per layer (httpx's style).
 
-One base, a small tree::
+The actor core::
 
     ActorError
     ├── ActorNotFound        no actor at that path
@@ -15,6 +15,21 @@ One base, a small tree::
     └── HandlerFailed        the handler raised; the exception is chained and kept
 
 Every refusal carries ``reason``, the dead-letter reason code that goes with it.
+
+The plugin host and what it runs::
+
+    PluginError
+    ├── PluginNotFound       no plugin of that name (also a LookupError)
+    ├── PluginRefused        it cannot load or install here; ``reason`` says why
+    ├── PluginCrashed        a subprocess plugin's process died or broke the protocol
+    ├── PluginCallFailed     a subprocess plugin's handler raised
+    ├── ManifestError        a ``plugin.toml`` that cannot be used (also a ValueError)
+    └── ArchiveError         a ``.cwsplugin`` archive that cannot be used (also a ValueError)
+
+Fault injection has its own tree, in :mod:`cws_actors.faults` (``FaultError``). The
+second bases (LookupError, ValueError) keep what ``except`` clauses of those caught
+before the trees were drawn; PluginCrashed and PluginCallFailed, raised inside a plugin's
+actor, reach an asker chained in HandlerFailed, as before.
 """
 
 from __future__ import annotations
@@ -144,3 +159,46 @@ class HandlerFailed(ActorError):
         )
         self.path = path
         self.exception = exception
+
+
+class PluginError(Exception):
+    """Base of the plugin host's errors; the message says what to do."""
+
+
+class PluginNotFound(PluginError, LookupError):
+    """Raised when no plugin of that name was discovered (or is loaded, for a call)."""
+
+
+class PluginRefused(PluginError):
+    """Raised when the plugin cannot load (or install) here: incompatible API version,
+    bad manifest, broken code, disabled, unsigned under ``require_signed``...;
+    ``reason`` says which."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"plugin {name!r} refused: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class PluginCrashed(PluginError):
+    """Raised in a subprocess plugin's actor when its process died or broke the
+    protocol; the message classifies how (exit code, signal, memory or CPU limit)."""
+
+
+class PluginCallFailed(PluginError):
+    """Raised in a subprocess plugin's actor when its handler raised; ``error_type`` is
+    its exception's type."""
+
+    def __init__(self, plugin: str, error_type: str, message: str) -> None:
+        super().__init__(f"plugin {plugin!r} raised {error_type}: {message}")
+        self.error_type = error_type
+
+
+class ManifestError(PluginError, ValueError):
+    """Raised for a ``plugin.toml`` that cannot be used; the message names the file and
+    field."""
+
+
+class ArchiveError(PluginError, ValueError):
+    """Base class of the errors about a ``.cwsplugin`` archive (a bad zip, an unsafe
+    entry); raised by ``check_archive`` and ``make_archive``."""

@@ -18,7 +18,13 @@ from supervision import Backoff, ChildState, ProbeKind, SupervisionError
 
 from .._core._cell import HealthProbe
 from .._core._envelope import Source
-from .._core._exceptions import ActorError
+from .._core._exceptions import (
+    ActorError,
+    ManifestError,
+    PluginError,
+    PluginNotFound,
+    PluginRefused,
+)
 from .._core._runtime import Runtime
 from .._isolation._describe import DescribeFailed, describe, describe_spec
 from .._isolation._forkserver import ForkServer
@@ -36,7 +42,7 @@ from .._isolation._plugin_actor import (
 )
 from .._packaging._archive import ArchiveLimits
 from .._plugins._loader import PluginImportError, load_plugin_class
-from .._plugins._manifest import Manifest, ManifestError, load_manifest
+from .._plugins._manifest import Manifest, load_manifest
 from .._plugins._model import (
     APIEndpointSpec,
     APIRequest,
@@ -67,24 +73,6 @@ _log = logging.getLogger("cws.plugins")
 """Each install, load, unload, update, enable, disable and remove at INFO, with the
 ``plugin`` (and ``version``...) in the record's ``extra``; a plugin that cannot load at
 ERROR. Its crashes and restarts are its supervisor's to log (logger ``supervision``)."""
-
-
-class PluginError(Exception):
-    """Base of the plugin host's errors; the message says what to do."""
-
-
-class PluginNotFound(PluginError, LookupError):
-    """No plugin of that name was discovered."""
-
-
-class PluginRefused(PluginError):
-    """The plugin cannot load here (incompatible API version, bad manifest, broken code,
-    disabled, unsigned under ``require_signed``...); ``reason`` says which."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"plugin {name!r} refused: {reason}")
-        self.name = name
-        self.reason = reason
 
 
 @attrs.frozen

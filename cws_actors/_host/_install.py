@@ -24,13 +24,14 @@ from pathlib import Path
 
 import attrs
 
+from .._core._exceptions import ArchiveError, ManifestError
 from .._isolation._describe import DescribeFailed, describe_spec, describe_sync
 from .._isolation._plugin_actor import allowed_environment
-from .._packaging._archive import ArchiveError, ArchiveLimits, plugin_tree, unpack_archive
+from .._packaging._archive import ArchiveLimits, plugin_tree, unpack_archive
 from .._packaging._removal import remove_tree
 from .._packaging._signing import SignatureError, load_revocations, load_trusted_keys, verify
 from .._plugins._loader import PluginImportError, load_plugin_class
-from .._plugins._manifest import Manifest, ManifestError, load_manifest
+from .._plugins._manifest import Manifest, load_manifest
 from .._plugins._model import Isolation, PluginMetadata, api_version_problem
 
 STAGING_PREFIX = ".staging-"

@@ -20,6 +20,7 @@ import trio
 
 from .._core._actor import Actor
 from .._core._bus import Event, topic_matches
+from .._core._exceptions import PluginCallFailed, PluginCrashed
 from .._plugins._model import (
     APIRequest,
     Capabilities,
@@ -68,19 +69,6 @@ def allowed_environment(name: str, allowlist: tuple[str, ...] = ENV_ALLOWLIST) -
     env = {key: os.environ[key] for key in allowlist if key in os.environ}
     env["CWS_PLUGIN_NAME"] = name
     return env
-
-
-class PluginCrashed(Exception):
-    """A subprocess plugin's process died or broke the protocol; the message classifies
-    how (exit code, signal, memory or CPU limit)."""
-
-
-class PluginCallFailed(Exception):
-    """A subprocess plugin's handler raised; ``error_type`` is its exception's type."""
-
-    def __init__(self, plugin: str, error_type: str, message: str) -> None:
-        super().__init__(f"plugin {plugin!r} raised {error_type}: {message}")
-        self.error_type = error_type
 
 
 @attrs.frozen

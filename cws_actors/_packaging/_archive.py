@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import attrs
 
+from .._core._exceptions import ArchiveError
 from ._removal import remove_tree
 
 ARCHIVE_SUFFIX = ".cwsplugin"
@@ -56,10 +57,6 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 _UNIX = 3
 _NAME_MAX = 255
 _SHOWN_CHARS = 200
-
-
-class ArchiveError(ValueError):
-    """Base class of the errors about a ``.cwsplugin`` archive."""
 
 
 class BadArchive(ArchiveError):

@@ -11,13 +11,10 @@ import attrs
 
 from supervision import Backoff, Restart
 
+from .._core._exceptions import ManifestError
 from .._core._mailbox import MailboxConfig, Overflow
 from .._core._ratelimit import RateLimit
 from ._model import Isolation, PluginMetadata, ResourceLimits
-
-
-class ManifestError(ValueError):
-    """A ``plugin.toml`` that cannot be used; the message names the file and field."""
 
 
 @attrs.frozen
