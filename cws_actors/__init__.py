@@ -68,10 +68,10 @@ from ._core._runtime import ActorSnapshot as ActorSnapshot
 from ._core._runtime import Runtime as Runtime
 from ._core._runtime import RuntimeConfig as RuntimeConfig
 from ._core._runtime import open_runtime as open_runtime
-from ._host._facade import DiscoveredPlugin as DiscoveredPlugin
-from ._host._facade import HostConfig as HostConfig
+from ._host._base import DiscoveredPlugin as DiscoveredPlugin
+from ._host._base import HostConfig as HostConfig
+from ._host._base import PluginStatus as PluginStatus
 from ._host._facade import PluginHost as PluginHost
-from ._host._facade import PluginStatus as PluginStatus
 from ._host._facade import open_plugin_host as open_plugin_host
 from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord

@@ -1,0 +1,210 @@
+"""The plugin host's settings, records and shared state: what its sections share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervision import Backoff
+
+from .._core._exceptions import (
+    PluginNotFound,
+    PluginRefused,
+)
+from .._core._runtime import Runtime
+from .._isolation._forkserver import ForkServer
+from .._isolation._plugin_actor import (
+    PluginCounters,
+    PluginLaunch,
+)
+from .._packaging._archive import ArchiveLimits
+from .._plugins._manifest import Manifest
+from .._plugins._model import (
+    APIEndpointSpec,
+    Isolation,
+    Plugin,
+    PluginMetadata,
+)
+from ._install import (
+    TrustPolicy,
+)
+from ._state import StateStore
+
+ENTRY_POINT_GROUP = "cws_actors.plugins"
+_LIFECYCLE = frozenset({"initialize", "start", "stop", "health", "ready", "status"})
+PLUGINS_PATH = "/plugins"
+
+_log = logging.getLogger("cws.plugins")
+"""Each install, load, unload, update, enable, disable and remove at INFO, with the
+``plugin`` (and ``version``...) in the record's ``extra``; a plugin that cannot load at
+ERROR. Its crashes and restarts are its supervisor's to log (logger ``supervision``)."""
+
+
+@attrs.frozen
+class DiscoveredPlugin:
+    """A plugin found by discovery, loadable or not (``problem`` says why not)."""
+
+    name: str
+    version: str
+    source: str
+    """``entry_point``, ``user`` or ``system``."""
+    location: str
+    isolation: Isolation
+    manifest: Manifest | None = None
+    plugin_class: type[Plugin] | None = None
+    problem: str | None = None
+
+
+@attrs.frozen
+class PluginStatus:
+    name: str
+    version: str
+    source: str
+    isolation: str
+    enabled: bool
+    loaded: bool
+    state: str
+    """``not_loaded``, ``refused`` or the actor's state (``running``, ``restarting``...)."""
+    ready: bool
+    restarts: int
+    last_exit: str | None
+    calls: int
+    errors: int
+    events: int
+    published: int
+    last_error: str | None
+    problem: str | None
+    path: str | None
+    pid: int | None = None
+    """The plugin's process (subprocess isolation), while it runs."""
+    last_restart_at: float | None = None
+    """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
+
+
+@attrs.frozen
+class HostConfig:
+    """Where plugins live and how the operator overrides them.
+
+    ``overrides`` maps a plugin name to what the operator sets over its manifest:
+    ``{"config": {...}, "isolation": "subprocess", "limits": {"memory_mb": 256}}``.
+    ``require_signed`` (off by default, so that people can install the plugins they
+    write) refuses every install that is not an archive signed by a trusted key; an
+    archive that comes with a signature is verified whatever the policy.
+    """
+
+    home: Path
+    system_dir: Path = Path("/usr/lib/cws/plugins")
+    entry_points: bool = True
+    overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    probe_period: float | None = None
+    ready_timeout: float = 30.0
+    start_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """How long a plugin's start (its handshake, ``initialize`` and ``start``; and
+    reading a subprocess plugin's capabilities) may take before it fails as a crash."""
+    fork_server: bool = True
+    """Fork subprocess plugins from a process that has Python and Trio imported already
+    (a restart in milliseconds); False starts a fresh interpreter for each run."""
+    require_signed: bool = False
+    archive_limits: ArchiveLimits = attrs.field(factory=ArchiveLimits)
+    max_restarts: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    """A plugin restarted more than ``max_restarts`` times within ``restart_period``
+    seconds is quarantined (visible in the API, cleared by hand); the others go on."""
+    backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
+    """The delay between a plugin's restarts when its manifest sets none: exponential
+    from 100 ms, capped at 5 s, with full jitter, reset after a minute of running."""
+
+    @property
+    def trust(self) -> TrustPolicy:
+        return TrustPolicy(
+            trusted_keys_dir=self.home / "trusted_keys",
+            revoked_keys=self.home / "revoked_keys",
+            require_signed=self.require_signed,
+            archive_limits=self.archive_limits,
+        )
+
+
+_DISABLED = "it is disabled; enable it first"
+
+_SWAP_MARGIN = 10.0
+"""Seconds the host's ask waits for a swap beyond the longest the swap can take."""
+
+
+@attrs.define(eq=False)
+class _Switch:
+    unsettled: bool = False
+    """The swap was asked for and not answered: the actor may run either version."""
+
+
+@attrs.define(eq=False)
+class _Loaded:
+    discovered: DiscoveredPlugin
+    launch: PluginLaunch
+    counters: PluginCounters
+    path: str
+
+
+@attrs.frozen
+class _Prepared:
+    """A plugin described before the host lock was taken (or refused then)."""
+
+    discovered: DiscoveredPlugin
+    launch: PluginLaunch | None = None
+    manifest: Manifest | None = None
+    refused: PluginRefused | None = None
+
+
+@attrs.define(eq=False)
+class _HostBase:
+    """The host's state, and the helpers that every section of it uses. The sections
+    (discovery, loading, management, status) are mixins over it, put together by
+    :class:`~cws_actors.PluginHost` in ``_facade``."""
+
+    runtime: Runtime
+    config: HostConfig
+    state: StateStore
+    _discovered: dict[str, DiscoveredPlugin] = attrs.field(factory=dict)
+    _loaded: dict[str, _Loaded] = attrs.field(factory=dict)
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _nursery: trio.Nursery | None = None
+    _fork_server: ForkServer | None = None
+    _fork_server_starting: trio.Event | None = None
+    _loading: set[str] = attrs.field(factory=set)
+    _starting: dict[str, trio.Event] = attrs.field(factory=dict)
+    """Plugins whose actor is starting (outside the host lock), set when settled."""
+    _starting_launches: dict[str, PluginLaunch] = attrs.field(factory=dict)
+    route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
+    """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
+    core route or another plugin's), or None. A plugin with such an endpoint is refused
+    at load."""
+
+    @property
+    def user_dir(self) -> Path:
+        return self.config.home / "plugins"
+
+    async def _settle(self, name: str) -> None:
+        """Wait until a start of ``name`` under way has succeeded or failed."""
+        starting = self._starting.get(name)
+        if starting is not None:
+            await starting.wait()
+
+    def _effective(self, metadata: PluginMetadata) -> PluginMetadata:
+        """The manifest's metadata with the operator's overrides (isolation, limits)."""
+        override = self.config.overrides.get(metadata.name, {})
+        if "isolation" in override:
+            metadata = attrs.evolve(metadata, isolation=Isolation(override["isolation"]))
+        if "limits" in override:
+            limits = attrs.evolve(metadata.limits, **override["limits"])
+            metadata = attrs.evolve(metadata, limits=limits)
+        return metadata
+
+    def _require_loaded(self, name: str) -> _Loaded:
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            raise PluginNotFound(f"plugin {name!r} is not loaded")
+        return loaded

@@ -1,0 +1,382 @@
+"""Loading: a plugin described (in a process of its own when it is isolated), checked,
+then started as a supervised actor under ``/plugins``; unloading, enabling, disabling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from supervision import ProbeKind, SupervisionError
+
+from .._core._cell import HealthProbe
+from .._core._exceptions import (
+    PluginError,
+    PluginNotFound,
+    PluginRefused,
+)
+from .._isolation._describe import DescribeFailed, describe, describe_spec
+from .._isolation._forkserver import ForkServer
+from .._isolation._plugin_actor import (
+    ENV_ALLOWLIST,
+    InProcessDriver,
+    PluginActor,
+    PluginCounters,
+    PluginDriver,
+    PluginLaunch,
+    SubprocessDriver,
+    allowed_environment,
+)
+from .._plugins._loader import PluginImportError, load_plugin_class
+from .._plugins._manifest import Manifest
+from .._plugins._model import (
+    Isolation,
+)
+from ._base import (
+    _DISABLED,
+    PLUGINS_PATH,
+    DiscoveredPlugin,
+    PluginStatus,
+    _Loaded,
+    _log,
+    _Prepared,
+)
+from ._discovery import _Discovery
+from ._status import _Status
+
+
+class _Loading(_Discovery, _Status):
+    __slots__ = ()
+
+    async def load(self, name: str) -> PluginStatus:
+        """Start the plugin as a supervised actor at ``/plugins/<name>`` and wait (up to
+        ``HostConfig.ready_timeout``) for its readiness. A plugin that is not ready by
+        then stays loaded, and its status says ``ready=False``: a plugin whose cloud is
+        down at start recovers by itself when the cloud comes back.
+
+        Raises:
+            PluginNotFound: not discovered.
+            PluginRefused: disabled, incompatible, broken, or failing to start.
+        """
+        try:
+            prepared = await self._prepare(name)
+            async with self._lock:
+                start = await self._reserve(name, prepared)
+            if start is not None:
+                await start()  # outside the lock: plugins start side by side
+            else:
+                await self._settle(name)  # another load of it is starting it
+            if name not in self._loaded:
+                raise PluginRefused(name, "it failed to start (a load of it under way failed)")
+        except PluginRefused as exc:
+            if exc.reason != _DISABLED:  # the operator's choice, not a failure
+                _log.error("%s", exc, extra={"plugin": name, "reason": exc.reason})
+            raise
+        with trio.move_on_after(self.config.ready_timeout):
+            with contextlib.suppress(SupervisionError):
+                await self.runtime.wait_ready(f"{PLUGINS_PATH}/{name}")
+        return await self.status(name)
+
+    @property
+    def loading(self) -> list[str]:
+        """The plugins :meth:`load_all` has still to load, in its order."""
+        return sorted(self._loading)
+
+    async def load_all(self) -> dict[str, str | None]:
+        """Load every enabled plugin; return each one's problem (None when loaded).
+
+        The fork server starts beside the first loads (it imports while they describe
+        their plugins), not before them."""
+        results: dict[str, str | None] = {}
+        await self.discover()
+        records = await self.state.plugins()
+        names = []
+        for name in sorted(self._discovered):
+            record = records.get(name)
+            if record is not None and not record.enabled:
+                results[name] = "disabled"
+                _log.info("plugin %s is disabled: not loading it", name, extra={"plugin": name})
+            else:
+                names.append(name)
+        if any(self._wants_subprocess(name) for name in names):
+            self._start_fork_server_soon()
+        self._loading.update(names)
+
+        async def load_one(name: str) -> None:
+            try:
+                await self.load(name)
+                results[name] = None
+            except PluginError as exc:
+                results[name] = str(exc)
+            finally:
+                self._loading.discard(name)
+
+        # Side by side: a plugin whose import is slow (or hangs until start_timeout) does
+        # not hold up the others; only their checks take the host lock, one at a time.
+        try:
+            async with trio.open_nursery() as nursery:
+                for name in names:
+                    nursery.start_soon(load_one, name)
+        finally:
+            self._loading.difference_update(names)
+        return {name: results[name] for name in sorted(results)}
+
+    def _wants_subprocess(self, name: str) -> bool:
+        manifest = self._discovered[name].manifest
+        return (
+            manifest is not None
+            and self._effective(manifest.metadata).isolation is Isolation.SUBPROCESS
+        )
+
+    async def _prepare(self, name: str) -> _Prepared | None:
+        """What loading ``name`` needs that may take long (describing a subprocess
+        plugin imports its code in a process of its own), done before the host lock is
+        taken so that other loads go on meanwhile. None if it is loaded already."""
+        if name in self._loaded:
+            return None
+        try:
+            discovered = await self._loadable(name)
+        except PluginError:
+            return None  # judged again under the lock, where it counts
+        try:
+            launch, manifest = await self._launch(discovered)
+        except PluginRefused as exc:
+            # Final only if the plugin is still the one described once the lock is ours
+            # (a remove or an update may be changing its files meanwhile).
+            return _Prepared(discovered, refused=exc)
+        return _Prepared(discovered, launch, manifest)
+
+    async def _loadable(self, name: str) -> DiscoveredPlugin:
+        discovered = self._discovered.get(name)
+        if discovered is None:
+            await self.discover()
+            discovered = self._discovered.get(name)
+        if discovered is None:
+            raise PluginNotFound(f"no plugin named {name!r} was discovered")
+        if discovered.problem is not None:
+            raise PluginRefused(name, discovered.problem)
+        record = (await self.state.plugins()).get(name)
+        if record is not None and not record.enabled:
+            raise PluginRefused(name, _DISABLED)
+        return discovered
+
+    async def _reserve(
+        self, name: str, prepared: _Prepared | None
+    ) -> Callable[[], Awaitable[None]] | None:
+        """With the host lock held: check that ``name`` may load, claim its routes, and
+        return what starts it (None if it is loaded or starting already). The start runs
+        without the lock, so that one plugin's start (a cloud SDK's import, a second or
+        more) does not hold up the others; whatever needs ``name`` meanwhile (unload,
+        update, remove, disable) waits for it with ``_settle``."""
+        if name in self._loaded or name in self._starting:
+            return None
+        discovered = await self._loadable(name)
+        if prepared is not None and prepared.discovered is discovered:
+            if prepared.refused is not None:
+                raise prepared.refused
+            assert prepared.launch is not None and prepared.manifest is not None
+            launch, manifest = prepared.launch, prepared.manifest
+        else:  # not prepared, or rediscovered meanwhile: its files may have changed
+            launch, manifest = await self._launch(discovered)
+        self._check_routes(name, launch)
+        if name in self._loaded or name in self._starting:
+            return None  # another load got there while we described it
+        self._starting[name] = trio.Event()
+        self._starting_launches[name] = launch
+
+        async def start() -> None:
+            try:
+                await self._start(name, discovered, launch, manifest)
+            finally:
+                del self._starting_launches[name]
+                self._starting.pop(name).set()
+
+        return start
+
+    async def _start(
+        self, name: str, discovered: DiscoveredPlugin, launch: PluginLaunch, manifest: Manifest
+    ) -> None:
+        if launch.metadata.isolation is Isolation.SUBPROCESS:
+            await self._start_fork_server()
+        path = f"{PLUGINS_PATH}/{name}"
+        loaded = _Loaded(discovered, launch, PluginCounters(), path)
+        period = self.config.probe_period or manifest.probe_period
+        try:
+            await self.runtime.spawn(
+                # Every run (first start or restart) takes the current version's launch.
+                lambda: PluginActor(loaded.launch, self._make_driver(loaded), loaded.counters),
+                name=name,
+                parent=PLUGINS_PATH,
+                restart=manifest.restart,
+                mailbox=manifest.mailbox,
+                rate_limit=manifest.rate_limit,
+                backoff=manifest.backoff or self.config.backoff,
+                shutdown=launch.stop_budget,
+                probes=[
+                    HealthProbe(ProbeKind.LIVENESS, period=period, timeout=period / 2),
+                    HealthProbe(
+                        ProbeKind.READINESS,
+                        period=period,
+                        timeout=period / 2,
+                        failure_threshold=1,
+                    ),
+                ],
+            )
+        except Exception as exc:
+            await self.state.log(name, "load_failed", str(exc))
+            raise PluginRefused(name, f"it failed to start: {exc}") from exc
+        self._loaded[name] = loaded
+        await self.state.log(name, "loaded", discovered.version)
+        isolation = launch.metadata.isolation.value
+        _log.info(
+            "loaded plugin %s %s (%s, from %s)", name, discovered.version, isolation,
+            discovered.source,
+            extra={"plugin": name, "version": discovered.version, "isolation": isolation,
+                   "source": discovered.source},
+        )  # fmt: skip
+
+    def _check_routes(self, name: str, launch: PluginLaunch) -> None:
+        launches = {other: loaded.launch for other, loaded in self._loaded.items()}
+        launches |= self._starting_launches
+        for spec in launch.capabilities.api_endpoints:
+            for other, their_launch in launches.items():
+                if other == name:
+                    continue
+                for theirs in their_launch.capabilities.api_endpoints:
+                    if (theirs.method, theirs.path) == (spec.method, spec.path):
+                        raise PluginRefused(
+                            name, f"{spec.method} {spec.path} is already served by {other!r}"
+                        )
+            if self.route_guard is not None:
+                problem = self.route_guard(name, spec)
+                if problem is not None:
+                    raise PluginRefused(name, problem)
+
+    def event_patterns(self, name: str) -> list[str]:
+        """The topic patterns a loaded plugin handles."""
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            return []
+        return [spec.event_type for spec in loaded.launch.capabilities.event_handlers]
+
+    def loaded_names(self) -> list[str]:
+        return sorted(self._loaded)
+
+    def _start_fork_server_soon(self) -> None:
+        """Start the fork server in the background (a load that needs it waits)."""
+        if self._nursery is not None and self._fork_server_starting is None:
+            self._nursery.start_soon(self._start_fork_server)
+
+    async def _start_fork_server(self) -> None:
+        """Return once the fork server runs, or failed to start (then plugins start
+        fresh interpreters); a start already under way is waited for, not repeated."""
+        if not self.config.fork_server or self._nursery is None:
+            return
+        if self._fork_server is not None and self._fork_server.running:
+            return
+        if self._fork_server_starting is not None:
+            await self._fork_server_starting.wait()
+            return
+        self._fork_server_starting = settled = trio.Event()
+        self._fork_server = ForkServer()
+        env = {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}
+        try:
+            await self._nursery.start(self._fork_server.run, env)
+        except OSError as exc:
+            _log.warning(
+                "the fork server did not start (%s); plugins start a fresh interpreter", exc
+            )
+            self._fork_server = None
+        finally:
+            self._fork_server_starting = None
+            settled.set()
+
+    def _make_driver(self, loaded: _Loaded) -> Any:
+        def make_driver(launch: PluginLaunch) -> PluginDriver:
+            if launch.metadata.isolation is Isolation.SUBPROCESS:
+                return SubprocessDriver(
+                    launch, self.runtime.publish, loaded.counters, self._fork_server
+                )
+            return InProcessDriver(launch, self.runtime.publish, loaded.counters)
+
+        return make_driver
+
+    async def _launch(self, discovered: DiscoveredPlugin) -> tuple[PluginLaunch, Manifest]:
+        override = self.config.overrides.get(discovered.name, {})
+        manifest = discovered.manifest
+        assert manifest is not None
+        metadata = self._effective(manifest.metadata)
+        folder = Path(discovered.location) if discovered.source != "entry_point" else None
+        plugin_class = discovered.plugin_class
+        # What the operator lets through of the daemon's environment (cloud credentials).
+        allowlist = ENV_ALLOWLIST + tuple(override.get("env", ()))
+        try:
+            if plugin_class is not None:
+                capabilities = plugin_class.capabilities
+            elif metadata.isolation is Isolation.IN_PROCESS:
+                plugin_class = load_plugin_class(manifest.entry, folder)  # it runs here
+                capabilities = plugin_class.capabilities
+            else:
+                # Importing its module runs its code: do it in a process of its own.
+                spec = describe_spec(
+                    metadata.name, manifest.entry, folder, attrs.asdict(metadata.limits)
+                )
+                env = allowed_environment(metadata.name, allowlist)
+                capabilities = await describe(spec, env, timeout=self.config.start_timeout)
+        except (PluginImportError, DescribeFailed) as exc:
+            raise PluginRefused(discovered.name, f"its code is broken: {exc}") from None
+        launch = PluginLaunch(
+            metadata=metadata,
+            capabilities=capabilities,
+            entry=manifest.entry,
+            folder=folder,
+            config={**manifest.config, **override.get("config", {})},
+            data_dir=self.config.home / "plugin-data" / discovered.name,
+            plugin_class=plugin_class,
+            start_timeout=self.config.start_timeout,
+            env_allowlist=allowlist,
+        )
+        return launch, manifest
+
+    async def unload(self, name: str, *, force: bool = False) -> None:
+        """Stop the plugin's actor; queued calls get ActorStopped. The handler in flight
+        may finish within the plugin's stop timeout, unless ``force``: then a subprocess
+        plugin is killed at once."""
+        async with self._lock:
+            await self._unload(name, force=force)
+
+    async def _unload(self, name: str, *, force: bool = False) -> None:
+        """``unload`` with the host lock held."""
+        await self._settle(name)
+        loaded = self._loaded.pop(name, None)
+        if loaded is None:
+            raise PluginNotFound(f"plugin {name!r} is not loaded")
+        kill = loaded.counters.kill
+        if force and kill is not None:
+            kill()  # through the process's handle: never a pid that may be reused
+        await self.runtime.stop(loaded.path, finish_handler=not force)
+        await self.state.log(name, "unloaded", "forced" if force else "")
+        _log.info(
+            "unloaded plugin %s%s", name, " (forced: its process was killed)" if force else "",
+            extra={"plugin": name, **({"forced": True} if force else {})},
+        )  # fmt: skip
+
+    async def enable(self, name: str) -> PluginStatus:
+        """Enable (persisted) and load it."""
+        await self.state.set_enabled(name, True)
+        _log.info("enabled plugin %s", name, extra={"plugin": name})
+        return await self.load(name)
+
+    async def disable(self, name: str) -> None:
+        """Disable (persisted across daemon restarts) and unload it if loaded."""
+        async with self._lock:  # one step: a concurrent load cannot bring it back between
+            await self._settle(name)
+            if name in self._loaded:
+                await self._unload(name)
+            await self.state.set_enabled(name, False)
+        _log.info("disabled plugin %s", name, extra={"plugin": name})

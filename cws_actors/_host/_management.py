@@ -1,0 +1,253 @@
+"""Management: install, update (hot reload with roll-back) and remove, staged through
+``_install`` so that a refused or interrupted change leaves nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .._core._exceptions import (
+    ActorError,
+    PluginNotFound,
+    PluginRefused,
+)
+from .._isolation._plugin_actor import (
+    SwapLaunch,
+)
+from ._base import _SWAP_MARGIN, PluginStatus, _log, _Switch
+from ._discovery import _from_plugin_dir
+from ._install import (
+    InstallRefused,
+    StagedPlugin,
+    backup_path,
+    discard,
+    stage,
+)
+from ._loading import _Loading
+
+
+class _Management(_Loading):
+    __slots__ = ()
+
+    async def reload(self, name: str) -> PluginStatus:
+        """Pick up a plugin's changed files: a user plugin is hot reloaded from its own
+        folder (as ``update`` does, with roll-back); any other is unloaded and loaded."""
+        current = self._discovered.get(name)
+        if current is not None and current.source == "user":
+            return await self.update(name, Path(current.location))
+        if name in self._loaded:
+            await self.unload(name)
+        await self.discover()
+        return await self.load(name)
+
+    async def install(self, source: Path, *, signature: Path | None = None) -> PluginStatus:
+        """Install a plugin from a folder or a ``.cwsplugin`` archive into the user
+        plugin folder (it is not loaded: ``load`` or ``enable`` it next).
+
+        The archive is checked (paths, links, sizes), its signature verified (given, or
+        found beside it as ``<archive>.minisig``), its manifest, API version and code
+        checked, all in a staging folder; then one rename puts it in place. Refused, or
+        killed half way, nothing changes.
+
+        Raises:
+            PluginRefused: saying why; nothing was installed.
+        """
+        async with self._lock:
+            staged = await self._stage(source, signature)
+            try:
+                existing = self._discovered.get(staged.name)
+                if existing is not None and existing.problem is None:
+                    raise PluginRefused(
+                        staged.name,
+                        f"version {existing.version} is already installed ({existing.source});"
+                        " update it instead",
+                    )
+                target = self.user_dir / staged.name
+                if target.exists():
+                    await trio.to_thread.run_sync(discard, target)  # a broken copy
+                staged.folder.rename(target)
+            except BaseException:
+                await trio.to_thread.run_sync(discard, staged.folder)
+                raise
+            await self._record(staged, target)
+            await self.discover()
+        _log.info(
+            "installed plugin %s %s from %s%s", staged.name, staged.version, source,
+            f" (signed by {staged.signed_by})" if staged.signed_by else "",
+            extra={"plugin": staged.name, "version": staged.version, "signed_by": staged.signed_by},
+        )  # fmt: skip
+        return await self.status(staged.name)
+
+    async def update(
+        self, name: str, source: Path, *, signature: Path | None = None
+    ) -> PluginStatus:
+        """Hot reload ``name`` with the version in ``source`` (checked as ``install``
+        checks it). A loaded plugin keeps its actor, mailbox and path: the new version
+        starts, routing switches to it, then the old version stops; messages sent
+        meanwhile wait and reach the new one. If the new version fails to start (or
+        starts unhealthy) the old one keeps serving and its files are put back.
+
+        Raises:
+            PluginNotFound: ``name`` is not installed.
+            PluginRefused: the new version is unusable; the old one is untouched.
+        """
+        async with self._lock:
+            await self._settle(name)
+            current = self._discovered.get(name)
+            if current is None:
+                raise PluginNotFound(f"no plugin named {name!r} is installed; install it")
+            if current.source != "user":
+                raise PluginRefused(
+                    name,
+                    f"it is a {current.source.replace('_', ' ')} plugin; update it with the"
+                    " tool that installed it (pip for entry points, the system's packages)",
+                )
+            staged = await self._stage(source, signature)
+            target, backup = self.user_dir / name, backup_path(self.user_dir, name)
+            try:
+                if staged.name != name:
+                    raise PluginRefused(name, f"the new version's manifest names {staged.name!r}")
+                await trio.to_thread.run_sync(discard, backup)
+                target.rename(backup)
+            except BaseException:  # refused or cancelled: the staged copy goes
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(discard, staged.folder)
+                raise
+            staged.folder.rename(target)
+            switch = _Switch()
+            try:
+                await self._switch(name, target, switch)
+            except BaseException as exc:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(discard, target)
+                    backup.rename(target)
+                    await self.discover()
+                    if switch.unsettled:
+                        problem = await self._restart_old_version(name, exc)
+                        if isinstance(exc, ActorError):
+                            raise PluginRefused(name, problem) from exc
+                raise
+            await trio.to_thread.run_sync(discard, backup)
+            await self._record(staged, target)
+        _log.info(
+            "updated plugin %s from %s to %s%s", name, current.version, staged.version,
+            "" if name in self._loaded else " (not loaded: the new version starts at its load)",
+            extra={"plugin": name, "version": staged.version, "previous": current.version},
+        )  # fmt: skip
+        return await self.status(name)
+
+    async def _switch(self, name: str, folder: Path, switch: _Switch) -> None:
+        (discovered,) = await trio.to_thread.run_sync(_from_plugin_dir, folder, "user")
+        if discovered.problem is not None:
+            raise PluginRefused(name, discovered.problem)
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            self._discovered[name] = discovered
+            return
+        launch, _ = await self._launch(discovered)
+        # The actor bounds the swap itself (the new version's start, then one stop), so
+        # this wait is longer than the swap can be: the actor answers first.
+        timeout = launch.start_timeout + launch.stop_budget + _SWAP_MARGIN
+        switch.unsettled = True
+        problem = await self.runtime.lookup(loaded.path).ask(SwapLaunch(launch), timeout=timeout)
+        switch.unsettled = False
+        if problem is not None:
+            await self.state.log(name, "update_failed", problem)
+            _log.warning(
+                "plugin %s: version %s failed to start (%s); version %s keeps running",
+                name, discovered.version, problem, loaded.discovered.version,
+                extra={"plugin": name, "version": discovered.version, "reason": problem},
+            )  # fmt: skip
+            raise PluginRefused(
+                name,
+                f"version {discovered.version} failed to start ({problem});"
+                f" version {loaded.discovered.version} keeps running",
+            )
+        loaded.launch, loaded.discovered = launch, discovered
+        self._discovered[name] = discovered
+        topics = tuple(dict.fromkeys(e.event_type for e in launch.capabilities.event_handlers))
+        self.runtime.bus.unsubscribe_actor(loaded.path)
+        if topics:
+            self.runtime.bus.subscribe_actor(loaded.path, topics)
+
+    async def _restart_old_version(self, name: str, error: BaseException) -> str:
+        """The swap's outcome is unknown (its ask failed or was cancelled): the actor may
+        run either version. Restart it with the launch the host keeps (the old one, whose
+        files are back), so that both agree. Return what happened, for the caller."""
+        loaded = self._loaded.get(name)
+        if loaded is None:
+            return f"{name!r} was unloaded meanwhile"
+        version = loaded.discovered.version
+        reason = str(error) or type(error).__name__
+        await self.state.log(name, "update_failed", f"no answer from the swap ({reason})")
+        _log.warning(
+            "plugin %s: no answer from the switch to its new version (%s); restarting"
+            " version %s", name, reason, version, extra={"plugin": name, "reason": reason},
+        )  # fmt: skip
+        with trio.move_on_after(loaded.launch.start_timeout + 2 * loaded.launch.stop_budget):
+            try:
+                await self.runtime.restart(loaded.path)
+            except ActorError as exc:
+                return f"the switch failed ({reason}); restarting version {version}: {exc}"
+            return f"the switch failed ({reason}); version {version} was restarted"
+        return f"the switch failed ({reason}); version {version} is still restarting"
+
+    async def remove(self, name: str, *, purge_data: bool = False) -> None:
+        """Unload and delete a user-installed plugin (and, with ``purge_data``, its
+        data folder). Entry-point and system plugins belong to their package manager.
+
+        Raises:
+            PluginNotFound: ``name`` is not installed.
+            PluginRefused: it is not a user plugin.
+        """
+        current = self._discovered.get(name)
+        if current is None:
+            raise PluginNotFound(f"no plugin named {name!r} is installed")
+        if current.source != "user":
+            raise PluginRefused(
+                name,
+                f"it is a {current.source.replace('_', ' ')} plugin; remove it with the tool"
+                " that installed it",
+            )
+        async with self._lock:  # one step: a concurrent load cannot bring it back between
+            await self._settle(name)
+            if name in self._loaded:
+                await self._unload(name)
+            await trio.to_thread.run_sync(discard, Path(current.location))
+            if purge_data:
+                await trio.to_thread.run_sync(discard, self.config.home / "plugin-data" / name)
+            await self.state.forget(name)
+            await self.discover()
+        _log.info(
+            "removed plugin %s%s", name, " and its data" if purge_data else "",
+            extra={"plugin": name, "purge_data": purge_data},
+        )  # fmt: skip
+
+    async def history(self, name: str) -> list[Any]:
+        """The plugin's install, load, update, enable and failure history (oldest first)."""
+        return await self.state.history(name)
+
+    async def _stage(self, source: Path, signature: Path | None) -> StagedPlugin:
+        try:
+            return await trio.to_thread.run_sync(
+                lambda: stage(
+                    Path(source),
+                    self.user_dir,
+                    self.config.trust,
+                    signature=signature,
+                    effective=self._effective,
+                    describe_timeout=self.config.start_timeout,
+                )
+            )
+        except InstallRefused as exc:
+            _log.warning(
+                "refused %s: %s", source, exc, extra={"source": str(source), "reason": str(exc)}
+            )
+            raise PluginRefused(Path(source).name, str(exc)) from None
+
+    async def _record(self, staged: StagedPlugin, target: Path) -> None:
+        signed = f", signed by {staged.signed_by}" if staged.signed_by else ""
+        await self.state.record_install(staged.name, staged.version, "user", str(target))
+        await self.state.log(staged.name, "verified", f"{staged.version}{signed}")
