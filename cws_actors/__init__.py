@@ -77,7 +77,7 @@ from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord
 from ._host._state import StateStore as StateStore
 from ._host._state import TokenRecord as TokenRecord
-from ._isolation._plugin_actor import PluginCall as PluginCall
+from ._isolation._launch import PluginCall as PluginCall
 from ._packaging._archive import ARCHIVE_SUFFIX as ARCHIVE_SUFFIX
 from ._packaging._archive import ArchiveInfo as ArchiveInfo
 from ._packaging._archive import check_archive as check_archive

@@ -1,5 +1,10 @@
 """The runtime: a root supervisor, subtrees of supervisors, actor cells, the router and
-the event bus, composed and owned by ``open_runtime()``."""
+the event bus, composed and owned by ``open_runtime()``.
+
+Over 500 lines on purpose: it is one class, the runtime's public methods (spawn, stop,
+lookup, ask, the snapshot, wait_ready, publish) and the subtree bookkeeping they share;
+split, a reader would chase one object's state across files.
+"""
 
 from __future__ import annotations
 

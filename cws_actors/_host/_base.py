@@ -18,10 +18,7 @@ from .._core._exceptions import (
 )
 from .._core._runtime import Runtime
 from .._isolation._forkserver import ForkServer
-from .._isolation._plugin_actor import (
-    PluginCounters,
-    PluginLaunch,
-)
+from .._isolation._launch import PluginCounters, PluginLaunch
 from .._packaging._archive import ArchiveLimits
 from .._plugins._manifest import Manifest
 from .._plugins._model import (

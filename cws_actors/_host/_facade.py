@@ -17,9 +17,7 @@ from .._core._exceptions import (
     PluginError,
 )
 from .._core._runtime import Runtime
-from .._isolation._plugin_actor import (
-    PluginCall,
-)
+from .._isolation._launch import PluginCall
 from .._plugins._model import (
     APIEndpointSpec,
     APIRequest,

@@ -26,7 +26,7 @@ import attrs
 
 from .._core._exceptions import ArchiveError, ManifestError
 from .._isolation._describe import DescribeFailed, describe_spec, describe_sync
-from .._isolation._plugin_actor import allowed_environment
+from .._isolation._launch import allowed_environment
 from .._packaging._archive import ArchiveLimits, plugin_tree, unpack_archive
 from .._packaging._removal import remove_tree
 from .._packaging._signing import SignatureError, load_revocations, load_trusted_keys, verify

@@ -21,17 +21,16 @@ from .._core._exceptions import (
     PluginRefused,
 )
 from .._isolation._describe import DescribeFailed, describe, describe_spec
+from .._isolation._drivers import InProcessDriver, SubprocessDriver
 from .._isolation._forkserver import ForkServer
-from .._isolation._plugin_actor import (
+from .._isolation._launch import (
     ENV_ALLOWLIST,
-    InProcessDriver,
-    PluginActor,
     PluginCounters,
     PluginDriver,
     PluginLaunch,
-    SubprocessDriver,
     allowed_environment,
 )
+from .._isolation._plugin_actor import PluginActor
 from .._plugins._loader import PluginImportError, load_plugin_class
 from .._plugins._manifest import Manifest
 from .._plugins._model import (

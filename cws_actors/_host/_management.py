@@ -13,9 +13,7 @@ from .._core._exceptions import (
     PluginNotFound,
     PluginRefused,
 )
-from .._isolation._plugin_actor import (
-    SwapLaunch,
-)
+from .._isolation._launch import SwapLaunch
 from ._base import _SWAP_MARGIN, PluginStatus, _log, _Switch
 from ._discovery import _from_plugin_dir
 from ._install import (

@@ -11,10 +11,7 @@ from .._core._exceptions import (
     PluginError,
     PluginNotFound,
 )
-from .._isolation._plugin_actor import (
-    PluginCall,
-    PluginCounters,
-)
+from .._isolation._launch import PluginCall, PluginCounters
 from ._base import _LIFECYCLE, PluginStatus, _HostBase
 
 

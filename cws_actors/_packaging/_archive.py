@@ -9,9 +9,12 @@ in ``trio.to_thread.run_sync``.
 
 Errors, one base::
 
-    ArchiveError (ValueError)
+    ArchiveError (PluginError, ValueError; in _core._exceptions)
     ├── BadArchive        not a zip, corrupt, or no plugin.toml at its root
     └── UnsafeArchive     an entry breaks a safety rule (``entry`` and ``rule`` say which)
+
+Over 500 lines on purpose: the safety rules and the writer that enforces them again as
+it writes must be read together, and this is all of them.
 """
 
 from __future__ import annotations

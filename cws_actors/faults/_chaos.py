@@ -214,7 +214,7 @@ Message = Callable[[str, int], Any]
 
 
 def _status_call(path: str, seq: int) -> Any:
-    from .._isolation._plugin_actor import PluginCall
+    from .._isolation._launch import PluginCall
 
     return PluginCall("status", payload={"chaos_seq": seq})
 

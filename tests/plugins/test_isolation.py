@@ -17,7 +17,7 @@ import trio.testing
 from cws_actors import PluginNotFound, PluginRefused
 from cws_actors._host._state import StateStore
 from cws_actors._isolation._describe import DescribeFailed, describe, describe_spec
-from cws_actors._isolation._plugin_actor import allowed_environment
+from cws_actors._isolation._launch import allowed_environment
 from cws_actors._packaging._archive import make_archive
 from cws_actors._packaging._signing import generate_keypair, sign
 

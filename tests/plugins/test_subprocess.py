@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from cws_actors import APIRequest, PluginHost
-from cws_actors._isolation._plugin_actor import ENV_ALLOWLIST
+from cws_actors._isolation._launch import ENV_ALLOWLIST
 
 from ._fixtures import code_for, write_plugin
 from .test_host import TIMEOUT, opened, wait_until

@@ -1,0 +1,359 @@
+"""The two plugin drivers: in the daemon's process (``InProcessDriver``) and in a
+process of its own, spoken to over the framed protocol (``SubprocessDriver``)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from .._core._bus import Event
+from .._core._exceptions import PluginCallFailed, PluginCrashed
+from .._plugins._model import (
+    APIRequest,
+    Health,
+    HealthStatus,
+    Plugin,
+    PluginContext,
+)
+from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
+from ._launch import (
+    KILL_WAIT,
+    TERMINATE_GRACE,
+    PluginCounters,
+    PluginLaunch,
+    plugin_environment,
+)
+from ._log import StderrLog
+from ._protocol import (
+    PROTOCOL_VERSION,
+    FrameReader,
+    ProtocolError,
+    decode_result,
+    encode_event,
+    encode_request,
+    send_frame,
+)
+
+
+@attrs.define(eq=False)
+class InProcessDriver:
+    launch: PluginLaunch
+    publish: Callable[[str, Any], Awaitable[Any]]
+    counters: PluginCounters = attrs.field(factory=lambda: PluginCounters())
+    _plugin: Plugin | None = None
+    _context: PluginContext | None = None
+
+    async def open(self, nursery: trio.Nursery) -> None:
+        launch = self.launch
+        plugin_class = launch.plugin_class
+        assert plugin_class is not None, "an in-process launch carries its class"
+        launch.data_dir.mkdir(parents=True, exist_ok=True)
+        self._context = PluginContext(
+            launch.metadata.name, launch.data_dir, launch.config, self._publish
+        )
+        self._plugin = plugin_class()
+        await self._plugin.initialize(self._context, launch.config)
+        await self._plugin.start(self._context)
+
+    async def _publish(self, topic: str, payload: Any = None) -> Any:
+        self.counters.published += 1
+        return await self.publish(topic, payload)
+
+    async def close(self) -> None:
+        if self._plugin is not None and self._context is not None:
+            await self._plugin.stop(self._context)
+
+    async def call(self, handler: str, payload: Any) -> Any:
+        assert self._plugin is not None
+        return await getattr(self._plugin, handler)(payload)
+
+    async def health(self) -> Health:
+        assert self._plugin is not None
+        return await self._plugin.health()
+
+    async def ready(self) -> bool:
+        assert self._plugin is not None
+        return bool(await self._plugin.ready())
+
+    async def status(self) -> dict[str, Any]:
+        assert self._plugin is not None
+        return await self._plugin.status()
+
+
+@attrs.define(eq=False)
+class SubprocessDriver:
+    """Runs the plugin in ``python -m cws_actors._isolation._runner`` and talks to it."""
+
+    launch: PluginLaunch
+    publish: Callable[[str, Any], Awaitable[Any]]
+    counters: PluginCounters
+    fork_server: ForkServer | None = None
+    """Fork the process from this server (milliseconds) instead of starting Python."""
+    _process: trio.Process | ForkedProcess | None = None
+    _reader: FrameReader | None = None
+    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _closing: bool = False
+    _killed: bool = False
+    """Killed on purpose (a forced unload): the actor is being stopped, so a call in
+    flight waits for that instead of reporting a crash (which would restart it)."""
+    _opened: bool = False
+    """Until the handshake and init succeed, a dying process fails ``open`` instead of
+    crashing the actor (so that a hot reload can roll back)."""
+
+    async def open(self, nursery: trio.Nursery) -> None:
+        launch = self.launch
+        launch.data_dir.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "name": launch.metadata.name,
+            "entry": launch.entry,
+            "folder": str(launch.folder) if launch.folder else None,
+            "config": dict(launch.config),
+            "data_dir": str(launch.data_dir),
+            "limits": attrs.asdict(launch.metadata.limits),
+            "parent_pid": os.getpid(),  # the runner exits when this process is gone
+        }
+        env = plugin_environment(launch)
+        process: trio.Process | ForkedProcess
+        if self.fork_server is not None and self.fork_server.running:
+            try:
+                process = await nursery.start(self._run_forked, self.fork_server, spec, env)
+            except ForkServerGone:
+                process = await self._start_python(nursery, spec, env)
+        else:
+            process = await self._start_python(nursery, spec, env)
+        self._process = process
+        self.counters.pid = process.pid
+        self.counters.kill = self.kill
+        assert process.stdout is not None and process.stderr is not None
+        self._reader = FrameReader(process.stdout)
+        nursery.start_soon(self._log_stderr, process.stderr)
+        nursery.start_soon(self._watch, process)
+        hello = await self._receive()
+        if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
+            raise PluginCrashed(
+                f"plugin {launch.metadata.name!r} spoke protocol {hello.get('protocol')!r}"
+                f" in its handshake; this host speaks {PROTOCOL_VERSION}"
+            )
+        if hello.get("name") != launch.metadata.name:
+            raise PluginCrashed(
+                f"plugin process introduced itself as {hello.get('name')!r},"
+                f" expected {launch.metadata.name!r}"
+            )
+        await self._request({"type": "init"})
+        self._opened = True
+
+    async def _start_python(
+        self, nursery: trio.Nursery, spec: dict[str, Any], env: dict[str, str]
+    ) -> trio.Process:
+        process: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "cws_actors._isolation._runner", json.dumps(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                check=False,
+                deliver_cancel=self._deliver_cancel,
+            )
+        )
+        return process
+
+    async def _run_forked(
+        self,
+        server: ForkServer,
+        spec: dict[str, Any],
+        env: dict[str, str],
+        task_status: trio.TaskStatus[ForkedProcess] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Own a forked process as ``trio.run_process`` owns its child: cancelled, it
+        escalates from SIGTERM to SIGKILL, and it returns once the process is gone."""
+        process = await server.spawn(spec, env)
+        task_status.started(process)
+        try:
+            await process.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:
+                    await self._deliver_cancel(process)
+                    await process.wait()
+                await process.stdin.aclose()
+
+    def send_fault_signal(self, signum: int) -> bool:
+        """Signal the process for an injected fault: unlike ``kill``, a SIGKILL here is a
+        crash, which the watcher reports. False when no process runs, or (for any signal
+        but SIGCONT, which ends a pause) when it is being stopped."""
+        process = self._process
+        if process is None or process.returncode is not None:
+            return False
+        if self._closing and signum != signal.SIGCONT:
+            return False
+        process.send_signal(signum)
+        return True
+
+    async def memory_hog(self) -> None:
+        """Ask the process to allocate until its memory limit ends it (an injected fault)."""
+        await self._request({"type": "memory_hog"})
+
+    def kill(self) -> None:
+        """SIGKILL the process now, as part of stopping the plugin (not a crash)."""
+        self._closing = self._killed = True
+        if self._process is not None:
+            self._process.kill()
+
+    async def close(self) -> None:
+        """Stop the process: ask (``stop_timeout``), then SIGTERM, then SIGKILL. It is
+        gone when this returns (within ``launch.stop_budget``), even if its ``stop``
+        hangs, so an old version never outlives a hot swap."""
+        self._closing = True
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        steps = [(process.kill, KILL_WAIT)]
+        if not self._killed:
+            steps.insert(0, (process.terminate, TERMINATE_GRACE))
+            with trio.move_on_after(self.launch.stop_timeout):
+                try:
+                    await self._request({"type": "stop"})
+                except (PluginCrashed, PluginCallFailed, trio.BrokenResourceError):
+                    pass  # it is going anyway; the escalation below makes sure
+                await process.wait()
+        for signal_it, grace in steps:
+            if process.returncode is not None:
+                return
+            signal_it()
+            with trio.move_on_after(grace):
+                await process.wait()
+
+    async def call(self, handler: str, payload: Any) -> Any:
+        message: dict[str, Any] = {"type": "call", "handler": handler}
+        if isinstance(payload, Event):
+            message.update(payload=encode_event(payload), payload_type="event")
+        elif isinstance(payload, APIRequest):
+            message.update(payload=encode_request(payload), payload_type="request")
+        else:
+            message["payload"] = payload
+        return decode_result(await self._request(message))
+
+    async def health(self) -> Health:
+        result = decode_result(await self._request({"type": "health"}))
+        return result if isinstance(result, Health) else Health(HealthStatus.CRITICAL, "bad")
+
+    async def ready(self) -> bool:
+        return bool(await self._request({"type": "ready"}))
+
+    async def status(self) -> dict[str, Any]:
+        status = await self._request({"type": "status"})
+        return dict(status or {}) | self._process_usage()
+
+    async def _request(self, message: dict[str, Any]) -> Any:
+        process = self._process
+        assert process is not None and process.stdin is not None
+        async with self._lock:
+            try:
+                await send_frame(process.stdin, message)
+                reply = await self._receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                await self._unless_killed()
+                raise PluginCrashed(self._describe_exit("the pipe broke")) from exc
+        if reply["type"] == "error":
+            raise PluginCallFailed(self.launch.metadata.name, reply["error_type"], reply["message"])
+        return reply.get("value")
+
+    async def _receive(self) -> dict[str, Any]:
+        assert self._reader is not None
+        while True:
+            try:
+                frame = await self._reader.receive()
+            except ProtocolError as exc:
+                raise PluginCrashed(f"plugin {self.launch.metadata.name!r}: {exc}") from exc
+            if frame is None:
+                await self._unless_killed()
+                if self._process is not None:
+                    with trio.move_on_after(1):
+                        await self._process.wait()
+                raise PluginCrashed(self._describe_exit("it closed its output"))
+            if frame["type"] == "publish":
+                self.counters.published += 1
+                await self.publish(frame["topic"], frame.get("payload"))
+                continue
+            return frame
+
+    async def _unless_killed(self) -> None:
+        if self._killed:
+            await trio.sleep_forever()  # the stop that follows the kill cancels this
+
+    async def _watch(self, process: trio.Process | ForkedProcess) -> None:
+        try:
+            await process.wait()
+        finally:
+            # Exited, or cancelled because this driver is stopping it (the owner of the
+            # process kills it): never signal it again.
+            if self.counters.kill == self.kill:
+                self.counters.kill = None
+        if self._opened and not self._closing:
+            raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
+
+    def _describe_exit(self, what: str) -> str:
+        name = self.launch.metadata.name
+        code = self._process.returncode if self._process is not None else None
+        if code is None:
+            return f"plugin {name!r} process failed: {what}"
+        if code < 0:
+            signame = signal.Signals(-code).name
+            detail = {
+                "SIGKILL": " (killed, or over a limit the kernel enforces)",
+                "SIGXCPU": " (over its CPU-seconds limit)",
+            }.get(signame, "")
+            return f"plugin {name!r} process was killed by {signame}{detail}"
+        from ._runner import EXIT_IMPORT, EXIT_MEMORY
+
+        reason = {
+            EXIT_MEMORY: " (out of memory under its memory limit)",
+            EXIT_IMPORT: " (its code could not be imported; see its log)",
+        }.get(code, "")
+        return f"plugin {name!r} process exited with code {code}{reason}"
+
+    async def _deliver_cancel(self, process: trio.Process | ForkedProcess) -> None:
+        """Cancel: SIGTERM (the runner then calls the plugin's stop), a deadline, SIGKILL."""
+        self._closing = True
+        process.terminate()
+        with trio.move_on_after(self.launch.stop_timeout):
+            await process.wait()
+            return
+        process.kill()
+
+    async def _log_stderr(self, stream: trio.abc.ReceiveStream) -> None:
+        log = StderrLog(logging.getLogger(f"cws.plugin.{self.launch.metadata.name}"))
+        try:
+            async for chunk in stream:
+                log.feed(chunk)
+        finally:
+            log.close()
+
+    def _process_usage(self) -> dict[str, Any]:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return {}
+        usage: dict[str, Any] = {"pid": process.pid}
+        try:
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    usage["memory_rss_kb"] = int(line.split()[1])
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            usage["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, ValueError, IndexError):
+            pass  # the process is exiting; its usage is no longer there to read
+        return usage

@@ -1,0 +1,117 @@
+"""What the host hands a plugin actor: its launch (metadata, capabilities, config,
+environment), the messages it takes, its counters, and the driver interface."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from .._plugins._model import (
+    Capabilities,
+    Health,
+    Plugin,
+    PluginMetadata,
+)
+
+ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "HOME")
+"""Environment variables a subprocess plugin inherits; nothing else of the daemon's
+environment (tokens, cloud credentials) reaches it unless the operator adds it."""
+
+
+TERMINATE_GRACE = 1.0
+"""After a plugin's graceful stop window: how long SIGTERM has before SIGKILL."""
+KILL_WAIT = 1.0
+"""How long to wait for a process to go after SIGKILL (the kernel takes milliseconds)."""
+
+
+def plugin_environment(launch: PluginLaunch) -> dict[str, str]:
+    """The whole environment of a subprocess plugin: the allow-list, and its name."""
+    return allowed_environment(launch.metadata.name, launch.env_allowlist)
+
+
+def allowed_environment(name: str, allowlist: tuple[str, ...] = ENV_ALLOWLIST) -> dict[str, str]:
+    """The daemon's variables in ``allowlist``, and ``CWS_PLUGIN_NAME``: all that any
+    process running plugin code gets of the daemon's environment."""
+    env = {key: os.environ[key] for key in allowlist if key in os.environ}
+    env["CWS_PLUGIN_NAME"] = name
+    return env
+
+
+@attrs.frozen
+class PluginCall:
+    """A message to a plugin actor: ``kind`` is ``cli``, ``api`` or ``status``."""
+
+    kind: str
+    handler: str = ""
+    payload: Any = None
+
+
+@attrs.define(eq=False)
+class PluginCounters:
+    """Kept across the plugin's restarts, for its status."""
+
+    calls: int = 0
+    errors: int = 0
+    events: int = 0
+    published: int = 0
+    """Events the plugin put on the bus: its messages out."""
+    last_error: str | None = None
+    pid: int | None = None
+    """The current (or last) process of a subprocess plugin: for status only, since the
+    number may belong to another process once that one has exited."""
+    kill: Callable[[], None] | None = None
+    """SIGKILL the current process (through its handle, never by pid); None while no
+    process of the plugin runs."""
+
+
+@attrs.frozen
+class PluginLaunch:
+    """Everything needed to start one run of a plugin."""
+
+    metadata: PluginMetadata
+    capabilities: Capabilities
+    entry: str
+    folder: Path | None
+    config: Mapping[str, Any]
+    data_dir: Path
+    plugin_class: type[Plugin] | None = None
+    env_allowlist: tuple[str, ...] = ENV_ALLOWLIST
+    stop_timeout: float = 3.0
+    """How long the plugin's ``stop`` may take before its process is terminated."""
+    start_timeout: float = 30.0
+    """How long a start (handshake, ``initialize`` and ``start``) may take; a start that
+    takes longer fails as a crash."""
+
+    @property
+    def stop_budget(self) -> float:
+        """The longest a run takes to stop: the graceful window, SIGTERM's grace, the wait
+        after SIGKILL, and a margin. The actor's shutdown deadline."""
+        return self.stop_timeout + TERMINATE_GRACE + KILL_WAIT + 1.0
+
+
+@attrs.frozen
+class SwapLaunch:
+    """A message to a plugin actor: start ``launch`` (a new version), switch to it, stop
+    the old one. The reply is None on success, or why the new version failed to start
+    (the old one then keeps serving, untouched)."""
+
+    launch: PluginLaunch
+
+
+class PluginDriver(Protocol):
+    async def open(self, nursery: trio.Nursery) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def call(self, handler: str, payload: Any) -> Any: ...
+
+    async def health(self) -> Health: ...
+
+    async def ready(self) -> bool: ...
+
+    async def status(self) -> dict[str, Any]: ...
