@@ -65,6 +65,7 @@ from ._core._mailbox import Overflow as Overflow
 from ._core._ratelimit import RateLimit as RateLimit
 from ._core._ratelimit import TokenBucket as TokenBucket
 from ._core._runtime import ActorSnapshot as ActorSnapshot
+from ._core._runtime import RoutingStatistics as RoutingStatistics
 from ._core._runtime import Runtime as Runtime
 from ._core._runtime import RuntimeConfig as RuntimeConfig
 from ._core._runtime import open_runtime as open_runtime
@@ -164,6 +165,7 @@ __all__ = [
     "RateLimited",
     "ResourceLimits",
     "Restart",
+    "RoutingStatistics",
     "Runtime",
     "RuntimeConfig",
     "SQLiteEventStore",

@@ -12,7 +12,7 @@ import contextlib
 import contextvars
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -106,6 +106,18 @@ class ActorSnapshot:
             if path == child.path or path.startswith(child.path.rstrip("/") + "/"):
                 return child.find(path)
         raise KeyError(path)
+
+
+@attrs.frozen
+class RoutingStatistics:
+    """What the router counted, by actor path: ``Runtime.routing_statistics()``."""
+
+    routed: Mapping[str, int]
+    """Messages admitted to each actor that runs now."""
+    rejected: Mapping[tuple[str, str], int]
+    """Messages refused, by (path, reason code: ``rate_limited``, ``not_ready``...)."""
+    late: Mapping[str, int]
+    """Asks handled after their asker had given up (it timed out)."""
 
 
 @attrs.define(eq=False)
@@ -402,6 +414,15 @@ class Runtime:
                 envelope.reply.set_error(ActorStopped(cell.path))
             self.router.dead_letter(envelope, "stopped", "actor stopped with this queued")
         cell.in_flight = 0
+
+    def routing_statistics(self) -> RoutingStatistics:
+        """A frozen snapshot of the router's counts (for metrics)."""
+        router = self.router
+        return RoutingStatistics(
+            routed={path: cell.routed for path, cell in router.cells.items()},
+            rejected=dict(router.rejected),
+            late=dict(router.late),
+        )
 
     def actors(self) -> ActorSnapshot:
         """A snapshot of the whole tree, from the root supervisor down."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -255,3 +256,20 @@ async def test_control_lane_lets_probes_pass_a_full_backlog(autojump_clock) -> N
         (probe,) = node.probes
         assert probe.consecutive_failures == 0
         assert probe.checks == 15
+
+
+async def test_routing_statistics_count_what_was_routed_refused_and_answered_late(
+    autojump_clock,
+) -> None:
+    log: list[Any] = []
+    async with open_runtime() as runtime:
+        ref = await runtime.spawn(lambda: Sink(log), name="sink", rate_limit=RateLimit(1, 2))
+        for _ in range(3):
+            with contextlib.suppress(RateLimited):
+                ref.tell("m")
+        await trio.testing.wait_all_tasks_blocked()
+        stats = runtime.routing_statistics()
+        assert stats.routed == {"/sink": 2}
+        assert stats.rejected == {("/sink", "rate_limited"): 1}
+        assert stats.late == {}
+        assert log == ["m", "m"]

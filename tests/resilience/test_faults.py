@@ -425,6 +425,24 @@ async def test_list_get_and_clear(autojump_clock: Any) -> None:
         assert {r.state for r in faults.list(include_finished=True)} == {FaultState.CLEARED}
 
 
+async def test_reached_and_check_process_target_answer_before_any_injection(
+    autojump_clock: Any,
+) -> None:
+    async with open_runtime() as runtime:
+        await spawn_echo(runtime, "a")
+        await spawn_echo(runtime, "b")
+        assert runtime.faults.reached("/*") == ["/a", "/b"]
+        assert runtime.faults.reached("/a") == ["/a"]
+        assert runtime.faults.reached("/c") == []  # a fault there waits for it
+        runtime.faults.check_process_target("/*", FaultKind.KILL)  # a glob: the eligible
+        runtime.faults.check_process_target("/c", FaultKind.KILL)  # not spawned yet
+        with pytest.raises(FaultTargetError, match="kill needs a subprocess plugin; /a runs"):
+            runtime.faults.check_process_target("/a", FaultKind.KILL)
+        with pytest.raises(FaultTargetError, match="a fault target is an actor path"):
+            runtime.faults.reached("a")
+        assert runtime.faults.list() == []
+
+
 async def test_bad_targets_and_process_faults_on_in_process_actors(autojump_clock: Any) -> None:
     async with open_runtime() as runtime:
         await spawn_echo(runtime)
