@@ -332,7 +332,7 @@ class Runtime:
         try:
             await supervisor.restart_child(name)
         except SupervisionError as exc:
-            raise ActorError(f"{path}: {exc}") from None
+            raise ActorError(f"{path}: {exc}") from exc
 
     async def clear_quarantine(self, path: str) -> None:
         """Start a quarantined actor again with a fresh restart budget.
@@ -345,7 +345,7 @@ class Runtime:
         try:
             await supervisor.clear_quarantine(name)
         except (SupervisionError, ValueError) as exc:
-            raise ActorError(f"{path}: {exc}") from None
+            raise ActorError(f"{path}: {exc}") from exc
 
     async def wait_ready(self, path: str) -> None:
         """Wait until the actor at ``path`` runs and its readiness probe passes (put a

@@ -328,7 +328,7 @@ class _Loading(_Discovery, _Status):
                 env = allowed_environment(metadata.name, allowlist)
                 capabilities = await describe(spec, env, timeout=self.config.start_timeout)
         except (PluginImportError, DescribeFailed) as exc:
-            raise PluginRefused(discovered.name, f"its code is broken: {exc}") from None
+            raise PluginRefused(discovered.name, f"its code is broken: {exc}") from exc
         launch = PluginLaunch(
             metadata=metadata,
             capabilities=capabilities,
