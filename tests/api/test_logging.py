@@ -96,8 +96,8 @@ def test_the_log_settings_come_from_the_file_and_the_environment(tmp_path: Path)
     config_file.write_text('[daemon]\nlog_level = "WARNING"\nlog_format = "json"\n')
     config = load_config(config_file, env={"CWS_ACCESS_LOG": "true"})
     assert (config.log_level, config.log_format, config.access_log) == ("WARNING", "json", True)
-    assert load_config(config_file, env={}, log_level="debug").log_level == "debug"  # a flag
-    with pytest.raises(ConfigError, match="log_format must be one of text, json, got 'xml'"):
+    assert load_config(config_file, env={}, log_level="debug").log_level == "DEBUG"  # a flag
+    with pytest.raises(ConfigError, match='CWS_LOG_FORMAT must be one of text, json, got "xml"'):
         load_config(None, env={"CWS_LOG_FORMAT": "xml"})
     config_file.write_text('[daemon]\nlog_level = "chatty"\n')
     with pytest.raises(ConfigError, match="log_level must be one of"):
