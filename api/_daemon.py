@@ -88,9 +88,15 @@ class Daemon:
         """Load every enabled plugin; a refused one is logged (by the host, at ERROR) and
         the others go on."""
         try:
-            await self.host.load_all()
+            results = await self.host.load_all()
         finally:
             self.plugins_loaded.set()
+        refused = sorted(name for name, problem in results.items() if problem is not None)
+        log.info(
+            "ready: %d plugins loaded%s", len(results) - len(refused),
+            f", not loaded: {', '.join(refused)}" if refused else "",
+            extra={"loaded": len(results) - len(refused), "not_loaded": refused},
+        )  # fmt: skip
 
     async def reload(self) -> dict[str, str | None]:
         """SIGHUP: read the configuration again and rescan plugins. The plugin overrides
