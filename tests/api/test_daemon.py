@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from api._config import ConfigError, DaemonConfig, load_config
-from api._daemon import Daemon, open_daemon, serve_daemon
+from api import DaemonConfig, load_config, serve_daemon
+from api._config import ConfigError
+from api._daemon import Daemon, open_daemon
 
 from ..plugins._fixtures import write_plugin
 from ..plugins.test_host import wait_until
