@@ -30,7 +30,7 @@ from cws_actors import (
     open_runtime,
 )
 
-from ._config import DaemonConfig, load_config
+from ._config import FOR_HOST, DaemonConfig, load_config
 from ._metrics import Metrics
 
 log = logging.getLogger("cws.daemon")
@@ -117,15 +117,14 @@ _RELOADED = frozenset({"overrides", "require_signed", "source", "host", "port"})
 
 
 def host_config(config: DaemonConfig) -> HostConfig:
+    """The plugin host's settings: the daemon's fields marked ``FOR_HOST`` (``home`` and
+    the ``[plugins]`` table), by name; the host's other settings keep their defaults."""
     return HostConfig(
-        home=config.home,
-        system_dir=config.system_dir,
-        entry_points=config.entry_points,
-        overrides=config.overrides,
-        require_signed=config.require_signed,
-        fork_server=config.fork_server,
-        max_restarts=config.max_restarts,
-        restart_period=config.restart_period,
+        **{
+            field.name: getattr(config, field.name)
+            for field in attrs.fields(DaemonConfig)
+            if field.metadata.get(FOR_HOST)
+        }
     )
 
 
