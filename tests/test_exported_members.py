@@ -20,10 +20,12 @@ PROMISED = {
         "NotReady", "RateLimited", "MailboxFull", "AskTimeout", "DeadlineExceeded",
         "HandlerFailed", "Envelope", "Source", "on_event", "Event", "HealthProbe",
     },
+    "api": {"create_app", "serve_daemon", "DaemonConfig", "load_config"},
+    "api.cli": {"main", "CLIError"},
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("package", ["supervision", "cws_actors", "providers", "api"])
+@pytest.mark.parametrize("package", ["supervision", "cws_actors", "providers", "api", "api.cli"])
 def test_all_is_sorted_and_every_name_exists(package: str) -> None:
     module = importlib.import_module(package)
     assert module.__all__ == sorted(module.__all__)

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import trio
 
-from api._config import ConfigError, load_config
+from api import load_config
+from api._config import ConfigError
 from api._logging import JSONFormatter, TextFormatter, daemon_logging
 
 from ..plugins._fixtures import write_plugin
