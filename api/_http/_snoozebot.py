@@ -9,6 +9,7 @@ import trio
 from quart import Blueprint
 
 from cws_actors import ActorError, PluginError, PluginNotFound, PluginRefused
+from supervision import Backoff, Jitter
 
 from ._plugins import discovery
 from ._problems import HTTPProblem, from_error
@@ -18,6 +19,8 @@ blueprint = Blueprint("snoozebot", __name__)
 
 MAX_LOAD_RETRIES = 10
 """Retries ``POST /api/plugins/load`` allows (with backoff up to 2 s between them)."""
+_RETRY_BACKOFF = Backoff(0.1, 2.0, jitter=Jitter.NONE)
+"""Between load attempts: 0.2 s, 0.4 s... up to 2 s (the supervisor's backoff, no jitter)."""
 
 
 @blueprint.get("/api/plugins")
@@ -66,7 +69,7 @@ async def snoozebot_load() -> Any:
     last: Exception | None = None
     for attempt in range(retries + 1):
         if attempt:
-            await trio.sleep(min(2.0, 0.1 * 2**attempt))  # back off between tries
+            await trio.sleep(_RETRY_BACKOFF.cap(attempt))  # back off between tries
         try:
             with trio.fail_after(timeout):
                 await host.load(name)
