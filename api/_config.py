@@ -12,6 +12,9 @@ topics are set in the file only.
 :func:`check_file` lists every problem of a file with its line (``cws config check``);
 :func:`load_config` is what the daemon calls, and it raises :class:`ConfigError` with
 those same problems.
+
+(Over 500 lines, on purpose: the settings and the checks of the file that holds them
+read best side by side; the file's messages are what ``cws config check`` prints.)
 """
 
 from __future__ import annotations
@@ -98,39 +101,10 @@ def _in(choices: Iterable[str]) -> Callable[[Any, attrs.Attribute[Any], Any], No
 
 
 @attrs.frozen
-class DaemonConfig:
-    """The daemon's settings; ``examples/cws.toml`` says what each one means."""
-
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    home: Path = attrs.field(factory=default_home)
-    max_body_bytes: int = 1024 * 1024
-    max_upload_bytes: int = 100 * 1024 * 1024
-    open_health: bool = True
-    shutdown_grace: float = 10.0
-    instance_poll_interval: float = 60.0
-    """Seconds between cloud providers' state polls (0: never)."""
-    log_level: str = attrs.field(default="INFO", validator=_in(LOG_LEVELS))
-    log_format: str = attrs.field(default="text", validator=_in(LOG_FORMATS))
-    access_log: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    system_dir: Path = Path("/usr/lib/cws/plugins")
-    require_signed: bool = False
-    fork_server: bool = True
-    entry_points: bool = True
-    max_restarts: int = attrs.field(default=10, validator=attrs.validators.ge(1))
-    """Restarts a plugin may have within ``restart_period`` before it is quarantined."""
-    restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
-    overrides: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
-    durable_topics: tuple[str, ...] = ("instance.*",)
-    source: str = "embedded defaults"
-    """Where this configuration came from, for the log and ``/api/v1/daemon``."""
-
-
-@attrs.frozen
 class Setting:
     """A scalar setting: ``[table] key``, the DaemonConfig field of the same name and
     the variable ``CWS_<KEY>``. ``rule`` checks the value (``expected`` says what it
-    wants); ``normalize`` runs first."""
+    wants); ``normalize`` runs first. Declared once, on its field (:func:`_setting`)."""
 
     table: str
     key: str
@@ -152,48 +126,119 @@ class Setting:
         return "--" + self.key.replace("_", "-")
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("daemon", "host", str, lambda v: bool(v.strip()), "an address, not empty"),
-    Setting("daemon", "port", int, lambda v: 0 <= v <= 65535, "in 0..65535 (0: any free port)"),
-    Setting("daemon", "home", Path, lambda v: bool(str(v)), "a folder"),
-    Setting("daemon", "max_body_bytes", int, lambda v: v >= 1, ">= 1"),
-    Setting("daemon", "max_upload_bytes", int, lambda v: v >= 1, ">= 1"),
-    Setting("daemon", "open_health", bool),
-    Setting("daemon", "shutdown_grace", float, lambda v: v >= 0, ">= 0"),
-    Setting("daemon", "instance_poll_interval", float, lambda v: v >= 0, ">= 0 (0: never)"),
-    Setting(
-        "daemon",
-        "log_level",
-        str,
-        LOG_LEVELS.__contains__,
-        "one of DEBUG, INFO, WARNING, ERROR",
-        normalize=str.upper,
-    ),
-    Setting(
-        "daemon",
-        "log_format",
-        str,
-        LOG_FORMATS.__contains__,
-        "one of text, json",
-        normalize=str.lower,
-    ),
-    Setting("daemon", "access_log", bool),
-    Setting("plugins", "system_dir", Path, lambda v: bool(str(v)), "a folder"),
-    Setting("plugins", "require_signed", bool),
-    Setting("plugins", "fork_server", bool),
-    Setting("plugins", "entry_points", bool),
-    Setting("plugins", "max_restarts", int, lambda v: v >= 1, ">= 1"),
-    Setting("plugins", "restart_period", float, lambda v: v > 0, "> 0"),
-)
-"""Every scalar setting; ``[plugins.overrides.<name>]`` and ``[events] durable_topics``
-are the two that are not (set in the file only)."""
+_TABLE = "cws.table"
+"""A field's metadata: its TOML table (every field in a table is a setting)."""
+_SETTING = "cws.setting"
+"""A field's metadata: ``(rule, expected, normalize)`` of a scalar setting."""
+FOR_HOST = "cws.host"
+"""A field's metadata: ``cws_actors.HostConfig`` has a field of the same name and
+meaning, which takes this value (:func:`api._daemon.host_config`)."""
+
+
+def _setting(
+    table: str,
+    default: Any = attrs.NOTHING,
+    *,
+    rule: Callable[[Any], bool] | None = None,
+    expected: str = "",
+    normalize: Callable[[Any], Any] | None = None,
+    for_host: bool = False,
+    **field: Any,
+) -> Any:
+    """A DaemonConfig field that is a scalar setting of ``[table]``: its type is the
+    field's, its key the field's name, its variable ``CWS_<KEY>``, its flag ``--key``."""
+    metadata = {_TABLE: table, _SETTING: (rule, expected, normalize), FOR_HOST: for_host}
+    return attrs.field(default=default, metadata=metadata, **field)
+
+
+def _table_only(table: str, *, for_host: bool = False, **field: Any) -> Any:
+    """A DaemonConfig field set in the file's ``[table]`` only (no variable, no flag)."""
+    return attrs.field(metadata={_TABLE: table, FOR_HOST: for_host}, **field)
+
+
+def _not_empty(value: Any) -> bool:
+    return bool(str(value).strip() if isinstance(value, str) else str(value))
+
+
+@attrs.frozen
+class DaemonConfig:
+    """The daemon's settings; ``examples/cws.toml`` says what each one means.
+
+    Each field declares its table, its check and whether the plugin host shares it;
+    :data:`SETTINGS`, the file's tables, the variables and the flags follow from them.
+    """
+
+    host: str = _setting("daemon", "127.0.0.1", rule=_not_empty, expected="an address, not empty")
+    port: int = _setting(
+        "daemon", DEFAULT_PORT, rule=lambda v: 0 <= v <= 65535,
+        expected="in 0..65535 (0: any free port)",
+    )  # fmt: skip
+    home: Path = _setting(  # noqa: RUF009 - _setting is an attrs.field
+        "daemon", factory=default_home, rule=_not_empty, expected="a folder", for_host=True
+    )
+    max_body_bytes: int = _setting("daemon", 1024 * 1024, rule=lambda v: v >= 1, expected=">= 1")
+    max_upload_bytes: int = _setting(
+        "daemon", 100 * 1024 * 1024, rule=lambda v: v >= 1, expected=">= 1"
+    )
+    open_health: bool = _setting("daemon", True)
+    shutdown_grace: float = _setting("daemon", 10.0, rule=lambda v: v >= 0, expected=">= 0")
+    instance_poll_interval: float = _setting(
+        "daemon", 60.0, rule=lambda v: v >= 0, expected=">= 0 (0: never)"
+    )
+    """Seconds between cloud providers' state polls (0: never)."""
+    log_level: str = _setting(
+        "daemon", "INFO", rule=LOG_LEVELS.__contains__,
+        expected="one of DEBUG, INFO, WARNING, ERROR", normalize=str.upper,
+        validator=_in(LOG_LEVELS),
+    )  # fmt: skip
+    log_format: str = _setting(
+        "daemon", "text", rule=LOG_FORMATS.__contains__, expected="one of text, json",
+        normalize=str.lower, validator=_in(LOG_FORMATS),
+    )  # fmt: skip
+    access_log: bool = _setting("daemon", False, validator=attrs.validators.instance_of(bool))
+    system_dir: Path = _setting(  # noqa: RUF009 - _setting is an attrs.field
+        "plugins", Path("/usr/lib/cws/plugins"), rule=_not_empty, expected="a folder",
+        for_host=True,
+    )  # fmt: skip
+    require_signed: bool = _setting("plugins", False, for_host=True)
+    fork_server: bool = _setting("plugins", True, for_host=True)
+    entry_points: bool = _setting("plugins", True, for_host=True)
+    max_restarts: int = _setting(
+        "plugins", 10, rule=lambda v: v >= 1, expected=">= 1", for_host=True,
+        validator=attrs.validators.ge(1),
+    )  # fmt: skip
+    """Restarts a plugin may have within ``restart_period`` before it is quarantined."""
+    restart_period: float = _setting(
+        "plugins", 60.0, rule=lambda v: v > 0, expected="> 0", for_host=True,
+        validator=attrs.validators.gt(0),
+    )  # fmt: skip
+    overrides: Mapping[str, Mapping[str, Any]] = _table_only("plugins", factory=dict, for_host=True)
+    durable_topics: tuple[str, ...] = _table_only("events", default=("instance.*",))
+    source: str = "embedded defaults"
+    """Where this configuration came from, for the log and ``/api/v1/daemon``."""
+
+
+def _settings() -> tuple[Setting, ...]:
+    attrs.resolve_types(DaemonConfig)
+    settings = []
+    for field in attrs.fields(DaemonConfig):
+        if _SETTING in field.metadata:
+            assert isinstance(field.type, type), field  # resolved: str, int, float, bool, Path
+            table, rule = field.metadata[_TABLE], field.metadata[_SETTING]
+            settings.append(Setting(table, field.name, field.type, *rule))
+    return tuple(settings)
+
+
+SETTINGS: tuple[Setting, ...] = _settings()
+"""Every scalar setting, from DaemonConfig's fields; ``[plugins.overrides.<name>]`` and
+``[events] durable_topics`` are the two that are not (set in the file only)."""
 
 _BY_FIELD = {setting.key: setting for setting in SETTINGS}
-_TABLES: dict[str, dict[str, str]] = {"daemon": {}, "plugins": {}, "events": {}}
-for _setting in SETTINGS:
-    _TABLES[_setting.table][_setting.key] = _setting.dotted
-_TABLES["plugins"]["overrides"] = "plugins.overrides"
-_TABLES["events"]["durable_topics"] = "events.durable_topics"
+_TABLES: dict[str, dict[str, str]] = {}
+for _field in attrs.fields(DaemonConfig):
+    if _TABLE in _field.metadata:
+        _table = _field.metadata[_TABLE]
+        _TABLES.setdefault(_table, {})[_field.name] = f"{_table}.{_field.name}"
 
 _OVERRIDE_KEYS = {
     "config": "a table of the plugin's settings",

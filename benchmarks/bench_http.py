@@ -27,8 +27,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from api._app import create_app
-from api._config import load_config
+from api import create_app, load_config
 from api._daemon import open_daemon
 
 PLUGIN = """

@@ -22,8 +22,8 @@ from typing import Any
 
 import trio
 
-from api._config import load_config
-from api._daemon import Daemon, serve_daemon
+from api import load_config, serve_daemon
+from api._daemon import Daemon
 
 LIMIT = 50.0  # the hot plugin's rate limit, requests a second (burst the same)
 STORM = 10  # how many times its limit it is driven at

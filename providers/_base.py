@@ -26,6 +26,8 @@ from typing import Any, Protocol, TypeVar
 import attrs
 import trio
 
+from cws_actors import Backoff
+
 T = TypeVar("T")
 
 _log = logging.getLogger("providers")
@@ -233,6 +235,12 @@ class Resilience:
             )
         return cls(**section)
 
+    @property
+    def backoff(self) -> Backoff:
+        """The delay between retries: the supervisor's backoff (full jitter, doubling from
+        ``backoff_initial`` up to ``backoff_max``)."""
+        return Backoff(min(self.backoff_initial, self.backoff_max), self.backoff_max)
+
 
 async def call_resiliently(
     function: Callable[[], Awaitable[T]],
@@ -257,9 +265,9 @@ async def call_resiliently(
                     breaker.failure()
                     if attempt >= policy.retries or breaker.state is BreakerState.OPEN:
                         raise
-                    ceiling = min(policy.backoff_max, policy.backoff_initial * 2**attempt)
+                    delay = policy.backoff.delay(attempt, rng)
                     attempt += 1
-                    await trio.sleep(rng.uniform(0, ceiling))
+                    await trio.sleep(delay)
                     continue
                 except ProviderError:
                     breaker.success()  # the cloud answered; the request was wrong

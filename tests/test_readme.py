@@ -57,7 +57,7 @@ def test_the_walkthrough_config_gives_the_analytics_plugin_its_prices(tmp_path: 
     t3.micro, and the plugins it lists are this distribution's entry points."""
     import tomllib
 
-    from api._config import load_config
+    from api import load_config
 
     assert WALKTHROUGH is not None
     block = WALKTHROUGH[1]

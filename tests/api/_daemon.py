@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import trio
 
+from api import load_config, serve_daemon
 from api._auth import issue_token
-from api._config import load_config
-from api._daemon import Daemon, serve_daemon
+from api._daemon import Daemon
 
 TIMEOUT = 30
 

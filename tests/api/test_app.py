@@ -4,6 +4,7 @@ the plugin routes, and the 400/401/403/404/405/413/429/502/503 paths."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,13 @@ async def test_revoked_and_expired_tokens_are_refused(daemon: Daemon) -> None:
     revoked = await issue_token(daemon.host.state, name="r", scopes=["admin"], ttl=None)
     await daemon.host.state.revoke_token(revoked.record.id)
     expired = await issue_token(daemon.host.state, name="e", scopes=["admin"], ttl=0.001)
-    await trio.sleep(0.01)
+    assert expired.record.expires_at is not None
+    expires_at = expired.record.expires_at
+
+    async def expired_by_now() -> bool:
+        return time.time() > expires_at  # expiry is on the wall clock: wait until it passes
+
+    await wait_until(expired_by_now)
     with trio.fail_after(TIMEOUT):
         async with client(daemon, revoked.token) as http:
             assert_problem(await http.get("/api/v1/daemon"), 401, "revoked")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from api._config import ConfigError, DaemonConfig, load_config
-from api._daemon import Daemon, open_daemon, serve_daemon
+from api import DaemonConfig, load_config, serve_daemon
+from api._config import ConfigError
+from api._daemon import Daemon, open_daemon
 
 from ..plugins._fixtures import write_plugin
 from ..plugins.test_host import wait_until
@@ -72,23 +73,28 @@ def _config(home: Path, **settings: object) -> DaemonConfig:
     )
 
 
-SLOW = CODE.replace(
-    "    async def broken(self, request):",
-    "    async def slow(self, request):\n"
-    "        import trio\n"
-    "        await trio.sleep(0.5)\n"
-    "        return APIResult(200, {'slow': True})\n\n"
-    "    async def broken(self, request):",
-).replace(
-    'APIEndpointSpec("/api/v1/web/sick"',
-    'APIEndpointSpec("/api/v1/web/slow", handler="slow", protected=False),\n'
-    '            APIEndpointSpec("/api/v1/web/sick"',
-)
+def _slow(marker: Path) -> str:
+    """The web plugin with a slow handler that touches ``marker`` as it starts."""
+    return CODE.replace(
+        "    async def broken(self, request):",
+        "    async def slow(self, request):\n"
+        "        import pathlib\n"
+        "        import trio\n"
+        f"        pathlib.Path({str(marker)!r}).touch()\n"
+        "        await trio.sleep(0.5)\n"
+        "        return APIResult(200, {'slow': True})\n\n"
+        "    async def broken(self, request):",
+    ).replace(
+        'APIEndpointSpec("/api/v1/web/sick"',
+        'APIEndpointSpec("/api/v1/web/slow", handler="slow", protected=False),\n'
+        '            APIEndpointSpec("/api/v1/web/sick"',
+    )
 
 
 async def test_sigterm_lets_requests_in_flight_finish_then_stops(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    write_web_plugin(home / "plugins", code=SLOW)
+    in_handler = tmp_path / "in-handler"
+    write_web_plugin(home / "plugins", code=_slow(in_handler))
     answers: list[int] = []
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
@@ -102,7 +108,11 @@ async def test_sigterm_lets_requests_in_flight_finish_then_stops(tmp_path: Path)
                     answers.append((await http.get("/api/v1/web/slow")).status_code)
 
             nursery.start_soon(slow_request)
-            await trio.sleep(0.1)  # the request is in the plugin's handler now
+
+            async def in_the_handler() -> bool:
+                return in_handler.exists()  # the handler touches it as it starts
+
+            await wait_until(in_the_handler)
             os.kill(os.getpid(), signal.SIGTERM)
         # serve_daemon returned: the nursery closed on its own.
     assert answers == [200]

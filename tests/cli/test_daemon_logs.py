@@ -16,7 +16,7 @@ import httpx
 import trio
 
 from ..plugins._fixtures import write_plugin
-from ._cws import CWS, TIMEOUT, Lines, close_pipes, cws_env
+from ._cws import CWS, TIMEOUT, Lines, close_pipes, cws_env, wait_until_ready
 
 
 async def next_json(lines: Lines, seen: list[dict[str, Any]]) -> dict[str, Any]:
@@ -46,11 +46,15 @@ async def test_json_lines_at_warning_with_the_access_log(tmp_path: Path) -> None
         stderr = Lines(process.stderr)
         with trio.fail_after(TIMEOUT):
             url = await Lines(process.stdout).next()
+            await wait_until_ready(url)  # its /readyz requests are in the access log too
             async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as http:
                 answer = await http.get("/api/v1/echo")  # an open endpoint of the plugin
                 assert answer.status_code == 200, answer.text
-                while (line := await next_json(stderr, seen))["logger"] != "cws.http.access":
+                while (line := await next_json(stderr, seen))["fields"].get("path") != (
+                    "/api/v1/echo"
+                ):
                     pass
+                assert line["logger"] == "cws.http.access"
                 assert line["level"] == "INFO"  # shown although the level is WARNING
                 assert line["fields"]["method"] == "GET"
                 assert line["fields"]["path"] == "/api/v1/echo"

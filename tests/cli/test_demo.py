@@ -7,7 +7,7 @@ import sys
 
 import trio
 
-CWS = [sys.executable, "-c", "from api._cli import main; main()"]
+CWS = [sys.executable, "-c", "from api.cli import main; main()"]
 
 
 async def run_cws(*args: str) -> subprocess.CompletedProcess[bytes]:

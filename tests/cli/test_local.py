@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trio
 
-from api._cli_errors import APIProblem
+from api.cli import APIProblem
 
 from ._cws import TIMEOUT, cws, cws_daemon, cws_env, expect
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from api._config import ConfigError, load_config
+from api import load_config
+from api._config import ConfigError
 
 from ..api._daemon import client, running_daemon, token
 from ..cli._cws import cws, cws_env

@@ -3,7 +3,7 @@
 Where it connects: ``--url``, else ``$CWS_URL``, else ``http://127.0.0.1:8947``. Which
 token it sends: ``--token``, else ``$CWS_TOKEN``, else the file ``$CWS_HOME/token``
 (``~/.cws/token``) when it exists. Every failure becomes one of the CLI's errors
-(:mod:`api._cli_errors`): httpx's exceptions never reach the user.
+(:mod:`api.cli._errors`): httpx's exceptions never reach the user.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import attrs
 import httpx
 import trio
 
-from ._cli_errors import APIProblem, CLIError, DaemonUnreachable, NotAuthorized, UsageProblem
-from ._home import DEFAULT_PORT, default_home
+from .._home import DEFAULT_PORT, default_home
+from ._errors import APIProblem, CLIError, DaemonUnreachable, NotAuthorized, UsageProblem
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 TOKEN_FILE = "token"

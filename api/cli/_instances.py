@@ -6,9 +6,9 @@ from typing import Any
 
 import asyncclick as click
 
-from ._cli_common import connect, echo_json, json_option, remote_options, state_colour, table
-from ._cli_errors import CLIError
 from ._client import SLOW_TIMEOUT
+from ._common import connect, echo_json, json_option, remote_options, state_colour, table
+from ._errors import CLIError
 
 
 @click.group()

@@ -18,7 +18,7 @@ import asyncclick as click
 import attrs
 from asyncclick.core import ParameterSource
 
-from ._cli_errors import CLIError, DaemonUnreachable, UsageProblem
+from ._errors import CLIError, DaemonUnreachable, UsageProblem
 
 if TYPE_CHECKING:  # httpx is imported only when a plugin command is looked up
     from ._client import Connection

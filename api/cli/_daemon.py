@@ -6,10 +6,10 @@ from pathlib import Path
 
 import asyncclick as click
 
-from ._cli_common import options
-from ._cli_errors import CLIError
-from ._config import DEFAULT_PORT, ConfigError, DaemonConfig, config_file_to_read, load_config
-from ._logging import daemon_logging
+from .._config import DEFAULT_PORT, ConfigError, DaemonConfig, config_file_to_read, load_config
+from .._logging import daemon_logging
+from ._common import options
+from ._errors import CLIError
 
 
 def _announce(url: str) -> None:
@@ -51,8 +51,8 @@ async def daemon(
     plugins.
     """
     # Imported here: hypercorn and the app are heavy, and only this command needs them.
-    from ._daemon import AddressInUse
-    from ._home_lock import HomeInUse
+    from .._home_lock import HomeInUse
+    from .._serve import AddressInUse
 
     home = home if home is not None else options().home  # `cws --home H daemon` too
     config_path = config_file_to_read(config_file, home)
@@ -80,7 +80,7 @@ async def daemon(
 
 
 async def _serve(config: DaemonConfig, config_path: Path | None) -> None:
-    from ._daemon import serve_daemon
+    from .._serve import serve_daemon
 
     try:
         await serve_daemon(config, config_path=config_path, on_url=_announce)

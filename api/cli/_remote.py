@@ -13,7 +13,8 @@ from typing import Any
 import asyncclick as click
 import trio
 
-from ._cli_common import (
+from ._client import SLOW_TIMEOUT
+from ._common import (
     F,
     connect,
     echo_json,
@@ -24,8 +25,7 @@ from ._cli_common import (
     state_colour,
     table,
 )
-from ._cli_errors import CLIError, UsageProblem
-from ._client import SLOW_TIMEOUT
+from ._errors import CLIError, UsageProblem
 
 # ---------------------------------------------------------------------- plugins
 

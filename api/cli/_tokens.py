@@ -13,10 +13,10 @@ import asyncclick as click
 
 from cws_actors import StateStore, TokenRecord
 
-from ._auth import SCOPES, issue_token, parse_duration
-from ._cli_common import echo_json, home_option, json_option, options, table, when
-from ._cli_errors import CLIError, UsageProblem
+from .._auth import SCOPES, issue_token, parse_duration
 from ._client import TOKEN_FILE
+from ._common import echo_json, home_option, json_option, options, table, when
+from ._errors import CLIError, UsageProblem
 
 STATE_DB = "state.db"
 

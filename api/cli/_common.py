@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncclick as click
 import attrs
 
-from ._home import default_home
+from .._home import default_home
 
 if TYPE_CHECKING:  # httpx is imported by the commands that talk to the daemon
     from ._client import Connection, DaemonClient

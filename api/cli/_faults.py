@@ -13,8 +13,8 @@ import trio
 
 from cws_actors.faults import parse_duration
 
-from ._cli_common import connect, echo_json, json_option, on_terminal, remote_options, table
-from ._cli_errors import CLIError
+from ._common import connect, echo_json, json_option, on_terminal, remote_options, table
+from ._errors import CLIError
 
 
 @click.group()

@@ -10,9 +10,7 @@ from typing import Any
 
 import asyncclick as click
 
-from ._cli_common import home_option, options
-from ._cli_errors import CLIError
-from ._config import (
+from .._config import (
     LOG_FORMATS,
     LOG_LEVELS,
     SETTINGS,
@@ -24,6 +22,8 @@ from ._config import (
     home_config_file,
     resolve_config,
 )
+from ._common import home_option, options
+from ._errors import CLIError
 
 
 def _config_option(command: Any) -> Any:

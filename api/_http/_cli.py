@@ -1,0 +1,65 @@
+"""``/api/v1/cli``: the plugins' CLI commands (their specs, for ``cws`` to offer them)
+and running one (any valid token may: commands can change things)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+from quart import Blueprint, request
+
+from cws_actors import Source
+
+from .._auth import AuthError, authenticate
+from ._problems import HTTPProblem
+from ._requests import current_daemon, field, json_body
+
+blueprint = Blueprint("cli", __name__)
+
+
+@blueprint.get("/api/v1/cli/commands")
+async def cli_commands() -> Any:
+    return {"commands": cli_specs()}
+
+
+@blueprint.post("/api/v1/cli/execute")
+async def cli_execute() -> Any:
+    body = await json_body()
+    argv = field(body, "args", list, aliases=("argv",))
+    if not argv or not all(isinstance(word, str) for word in argv):
+        raise HTTPProblem(400, "Bad request", "'args' must be a non-empty list of strings")
+    return await execute(argv, request.headers.get("Authorization"))
+
+
+def cli_specs() -> list[dict[str, Any]]:
+    return [
+        {
+            "plugin": plugin,
+            "name": spec.name,
+            "parent": spec.parent,
+            "full_name": spec.full_name,
+            "usage": spec.usage,
+            "short": spec.short,
+            "long": spec.long,
+            "aliases": list(spec.aliases),
+            "flags": [attrs.asdict(flag) for flag in spec.flags],
+        }
+        for plugin, spec in current_daemon().host.cli_commands()
+    ]
+
+
+async def execute(argv: list[str], authorization: str | None) -> dict[str, Any]:
+    """Run a plugin command; any valid token may (commands can change things)."""
+    daemon = current_daemon()
+    try:
+        await authenticate(daemon.host.state, authorization)
+    except AuthError as exc:
+        raise HTTPProblem(401, "Unauthorized", str(exc)) from None
+    began = time.perf_counter()
+    result = await daemon.host.execute_cli(argv, source=Source.CLI)
+    plugin = argv[0]
+    daemon.metrics.plugin_latency.labels(plugin=plugin, kind="cli").observe(
+        time.perf_counter() - began
+    )
+    return {"output": result.output, "exit_code": result.exit_code}

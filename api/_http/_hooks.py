@@ -1,0 +1,57 @@
+"""What runs around every request: a presented token is checked on every route, errors
+become problem documents, and requests are counted for the metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
+
+from ._problems import HTTPProblem, problem_response
+from ._requests import current_daemon, principal, route_name
+
+log = logging.getLogger("cws.http")
+
+blueprint = Blueprint("hooks", __name__)
+
+
+@blueprint.before_app_request
+async def refuse_an_invalid_token() -> None:
+    # A token that is presented must be valid on every route: reads, the open health
+    # routes and unknown paths too. The client meant to authenticate; serving it as
+    # anonymous would hide a revoked, expired or mistyped token until a write fails.
+    if request.headers.get("Authorization"):
+        await principal()
+
+
+@blueprint.app_errorhandler(HTTPProblem)
+async def on_problem(problem: HTTPProblem) -> Response:
+    if problem.status == 429:
+        current_daemon().metrics.rate_limited.labels(route=route_name()).inc()
+    return problem_response(problem)
+
+
+@blueprint.app_errorhandler(HTTPException)
+async def on_http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    detail = {
+        404: f"no route {request.path}; see /openapi.json",
+        405: f"{request.method} is not allowed on {request.path}",
+        413: f"the body is over the limit of {current_daemon().config.max_upload_bytes} bytes",
+    }.get(status, error.description or "")
+    return problem_response(HTTPProblem(status, error.name, detail))
+
+
+@blueprint.app_errorhandler(Exception)
+async def on_crash(error: Exception) -> Response:
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return problem_response(HTTPProblem(500, "Internal error", f"{type(error).__name__}: {error}"))
+
+
+@blueprint.after_app_request
+async def count(response: Response) -> Response:
+    current_daemon().metrics.requests.labels(
+        method=request.method, route=route_name(), status=str(response.status_code)
+    ).inc()
+    return response

@@ -1,0 +1,183 @@
+"""Plugin endpoints, served at the paths their specs declare: one catch-all rule (the
+lowest in werkzeug's order, so every core route wins), matched against the loaded
+plugins' specs; each request becomes an envelope routed to the plugin's actor.
+
+:class:`PluginEndpoints` also guards the core routes: the host asks it, as it loads a
+plugin, whether a spec would shadow one of the daemon's own routes."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import attrs
+from quart import Blueprint, Response, current_app, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
+
+from cws_actors import (
+    ActorError,
+    APIEndpointSpec,
+    APIRequest,
+    APIResult,
+    PluginError,
+    RateLimit,
+    Source,
+    TokenBucket,
+)
+
+from .._daemon import Daemon
+from ._problems import HTTPProblem, from_error, rate_limit_headers
+from ._requests import current_daemon, json_body, principal
+
+_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+PLUGIN_ENDPOINTS = "plugin_endpoints"
+"""The key of the app's :class:`PluginEndpoints` among its extensions."""
+
+blueprint = Blueprint("plugin_endpoints", __name__)
+_PLUGIN_ENDPOINT = "plugin_endpoints.plugin_endpoint"
+
+
+@attrs.frozen
+class _Route:
+    plugin: str
+    spec: APIEndpointSpec
+    pattern: re.Pattern[str]
+
+
+def _compile(path: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[a-zA-Z_][a-zA-Z0-9_]*\})", path)
+    regex = "".join(
+        f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part) for part in parts
+    )
+    return re.compile(regex)
+
+
+@attrs.define(eq=False)
+class PluginEndpoints:
+    """The plugins' routes of one app, with their rate-limit buckets."""
+
+    daemon: Daemon
+    app: QuartTrio
+    _buckets: dict[tuple[str, str, str, str], TokenBucket] = attrs.field(factory=dict)
+    _core_map: Map | None = None
+
+    def endpoints(self) -> list[tuple[str, APIEndpointSpec]]:
+        return self.daemon.host.api_endpoints()
+
+    def _core(self) -> MapAdapter:
+        """The daemon's own routes, without the catch-all that serves plugins."""
+        if self._core_map is None:
+            rules = [
+                Rule(rule.rule, methods=rule.methods, endpoint=rule.endpoint)
+                for rule in self.app.url_map.iter_rules()
+                if rule.endpoint not in (_PLUGIN_ENDPOINT, "static")
+            ]
+            self._core_map = Map(rules)
+        return self._core_map.bind("localhost")
+
+    def guard(self, plugin: str, spec: APIEndpointSpec) -> str | None:
+        """Why ``spec`` may not be mounted (it would shadow a core route), or None."""
+        sample = re.sub(r"\{[^}]+\}", "x", spec.path)
+        try:
+            self._core().match(sample, method=spec.method)
+        except NotFound:
+            return None
+        except (MethodNotAllowed, RequestRedirect):
+            return f"{spec.path} is a core route of the daemon; a plugin may not shadow it"
+        return f"{spec.method} {spec.path} would shadow the daemon's own route"
+
+    def match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
+        allowed = []
+        for plugin, spec in self.endpoints():
+            found = _compile(spec.path).fullmatch(path)
+            if found is None:
+                continue
+            if spec.method == method:
+                return _Route(plugin, spec, found.re), found.groupdict()
+            allowed.append(spec.method)
+        if not allowed:
+            try:
+                self._core().match(path, method=method)
+            except MethodNotAllowed as exc:
+                allowed = sorted(exc.valid_methods or ())
+            except (NotFound, RequestRedirect):
+                pass
+        if allowed:
+            raise HTTPProblem(
+                405,
+                "Method not allowed",
+                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        raise HTTPProblem(404, "Not found", f"no route {path}; see /openapi.json")
+
+    def take(self, route: _Route, limit: RateLimit, who: str) -> tuple[float, int]:
+        key = (route.plugin, route.spec.method, route.spec.path, who if limit.per_source else "")
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > 50_000:
+                self._buckets.clear()  # a bound on memory; buckets refill anyway
+            bucket = self._buckets[key] = TokenBucket(limit.rate, limit.burst)
+        return bucket.take(), bucket.remaining()
+
+
+@blueprint.route("/<path:subpath>", methods=_METHODS, strict_slashes=False)
+async def plugin_endpoint(subpath: str) -> Any:
+    path = "/" + subpath
+    endpoints: PluginEndpoints = current_app.extensions[PLUGIN_ENDPOINTS]
+    route, params = endpoints.match(request.method, path)
+    spec = route.spec
+    who = None
+    if spec.protected or spec.permissions:
+        who = await principal(*spec.permissions)
+    headers: dict[str, str] = {}
+    if spec.rate_limit is not None:
+        caller = who.token_id if who is not None else (request.remote_addr or "")
+        wait, remaining = endpoints.take(route, spec.rate_limit, caller)
+        if wait:
+            raise HTTPProblem(
+                429,
+                "Rate limited",
+                f"{spec.method} {spec.path} is over its rate limit; retry after {wait:.3g}s",
+                headers=rate_limit_headers(wait, spec.rate_limit),
+                retry_after=wait,
+            )
+        headers = rate_limit_headers(0, spec.rate_limit, remaining)
+        del headers["Retry-After"]
+    body = await json_body(required=False) if request.method != "GET" else None
+    api_request = APIRequest(
+        request.method,
+        path,
+        query=dict(request.args),
+        body=body,
+        principal=who.name if who is not None else None,
+        scopes=tuple(sorted(who.scopes)) if who is not None else (),
+        path_params=params,
+    )
+    daemon = current_daemon()
+    began = time.perf_counter()
+    try:
+        result = await daemon.host.call_api(route.plugin, spec, api_request, source=Source.HTTP)
+    except (ActorError, PluginError) as exc:
+        problem = from_error(exc, plugin=route.plugin)
+        if isinstance(exc, PluginError):
+            problem = HTTPProblem(502, "Plugin error", str(exc), plugin=route.plugin)
+        raise problem from None
+    finally:
+        daemon.metrics.plugin_latency.labels(plugin=route.plugin, kind="api").observe(
+            time.perf_counter() - began
+        )
+    return _response(result, headers)
+
+
+def _response(result: APIResult, headers: dict[str, str]) -> Response:
+    return Response(
+        json.dumps(result.data),
+        status=result.status,
+        headers={**headers, **dict(result.headers)},
+        content_type="application/json",
+    )

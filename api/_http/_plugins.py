@@ -1,0 +1,175 @@
+"""``/api/v1/plugins``: list, discover, inspect, operate (load, unload, enable, disable,
+reload), install and update from an uploaded archive, and remove plugins. Changes need
+the ``plugins:manage`` scope."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+from quart import Blueprint, request
+
+from cws_actors import ActorError, ArchiveError, PluginError, PluginStatus, check_archive
+
+from .._daemon import Daemon
+from ._problems import HTTPProblem, from_error
+from ._requests import current_daemon, guarded, principal
+from ._views import plugin_view
+
+blueprint = Blueprint("plugins", __name__)
+
+OPERATIONS = ("load", "unload", "enable", "disable", "reload")
+"""``POST /api/v1/plugins/<name>/<operation>``: the host's methods of those names
+(``update`` is an upload)."""
+
+
+@blueprint.get("/api/v1/plugins")
+async def plugins() -> Any:
+    host = current_daemon().host
+    views = [plugin_view(host, status) for status in await host.statuses()]
+    return {"plugins": views, "count": len(views)}
+
+
+@blueprint.get("/api/v1/plugins/discover")
+async def discover() -> Any:
+    return await discovery(current_daemon())
+
+
+async def discovery(daemon: Daemon) -> dict[str, Any]:
+    """What the host finds (entry points and folders), loaded or not."""
+    found = await daemon.host.discover()
+    return {
+        "plugins": [
+            {
+                "name": p.name,
+                "version": p.version,
+                "source": p.source,
+                "location": p.location,
+                "isolation": p.isolation.value,
+                "loaded": p.name in daemon.host.loaded_names(),
+                "problem": p.problem,
+            }
+            for p in found
+        ],
+        "count": len(found),
+        "directory": str(daemon.host.user_dir),
+    }
+
+
+@blueprint.get("/api/v1/plugins/<name>")
+async def plugin(name: str) -> Any:
+    host = current_daemon().host
+    status = await guarded(host.status(name))
+    view = plugin_view(host, status)
+    if status.loaded:
+        view["history"] = [
+            {"at": entry.at, "event": entry.event, "detail": entry.detail}
+            for entry in await host.history(name)
+        ][-20:]
+        try:
+            view["plugin_status"] = await host.plugin_status(name)
+        except (ActorError, PluginError) as exc:
+            view["plugin_status"] = {"error": str(exc)}
+    return view
+
+
+@blueprint.post("/api/v1/plugins/<name>/<operation>")
+async def plugin_operation(name: str, operation: str) -> Any:
+    await principal("plugins:manage")
+    if operation == "update":
+        return await upload(name)
+    if operation not in OPERATIONS:
+        raise HTTPProblem(
+            404,
+            "Not found",
+            f"unknown operation {operation!r}; expected one of"
+            f" {', '.join([*OPERATIONS, 'update'])}",
+        )
+    host = current_daemon().host
+    work: Callable[[str], Awaitable[Any]] = getattr(host, operation)
+    await guarded(work(name), plugin=name)
+    return plugin_view(host, await guarded(host.status(name)))
+
+
+@blueprint.post("/api/v1/plugins/install")
+async def install() -> Any:
+    await principal("plugins:manage")
+    return await upload(None)
+
+
+@blueprint.delete("/api/v1/plugins/<name>")
+async def remove(name: str) -> Any:
+    await principal("plugins:manage")
+    purge = request.args.get("purge_data", "false").lower() in ("1", "true", "yes")
+    await guarded(current_daemon().host.remove(name, purge_data=purge), plugin=name)
+    return {"removed": name, "purged_data": purge}
+
+
+async def upload(name: str | None) -> Any:
+    files = await request.files
+    archive = files.get("archive")
+    if archive is None:
+        raise HTTPProblem(
+            400,
+            "Bad request",
+            "send the plugin as multipart/form-data with an 'archive' file"
+            " (a .cwsplugin zip) and optionally a 'signature' file (its .minisig)",
+        )
+    daemon = current_daemon()
+    status = await install_upload(daemon, name, archive, files.get("signature"))
+    return plugin_view(daemon.host, status), 201 if name is None else 200
+
+
+async def install_upload(
+    daemon: Daemon, name: str | None, archive: Any, signature: Any
+) -> PluginStatus:
+    """Install (``name`` None) or update a plugin from an uploaded archive."""
+    staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_upload_dir(daemon)))
+    try:
+        filename = Path(archive.filename or "plugin.cwsplugin").name or "plugin.cwsplugin"
+        target = staging / filename
+        await archive.save(target)
+        await _refuse_a_bad_archive(daemon, target, filename)
+        signature_path = None
+        if signature is not None:
+            signature_path = staging / f"{filename}.minisig"
+            await signature.save(signature_path)
+        host = daemon.host
+        work = (
+            host.install(target, signature=signature_path)
+            if name is None
+            else host.update(name, target, signature=signature_path)
+        )
+        try:
+            return await work
+        except (ActorError, PluginError) as exc:
+            raise from_error(exc, plugin=name) from None
+    finally:
+        await trio.to_thread.run_sync(shutil.rmtree, staging, True)
+
+
+async def _refuse_a_bad_archive(daemon: Daemon, archive: Path, filename: str) -> None:
+    """An archive that breaks a rule (a name too deep or too long, a link, a zip bomb,
+    no plugin.toml) is the client's error: a 400 naming the entry and the rule, before
+    anything is unpacked. The host checks it again as it stages it."""
+    limits = daemon.host.config.trust.archive_limits
+    try:
+        await trio.to_thread.run_sync(lambda: check_archive(archive.read_bytes(), limits))
+    except ArchiveError as exc:
+        raise HTTPProblem(
+            400,
+            "Bad archive",
+            f"{filename}: {exc}; nothing was installed",
+            entry=getattr(exc, "entry", None),
+            rule=getattr(exc, "rule", "format"),
+        ) from None
+
+
+def _upload_dir(daemon: Daemon) -> Path:
+    folder = daemon.config.home / "uploads"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder

@@ -1,0 +1,129 @@
+"""What every route module shares: the daemon serving the request, the caller (a
+token's principal and its scopes), the JSON body and its fields, and the runtime's
+typed errors turned into problems.
+
+The daemon is the app's extension ``app.extensions[DAEMON]`` (set by
+:func:`api._http._app.create_app`), reached through Quart's ``current_app``: route
+modules import these helpers instead of receiving them as closures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+from typing import Any
+
+from quart import current_app, g, request
+from quart_trio import QuartTrio
+
+from cws_actors import ActorError, PluginError
+
+from .._auth import AuthError, Principal, authenticate, require
+from .._daemon import Daemon
+from ._problems import HTTPProblem, from_error
+
+DAEMON = "cws.daemon"
+"""The key of the daemon among the app's extensions."""
+
+
+def attach_daemon(app: QuartTrio, daemon: Daemon) -> None:
+    """Make ``daemon`` what :func:`current_daemon` answers in ``app``'s requests."""
+    app.extensions[DAEMON] = daemon
+
+
+def current_daemon() -> Daemon:
+    """The daemon whose app serves the current request."""
+    daemon: Daemon = current_app.extensions[DAEMON]
+    return daemon
+
+
+async def principal(*scopes: str) -> Principal:
+    """The caller, checked once per request; it must hold every one of ``scopes``.
+
+    Raises:
+        HTTPProblem: 401 without a valid token, 403 when a scope is missing.
+    """
+    try:
+        who: Principal | None = g.get("principal")  # checked once per request
+        if who is None:
+            state = current_daemon().host.state
+            who = await authenticate(state, request.headers.get("Authorization"))
+            g.principal = who
+        require(who, *scopes)
+    except AuthError as exc:
+        title = "Unauthorized" if exc.status == 401 else "Forbidden"
+        raise HTTPProblem(exc.status, title, str(exc)) from None
+    return who
+
+
+async def open_or_token() -> None:
+    """Health, readiness and metrics are open on loopback unless configured otherwise (a
+    token that is presented anyway must be valid: ``refuse_an_invalid_token``)."""
+    daemon = current_daemon()
+    if daemon.config.open_health and (request.remote_addr or "").startswith(("127.", "::1")):
+        return
+    await principal()
+
+
+async def json_body(*, required: bool = True) -> Any:
+    """The request's JSON body (None when it is empty and not ``required``).
+
+    Raises:
+        HTTPProblem: 413 over ``max_body_bytes``, 400 when missing or not JSON.
+    """
+    # Read it (Quart stops at MAX_CONTENT_LENGTH, the upload limit) before refusing,
+    # so that the client is not cut off half way through sending.
+    limit = current_daemon().config.max_body_bytes
+    raw = await request.get_data(cache=True)
+    if len(raw) > limit:
+        raise HTTPProblem(
+            413, "Body too large", f"a JSON body may be at most {limit} bytes, got {len(raw)}"
+        )
+    if not raw.strip():
+        if required:
+            raise HTTPProblem(400, "Bad request", "this endpoint needs a JSON body")
+        return None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPProblem(400, "Malformed JSON", f"the body is not valid JSON: {exc}") from None
+
+
+def field(
+    body: Any, name: str, kind: type, *, default: Any = ..., aliases: tuple[str, ...] = ()
+) -> Any:
+    """``body[name]`` (or one of its ``aliases``) of type ``kind``, else ``default``.
+
+    Raises:
+        HTTPProblem: 400 when the body is not an object, the value has another type, or
+            it is missing and there is no default.
+    """
+    if not isinstance(body, dict):
+        raise HTTPProblem(400, "Bad request", "the body must be a JSON object")
+    for key in (name, *aliases):
+        if key in body:
+            value = body[key]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise HTTPProblem(
+                    400, "Bad request", f"{key!r} must be {kind.__name__}, got {value!r}"
+                )
+            return value
+    if default is ...:
+        raise HTTPProblem(400, "Bad request", f"the body needs {name!r}")
+    return default
+
+
+async def guarded(work: Awaitable[Any], *, plugin: str | None = None) -> Any:
+    """``await work``, its runtime or host error answered as a problem."""
+    try:
+        return await work
+    except (ActorError, PluginError) as exc:
+        raise from_error(exc, plugin=plugin) from None
+
+
+def route_name() -> str:
+    """The matched rule (``/api/v1/plugins/<name>``), the metrics' ``route`` label."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "<unmatched>"
