@@ -28,15 +28,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._config import DaemonConfig as DaemonConfig
     from ._config import load_config as load_config
+    from ._daemon import Daemon as Daemon
+    from ._daemon import open_daemon as open_daemon
     from ._http import create_app as create_app
     from ._serve import serve_daemon as serve_daemon
 
-__all__ = ["DaemonConfig", "create_app", "load_config", "serve_daemon"]
+__all__ = ["Daemon", "DaemonConfig", "create_app", "load_config", "open_daemon", "serve_daemon"]
 
 _LAZY = {
+    "Daemon": "api._daemon",
     "DaemonConfig": "api._config",
     "create_app": "api._http",
     "load_config": "api._config",
+    "open_daemon": "api._daemon",
     "serve_daemon": "api._serve",
 }
 

@@ -45,21 +45,20 @@ class RuntimeCollector(Collector):
             "Asks handled after their asker had timed out",
             labels=["actor"],
         )
-        router = self.runtime.router
+        counts = self.runtime.routing_statistics()
         for node in _actors(self.runtime.actors()):
             restarts.add_metric([node.path], node.restarts)
             ready.add_metric([node.path], 1.0 if node.ready else 0.0)
-            cell = router.cells.get(node.path)
-            if cell is not None:
-                routed.add_metric([node.path], cell.routed)
+            if node.path in counts.routed:
+                routed.add_metric([node.path], counts.routed[node.path])
             if node.mailbox is not None:
                 delivered.add_metric([node.path], node.mailbox.delivered)
                 depth.add_metric([node.path], node.mailbox.depth)
             for probe in node.probes:
                 probe_failures.add_metric([node.path, probe.kind.value], probe.consecutive_failures)
-        for (path, reason), count in sorted(router.rejected.items()):
+        for (path, reason), count in sorted(counts.rejected.items()):
             rejected.add_metric([path, reason], count)
-        for path, count in sorted(router.late.items()):
+        for path, count in sorted(counts.late.items()):
             late.add_metric([path], count)
         yield from (routed, delivered, rejected, depth, restarts, probe_failures, ready, late)
 

@@ -27,8 +27,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from api import create_app, load_config
-from api._daemon import open_daemon
+from api import create_app, load_config, open_daemon
 
 PLUGIN = """
 from cws_actors import APIEndpointSpec, APIResult, Capabilities, Plugin

@@ -22,8 +22,7 @@ from typing import Any
 
 import trio
 
-from api import load_config, serve_daemon
-from api._daemon import Daemon
+from api import Daemon, load_config, serve_daemon
 
 LIMIT = 50.0  # the hot plugin's rate limit, requests a second (burst the same)
 STORM = 10  # how many times its limit it is driven at

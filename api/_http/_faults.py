@@ -19,7 +19,6 @@ from cws_actors.faults import (
     FaultNotFound,
     FaultSpec,
     FaultSpecError,
-    compile_target,
     parse_fault_list,
 )
 
@@ -56,7 +55,6 @@ def _specs(body: dict[str, Any]) -> list[FaultSpec]:
 
 @blueprint.post("/api/v1/faults")
 async def inject() -> Any:
-    daemon = current_daemon()
     faults = current_daemon().runtime.faults
     await principal(SCOPE)
     body = await json_body()
@@ -76,13 +74,12 @@ async def inject() -> Any:
         # Check them all before injecting any: a bad one changes nothing.
         for spec in specs:
             if spec.kind.process_level:
-                faults._check_process_target(target, spec.kind)
+                faults.check_process_target(target, spec.kind)
         records = [faults.inject(target, spec, id=fault_id) for spec in specs]
     except ValueError as exc:  # FaultSpecError, FaultTargetError
         raise _bad(exc) from None
     # The actors it reaches now (it also reaches those spawned later that match).
-    matches = compile_target(target)
-    reached = sorted(path for path in daemon.runtime.router.cells if matches(path))
+    reached = faults.reached(target)
     return {"faults": [r.as_dict() for r in records], "seed": faults.seed,
             "matches": reached}, 201  # fmt: skip
 

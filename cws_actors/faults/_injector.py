@@ -217,10 +217,6 @@ class FaultInjector:
             f"{kind.value} needs a subprocess plugin; {target} runs in the daemon's process"
         )
 
-    def _check_process_target(self, target: str, kind: FaultKind) -> None:
-        # Kept only until api/ (restructured beside this change) calls the public name.
-        self.check_process_target(target, kind)
-
     def reached(self, target: str) -> builtins.list[str]:
         """The paths of the actors running now that ``target`` (a path or a glob)
         matches, sorted; a fault on it also reaches those spawned later.
