@@ -124,15 +124,3 @@ def require(principal: Principal, *scopes: str) -> None:
     if missing:
         raise Forbidden(f"this needs the scope {', '.join(missing)}; the token has"
                         f" {', '.join(sorted(principal.scopes))}")  # fmt: skip
-
-
-def parse_duration(text: str) -> float:
-    """``30d``, ``12h``, ``15m``, ``90s`` -> seconds.
-
-    Raises:
-        ValueError: saying the expected form.
-    """
-    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if match is None:
-        raise ValueError(f"a duration looks like 30d, 12h, 15m or 90s, got {text!r}")
-    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]

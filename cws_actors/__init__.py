@@ -38,6 +38,7 @@ from ._core._deadletters import DeadLetter as DeadLetter
 from ._core._durable import EventStore as EventStore
 from ._core._durable import SQLiteEventStore as SQLiteEventStore
 from ._core._durable import StoredEvent as StoredEvent
+from ._core._durations import parse_duration as parse_duration
 from ._core._envelope import Envelope as Envelope
 from ._core._envelope import Source as Source
 from ._core._envelope import current_envelope as current_envelope
@@ -64,6 +65,7 @@ from ._core._mailbox import MailboxStatistics as MailboxStatistics
 from ._core._mailbox import Overflow as Overflow
 from ._core._ratelimit import RateLimit as RateLimit
 from ._core._ratelimit import TokenBucket as TokenBucket
+from ._core._ratelimit import TokenBuckets as TokenBuckets
 from ._core._runtime import ActorSnapshot as ActorSnapshot
 from ._core._runtime import RoutingStatistics as RoutingStatistics
 from ._core._runtime import Runtime as Runtime
@@ -175,6 +177,7 @@ __all__ = [
     "Strategy",
     "Subscription",
     "TokenBucket",
+    "TokenBuckets",
     "TokenRecord",
     "check_archive",
     "check_topic",
@@ -183,6 +186,7 @@ __all__ = [
     "on_event",
     "open_plugin_host",
     "open_runtime",
+    "parse_duration",
     "topic_matches",
 ]
 

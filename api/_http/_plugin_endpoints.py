@@ -26,7 +26,7 @@ from cws_actors import (
     PluginError,
     RateLimit,
     Source,
-    TokenBucket,
+    TokenBuckets,
 )
 
 from .._daemon import Daemon
@@ -62,7 +62,7 @@ class PluginEndpoints:
 
     daemon: Daemon
     app: QuartTrio
-    _buckets: dict[tuple[str, str, str, str], TokenBucket] = attrs.field(factory=dict)
+    _buckets: TokenBuckets[tuple[str, str, str, str]] = attrs.field(factory=TokenBuckets)
     _core_map: Map | None = None
 
     def endpoints(self) -> list[tuple[str, APIEndpointSpec]]:
@@ -117,11 +117,7 @@ class PluginEndpoints:
 
     def take(self, route: _Route, limit: RateLimit, who: str) -> tuple[float, int]:
         key = (route.plugin, route.spec.method, route.spec.path, who if limit.per_source else "")
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) > 50_000:
-                self._buckets.clear()  # a bound on memory; buckets refill anyway
-            bucket = self._buckets[key] = TokenBucket(limit.rate, limit.burst)
+        bucket = self._buckets.bucket(key, limit)
         return bucket.take(), bucket.remaining()
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncclick as click
 
-from cws_actors import StateStore, TokenRecord
+from cws_actors import StateStore, TokenRecord, parse_duration
 
-from .._auth import SCOPES, issue_token, parse_duration
+from .._auth import SCOPES, issue_token
 from ._client import TOKEN_FILE
 from ._common import echo_json, home_option, json_option, options, table, when
 from ._errors import CLIError, UsageProblem

@@ -19,7 +19,7 @@ from ._durable import EventStore
 from ._envelope import Envelope, Reply, Source, _current, next_id
 from ._exceptions import ActorRestarting, ActorStopped, HandlerFailed
 from ._mailbox import Mailbox, Offer
-from ._ratelimit import RateLimit, TokenBucket
+from ._ratelimit import RateLimit, TokenBuckets
 
 if TYPE_CHECKING:
     from ._hooks import CellHooks, RuntimeHooks
@@ -73,7 +73,7 @@ class ActorCell:
     hooks: CellHooks | None = attrs.field(default=None, init=False)
     """Set by the listener (the fault injector, when faults target this actor); None
     (the one check per message that the hooks cost) when nobody listens."""
-    _buckets: dict[Source | None, TokenBucket] = attrs.field(factory=dict, init=False)
+    _buckets: TokenBuckets[Source | None] = attrs.field(factory=TokenBuckets, init=False)
     in_flight: int = attrs.field(default=0, init=False)
     routed: int = attrs.field(default=0, init=False)
     actor: Actor | None = attrs.field(default=None, init=False)
@@ -98,11 +98,7 @@ class ActorCell:
         limit = self.rate_limit
         if limit is None:
             return 0.0
-        key = source if limit.per_source else None
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(limit.rate, limit.burst)
-        return bucket.take()
+        return self._buckets.bucket(source if limit.per_source else None, limit).take()
 
     def supervision_probe(self, probe: HealthProbe) -> Probe:
         control = _Control(probe.kind.value)

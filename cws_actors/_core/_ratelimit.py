@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
 import attrs
 import trio
+
+K = TypeVar("K", bound=Hashable)
 
 # Refill arithmetic is in floats; a token that is 1e-9 short is still a token, so that
 # rate * t + burst messages are admitted over t seconds, not one fewer.
@@ -62,3 +67,23 @@ class TokenBucket:
         return int(
             min(float(self.burst), self.tokens + (now - self.updated) * self.rate) + _EPSILON
         )
+
+
+@attrs.define(eq=False)
+class TokenBuckets(Generic[K]):
+    """A token bucket per key (a source, a client, a route...), made full on first use.
+
+    Past ``max_keys`` buckets they are all forgotten and start again full: a bound on
+    memory whatever the keys a client makes up, at the cost of one refill."""
+
+    max_keys: int = 50_000
+    _buckets: dict[K, TokenBucket] = attrs.field(factory=dict, init=False)
+
+    def bucket(self, key: K, limit: RateLimit) -> TokenBucket:
+        """The bucket of ``key``, made from ``limit`` if it has none."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) > self.max_keys:
+                self._buckets.clear()
+            bucket = self._buckets[key] = TokenBucket(limit.rate, limit.burst)
+        return bucket

@@ -39,6 +39,7 @@ from typing import Any
 
 import attrs
 
+from .._core._durations import parse_duration as _parse_duration
 from ._exceptions import FaultSpecError
 
 
@@ -351,29 +352,21 @@ def parse_fault_list(text: str) -> list[FaultSpec]:
 # ---------------------------------------------------------------------- pieces
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION = re.compile(rf"({_NUMBER})\s*(ms|s|m)")
 _PROBABILITY = re.compile(_NUMBER)
 _SUFFIX = re.compile(r"^(?P<body>.*?)\s+(?P<word>for|times)\s+(?P<value>\S+)$")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``10ms``, ``1.5s`` or ``2m``.
+    """Seconds from ``10ms``, ``1.5s`` or ``2m`` (the grammar of
+    :func:`cws_actors.parse_duration`, which also reads ``12h`` and ``30d``).
 
     Raises:
-        FaultSpecError: not a number with one of the units ms, s or m.
+        FaultSpecError: not a number with one of the units ms, s, m, h or d.
     """
-    match = _DURATION.fullmatch(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise FaultSpecError(
-            f"{text!r} is not a duration; expected a number with ms, s or m,"
-            " such as 10ms, 1.5s or 2m"
-        )
-    number, unit = match.groups()
-    if unit == "ms":
-        return float(number) / 1000
-    if unit == "m":
-        return float(number) * 60
-    return float(number)
+    try:
+        return _parse_duration(text)
+    except ValueError as exc:
+        raise FaultSpecError(str(exc)) from None
 
 
 def format_duration(seconds: float) -> str:
