@@ -71,6 +71,7 @@ from ._core._runtime import RoutingStatistics as RoutingStatistics
 from ._core._runtime import Runtime as Runtime
 from ._core._runtime import RuntimeConfig as RuntimeConfig
 from ._core._runtime import open_runtime as open_runtime
+from ._core._sqlite import open_sqlite as open_sqlite
 from ._host._base import DiscoveredPlugin as DiscoveredPlugin
 from ._host._base import HostConfig as HostConfig
 from ._host._base import PluginStatus as PluginStatus
@@ -186,6 +187,7 @@ __all__ = [
     "on_event",
     "open_plugin_host",
     "open_runtime",
+    "open_sqlite",
     "parse_duration",
     "topic_matches",
 ]

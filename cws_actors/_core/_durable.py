@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import attrs
 import trio
 
+from ._sqlite import open_sqlite
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -172,22 +174,12 @@ class SQLiteEventStore:
         return store
 
     def _connect(self) -> tuple[sqlite3.Connection, int]:
-        fresh = not os.path.exists(self.path)
-        connection = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        if fresh:
-            os.chmod(self.path, 0o600)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
+        connection = open_sqlite(self.path, timeout=30.0)
         connection.executescript(_SCHEMA)
         with connection:
             connection.execute("BEGIN IMMEDIATE")
             (reserved,) = connection.execute(_RESERVE_FIRST, (self.id_block,)).fetchall()[0]
-        self._reserver = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        self._reserver.execute("PRAGMA synchronous=FULL")
+        self._reserver = open_sqlite(self.path, timeout=30.0)
         return connection, int(reserved)
 
     def next_event_id(self) -> int:

@@ -4,7 +4,6 @@ operations stay consistent; the schema carries a version and migrates forward.""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
 import time
@@ -13,6 +12,8 @@ from typing import Any
 
 import attrs
 import trio
+
+from .._core._sqlite import open_sqlite
 
 _MIGRATIONS: list[str] = [
     # 1: plugins and their history
@@ -93,24 +94,8 @@ class StateStore:
         return store
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            # Created private, so that there is no moment when others could open it.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            pass
-        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            self._migrate(connection)
-            # WAL cannot be switched on inside a transaction; it persists in the file.
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.chmod(self.path + suffix, 0o600)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
+        # Migrated (or refused, untouched) before it switches to WAL.
+        return open_sqlite(self.path, check=self._migrate)
 
     def _migrate(self, connection: sqlite3.Connection) -> None:
         """Read the schema version and migrate forward in one write transaction, so that

@@ -7,7 +7,6 @@ event (the bus delivers at least once) is recognised and recorded once.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import TypeVar, TypeVarTuple
 
 import attrs
 import trio
+
+from cws_actors import open_sqlite
 
 from ._usage import UsageEvent
 
@@ -103,15 +104,11 @@ def _translated(query: Callable[..., _T], connection: sqlite3.Connection, *args:
 
 def _connect(path: Path) -> sqlite3.Connection:
     try:
-        # Created 0600 before SQLite opens it (its -wal and -shm files copy the mode),
-        # so usage data is never readable by others, not even for a moment.
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-        connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # Private (0600) from its creation, WAL, synchronous=FULL: the host's own way.
+        connection = open_sqlite(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the analytics database {path}: {exc}") from exc
     try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
         connection.executescript(_SCHEMA)
     except sqlite3.Error as exc:
         connection.close()
