@@ -1,8 +1,10 @@
-"""Bearer tokens with scopes.
+"""Bearer tokens with scopes, and their store.
 
 A token reads ``cws_<id>_<secret>``: the id finds its record, and only a SHA-256 hash
 of the 256-bit secret is stored (a slow hash adds nothing to a secret that long); the
-hash is compared in constant time. ``admin`` holds every scope.
+hash is compared in constant time. ``admin`` holds every scope. The records are kept in
+the ``tokens`` table of the daemon's state database (0600), through
+:meth:`cws_actors.StateStore.run`.
 """
 
 from __future__ import annotations
@@ -11,17 +13,85 @@ import hashlib
 import hmac
 import re
 import secrets
+import sqlite3
 import time
+from typing import Any
 
 import attrs
 
-from cws_actors import StateStore, TokenRecord
+from cws_actors import StateStore
 
 SCOPES = ("admin", "plugins:manage", "events:publish", "faults:inject", "instances:manage")
 """The daemon's own scopes; plugins add theirs (``analytics.read``) in their specs."""
 
 _SCOPE = re.compile(r"[a-z][a-z0-9_.:\-]{0,63}")
 _TOKEN = re.compile(r"cws_([0-9a-f]{16})_([A-Za-z0-9_\-]{43})")
+
+
+@attrs.frozen
+class TokenRecord:
+    id: str
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+
+_COLUMNS = "id, name, secret_hash, scopes, created_at, expires_at, revoked_at"
+
+
+@attrs.frozen
+class TokenStore:
+    """The API's tokens in the state database ``state``."""
+
+    state: StateStore
+
+    async def add(self, record: TokenRecord) -> None:
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(
+                    "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (record.id, record.name, record.secret_hash, " ".join(record.scopes),
+                     record.created_at, record.expires_at),
+                )  # fmt: skip
+
+        await self.state.run(write)
+
+    async def list(self) -> list[TokenRecord]:
+        rows = await self.state.run(
+            lambda c: c.execute(f"SELECT {_COLUMNS} FROM tokens ORDER BY created_at").fetchall()
+        )
+        return [_record(row) for row in rows]
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        row = await self.state.run(
+            lambda c: c.execute(
+                f"SELECT {_COLUMNS} FROM tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+        )
+        return _record(row) if row else None
+
+    async def revoke(self, token_id: str) -> bool:
+        """Mark the token revoked; False if there is no such (unrevoked) token."""
+
+        def write(connection: sqlite3.Connection) -> bool:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                cursor = connection.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    (time.time(), token_id),
+                )
+                return cursor.rowcount == 1
+
+        return bool(await self.state.run(write))
+
+
+def _record(row: tuple[Any, ...]) -> TokenRecord:
+    return TokenRecord(row[0], row[1], row[2], tuple(row[3].split()), row[4], row[5], row[6])
 
 
 class AuthError(Exception):
@@ -86,7 +156,7 @@ async def issue_token(
         expires_at=now + ttl if ttl is not None else None,
         revoked_at=None,
     )
-    await store.add_token(record)
+    await TokenStore(store).add(record)
     return IssuedToken(f"cws_{token_id}_{secret}", record)
 
 
@@ -105,7 +175,7 @@ async def authenticate(store: StateStore, authorization: str | None) -> Principa
     match = _TOKEN.fullmatch(value.strip())
     if match is None:
         raise AuthError("that is not a cws token (they look like cws_<16 hex>_<43 chars>)")
-    record = await store.token(match[1])
+    record = await TokenStore(store).get(match[1])
     presented = _hash(match[2])
     # Compare even when there is no record, so that timing tells nothing.
     expected = record.secret_hash if record is not None else "0" * 64

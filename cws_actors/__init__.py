@@ -80,7 +80,6 @@ from ._host._facade import open_plugin_host as open_plugin_host
 from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord
 from ._host._state import StateStore as StateStore
-from ._host._state import TokenRecord as TokenRecord
 from ._isolation._launch import PluginCall as PluginCall
 from ._packaging._archive import ARCHIVE_SUFFIX as ARCHIVE_SUFFIX
 from ._packaging._archive import ArchiveInfo as ArchiveInfo
@@ -179,7 +178,6 @@ __all__ = [
     "Subscription",
     "TokenBucket",
     "TokenBuckets",
-    "TokenRecord",
     "check_archive",
     "check_topic",
     "current_envelope",

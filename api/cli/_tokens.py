@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncclick as click
 
-from cws_actors import StateStore, TokenRecord, parse_duration
+from cws_actors import StateStore, parse_duration
 
-from .._auth import SCOPES, issue_token
+from .._auth import SCOPES, TokenRecord, TokenStore, issue_token
 from ._client import TOKEN_FILE
 from ._common import echo_json, home_option, json_option, options, table, when
 from ._errors import CLIError, UsageProblem
@@ -100,7 +100,7 @@ def _expiry(record: TokenRecord) -> str:
 async def token_list(as_json: bool) -> None:
     """List tokens (never their secrets)."""
     async with open_store() as store:
-        records = await store.tokens()
+        records = await TokenStore(store).list()
     if as_json:
         echo_json({"tokens": [token_view(r) for r in records], "count": len(records)})
         return
@@ -119,8 +119,9 @@ async def token_revoke(token_id: str) -> None:
     if token_id.startswith("cws_"):
         token_id = token_id.split("_")[1]
     async with open_store() as store:
-        if not await store.revoke_token(token_id):
-            record = await store.token(token_id)
+        tokens = TokenStore(store)
+        if not await tokens.revoke(token_id):
+            record = await tokens.get(token_id)
             if record is None:
                 raise CLIError(f"no token has the id {token_id!r}; see `cws token list`")
             raise CLIError(f"the token {token_id} was already revoked at {when(record.revoked_at)}")

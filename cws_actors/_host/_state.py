@@ -1,6 +1,8 @@
-"""The daemon's persistent state in SQLite (WAL): installed plugins, enabled flags,
-history and API tokens (hashed). One writer at a time (a lock around a worker thread), so concurrent
-operations stay consistent; the schema carries a version and migrates forward."""
+"""The daemon's persistent state in SQLite (WAL): installed plugins, enabled flags and
+their history; the API's tokens (hashed) live in the same file, kept by ``api/_auth.py``
+through :meth:`StateStore.run`. One writer at a time (a lock around a worker thread), so
+concurrent operations stay consistent; the schema carries a version and migrates
+forward."""
 
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX history_by_plugin ON history (plugin, id);
     """,
-    # 2: API tokens (only a hash of each secret is kept)
+    # 2: API tokens (only a hash of each secret is kept): api/_auth.py reads and writes it
     """
     CREATE TABLE tokens (
         id TEXT PRIMARY KEY,
@@ -58,17 +60,6 @@ class PluginRecord:
     path: str | None
     enabled: bool
     installed_at: float
-
-
-@attrs.frozen
-class TokenRecord:
-    id: str
-    name: str
-    secret_hash: str
-    scopes: tuple[str, ...]
-    created_at: float
-    expires_at: float | None
-    revoked_at: float | None
 
 
 @attrs.frozen
@@ -127,14 +118,16 @@ class StateStore:
             connection.execute("DELETE FROM cws_schema")
             connection.execute("INSERT INTO cws_schema (version) VALUES (?)", (len(_MIGRATIONS),))
 
-    async def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(connection, *args)`` in a worker thread, one call at a time: how a
+        layer above keeps tables of its own in this database (the API's tokens)."""
         if self._connection is None:
             raise RuntimeError("the state store is closed")
         async with self._lock:
             return await trio.to_thread.run_sync(function, self._connection, *args)
 
     async def schema_version(self) -> int:
-        row = await self._run(lambda c: c.execute("SELECT version FROM cws_schema").fetchone())
+        row = await self.run(lambda c: c.execute("SELECT version FROM cws_schema").fetchone())
         return int(row[0])
 
     async def record_install(self, name: str, version: str, source: str, path: str | None) -> None:
@@ -152,7 +145,7 @@ class StateStore:
                 )
                 _log(connection, name, "installed", f"{version} from {source}")
 
-        await self._run(write)
+        await self.run(write)
 
     async def set_enabled(self, name: str, enabled: bool) -> None:
         def write(connection: sqlite3.Connection) -> None:
@@ -166,7 +159,7 @@ class StateStore:
                 )
                 _log(connection, name, "enabled" if enabled else "disabled")
 
-        await self._run(write)
+        await self.run(write)
 
     async def forget(self, name: str) -> None:
         def write(connection: sqlite3.Connection) -> None:
@@ -175,7 +168,7 @@ class StateStore:
                 connection.execute("DELETE FROM plugins WHERE name = ?", (name,))
                 _log(connection, name, "removed")
 
-        await self._run(write)
+        await self.run(write)
 
     async def log(self, name: str, event: str, detail: str = "") -> None:
         def write(connection: sqlite3.Connection) -> None:
@@ -183,10 +176,10 @@ class StateStore:
                 connection.execute("BEGIN IMMEDIATE")
                 _log(connection, name, event, detail)
 
-        await self._run(write)
+        await self.run(write)
 
     async def plugins(self) -> dict[str, PluginRecord]:
-        rows = await self._run(
+        rows = await self.run(
             lambda c: c.execute(
                 "SELECT name, version, source, path, enabled, installed_at FROM plugins"
             ).fetchall()
@@ -197,7 +190,7 @@ class StateStore:
         }
 
     async def history(self, name: str, limit: int = 100) -> list[HistoryEntry]:
-        rows = await self._run(
+        rows = await self.run(
             lambda c: c.execute(
                 "SELECT plugin, at, event, detail FROM history WHERE plugin = ?"
                 " ORDER BY id DESC LIMIT ?",
@@ -206,67 +199,11 @@ class StateStore:
         )
         return [HistoryEntry(*row) for row in reversed(rows)]
 
-    async def add_token(self, record: TokenRecord) -> None:
-        def write(connection: sqlite3.Connection) -> None:
-            with connection:
-                connection.execute("BEGIN IMMEDIATE")
-                connection.execute(
-                    "INSERT INTO tokens (id, name, secret_hash, scopes, created_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        record.id,
-                        record.name,
-                        record.secret_hash,
-                        " ".join(record.scopes),
-                        record.created_at,
-                        record.expires_at,
-                    ),
-                )
-
-        await self._run(write)
-
-    async def tokens(self) -> list[TokenRecord]:
-        rows = await self._run(
-            lambda c: c.execute(
-                "SELECT id, name, secret_hash, scopes, created_at, expires_at, revoked_at"
-                " FROM tokens ORDER BY created_at"
-            ).fetchall()
-        )
-        return [_token(row) for row in rows]
-
-    async def token(self, token_id: str) -> TokenRecord | None:
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT id, name, secret_hash, scopes, created_at, expires_at, revoked_at"
-                " FROM tokens WHERE id = ?",
-                (token_id,),
-            ).fetchone()
-        )
-        return _token(row) if row else None
-
-    async def revoke_token(self, token_id: str) -> bool:
-        """Mark the token revoked; False if there is no such (unrevoked) token."""
-
-        def write(connection: sqlite3.Connection) -> bool:
-            with connection:
-                connection.execute("BEGIN IMMEDIATE")
-                cursor = connection.execute(
-                    "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                    (time.time(), token_id),
-                )
-                return cursor.rowcount == 1
-
-        return bool(await self._run(write))
-
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
             async with self._lock:
                 await trio.to_thread.run_sync(connection.close)
-
-
-def _token(row: tuple[Any, ...]) -> TokenRecord:
-    return TokenRecord(row[0], row[1], row[2], tuple(row[3].split()), row[4], row[5], row[6])
 
 
 def _log(connection: sqlite3.Connection, name: str, event: str, detail: str = "") -> None:

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import trio
 
+from api._auth import TokenStore
 from api._daemon import Daemon
 from cws_actors._packaging._archive import make_archive
 
@@ -98,7 +99,7 @@ async def test_a_presented_token_that_is_invalid_is_a_401_on_every_route(daemon:
     token is never served as anonymous. Without a token, the open routes stay open."""
     admin = await token(daemon, "admin")
     revoked = await token(daemon, "admin")
-    await daemon.host.state.revoke_token(revoked.split("_")[1])
+    await TokenStore(daemon.host.state).revoke(revoked.split("_")[1])
     bad = {
         "unknown": "Bearer cws_0123456789abcdef_" + "x" * 43,
         "revoked": f"Bearer {revoked}",
@@ -123,7 +124,7 @@ async def test_revoked_and_expired_tokens_are_refused(daemon: Daemon) -> None:
     from api._auth import issue_token
 
     revoked = await issue_token(daemon.host.state, name="r", scopes=["admin"], ttl=None)
-    await daemon.host.state.revoke_token(revoked.record.id)
+    await TokenStore(daemon.host.state).revoke(revoked.record.id)
     expired = await issue_token(daemon.host.state, name="e", scopes=["admin"], ttl=0.001)
     assert expired.record.expires_at is not None
     expires_at = expired.record.expires_at
