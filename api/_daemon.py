@@ -145,7 +145,7 @@ async def open_daemon(
     )
     async with (
         open_runtime(config=runtime_config) as runtime,
-        open_plugin_host(runtime, host_config(config)) as host,
+        open_plugin_host(runtime, host_config(config), discover=False) as host,
     ):
         yield Daemon(config, runtime, host, Metrics(runtime), config_path=config_path)
 

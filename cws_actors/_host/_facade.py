@@ -150,9 +150,13 @@ def _parse_flags(spec: CLICommandSpec, argv: list[str]) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterator[PluginHost]:
+async def open_plugin_host(
+    runtime: Runtime, config: HostConfig, *, discover: bool = True
+) -> AsyncIterator[PluginHost]:
     """Open the host: the state database under ``config.home``, the ``/plugins`` subtree
-    (plugins are quarantined, never escalated, so one cannot take the others down)."""
+    (plugins are quarantined, never escalated, so one cannot take the others down), and
+    the plugins discovered unless ``discover`` is false (``load_all`` discovers them: the
+    daemon serves first, then discovers and loads)."""
     config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     for step in await trio.to_thread.run_sync(recover, config.home / "plugins"):
         _log.warning("%s", step)
@@ -162,7 +166,8 @@ async def open_plugin_host(runtime: Runtime, config: HostConfig) -> AsyncIterato
             "plugins", max_restarts=config.max_restarts, period=config.restart_period
         )
         host = PluginHost(runtime, config, state)
-        await host.discover()
+        if discover:
+            await host.discover()
         async with trio.open_nursery() as nursery:
             host._nursery = nursery
             try:

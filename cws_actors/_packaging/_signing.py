@@ -51,14 +51,13 @@ import stat
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+# cryptography is imported where a key is used: the daemon starts without it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 TRUSTED_KEYS_DIR = "trusted_keys"
 """Folder under ``$CWS_HOME`` holding one minisign ``*.pub`` file per trusted signer."""
@@ -230,10 +229,14 @@ class SigningKey:
 
     def public_key(self) -> PublicKey:
         """The public half, to hand out as a ``.pub`` file."""
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         public = self._private().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return PublicKey(key_id=self.key_id, key=public)
 
     def _private(self) -> Ed25519PrivateKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return Ed25519PrivateKey.from_private_bytes(self.seed)
 
     def _sign(self, message: bytes) -> bytes:
@@ -285,6 +288,8 @@ class SigningKey:
 
 def generate_keypair() -> SigningKey:
     """A new random Ed25519 key with a random 8-byte key id, as ``minisign -G`` makes."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     seed = Ed25519PrivateKey.generate().private_bytes_raw()
     return SigningKey(key_id=secrets.token_bytes(_KEY_ID_LEN), seed=seed)
 
@@ -386,6 +391,9 @@ def _parse_expires(comment: str, key_id: str) -> float | None:
 
 
 def _check(public: bytes, signature: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
     except InvalidSignature:
