@@ -3,12 +3,13 @@ default plugins) to its first ``/healthz`` 200 and its first ``/readyz`` 200, be
 ``python -c "import trio"`` measured in the same run; and ``cws --version`` and
 ``cws plugin list`` beside ``python -c "import httpx"``.
 
-Each figure is the median of ``rounds`` runs. ``python -m benchmarks.bench_startup``
-prints them as JSON.
+Each figure is the median of ``rounds`` runs: ``python -m benchmarks.bench_startup
+[--rounds N] [--json]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -104,4 +105,13 @@ def main(rounds: int = 5) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each (the median)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    arguments = parser.parse_args()
+    figures = main(arguments.rounds)
+    if arguments.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        for name, value in figures.items():
+            print(f"{name:24} {value:.3f}" if isinstance(value, float) else f"{name:24} {value}")
