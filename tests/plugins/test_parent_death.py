@@ -4,8 +4,6 @@ started as fresh interpreters (issue 14: they used to be tied to a worker thread
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import textwrap
 from collections.abc import Callable
@@ -16,7 +14,12 @@ import pytest
 import trio
 
 from tests.cli._cws import CWS, Lines, cws_env
-from tests.resilience._procs import Proc, descendants, proc
+from tests.resilience._procs import (
+    Proc,
+    descendants,
+    kill_leftovers,
+    sigkill_and_time_the_orphans,
+)
 
 from ._fixtures import write_plugin
 
@@ -54,13 +57,6 @@ from cws_actors import Plugin
 class Slow(Plugin):
     pass
 """
-
-
-def live(seen: Proc) -> bool:
-    """Whether the process ``seen`` names still runs (a zombie has exited: whoever
-    adopted it reaps it)."""
-    now = proc(seen.pid)
-    return now is not None and now.start == seen.start and now.state != "Z"
 
 
 async def poll(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -123,22 +119,12 @@ async def test_sigkill_of_the_daemon_ends_every_plugin_process_within_a_second(
         pids = {p.pid for p in below}
         assert int(marker.read_text()) in pids, below  # the importing process is one of them
         assert len([p for p in below if p.state != "Z"]) >= 3, below
-        daemon.kill()
-        with trio.fail_after(5):
-            await daemon.wait()
-        killed_at = trio.current_time()
-        with trio.fail_after(10):
-            while left := [p for p in below if live(p)]:  # noqa: ASYNC110 - real processes
-                await trio.sleep(0.005)
-        took = trio.current_time() - killed_at
-        assert not left
+        took = await sigkill_and_time_the_orphans(daemon, below)
         assert took < 1.0, f"plugin processes outlived the daemon by {took:.2f}s"
     finally:
         if daemon.returncode is None:
             daemon.kill()
-        for leftover in below:
-            if live(leftover):
-                os.kill(leftover.pid, signal.SIGKILL)
+        kill_leftovers(below)
 
 
 async def _ignore_errors(request: object) -> None:

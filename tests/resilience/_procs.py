@@ -4,9 +4,11 @@ never mistaken for the process it once named."""
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import attrs
+import trio
 
 
 @attrs.frozen
@@ -67,3 +69,35 @@ def still_running(keys: set[tuple[int, int]]) -> set[tuple[int, int]]:
         if seen is not None and seen.start == start:
             left.add((pid, start))
     return left
+
+
+def live(seen: Proc) -> bool:
+    """Whether the process ``seen`` names still runs (a zombie has exited: whoever
+    adopted it reaps it)."""
+    now = proc(seen.pid)
+    return now is not None and now.start == seen.start and now.state != "Z"
+
+
+async def sigkill_and_time_the_orphans(daemon: trio.Process, below: list[Proc]) -> float:
+    """SIGKILL ``daemon``; the seconds until none of ``below`` (its descendants) runs.
+
+    Raises:
+        AssertionError: some still ran 10 s later.
+    """
+    daemon.kill()
+    with trio.fail_after(5):
+        await daemon.wait()
+    killed_at = trio.current_time()
+    with trio.move_on_after(10):
+        while [p for p in below if live(p)]:  # noqa: ASYNC110 - real processes, bounded
+            await trio.sleep(0.005)
+    left = [p for p in below if live(p)]
+    assert not left, f"still running 10 s after the daemon was killed: {left}"
+    return trio.current_time() - killed_at
+
+
+def kill_leftovers(below: list[Proc]) -> None:
+    """SIGKILL whatever of ``below`` still runs (a failed test's cleanup)."""
+    for leftover in below:
+        if live(leftover):
+            os.kill(leftover.pid, signal.SIGKILL)

@@ -11,8 +11,6 @@ fork server, the other starts fresh interpreters.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,15 +20,16 @@ import trio
 
 from tests.cli._cws import CWS, Lines, cws_env
 from tests.plugins._fixtures import write_plugin
-from tests.resilience._procs import Proc, descendants, proc
+from tests.resilience._procs import (
+    Proc,
+    descendants,
+    kill_leftovers,
+    live,
+    sigkill_and_time_the_orphans,
+)
 
 IDLE = 32.0
 """Seconds of idleness: past the fork server's 30 s ready timeout, the longest timer."""
-
-
-def live(seen: Proc) -> bool:
-    now = proc(seen.pid)
-    return now is not None and now.start == seen.start and now.state != "Z"
 
 
 async def plugins(client: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
@@ -79,22 +78,12 @@ async def soak(tmp_path: Path, fork_server: str, report: dict[str, Any]) -> None
             assert not gone, f"processes that died while the daemon was idle: {gone}"
             assert "the fork server exited" not in log.read_text()
         report[fork_server] = len(below)
-        daemon.send_signal(signal.SIGKILL)
-        with trio.fail_after(5):
-            await daemon.wait()
-        killed_at = trio.current_time()
-        with trio.fail_after(10):
-            while left := [p for p in below if live(p)]:  # noqa: ASYNC110 - real processes
-                await trio.sleep(0.005)
-        took = trio.current_time() - killed_at
-        assert not left
+        took = await sigkill_and_time_the_orphans(daemon, below)
         assert took < 1.0, f"plugin processes outlived the daemon by {took:.2f}s"
     finally:
         if daemon.returncode is None:
             daemon.kill()
-        for leftover in below:
-            if live(leftover):
-                os.kill(leftover.pid, signal.SIGKILL)
+        kill_leftovers(below)
 
 
 async def test_an_idle_daemon_keeps_its_plugins_and_takes_them_when_killed(
