@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable
 
 
@@ -42,7 +43,7 @@ def open_sqlite(
         if check is not None:
             check(connection)
         # WAL cannot be switched on inside a transaction; it persists in the file.
-        connection.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(connection, timeout)
         connection.execute("PRAGMA synchronous=FULL")
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -51,3 +52,19 @@ def open_sqlite(
         connection.close()
         raise
     return connection
+
+
+def _switch_to_wal(connection: sqlite3.Connection, timeout: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock it
+    needs: SQLite answers "database is locked" at once there, without waiting as its
+    busy timeout does for reads and writes (seen with eight daemons opening one new
+    file on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
