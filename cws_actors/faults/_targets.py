@@ -120,14 +120,19 @@ def _segment_matches(tokens: tuple[_Token, ...], text: str) -> bool:
             token = tokens[position]
             if token == _STAR:
                 step.add(position)  # the run goes on
-            elif token == _ANY or token == char:
-                step.add(position + 1)
-            elif isinstance(token, _CharClass) and token.accepts(char):
+            elif _steps_over(token, char):
                 step.add(position + 1)
         if not step:
             return False
         alive = _skip_stars(tokens, step)
     return len(tokens) in alive
+
+
+def _steps_over(token: _Token, char: str) -> bool:
+    """Does ``token`` (not ``*``) take ``char``?"""
+    if isinstance(token, _CharClass):
+        return token.accepts(char)
+    return token in (_ANY, char)
 
 
 def _skip_stars(tokens: tuple[_Token, ...], alive: set[int]) -> set[int]:
