@@ -181,6 +181,11 @@ class DaemonConfig:
         "daemon", 100 * 1024 * 1024, rule=lambda v: v >= 1, expected=">= 1"
     )
     open_health: bool = _setting("daemon", True)
+    loopback_is_one_source: bool = _setting(
+        "daemon", True, validator=attrs.validators.instance_of(bool)
+    )
+    """The per-source rate limits of plugin endpoints count every loopback address
+    (127.0.0.0/8, ::1) as one source; false keys them on the exact address."""
     shutdown_grace: float = _setting("daemon", 10.0, rule=lambda v: v >= 0, expected=">= 0")
     instance_poll_interval: float = _setting(
         "daemon", 60.0, rule=lambda v: v >= 0, expected=">= 0 (0: never)"

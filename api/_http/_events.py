@@ -18,6 +18,9 @@ from ._views import event_view
 
 blueprint = Blueprint("events", __name__)
 
+MAX_STREAM_TOPICS = 32
+"""The most topic patterns one stream follows (each is bounded by the bus)."""
+
 
 @blueprint.post("/api/v1/events")
 async def publish() -> Any:
@@ -51,6 +54,13 @@ async def publish() -> Any:
 @blueprint.get("/api/v1/events/stream")
 async def stream() -> Any:
     topics = [t for t in request.args.get("topics", "#").split(",") if t.strip()]
+    if len(topics) > MAX_STREAM_TOPICS:
+        raise HTTPProblem(
+            400,
+            "Bad request",
+            f"a stream follows at most {MAX_STREAM_TOPICS} topic patterns, got {len(topics)};"
+            " use wildcards ('instance.*', 'plugin.#') instead of listing topics",
+        )
     try:
         subscription = current_daemon().runtime.bus.subscribe(*topics, buffer=1000)
     except ValueError as exc:

@@ -7,6 +7,7 @@ plugin, whether a spec would shadow one of the daemon's own routes."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
@@ -132,7 +133,7 @@ async def plugin_endpoint(subpath: str) -> Any:
         who = await principal(*spec.permissions)
     headers: dict[str, str] = {}
     if spec.rate_limit is not None:
-        caller = who.token_id if who is not None else (request.remote_addr or "")
+        caller = who.token_id if who is not None else _source(request.remote_addr)
         wait, remaining = endpoints.take(route, spec.rate_limit, caller)
         if wait:
             raise HTTPProblem(
@@ -168,6 +169,24 @@ async def plugin_endpoint(subpath: str) -> Any:
             time.perf_counter() - began
         )
     return _response(result, headers)
+
+
+def _source(address: str | None) -> str:
+    """The source an anonymous caller's rate limit is counted against: its address, or
+    ``loopback`` for any loopback address (one machine, however many addresses it picks
+    in 127.0.0.0/8) unless ``loopback_is_one_source`` is off."""
+    if not address:
+        return ""
+    if current_daemon().config.loopback_is_one_source:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:  # not an IP address (a Unix socket's path): itself
+            return address
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.2 is loopback too
+        if ip.is_loopback:
+            return "loopback"
+    return address
 
 
 def _response(result: APIResult, headers: dict[str, str]) -> Response:

@@ -2,8 +2,9 @@
 
 Where it connects: ``--url``, else ``$CWS_URL``, else ``http://127.0.0.1:8947``. Which
 token it sends: ``--token``, else ``$CWS_TOKEN``, else the file ``$CWS_HOME/token``
-(``~/.cws/token``) when it exists. Every failure becomes one of the CLI's errors
-(:mod:`api.cli._errors`): httpx's exceptions never reach the user.
+(``~/.cws/token``) when it exists, refused (as ssh refuses a key) when others may read
+it. Every failure becomes one of the CLI's errors (:mod:`api.cli._errors`): httpx's
+exceptions never reach the user.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ def resolve_connection(
     then the token file and the defaults.
 
     Raises:
-        CLIError: the token file exists but cannot be read.
+        CLIError: the token file exists but cannot be read, or others may read it.
     """
     env = os.environ if env is None else env
     home = Path(home).expanduser() if home is not None else default_home(env)
@@ -66,8 +68,22 @@ def resolve_connection(
 
 
 def _token_from_file(path: Path) -> str | None:
+    """The token in ``path``, or None when there is no such file.
+
+    Raises:
+        CLIError: the file cannot be read, or others may read it (as ssh refuses a
+            private key that is not 0600: a token readable by others is leaked).
+    """
     try:
-        return path.read_text(encoding="utf-8").strip() or None
+        with path.open(encoding="utf-8") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if mode & 0o077:
+                raise CLIError(
+                    f"the token file {path} is readable or writable by others"
+                    f" (mode {stat.S_IMODE(mode):04o}); it must be private to you:"
+                    f" `chmod 600 {path}`, then revoke the token if others could read it"
+                )
+            return file.read().strip() or None
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:

@@ -82,7 +82,8 @@ _FLAG_KEYS = frozenset(attrs.fields_dict(FlagSpec))
 class Catalog:
     """The plugin commands of this invocation, or why there are none."""
 
-    connection: Connection
+    connection: Connection | None
+    """None when there are no plugin commands (``problem`` says why)."""
     commands: Mapping[str, click.Command] = attrs.field(factory=dict)
     """By name and by alias."""
     names: tuple[str, ...] = ()
@@ -122,7 +123,7 @@ class CwsGroup(click.Group):
         catalog = self.catalog(ctx)
         if catalog.problem is not None:
             why = (
-                f"the daemon at {catalog.connection.url} is unreachable; start it with `cws daemon`"
+                f"the daemon at {catalog.problem.url} is unreachable; start it with `cws daemon`"
                 if isinstance(catalog.problem, DaemonUnreachable)
                 else catalog.problem.format_message()
             )
@@ -141,13 +142,14 @@ class CwsGroup(click.Group):
             from ._client import fetch_cli_specs, resolve_connection
 
             params = root.params
-            connection = resolve_connection(
-                url=params.get("url"), token=params.get("token"), home=params.get("home")
-            )
             try:
+                connection = resolve_connection(
+                    url=params.get("url"), token=params.get("token"), home=params.get("home")
+                )
                 specs = [CommandSpec.from_json(spec) for spec in fetch_cli_specs(connection)]
             except CLIError as exc:  # help and built-in commands work without plugins
-                root.meta[_CATALOG] = Catalog(connection, problem=exc)
+                # (and without the token file, when it is refused: help says why)
+                root.meta[_CATALOG] = Catalog(None, problem=exc)
             else:
                 reserved = set(self.list_commands(ctx))
                 root.meta[_CATALOG] = build_catalog(connection, specs, reserved=reserved)

@@ -16,6 +16,25 @@ from ._durable import EventStore
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_\-]+")
 
+MAX_TOPIC_LENGTH = 255
+"""The longest topic or topic pattern, in characters (AMQP's bound on a routing key)."""
+MAX_TOPIC_SEGMENTS = 32
+"""The most dot-separated segments in a topic or a topic pattern."""
+
+
+def _check_size(kind: str, text: str) -> None:
+    if len(text) > MAX_TOPIC_LENGTH:
+        raise ValueError(
+            f"a topic {kind} is at most {MAX_TOPIC_LENGTH} characters, got one of"
+            f" {len(text)} starting {text[:40]!r}"
+        )
+    segments = text.count(".") + 1
+    if segments > MAX_TOPIC_SEGMENTS:
+        raise ValueError(
+            f"a topic {kind} has at most {MAX_TOPIC_SEGMENTS} dot-separated segments, got"
+            f" {segments} in {text[:40]!r}..."
+        )
+
 
 @functools.lru_cache(maxsize=1024)
 def compile_pattern(pattern: str) -> tuple[str, ...]:
@@ -24,10 +43,12 @@ def compile_pattern(pattern: str) -> tuple[str, ...]:
 
     Raises:
         ValueError: an empty segment, or one with characters other than letters,
-            digits, ``_`` and ``-``.
+            digits, ``_`` and ``-``; more than :data:`MAX_TOPIC_LENGTH` characters or
+            :data:`MAX_TOPIC_SEGMENTS` segments.
     """
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"a topic pattern must be a non-empty str, got {pattern!r}")
+    _check_size("pattern", pattern)
     segments = tuple(pattern.split("."))
     for segment in segments:
         if segment not in ("*", "#") and not _SEGMENT.fullmatch(segment):
@@ -38,27 +59,54 @@ def compile_pattern(pattern: str) -> tuple[str, ...]:
 
 
 def check_topic(topic: str) -> None:
+    """Check a topic: dot-separated words of letters, digits, ``_`` and ``-``.
+
+    Raises:
+        ValueError: a bad topic, or more than :data:`MAX_TOPIC_LENGTH` characters or
+            :data:`MAX_TOPIC_SEGMENTS` segments.
+    """
     if not isinstance(topic, str) or not all(_SEGMENT.fullmatch(s) for s in topic.split(".")):
         raise ValueError(
             f"bad topic {topic!r}: expected dot-separated words such as 'instance.started'"
         )
+    _check_size("name", topic)
 
 
 @functools.lru_cache(maxsize=16384)
 def topic_matches(pattern: str, topic: str) -> bool:
     """Does ``topic`` match ``pattern``?"""
-    return _match(compile_pattern(pattern), tuple(topic.split(".")))
+    return _match(compile_pattern(pattern), topic.split("."))
 
 
-def _match(pattern: tuple[str, ...], topic: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not topic
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match(rest, topic[skip:]) for skip in range(len(topic) + 1))
-    if not topic:
-        return False
-    return (head == "*" or head == topic[0]) and _match(rest, topic[1:])
+def _match(pattern: tuple[str, ...], topic: list[str]) -> bool:
+    """Match without backtracking or recursion: the set of pattern positions still alive
+    advances one topic segment at a time, so a match costs at most (topic segments) x
+    (pattern segments) steps and never raises, whatever the pattern."""
+    alive = _past_hashes(pattern, {0})
+    for word in topic:
+        step: set[int] = set()
+        for position in alive:
+            if position == len(pattern):
+                continue
+            head = pattern[position]
+            if head == "#":
+                step.add(position)  # '#' takes this word too
+            elif head == "*" or head == word:
+                step.add(position + 1)
+        if not step:
+            return False
+        alive = _past_hashes(pattern, step)
+    return len(pattern) in alive
+
+
+def _past_hashes(pattern: tuple[str, ...], alive: set[int]) -> set[int]:
+    """``alive`` and, past each ``#``, the positions after it (it may take no word)."""
+    more = set(alive)
+    for position in alive:
+        while position < len(pattern) and pattern[position] == "#":
+            position += 1
+            more.add(position)
+    return more
 
 
 @attrs.frozen

@@ -69,6 +69,7 @@ async def test_no_token_is_401_and_a_weak_token_403_both_exit_4(
     # revoked token is refused.
     token = await create_token(daemon, "plugins:manage")
     (daemon.home / "token").write_text(token + "\n")
+    (daemon.home / "token").chmod(0o600)
     from_file = await cws("plugin", "load", "echo", env=daemon.env)
     expect(from_file, 1, err="error: Not found:")  # past the auth
     assert (await cws("token", "revoke", token.split("_")[1], env=daemon.env)).code == 0
@@ -253,3 +254,22 @@ async def test_instances_list_exits_1_when_every_provider_failed(tmp_path: Path)
         expect(partly, 0, out="i-1  vm-i-1  t3.micro")  # the spare provider's instances
         assert partly.err.count("memory:") == 1, partly.err
         assert partly.err.startswith("warning: memory: ")
+
+
+async def test_a_token_file_others_may_read_is_refused_as_ssh_refuses_a_key(
+    daemon: Daemon,
+) -> None:
+    token_file = daemon.home / "token"
+    token_file.write_text(await create_token(daemon, "plugins:manage") + "\n")
+    token_file.chmod(0o644)
+    refused = await cws("plugin", "load", "echo", env=daemon.env)
+    expect(refused, 1, err=f"error: the token file {token_file} is readable or writable by")
+    assert f"(mode 0644); it must be private to you: `chmod 600 {token_file}`" in refused.err
+    token_file.chmod(0o620)  # group-writable is refused too
+    expect(await cws("plugin", "load", "echo", env=daemon.env), 1, err="(mode 0620)")
+    # A token given otherwise does not read the file; help works whatever the file.
+    given = daemon.env | {"CWS_TOKEN": await create_token(daemon, "plugins:manage")}
+    expect(await cws("plugin", "load", "echo", env=given), 1, err="error: Not found:")
+    assert (await cws("--help", env=daemon.env)).code == 0
+    token_file.chmod(0o600)
+    expect(await cws("plugin", "load", "echo", env=daemon.env), 1, err="error: Not found:")
