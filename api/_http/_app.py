@@ -20,6 +20,7 @@ from . import (
     _plugins,
     _snoozebot,
 )
+from ._bodies import bounded_request_class
 from ._plugin_endpoints import PLUGIN_ENDPOINTS, PluginEndpoints
 from ._requests import attach_daemon
 
@@ -46,6 +47,10 @@ def create_app(daemon: Daemon) -> QuartTrio:
     """
     app = QuartTrio("cws_actors_daemon")
     app.config["MAX_CONTENT_LENGTH"] = daemon.config.max_upload_bytes
+    # Every body is held to its route's limit as it streams in, whatever its framing.
+    app.request_class = bounded_request_class(
+        body_limit=daemon.config.max_body_bytes, upload_limit=daemon.config.max_upload_bytes
+    )
     app.config["RESPONSE_TIMEOUT"] = None  # event streams stay open
     attach_daemon(app, daemon)
     for blueprint in BLUEPRINTS:

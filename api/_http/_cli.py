@@ -13,7 +13,7 @@ from cws_actors import Source
 
 from .._auth import AuthError, authenticate
 from ._problems import HTTPProblem
-from ._requests import current_daemon, field, json_body
+from ._requests import current_daemon, field, json_body, principal
 
 blueprint = Blueprint("cli", __name__)
 
@@ -25,6 +25,7 @@ async def cli_commands() -> Any:
 
 @blueprint.post("/api/v1/cli/execute")
 async def cli_execute() -> Any:
+    await principal()  # the caller first: an anonymous body is refused before it is read
     body = await json_body()
     argv = field(body, "args", list, aliases=("argv",))
     if not argv or not all(isinstance(word, str) for word in argv):

@@ -4,10 +4,12 @@ become problem documents, and requests are counted for the metrics."""
 from __future__ import annotations
 
 import logging
+import uuid
 
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
+from ._bodies import BoundedBody
 from ._problems import HTTPProblem, problem_response
 from ._requests import current_daemon, principal, route_name
 
@@ -38,15 +40,37 @@ async def on_http_error(error: HTTPException) -> Response:
     detail = {
         404: f"no route {request.path}; see /openapi.json",
         405: f"{request.method} is not allowed on {request.path}",
-        413: f"the body is over the limit of {current_daemon().config.max_upload_bytes} bytes",
+        413: f"the body is over the limit of {_body_limit()} bytes",
     }.get(status, error.description or "")
     return problem_response(HTTPProblem(status, error.name, detail))
 
 
+def _body_limit() -> int:
+    """The limit the current request's body was held to (its route's)."""
+    body = request.body
+    if isinstance(body, BoundedBody) and body.limit is not None:
+        return body.limit
+    return current_daemon().config.max_upload_bytes
+
+
 @blueprint.app_errorhandler(Exception)
 async def on_crash(error: Exception) -> Response:
-    log.exception("unhandled error in %s %s", request.method, request.path)
-    return problem_response(HTTPProblem(500, "Internal error", f"{type(error).__name__}: {error}"))
+    # The client learns only that it failed and the id to quote: the exception's text
+    # can name files and folders of the daemon's host, so it goes to the log alone.
+    correlation_id = uuid.uuid4().hex[:16]
+    log.exception(
+        "unhandled error in %s %s (correlation id %s)", request.method, request.path,
+        correlation_id,
+    )  # fmt: skip
+    return problem_response(
+        HTTPProblem(
+            500,
+            "Internal error",
+            f"internal error; the daemon's log has the details under correlation id"
+            f" {correlation_id}",
+            correlation_id=correlation_id,
+        )
+    )
 
 
 @blueprint.after_app_request

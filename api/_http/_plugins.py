@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import trio
@@ -21,6 +21,9 @@ from ._requests import current_daemon, guarded, principal
 from ._views import plugin_view
 
 blueprint = Blueprint("plugins", __name__)
+
+_MAX_FILENAME_BYTES = 255
+"""The longest upload file name (in UTF-8) that is staged: what most file systems take."""
 
 OPERATIONS = ("load", "unload", "enable", "disable", "reload")
 """``POST /api/v1/plugins/<name>/<operation>``: the host's methods of those names
@@ -128,9 +131,9 @@ async def install_upload(
     daemon: Daemon, name: str | None, archive: Any, signature: Any
 ) -> PluginStatus:
     """Install (``name`` None) or update a plugin from an uploaded archive."""
+    filename = upload_filename(archive.filename)
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_upload_dir(daemon)))
     try:
-        filename = Path(archive.filename or "plugin.cwsplugin").name or "plugin.cwsplugin"
         target = staging / filename
         await archive.save(target)
         await _refuse_a_bad_archive(daemon, target, filename)
@@ -150,6 +153,31 @@ async def install_upload(
             raise from_error(exc, plugin=name) from None
     finally:
         await trio.to_thread.run_sync(shutil.rmtree, staging, True)
+
+
+def upload_filename(given: str | None) -> str:
+    """The name to stage an upload under: the client's file name without its folders.
+
+    Raises:
+        HTTPProblem: 400 for a name that is no file name (``..``, ``.``, a NUL or a
+            control character, over 255 bytes).
+    """
+    if not given:
+        return "plugin.cwsplugin"
+    name = PurePosixPath(given.replace("\\", "/")).name
+    bad = (
+        name in ("", ".", "..")
+        or any(ord(char) < 32 or char == "\x7f" for char in name)
+        or len(name.encode("utf-8", "surrogatepass")) > _MAX_FILENAME_BYTES
+    )
+    if bad:
+        raise HTTPProblem(
+            400,
+            "Bad filename",
+            f"the archive's filename {given[:80]!r} is not a file name; send a name such as"
+            f" NAME.cwsplugin (at most {_MAX_FILENAME_BYTES} bytes, no control characters)",
+        )
+    return name
 
 
 async def _refuse_a_bad_archive(daemon: Daemon, archive: Path, filename: str) -> None:

@@ -10,6 +10,7 @@ modules import these helpers instead of receiving them as closures.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable
 from typing import Any
 
@@ -20,6 +21,7 @@ from cws_actors import ActorError, PluginError
 
 from .._auth import AuthError, Principal, authenticate, require
 from .._daemon import Daemon
+from ._bodies import BodyTooLarge, JSONRefused, parse_json
 from ._problems import HTTPProblem, from_error
 
 DAEMON = "cws.daemon"
@@ -66,25 +68,31 @@ async def open_or_token() -> None:
 
 
 async def json_body(*, required: bool = True) -> Any:
-    """The request's JSON body (None when it is empty and not ``required``).
+    """The request's JSON body (None when it is empty and not ``required``), read as it
+    streams in and refused as soon as it passes ``max_body_bytes``
+    (:class:`~api._http._bodies.BoundedBody`).
 
     Raises:
-        HTTPProblem: 413 over ``max_body_bytes``, 400 when missing or not JSON.
+        HTTPProblem: 413 over ``max_body_bytes``, 400 when missing, not JSON, or JSON
+            outside the bounds of :func:`~api._http._bodies.parse_json`.
     """
-    # Read it (Quart stops at MAX_CONTENT_LENGTH, the upload limit) before refusing,
-    # so that the client is not cut off half way through sending.
-    limit = current_daemon().config.max_body_bytes
-    raw = await request.get_data(cache=True)
-    if len(raw) > limit:
+    try:
+        raw = await request.get_data(cache=True, as_text=False, parse_form_data=False)
+    except BodyTooLarge as exc:
         raise HTTPProblem(
-            413, "Body too large", f"a JSON body may be at most {limit} bytes, got {len(raw)}"
-        )
+            413,
+            "Body too large",
+            f"a JSON body may be at most {exc.limit} bytes,"
+            f" got {exc.declared if exc.declared is not None else 'more than that'}",
+        ) from None
     if not raw.strip():
         if required:
             raise HTTPProblem(400, "Bad request", "this endpoint needs a JSON body")
         return None
     try:
-        return json.loads(raw)
+        return parse_json(raw)
+    except JSONRefused as exc:
+        raise HTTPProblem(400, "JSON out of bounds", f"the body is refused: {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise HTTPProblem(400, "Malformed JSON", f"the body is not valid JSON: {exc}") from None
 
@@ -105,6 +113,10 @@ def field(
             value = body[key]
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
+            if kind is float and isinstance(value, float) and not math.isfinite(value):
+                raise HTTPProblem(
+                    400, "Bad request", f"{key!r} must be a finite number, got {value!r}"
+                )
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise HTTPProblem(
                     400, "Bad request", f"{key!r} must be {kind.__name__}, got {value!r}"
