@@ -181,6 +181,9 @@ class DaemonConfig:
         "daemon", 100 * 1024 * 1024, rule=lambda v: v >= 1, expected=">= 1"
     )
     open_health: bool = _setting("daemon", True)
+    allowed_hosts: str = _setting("daemon", "", normalize=str.strip)
+    """Host names, comma-separated, that requests may name in ``Host:`` besides the bound
+    address, loopback addresses and ``localhost`` (the DNS-rebinding check)."""
     shutdown_grace: float = _setting("daemon", 10.0, rule=lambda v: v >= 0, expected=">= 0")
     instance_poll_interval: float = _setting(
         "daemon", 60.0, rule=lambda v: v >= 0, expected=">= 0 (0: never)"

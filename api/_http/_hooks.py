@@ -1,5 +1,6 @@
-"""What runs around every request: a presented token is checked on every route, errors
-become problem documents, and requests are counted for the metrics."""
+"""What runs around every request: the ``Host:`` header is checked (DNS rebinding), a
+presented token is checked on every route, errors become problem documents, and requests
+are counted for the metrics."""
 
 from __future__ import annotations
 
@@ -8,12 +9,31 @@ import logging
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
+from ._hosts import allowed_names, host_allowed, host_name
 from ._problems import HTTPProblem, problem_response
 from ._requests import current_daemon, principal, route_name
 
 log = logging.getLogger("cws.http")
 
 blueprint = Blueprint("hooks", __name__)
+
+
+@blueprint.before_app_request
+async def refuse_a_foreign_host() -> None:
+    # First: a request for another name (DNS rebinding) learns nothing, not even
+    # whether a token is valid.
+    config = current_daemon().config
+    header = request.headers.get("Host", "")
+    if not header.strip():
+        raise HTTPProblem(400, "Bad request", "the request has no Host header")
+    if not host_allowed(host_name(header), config):
+        expected = ", ".join([*allowed_names(config), "a loopback address"])
+        raise HTTPProblem(
+            421,
+            "Misdirected request",
+            f"this daemon does not answer to the host {header!r}; expected {expected}"
+            " (add a name to [daemon] allowed_hosts)",
+        )
 
 
 @blueprint.before_app_request

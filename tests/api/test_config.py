@@ -103,7 +103,7 @@ def test_check_lists_every_problem_with_its_line_in_the_files_order(tmp_path: Pa
         f"{path}:3: unknown key daemon.prot; did you mean daemon.port?",
         f'{path}:4: daemon.port must be an integer, got a string ("80")',
         f'{path}:5: daemon.log_level must be one of DEBUG, INFO, WARNING, ERROR, got "LOUD"',
-        f"{path}:6: unknown key daemon.note; expected one of access_log, home, host,"
+        f"{path}:6: unknown key daemon.note; expected one of access_log, allowed_hosts, home, host,"
         " instance_poll_interval, log_format, log_level, max_body_bytes, max_upload_bytes,"
         " open_health, port, shutdown_grace",
         f"{path}:10: plugins.max_restarts must be >= 1, got 0",
