@@ -181,6 +181,9 @@ class DaemonConfig:
         "daemon", 100 * 1024 * 1024, rule=lambda v: v >= 1, expected=">= 1"
     )
     open_health: bool = _setting("daemon", True)
+    open_reads: bool = _setting("daemon", False)
+    """Answer reads (GET) without a token; health, readiness and metrics follow
+    ``open_health`` instead, and the dashboard page always loads (it asks for a token)."""
     allowed_hosts: str = _setting("daemon", "", normalize=str.strip)
     """Host names, comma-separated, that requests may name in ``Host:`` besides the bound
     address, loopback addresses and ``localhost`` (the DNS-rebinding check)."""

@@ -1,6 +1,6 @@
 """What runs around every request: the ``Host:`` header is checked (DNS rebinding), a
-presented token is checked on every route, errors become problem documents, and requests
-are counted for the metrics."""
+token is needed unless reads are open, a presented token is checked on every route, errors
+become problem documents, and requests are counted for the metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from ._requests import current_daemon, principal, route_name
 log = logging.getLogger("cws.http")
 
 blueprint = Blueprint("hooks", __name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
+"""What answers without a token even when ``open_reads`` is off."""
 
 
 @blueprint.before_app_request
@@ -43,6 +46,16 @@ async def refuse_an_invalid_token() -> None:
     # anonymous would hide a revoked, expired or mistyped token until a write fails.
     if request.headers.get("Authorization"):
         await principal()
+
+
+@blueprint.before_app_request
+async def require_a_token_to_read() -> None:
+    # Unless [daemon] open_reads: every route needs a valid token but health, readiness
+    # and metrics (``open_health`` decides those) and the dashboard page (it asks for
+    # one). The routes that change things check their scopes themselves.
+    if current_daemon().config.open_reads or request.path in OPEN_PATHS:
+        return
+    await principal()
 
 
 @blueprint.app_errorhandler(HTTPProblem)

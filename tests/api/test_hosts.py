@@ -14,6 +14,7 @@ from api import load_config
 from api._http._hosts import host_allowed, host_name
 
 from ._daemon import TIMEOUT, client, running_daemon, token
+from ._plugin import write_web_plugin
 from .test_app import assert_problem
 
 
@@ -61,3 +62,42 @@ async def test_a_foreign_host_is_refused(tmp_path: Path) -> None:
                     answer = await http.get("/api/v1/plugins", headers={"Host": host})
                     assert answer.status_code == 200, (host, answer.text)
                 assert (await anonymous.get("/healthz")).status_code == 200
+
+
+OPEN = ("/healthz", "/readyz", "/metrics", "/")
+"""What answers without a token whatever ``open_reads`` says (the dashboard page asks
+for a token itself)."""
+READS = (
+    "/api/v1/plugins", "/api/v1/actors", "/api/v1/dead-letters",
+    "/api/v1/cli/commands", "/api/v1/instances", "/openapi.json", "/api/v1/web/open",
+    "/api/v1/events/stream?topics=%23", "/no/such/route",
+)  # fmt: skip
+
+
+async def test_reads_need_a_token_by_default(tmp_path: Path) -> None:
+    assert load_config(None, env={}).open_reads is False
+    home = tmp_path / "home"
+    write_web_plugin(home / "plugins")
+    async with running_daemon(home, open_reads=False) as daemon:
+        with trio.fail_after(TIMEOUT):
+            async with client(daemon) as anonymous:
+                for path in READS:
+                    assert_problem(await anonymous.get(path), 401, "token")
+                for path in OPEN:
+                    assert (await anonymous.get(path)).status_code == 200, path
+            # Any valid token reads (the scopes of the routes that change things hold).
+            async with client(daemon, await token(daemon, "events:read")) as reader:
+                for path in READS[:-2]:
+                    assert (await reader.get(path)).status_code == 200, path
+                assert_problem(await reader.post("/api/v1/plugins/web/unload"), 403)
+
+
+async def test_open_reads_answers_reads_without_a_token(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_web_plugin(home / "plugins")
+    async with running_daemon(home, open_reads=True) as daemon:
+        with trio.fail_after(TIMEOUT):
+            async with client(daemon) as anonymous:
+                for path in READS[:-2]:
+                    assert (await anonymous.get(path)).status_code == 200, path
+                assert_problem(await anonymous.post("/api/v1/plugins/web/unload"), 401)
