@@ -15,6 +15,7 @@ import trio
 
 from ..api.test_instances import write_provider
 from ..plugins._fixtures import write_plugin
+from ..plugins.test_analytics import install_folder_plugin
 from ..plugins.test_host import wait_until
 from ._cws import (
     CWS,
@@ -253,3 +254,20 @@ async def test_instances_list_exits_1_when_every_provider_failed(tmp_path: Path)
         expect(partly, 0, out="i-1  vm-i-1  t3.micro")  # the spare provider's instances
         assert partly.err.count("memory:") == 1, partly.err
         assert partly.err.startswith("warning: memory: ")
+
+
+async def test_a_plugin_command_without_its_permission_shows_the_403(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    install_folder_plugin(home)
+    async with cws_daemon(home) as daemon:
+        weak = daemon.env | {"CWS_TOKEN": await create_token(daemon, "events:publish")}
+        refused = await cws("analytics", "report", "--format", "json", env=weak)
+        expect(
+            refused, 4,
+            err="error: Forbidden: analytics report (plugin 'research-analytics'): this needs"
+            " the scope analytics.read; the token has events:publish",
+        )  # fmt: skip
+        reader = daemon.env | {"CWS_TOKEN": await create_token(daemon, "analytics.read")}
+        ran = await cws("analytics", "report", "--format", "json", env=reader)
+        assert ran.code == 0, ran.err
+        assert '"total_cost"' in ran.out
