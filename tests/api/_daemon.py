@@ -22,10 +22,17 @@ TIMEOUT = 30
 async def running_daemon(
     home: Path, *, wait_for_plugins: bool = True, **settings: Any
 ) -> AsyncIterator[Daemon]:
-    """Serve a daemon whose home is ``home`` (no entry points, no system plugins unless
-    ``settings`` say otherwise) until the block ends; its plugins have loaded when the
-    block starts, unless ``wait_for_plugins`` is false."""
-    settings = {"entry_points": False, "system_dir": home / "system", **settings}
+    """Serve a daemon whose home is ``home`` (no entry points, no system plugins, reads
+    open without a token: ``open_reads``, unless ``settings`` say otherwise) until the
+    block ends; its plugins have loaded when the block starts, unless
+    ``wait_for_plugins`` is false. Tests of the token needed to read pass
+    ``open_reads=False``, the daemon's default."""
+    settings = {
+        "entry_points": False,
+        "system_dir": home / "system",
+        "open_reads": True,
+        **settings,
+    }
     config = load_config(None, env={}, home=home, port=0, **settings)
     async with trio.open_nursery() as nursery:
         daemon: Daemon = await nursery.start(
