@@ -8,11 +8,11 @@ import time
 from typing import Any
 
 import attrs
-from quart import Blueprint, request
+from quart import Blueprint
 
 from cws_actors import Source
 
-from .._auth import AuthError, authenticate, require
+from .._auth import AuthError, Principal, require
 from ._problems import HTTPProblem
 from ._requests import current_daemon, field, json_body, principal
 
@@ -26,12 +26,12 @@ async def cli_commands() -> Any:
 
 @blueprint.post("/api/v1/cli/execute")
 async def cli_execute() -> Any:
-    await principal()  # the caller first: an anonymous body is refused before it is read
+    who = await principal()  # the caller first: an anonymous body is refused before it is read
     body = await json_body()
     argv = field(body, "args", list, aliases=("argv",))
     if not argv or not all(isinstance(word, str) for word in argv):
         raise HTTPProblem(400, "Bad request", "'args' must be a non-empty list of strings")
-    return await execute(argv, request.headers.get("Authorization"))
+    return await execute(argv, who)
 
 
 def cli_specs() -> list[dict[str, Any]]:
@@ -53,22 +53,17 @@ def cli_specs() -> list[dict[str, Any]]:
     ]
 
 
-async def execute(argv: list[str], authorization: str | None) -> dict[str, Any]:
-    """Run a plugin command: any valid token may (commands can change things), if it
-    holds the command's ``permissions``."""
+async def execute(argv: list[str], who: Principal) -> dict[str, Any]:
+    """Run a plugin command for ``who`` (any valid token may: commands can change
+    things), if it holds the command's ``permissions``."""
     daemon = current_daemon()
-    found = None
-    try:
-        who = await authenticate(daemon.host.state, authorization)
-        found = daemon.host.find_command(argv)
-        if found is not None:
+    found = daemon.host.find_command(argv)
+    if found is not None:
+        try:
             require(who, *found[1].permissions)
-    except AuthError as exc:
-        title = "Unauthorized" if exc.status == 401 else "Forbidden"
-        detail = str(exc)
-        if found is not None and exc.status == 403:
-            detail = f"{found[1].full_name} (plugin {found[0]!r}): {detail}"
-        raise HTTPProblem(exc.status, title, detail) from None
+        except AuthError as exc:
+            detail = f"{found[1].full_name} (plugin {found[0]!r}): {exc}"
+            raise HTTPProblem(exc.status, "Forbidden", detail) from None
     began = time.perf_counter()
     result = await daemon.host.execute_cli(argv, source=Source.CLI)
     plugin = argv[0]
