@@ -14,6 +14,8 @@ from cws_actors import check_topic
 
 from ._problems import HTTPProblem
 from ._requests import current_daemon, field, json_body, principal
+from ._routes import Access, Body, Reply, Route, query, route
+from ._shapes import EVENT
 from ._views import event_view
 
 blueprint = Blueprint("events", __name__)
@@ -21,8 +23,44 @@ blueprint = Blueprint("events", __name__)
 MAX_STREAM_TOPICS = 32
 """The most topic patterns one stream follows (each is bounded by the bus)."""
 
+# The routes' declarations (``_routes``): the document's operations and the checks made
+# before each handler runs.
+_WORD = "[A-Za-z0-9_-]+"
+_PATTERN = r"(?:[A-Za-z0-9_-]+|\*|#)(?:\.(?:[A-Za-z0-9_-]+|\*|#)){0,31}"
+PUBLISH = Route(
+    "post", "/api/v1/events", "Publish an event on a topic",
+    (Reply(202, "Published", EVENT),),
+    Access.TOKEN, ("events:publish",),
+    body=Body({
+        "type": "object",
+        "required": ["topic"],
+        "properties": {
+            "topic": {
+                "type": "string", "maxLength": 255,
+                "pattern": rf"^{_WORD}(?:\.{_WORD}){{0,31}}$",
+                "description": "dot-separated words of letters, digits, '_' and '-' without"
+                " wildcards (at most 32 words, 255 characters), such as 'instance.started'",
+            },
+            "payload": {},
+        },
+    }, examples=({"topic": "instance.started", "payload": {"id": "i-1"}},)),
+    problems=(503,),
+)  # fmt: skip
+STREAM = Route(
+    "get", "/api/v1/events/stream", "Follow the event bus (Server-Sent Events)",
+    (Reply(200, "The stream: one message per event", {"type": "string"},
+           "text/event-stream"),),
+    params=(query("topics", {
+        "type": "string", "maxLength": 255, "default": "#",
+        "pattern": rf"^{_PATTERN}(?:,{_PATTERN}){{0,{MAX_STREAM_TOPICS - 1}}}$",
+        "description": "comma-separated topic patterns ('*' one word, '#' any words): at"
+        f" most {MAX_STREAM_TOPICS} topic patterns of at most 32 dot-separated words each,"
+        " at most 255 characters in all",
+    }, "the topic patterns to follow (default: every topic)"),),
+)  # fmt: skip
 
-@blueprint.post("/api/v1/events")
+
+@route(blueprint, PUBLISH)
 async def publish() -> Any:
     await principal("events:publish")
     body = await json_body()
@@ -51,7 +89,7 @@ async def publish() -> Any:
     return event_view(event), 202
 
 
-@blueprint.get("/api/v1/events/stream")
+@route(blueprint, STREAM)
 async def stream() -> Any:
     topics = [t for t in request.args.get("topics", "#").split(",") if t.strip()]
     if len(topics) > MAX_STREAM_TOPICS:

@@ -4,23 +4,29 @@ become problem documents, and requests are counted for the metrics."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from ._bodies import BoundedBody
 from ._hosts import allowed_names, host_allowed, host_name
+from ._plugin_endpoints import PLUGIN_ENDPOINTS, PluginEndpoints, method_not_allowed
 from ._problems import HTTPProblem, problem_response
 from ._requests import current_daemon, principal, route_name
+from ._routes import ROUTES, Access
 
 log = logging.getLogger("cws.http")
 
 blueprint = Blueprint("hooks", __name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
-"""What answers without a token even when ``open_reads`` is off."""
+
+def open_paths() -> frozenset[str]:
+    """What answers without a token even when ``open_reads`` is off: the routes declared
+    open or health (``open_health`` decides those)."""
+    return frozenset(route.path for route in ROUTES if route.access in (Access.OPEN, Access.HEALTH))
 
 
 @blueprint.before_app_request
@@ -41,6 +47,9 @@ async def refuse_a_foreign_host() -> None:
         )
 
 
+_OPEN_PATHS = functools.cache(open_paths)  # the table is complete once the app is made
+
+
 @blueprint.before_app_request
 async def refuse_an_invalid_token() -> None:
     # A token that is presented must be valid on every route: reads, the open health
@@ -55,7 +64,7 @@ async def require_a_token_to_read() -> None:
     # Unless [daemon] open_reads: every route needs a valid token but health, readiness
     # and metrics (``open_health`` decides those) and the dashboard page (it asks for
     # one). The routes that change things check their scopes themselves.
-    if current_daemon().config.open_reads or request.path in OPEN_PATHS:
+    if current_daemon().config.open_reads or request.path in _OPEN_PATHS():
         return
     await principal()
 
@@ -70,6 +79,16 @@ async def on_problem(problem: HTTPProblem) -> Response:
 @blueprint.app_errorhandler(HTTPException)
 async def on_http_error(error: HTTPException) -> Response:
     status = error.code or 500
+    if status == 405:
+        # RFC 9110: a 405 lists what the resource allows (werkzeug's list would count
+        # the plugins' catch-all rule, which matches every path).
+        endpoints: PluginEndpoints = current_app.extensions[PLUGIN_ENDPOINTS]
+        allowed = endpoints.allowed_methods(request.path)
+        if allowed:
+            return problem_response(method_not_allowed(request.method, request.path, allowed))
+        return problem_response(
+            HTTPProblem(404, "Not found", f"no route {request.path}; see /openapi.json")
+        )
     detail = {
         404: f"no route {request.path}; see /openapi.json",
         405: f"{request.method} is not allowed on {request.path}",

@@ -17,10 +17,31 @@ from cws_actors import ActorError, ArchiveError, PluginError, PluginStatus, chec
 
 from .._daemon import Daemon
 from ._problems import HTTPProblem, from_error
-from ._requests import current_daemon, guarded, principal
+from ._requests import current_daemon, guarded
+from ._routes import MULTIPART, Access, Body, Reply, Route, path, query, query_value, route
+from ._shapes import BOOLEAN, DISCOVERY, INTEGER, PLUGIN, STRING, array, obj
 from ._views import plugin_view
 
 blueprint = Blueprint("plugins", __name__)
+
+PLUGIN_ERRORS = (404, 409, 429, 502, 503, 504)
+"""What the host's and the runtime's errors become (``_problems.from_error``)."""
+MANAGE = ("plugins:manage",)
+NAME = path("name", "the plugin's name")
+ARCHIVE = Body(
+    {
+        "type": "object",
+        "required": ["archive"],
+        "properties": {
+            "archive": {"type": "string", "contentMediaType": "application/zip",
+                        "description": "the .cwsplugin archive (a zip)"},
+            "signature": {"type": "string", "contentMediaType": "application/octet-stream",
+                          "description": "its minisign signature (.minisig)"},
+        },
+    },
+    MULTIPART,
+)  # fmt: skip
+"""An uploaded plugin archive (``install``, ``update``)."""
 
 _MAX_FILENAME_BYTES = 255
 """The longest upload file name (in UTF-8) that is staged: what most file systems take."""
@@ -30,14 +51,21 @@ OPERATIONS = ("load", "unload", "enable", "disable", "reload")
 (``update`` is an upload)."""
 
 
-@blueprint.get("/api/v1/plugins")
+@route(blueprint, Route(
+    "get", "/api/v1/plugins", "Every discovered plugin and its status",
+    (Reply(200, "The plugins", obj(["plugins", "count"], plugins=array(PLUGIN),
+                                    count=INTEGER)),),
+))  # fmt: skip
 async def plugins() -> Any:
     host = current_daemon().host
     views = [plugin_view(host, status) for status in await host.statuses()]
     return {"plugins": views, "count": len(views)}
 
 
-@blueprint.get("/api/v1/plugins/discover")
+@route(blueprint, Route(
+    "get", "/api/v1/plugins/discover", "Scan the plugin sources again",
+    (Reply(200, "What the sources hold, loaded or not", DISCOVERY),),
+))  # fmt: skip
 async def discover() -> Any:
     return await discovery(current_daemon())
 
@@ -63,7 +91,12 @@ async def discovery(daemon: Daemon) -> dict[str, Any]:
     }
 
 
-@blueprint.get("/api/v1/plugins/<name>")
+@route(blueprint, Route(
+    "get", "/api/v1/plugins/{name}", "One plugin: status, history, its own status",
+    (Reply(200, "The plugin", PLUGIN),),
+    params=(NAME,),
+    problems=(404,),
+))  # fmt: skip
 async def plugin(name: str) -> Any:
     host = current_daemon().host
     status = await guarded(host.status(name))
@@ -80,11 +113,14 @@ async def plugin(name: str) -> Any:
     return view
 
 
-@blueprint.post("/api/v1/plugins/<name>/<operation>")
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/{operation}", "Load, unload, enable, disable or reload",
+    (Reply(200, "The plugin, after the operation", PLUGIN),),
+    Access.TOKEN, MANAGE,
+    params=(NAME, path("operation", "what to do", {"type": "string", "enum": list(OPERATIONS)})),
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
 async def plugin_operation(name: str, operation: str) -> Any:
-    await principal("plugins:manage")
-    if operation == "update":
-        return await upload(name)
     if operation not in OPERATIONS:
         raise HTTPProblem(
             404,
@@ -98,16 +134,40 @@ async def plugin_operation(name: str, operation: str) -> Any:
     return plugin_view(host, await guarded(host.status(name)))
 
 
-@blueprint.post("/api/v1/plugins/install")
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/update", "Update a plugin from an uploaded archive",
+    (Reply(200, "The plugin, updated", PLUGIN),),
+    Access.TOKEN, MANAGE,
+    params=(NAME,),
+    body=ARCHIVE,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
+async def update(name: str) -> Any:
+    return await upload(name)
+
+
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/install", "Install a .cwsplugin archive",
+    (Reply(201, "The plugin, installed", PLUGIN),),
+    Access.TOKEN, MANAGE,
+    body=ARCHIVE,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
 async def install() -> Any:
-    await principal("plugins:manage")
     return await upload(None)
 
 
-@blueprint.delete("/api/v1/plugins/<name>")
+@route(blueprint, Route(
+    "delete", "/api/v1/plugins/{name}", "Remove a user plugin",
+    (Reply(200, "Removed", obj(["removed", "purged_data"], removed=STRING,
+                               purged_data=BOOLEAN)),),
+    Access.TOKEN, MANAGE,
+    params=(NAME, query("purge_data", {"type": "boolean", "default": False},
+                        "also delete the plugin's data folder")),
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
 async def remove(name: str) -> Any:
-    await principal("plugins:manage")
-    purge = request.args.get("purge_data", "false").lower() in ("1", "true", "yes")
+    purge = bool(query_value("purge_data"))
     await guarded(current_daemon().host.remove(name, purge_data=purge), plugin=name)
     return {"removed": name, "purged_data": purge}
 

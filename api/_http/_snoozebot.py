@@ -14,6 +14,7 @@ from supervision import Backoff, Jitter
 from ._plugins import discovery
 from ._problems import HTTPProblem, from_error
 from ._requests import current_daemon, field, guarded, json_body, principal
+from ._routes import OBJECT, Access, Body, Reply, Route, path, route
 
 blueprint = Blueprint("snoozebot", __name__)
 
@@ -22,8 +23,58 @@ MAX_LOAD_RETRIES = 10
 _RETRY_BACKOFF = Backoff(0.1, 2.0, jitter=Jitter.NONE)
 """Between load attempts: 0.2 s, 0.4 s... up to 2 s (the supervisor's backoff, no jitter)."""
 
+# The routes' declarations (``_routes``): the document's operations and the checks made
+# before each handler runs. The answers are documented as objects until their shapes
+# follow Snoozebot's own handlers.
+_PLUGIN_NAME = {
+    "anyOf": [{"required": ["plugin_name"]}, {"required": ["plugin"]}],
+    "description": "an object naming the plugin in 'plugin_name' (or 'plugin')",
+}
+_ERRORS = (404, 409, 429, 502, 503, 504)
+SNOOZEBOT_LIST = Route(
+    "get", "/api/plugins", "Snoozebot: loaded plugins", (Reply(200, "The plugins", OBJECT),)
+)
+SNOOZEBOT_DISCOVER = Route(
+    "get", "/api/plugins/discover", "Snoozebot: discovered plugins",
+    (Reply(200, "The plugins found", OBJECT),),
+)  # fmt: skip
+SNOOZEBOT_PLUGIN = Route(
+    "get", "/api/plugins/{name}", "Snoozebot: one plugin", (Reply(200, "The plugin", OBJECT),),
+    params=(path("name", "the plugin's name"),), problems=(404,),
+)  # fmt: skip
+SNOOZEBOT_LOAD = Route(
+    "post", "/api/plugins/load", "Snoozebot: load a plugin (with a timeout and retries)",
+    (Reply(200, "Loaded", OBJECT),),
+    Access.TOKEN, ("plugins:manage",),
+    body=Body({
+        "type": "object",
+        "properties": {
+            "plugin_name": {"type": "string"},
+            "plugin": {"type": "string"},
+            "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
+                                "description": "seconds, more than 0 and at most 3600"},
+            "retries": {"type": "integer", "minimum": 0, "maximum": MAX_LOAD_RETRIES},
+        },
+    } | _PLUGIN_NAME),
+    problems=_ERRORS,
+)  # fmt: skip
+SNOOZEBOT_UNLOAD = Route(
+    "post", "/api/plugins/unload", "Snoozebot: unload a plugin",
+    (Reply(200, "Unloaded", OBJECT),),
+    Access.TOKEN, ("plugins:manage",),
+    body=Body({
+        "type": "object",
+        "properties": {
+            "plugin_name": {"type": "string"},
+            "plugin": {"type": "string"},
+            "force": {"type": "boolean"},
+        },
+    } | _PLUGIN_NAME),
+    problems=_ERRORS,
+)  # fmt: skip
 
-@blueprint.get("/api/plugins")
+
+@route(blueprint, SNOOZEBOT_LIST)
 async def snoozebot_list() -> Any:
     statuses = [s for s in await current_daemon().host.statuses() if s.loaded]
     return {
@@ -35,19 +86,19 @@ async def snoozebot_list() -> Any:
     }
 
 
-@blueprint.get("/api/plugins/discover")
+@route(blueprint, SNOOZEBOT_DISCOVER)
 async def snoozebot_discover() -> Any:
     return await discovery(current_daemon())
 
 
-@blueprint.get("/api/plugins/<name>")
+@route(blueprint, SNOOZEBOT_PLUGIN)
 async def snoozebot_plugin(name: str) -> Any:
     status = await guarded(current_daemon().host.status(name))
     return {"name": status.name, "provider": status.name, "version": status.version,
             "status": status.state, "loaded": status.loaded}  # fmt: skip
 
 
-@blueprint.post("/api/plugins/load")
+@route(blueprint, SNOOZEBOT_LOAD)
 async def snoozebot_load() -> Any:
     await principal("plugins:manage")
     body = await json_body()
@@ -86,7 +137,7 @@ async def snoozebot_load() -> Any:
     raise from_error(last, plugin=name)
 
 
-@blueprint.post("/api/plugins/unload")
+@route(blueprint, SNOOZEBOT_UNLOAD)
 async def snoozebot_unload() -> Any:
     await principal("plugins:manage")
     body = await json_body()

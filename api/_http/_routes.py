@@ -1,0 +1,359 @@
+"""One declaration per route: method, path, who may call it, its parameters (types and
+bounds), its request body (JSON or multipart) and every answer it gives (status, content
+type, schema). :func:`route` registers a declaration with Quart *and* records it for the
+OpenAPI document (:mod:`api._http._openapi`), and the view it registers checks each
+request against the same declaration before the handler runs: the bounds the document
+shows are the bounds enforced, and a request outside them is a 400 problem naming the
+field and what is expected (a path parameter outside its schema is a 404: no such
+resource can exist).
+
+A handler reads what was checked with :func:`query_value` and :func:`checked_body`.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import attrs
+import jsonschema
+from jsonschema import validators
+from quart import Blueprint, g, request
+
+from ._problems import HTTPProblem
+from ._requests import json_body, open_or_token, principal
+
+Schema = dict[str, Any]
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+OBJECT: Schema = {"type": "object"}
+STRING: Schema = {"type": "string"}
+
+
+class Access(enum.Enum):
+    """Who may call a route (with :attr:`Route.scopes`, what a token must hold)."""
+
+    OPEN = "open"
+    """No token, ever (the dashboard page: it asks for one itself)."""
+    HEALTH = "health"
+    """Open on loopback while ``[daemon] open_health`` (the default); else a token."""
+    READ = "read"
+    """A token unless ``[daemon] open_reads`` (off by default)."""
+    TOKEN = "token"
+    """A valid token, holding every one of the route's scopes."""
+
+
+@attrs.frozen
+class Param:
+    """A query or path parameter: its value's JSON schema (``integer``, ``number`` and
+    ``boolean`` values are converted from the text before they are checked)."""
+
+    name: str
+    schema: Schema
+    description: str
+    location: str = "query"
+    required: bool = False
+    converter: str = "string"
+    """A path parameter's werkzeug converter: ``string`` (one segment) or ``path``."""
+
+
+def query(name: str, schema: Schema, description: str, *, required: bool = False) -> Param:
+    return Param(name, schema, description, "query", required)
+
+
+def path(
+    name: str, description: str, schema: Schema = STRING, *, converter: str = "string"
+) -> Param:
+    return Param(name, schema, description, "path", True, converter)
+
+
+@attrs.frozen
+class Reply:
+    """One answer a route gives: its status, content type and schema (None: no body)."""
+
+    status: int
+    description: str
+    schema: Schema | None = OBJECT
+    content_type: str = JSON
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    """Header name -> what it says."""
+
+
+@attrs.frozen
+class Body:
+    """A request body: a JSON value or a multipart form (``schema`` describes its
+    fields; files are ``{"type": "string", "contentMediaType": ...}``)."""
+
+    schema: Schema
+    content_type: str = JSON
+    required: bool = True
+    examples: tuple[Any, ...] = ()
+
+
+@attrs.frozen
+class Route:
+    """A core route, declared once (see the module's docstring)."""
+
+    method: str
+    path: str
+    """The OpenAPI template: ``/api/v1/plugins/{name}``."""
+    summary: str
+    replies: tuple[Reply, ...]
+    access: Access = Access.READ
+    scopes: tuple[str, ...] = ()
+    params: tuple[Param, ...] = ()
+    body: Body | None = None
+    problems: tuple[int, ...] = ()
+    """The route's own error statuses (each a problem document); those every route can
+    give (400, 401, 421, 500; 403 with scopes, 413 with a body) are added."""
+
+    @property
+    def rule(self) -> str:
+        """The werkzeug rule: ``/api/v1/plugins/<name>``."""
+        converters = {p.name: p.converter for p in self.params if p.location == "path"}
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            converter = converters.get(name, "string")
+            return f"<{name}>" if converter == "string" else f"<{converter}:{name}>"
+
+        return re.sub(r"\{([^}]+)\}", replace, self.path)
+
+    def problem_statuses(self) -> list[int]:
+        statuses = {400, 401, 421, 500, *self.problems}
+        if self.scopes:
+            statuses.add(403)
+        if self.body is not None:
+            statuses.add(413)
+        return sorted(statuses)
+
+
+ROUTES: list[Route] = []
+"""Every core route, as the blueprints declared them (the OpenAPI document's source)."""
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def route(blueprint: Blueprint, declaration: Route) -> Callable[[Handler], Handler]:
+    """Register the decorated handler for ``declaration`` on ``blueprint``, checking
+    every request against the declaration first, and record it in :data:`ROUTES`."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def checked(**kwargs: Any) -> Any:
+            await _authorize(declaration)
+            _check_path(declaration, kwargs)
+            g.cws_query = _check_query(declaration)
+            body = declaration.body
+            if body is not None and body.content_type == JSON:
+                g.cws_body = await _check_json(body)
+            return await handler(**kwargs)
+
+        blueprint.add_url_rule(
+            declaration.rule, view_func=checked, methods=[declaration.method.upper()]
+        )
+        ROUTES.append(declaration)
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def query_value(name: str) -> Any:
+    """The checked value of the query parameter ``name`` (its schema's default, or None,
+    when it was not sent)."""
+    values: dict[str, Any] = g.cws_query
+    return values.get(name)
+
+
+def checked_body() -> Any:
+    """The request's JSON body, checked against its route's schema."""
+    return g.cws_body
+
+
+async def _authorize(declaration: Route) -> None:
+    # The caller first: an anonymous body is refused before it is read.
+    if declaration.access is Access.HEALTH:
+        await open_or_token()
+    elif declaration.access is Access.TOKEN:
+        await principal(*declaration.scopes)
+
+
+def _check_path(declaration: Route, values: Mapping[str, Any]) -> None:
+    for param in declaration.params:
+        if param.location != "path":
+            continue
+        problem = _violation(param.schema, values[param.name], f"the path parameter {param.name!r}")
+        if problem is not None:
+            raise HTTPProblem(404, "Not found", f"no route {request.path}: {problem}")
+
+
+_INTEGER = re.compile(r"[+-]?\d{1,30}")
+_BOOLEANS = {"true": True, "false": False}
+
+
+def _check_query(declaration: Route) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for param in declaration.params:
+        if param.location != "query":
+            continue
+        raw = request.args.get(param.name)
+        if raw is None:
+            if param.required:
+                raise HTTPProblem(
+                    400,
+                    "Bad request",
+                    f"the query parameter {param.name!r} is required: {param.description}",
+                )
+            values[param.name] = param.schema.get("default")
+            continue
+        value = _convert(param, raw)
+        problem = _violation(param.schema, value, f"the query parameter {param.name!r}")
+        if problem is not None:
+            raise HTTPProblem(400, "Bad request", problem)
+        values[param.name] = value
+    return values
+
+
+def _convert(param: Param, raw: str) -> Any:
+    kind = param.schema.get("type")
+    if kind == "integer":
+        if _INTEGER.fullmatch(raw):
+            return int(raw)
+        expected = "an integer"
+    elif kind == "number":
+        try:
+            number = float(raw)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number
+        expected = "a finite number"
+    elif kind == "boolean":
+        if raw in _BOOLEANS:
+            return _BOOLEANS[raw]
+        expected = "true or false"
+    else:
+        return raw
+    raise HTTPProblem(
+        400,
+        "Bad request",
+        f"the query parameter {param.name!r} must be {expected} ({_expected(param.schema)}),"
+        f" got {raw[:80]!r}",
+    )
+
+
+async def _check_json(body: Body) -> Any:
+    value = await json_body(required=body.required)
+    if value is None:
+        value = {}
+    problem = _violation(body.schema, value, "the body")
+    if problem is not None:
+        raise HTTPProblem(400, "Bad request", problem)
+    return value
+
+
+# ---------------------------------------------------------------------- JSON Schema
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: Schema
+) -> Any:  # pragma: no cover - called by jsonschema
+    """``pattern`` as JSON Schema reads it (ECMA-262): ``$`` ends the text, as it does for
+    the clients that generate from the document (Python's ``$`` also matches before a
+    final newline)."""
+    if not validator.is_type(instance, "string"):
+        return
+    if not _ecma(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _ecma(pattern: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
+
+
+_Validator = validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator, {"pattern": _pattern}
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    return _Validator(json.loads(schema_json))
+
+
+_PYTHON_NAMES: dict[str, str] = {
+    "string": "str", "integer": "int", "number": "float", "boolean": "bool",
+    "array": "a JSON array", "object": "a JSON object", "null": "null",
+}  # fmt: skip
+
+
+def _violation(schema: Schema, value: Any, subject: str) -> str | None:
+    """What is wrong with ``value`` (named ``subject``: "the body") by ``schema``, naming
+    the field and what it expects; None when nothing is."""
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    where = ""
+    for part in error.absolute_path:
+        where += f"[{part}]" if isinstance(part, int) else f"{'.' if where else ''}{part}"
+    who = f"{where!r}" if where else subject
+    rule = error.validator
+    got = repr(error.instance)
+    got = got if len(got) <= 80 else got[:77] + "..."
+    if rule == "required":
+        missing = [name for name in error.validator_value if name not in error.instance]
+        text = f"{who} needs {missing[0] if missing else error.validator_value!r}"
+    elif rule == "type":
+        kinds = (
+            error.validator_value
+            if isinstance(error.validator_value, list)
+            else [error.validator_value]
+        )
+        names = " or ".join(_PYTHON_NAMES.get(str(kind), str(kind)) for kind in kinds)
+        text = f"{who} must be {names}, got {got}"
+    elif rule in ("maxLength", "minLength") and isinstance(error.instance, str):
+        text = f"{who} is {len(error.instance)} characters long"
+    elif rule in ("maxItems", "minItems") and isinstance(error.instance, list):
+        text = f"{who} has {len(error.instance)} items"
+    elif "description" in error.schema or len(error.message) > 200:
+        text = f"{who} is refused, got {got}"
+    else:
+        text = f"{who} is refused: {error.message}"
+    expected = _expected(error.schema) if isinstance(error.schema, dict) else ""
+    if expected and rule != "type":
+        text += f"; expected {expected}"
+    return text[:600]
+
+
+def _expected(schema: Schema) -> str:
+    """A schema's bounds in words: its description, else its type and limits."""
+    if "description" in schema:
+        return str(schema["description"])
+    parts = []
+    if "type" in schema:
+        parts.append(str(schema["type"]))
+    if "enum" in schema:
+        parts.append("one of " + ", ".join(map(json.dumps, schema["enum"])))
+    for keyword, words in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+        ("minLength", "of at least {} characters"),
+        ("maxLength", "of at most {} characters"),
+        ("minItems", "with at least {} items"),
+        ("maxItems", "with at most {} items"),
+    ):
+        if keyword in schema:
+            bound = schema[keyword]
+            parts.append(words.format(bound) if "{}" in words else f"{words} {bound}")
+    if "required" in schema:
+        parts.append("with " + ", ".join(map(repr, schema["required"])))
+    return " ".join(parts)
