@@ -17,7 +17,14 @@ blueprint = Blueprint("actors", __name__)
 
 MAX_DEAD_LETTERS = 10_000
 """The most dead letters one ``GET /api/v1/dead-letters`` asks for."""
-_PATH = path("path", "the actor's path without its leading '/' (plugins/aws)", converter="path")
+_SEGMENT = "[A-Za-z0-9_][A-Za-z0-9_.-]*"
+"""An actor's name (the runtime's rule)."""
+_PATH = path(
+    "path",
+    "the actor's path without its leading '/' (plugins/aws)",
+    {"type": "string", "pattern": f"^{_SEGMENT}(?:/{_SEGMENT})*$"},
+    converter="path",
+)
 _ACTOR = Reply(200, "The actor (a supervisor with its children)", ref("Actor"))
 _ERRORS = (404, 409, 503, 504)
 

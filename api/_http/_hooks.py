@@ -126,6 +126,19 @@ async def on_crash(error: Exception) -> Response:
 
 
 @blueprint.after_app_request
+async def close_if_the_body_is_unread(response: Response) -> Response:
+    # An answer given before the request's body has arrived (a 401, 405 or 400 that did
+    # not need it) leaves the rest of that body on the connection; hypercorn then waits
+    # on it, and the client's next request on the connection hangs. The client reads
+    # the answer and opens a new connection instead.
+    body = request.body
+    declared = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
+    if declared and isinstance(body, BoundedBody) and not body.complete:
+        response.headers["Connection"] = "close"
+    return response
+
+
+@blueprint.after_app_request
 async def count(response: Response) -> Response:
     current_daemon().metrics.requests.labels(
         method=request.method, route=route_name(), status=str(response.status_code)

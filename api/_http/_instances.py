@@ -21,7 +21,12 @@ from ._shapes import BOOLEAN, INTEGER, OBJECT_SCHEMA, STRING, array, obj
 blueprint = Blueprint("instances", __name__)
 
 _PROVIDER = path("provider", "the cloud provider plugin's name (aws, gcp)")
-_ID = path("id", "the instance's id (GCP's are ZONE/NAME)", converter="path")
+_ID = path(
+    "id",
+    "the instance's id (GCP's are ZONE/NAME)",
+    {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+(?:/[A-Za-z0-9_.:-]+)*$"},
+    converter="path",
+)
 _ERRORS = (400, 404, 409, 429, 502, 503, 504)
 
 # A provider error's type name (in process: the class; in a subprocess: its name) -> HTTP.

@@ -40,8 +40,9 @@ _PROBLEM_HEADERS = {
     429: {"Retry-After": "whole seconds to wait"},
     503: {"Retry-After": "whole seconds to wait"},
 }
-_PLUGIN_PROBLEMS = (400, 401, 413, 421, 429, 500, 502, 503, 504)
-"""What the daemon itself may answer on a plugin's route (the plugin answers the rest)."""
+_PLUGIN_PROBLEMS = (400, 401, 404, 413, 421, 429, 500, 502, 503, 504)
+"""What the daemon itself may answer on a plugin's route (the plugin answers the rest);
+404 once the plugin is unloaded."""
 
 
 def _security(config: DaemonConfig, access: Access, scopes: tuple[str, ...]) -> Any:

@@ -33,6 +33,7 @@ from cws_actors import (
 from .._daemon import Daemon
 from ._problems import HTTPProblem, from_error, rate_limit_headers
 from ._requests import current_daemon, json_body, principal
+from ._routes import resource
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 PLUGIN_ENDPOINTS = "plugin_endpoints"
@@ -106,7 +107,9 @@ class PluginEndpoints:
         methods = {
             spec.method for _, spec in self.endpoints() if _compile(spec.path).fullmatch(path)
         }
-        methods |= set(self._core().allowed_methods(path))
+        core = resource(path)
+        if core is not None:
+            methods |= core[1]
         if not methods:
             return []
         methods.add("OPTIONS")
@@ -124,7 +127,7 @@ class PluginEndpoints:
             if spec.method == method:
                 return _Route(plugin, spec, found.re), found.groupdict()
             allowed.append(spec.method)
-        if allowed or self._core().allowed_methods(path):
+        if allowed or resource(path) is not None:
             raise method_not_allowed(method, path, self.allowed_methods(path))
         raise HTTPProblem(404, "Not found", f"no route {path}; see /openapi.json")
 

@@ -24,10 +24,16 @@ from ._views import plugin_view
 
 blueprint = Blueprint("plugins", __name__)
 
+PLUGIN_NAME = {
+    "type": "string",
+    "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$",
+    "description": "a plugin's name: lowercase letters, digits, '_' and '-' (at most 63)",
+}
+"""What a plugin may be named (its manifest's rule)."""
 PLUGIN_ERRORS = (404, 409, 429, 502, 503, 504)
 """What the host's and the runtime's errors become (``_problems.from_error``)."""
 MANAGE = ("plugins:manage",)
-NAME = path("name", "the plugin's name")
+NAME = path("name", "the plugin's name", PLUGIN_NAME)
 ARCHIVE = Body(
     {
         "type": "object",

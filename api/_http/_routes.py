@@ -110,7 +110,8 @@ class Route:
     body: Body | None = None
     problems: tuple[int, ...] = ()
     """The route's own error statuses (each a problem document); those every route can
-    give (400, 401, 421, 500; 403 with scopes, 413 with a body) are added."""
+    give (400, 401, 421, 500; 403 with scopes, 413 with a body, 405 with path parameters)
+    are added."""
 
     @property
     def rule(self) -> str:
@@ -126,6 +127,8 @@ class Route:
 
     def problem_statuses(self) -> list[int]:
         statuses = {400, 401, 421, 500, *self.problems}
+        if "{" in self.path:
+            statuses.add(405)  # a value that names another resource (plugins/install)
         if self.scopes:
             statuses.add(403)
         if self.body is not None:
@@ -146,6 +149,7 @@ def route(blueprint: Blueprint, declaration: Route) -> Callable[[Handler], Handl
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def checked(**kwargs: Any) -> Any:
+            _check_resource(declaration)
             await _authorize(declaration)
             _check_path(declaration, kwargs)
             g.cws_query = _check_query(declaration)
@@ -163,6 +167,49 @@ def route(blueprint: Blueprint, declaration: Route) -> Callable[[Handler], Handl
     return decorate
 
 
+def _template(route: Route) -> tuple[re.Pattern[str], tuple[int, int, int]]:
+    """The regex a route's path template matches (a path parameter with an ``enum``
+    matches only those values), and its specificity: static segments, then fewer
+    ``path`` parameters, then segments."""
+    params = {p.name: p for p in route.params if p.location == "path"}
+    static = paths = 0
+    regex = ""
+    for segment in route.path.strip("/").split("/"):
+        found = re.fullmatch(r"\{([^}]+)\}", segment)
+        if found is None:
+            static += 1
+            regex += "/" + re.escape(segment)
+            continue
+        param = params.get(found.group(1))
+        if param is not None and "enum" in param.schema:
+            regex += "/(?:" + "|".join(re.escape(str(v)) for v in param.schema["enum"]) + ")"
+        elif param is not None and param.converter == "path":
+            paths += 1
+            regex += "/[^/].*?"
+        else:
+            regex += "/[^/]+"
+    return re.compile(regex or "/"), (static, -paths, route.path.count("/"))
+
+
+@functools.cache
+def _templates() -> list[tuple[Route, re.Pattern[str], tuple[int, int, int]]]:
+    return [(route, *_template(route)) for route in ROUTES]
+
+
+@functools.lru_cache(maxsize=1024)
+def resource(path: str) -> tuple[str, frozenset[str]] | None:
+    """The core resource ``path`` belongs to: its template (the most specific that
+    matches: ``/api/v1/plugins/discover`` before ``/api/v1/plugins/{name}``, as OpenAPI
+    matches them) and the methods declared for it; None when no core route matches."""
+    matches = [(rank, route) for route, regex, rank in _templates() if regex.fullmatch(path)]
+    if not matches:
+        return None
+    best = max(rank for rank, _ in matches)
+    template = next(route.path for rank, route in matches if rank == best)
+    methods = frozenset(r.method.upper() for rank, r in matches if r.path == template)
+    return template, methods
+
+
 def query_value(name: str) -> Any:
     """The checked value of the query parameter ``name`` (its schema's default, or None,
     when it was not sent)."""
@@ -173,6 +220,21 @@ def query_value(name: str) -> Any:
 def checked_body() -> Any:
     """The request's JSON body, checked against its route's schema."""
     return g.cws_body
+
+
+def _check_resource(declaration: Route) -> None:
+    # werkzeug routes a method to a less specific rule when the most specific one lacks
+    # it (DELETE /api/v1/plugins/discover to /api/v1/plugins/<name>); the document says
+    # that path is the resource /api/v1/plugins/discover, which answers GET alone.
+    found = resource(request.path)
+    if found is not None and found[0] != declaration.path:
+        allowed = sorted(found[1] | {"OPTIONS"} | ({"HEAD"} if "GET" in found[1] else set()))
+        raise HTTPProblem(
+            405,
+            "Method not allowed",
+            f"{request.method} is not allowed on {request.path}; use {', '.join(sorted(found[1]))}",
+            headers={"Allow": ", ".join(allowed)},
+        )
 
 
 async def _authorize(declaration: Route) -> None:

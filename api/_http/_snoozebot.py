@@ -11,7 +11,7 @@ from quart import Blueprint
 from cws_actors import ActorError, PluginError, PluginNotFound, PluginRefused
 from supervision import Backoff, Jitter
 
-from ._plugins import discovery
+from ._plugins import PLUGIN_NAME, discovery
 from ._problems import HTTPProblem, from_error
 from ._requests import current_daemon, field, guarded, json_body, principal
 from ._routes import OBJECT, Access, Body, Reply, Route, path, route
@@ -40,7 +40,7 @@ SNOOZEBOT_DISCOVER = Route(
 )  # fmt: skip
 SNOOZEBOT_PLUGIN = Route(
     "get", "/api/plugins/{name}", "Snoozebot: one plugin", (Reply(200, "The plugin", OBJECT),),
-    params=(path("name", "the plugin's name"),), problems=(404,),
+    params=(path("name", "the plugin's name", PLUGIN_NAME),), problems=(404,),
 )  # fmt: skip
 SNOOZEBOT_LOAD = Route(
     "post", "/api/plugins/load", "Snoozebot: load a plugin (with a timeout and retries)",
@@ -51,9 +51,10 @@ SNOOZEBOT_LOAD = Route(
         "properties": {
             "plugin_name": {"type": "string"},
             "plugin": {"type": "string"},
-            "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600,
-                                "description": "seconds, more than 0 and at most 3600"},
-            "retries": {"type": "integer", "minimum": 0, "maximum": MAX_LOAD_RETRIES},
+            "timeout_seconds": {"type": "number", "minimum": 1, "maximum": 3600,
+                                "description": "seconds for each try, from 1 to 3600"},
+            "retries": {"type": "integer", "minimum": 0, "maximum": MAX_LOAD_RETRIES,
+                        "description": f"tries after the first, 0 to {MAX_LOAD_RETRIES}"},
         },
     } | _PLUGIN_NAME),
     problems=_ERRORS,
