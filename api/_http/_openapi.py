@@ -112,9 +112,10 @@ def _operation(config: DaemonConfig, route: Route) -> dict[str, Any]:
                 f"example{n}": {"value": value} for n, value in enumerate(route.body.examples, 1)
             }
         if route.body.content_type == MULTIPART:
+            # Files: the daemon reads their bytes whatever content type a part declares.
             media["encoding"] = {
-                name: {"contentType": field.get("contentMediaType", "application/octet-stream")}
-                for name, field in route.body.schema.get("properties", {}).items()
+                name: {"contentType": "application/octet-stream"}
+                for name in route.body.schema.get("properties", {})
             }
         operation["requestBody"] = {
             "required": route.body.required,

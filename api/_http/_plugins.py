@@ -39,9 +39,9 @@ ARCHIVE = Body(
         "type": "object",
         "required": ["archive"],
         "properties": {
-            "archive": {"type": "string", "contentMediaType": "application/zip",
-                        "description": "the .cwsplugin archive (a zip)"},
-            "signature": {"type": "string", "contentMediaType": "application/octet-stream",
+            "archive": {"type": "string", "format": "binary",
+                        "description": "the .cwsplugin archive (a zip file)"},
+            "signature": {"type": "string", "format": "binary",
                           "description": "its minisign signature (.minisig)"},
         },
     },
