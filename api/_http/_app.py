@@ -48,7 +48,9 @@ class _App(QuartTrio):
         allowed = endpoints.allowed_methods(request.path)
         if not allowed:
             raise HTTPProblem(404, "Not found", f"no route {request.path}; see /openapi.json")
-        return Response("", status=204, headers={"Allow": ", ".join(allowed)})
+        response = Response("", status=204, headers={"Allow": ", ".join(allowed)})
+        del response.headers["Content-Type"]  # no content
+        return response
 
 
 def create_app(daemon: Daemon) -> QuartTrio:

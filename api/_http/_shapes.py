@@ -34,6 +34,7 @@ INTEGER: Schema = {"type": "integer"}
 NUMBER: Schema = {"type": "number"}
 BOOLEAN: Schema = {"type": "boolean"}
 ANY: Schema = {}
+OBJECT_SCHEMA: Schema = {"type": "object"}
 
 PLUGIN = obj(
     ["name", "version", "source", "isolation", "enabled", "loaded", "state", "ready",
@@ -118,4 +119,3 @@ CHAOS_RUN = obj(
 
 COMPONENTS: dict[str, Schema] = {"Actor": ACTOR}
 """Schemas the document holds once (``#/components/schemas/NAME``)."""
-OBJECT_SCHEMA: Schema = {"type": "object"}
