@@ -22,7 +22,7 @@ from cws_actors import (
     open_runtime,
 )
 
-from ._fixtures import write_plugin
+from ._fixtures import IN_PROCESS_ALLOWED, write_plugin
 
 TIMEOUT = 30
 
@@ -34,6 +34,7 @@ async def home(tmp_path: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def opened(home: Path, **overrides: Any) -> AsyncIterator[PluginHost]:
+    overrides.setdefault("in_process_allowed", IN_PROCESS_ALLOWED)
     config = HostConfig(home=home, system_dir=home / "system", entry_points=False, **overrides)
     async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
         yield host
