@@ -56,6 +56,7 @@ class _Management(_Loading):
             PluginRefused: saying why; nothing was installed.
         """
         async with self._lock:
+            await self.discover()  # what is installed now, not at the last scan
 
             def admit(manifest: Manifest) -> None:  # before any of its code runs
                 existing = self._discovered.get(manifest.metadata.name)
