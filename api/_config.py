@@ -186,6 +186,12 @@ class DaemonConfig:
     )
     """The per-source rate limits of plugin endpoints count every loopback address
     (127.0.0.0/8, ::1) as one source; false keys them on the exact address."""
+    open_reads: bool = _setting("daemon", False)
+    """Answer reads (GET) without a token; health, readiness and metrics follow
+    ``open_health`` instead, and the dashboard page always loads (it asks for a token)."""
+    allowed_hosts: str = _setting("daemon", "", normalize=str.strip)
+    """Host names, comma-separated, that requests may name in ``Host:`` besides the bound
+    address, loopback addresses and ``localhost`` (the DNS-rebinding check)."""
     shutdown_grace: float = _setting("daemon", 10.0, rule=lambda v: v >= 0, expected=">= 0")
     instance_poll_interval: float = _setting(
         "daemon", 60.0, rule=lambda v: v >= 0, expected=">= 0 (0: never)"

@@ -133,7 +133,7 @@ async def main(
         (plugin_dir / "plugin.toml").write_text(textwrap.dedent(MANIFEST))
         (plugin_dir / "bench_plugin.py").write_text(textwrap.dedent(PLUGIN))
         config = load_config(None, env={}, home=home, port=0, entry_points=False,
-                             system_dir=home / "system")  # fmt: skip
+                             system_dir=home / "system", open_reads=True)  # fmt: skip
         async with open_daemon(config) as daemon:
             app = create_app(daemon)
 

@@ -108,7 +108,7 @@ async def main(seconds: float) -> dict[str, Any]:
         write_plugin(home / "plugins", "hot", f"[rate_limit]\nrate = {LIMIT}\nburst = {LIMIT:.0f}")
         write_plugin(home / "plugins", "calm")
         config = load_config(None, env={}, home=home, port=0, entry_points=False,
-                             system_dir=home / "system")  # fmt: skip
+                             system_dir=home / "system", open_reads=True)  # fmt: skip
         async with trio.open_nursery() as nursery:
             daemon: Daemon = await nursery.start(
                 functools.partial(serve_daemon, config, on_url=lambda url: None)

@@ -102,6 +102,7 @@ from ._plugins._model import Plugin as Plugin
 from ._plugins._model import PluginContext as PluginContext
 from ._plugins._model import PluginMetadata as PluginMetadata
 from ._plugins._model import ResourceLimits as ResourceLimits
+from ._plugins._routes import routes_overlap as routes_overlap
 
 __all__ = [
     "APIEndpointSpec",
@@ -187,6 +188,7 @@ __all__ = [
     "open_runtime",
     "open_sqlite",
     "parse_duration",
+    "routes_overlap",
     "topic_matches",
 ]
 

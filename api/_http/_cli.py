@@ -1,5 +1,6 @@
 """``/api/v1/cli``: the plugins' CLI commands (their specs, for ``cws`` to offer them)
-and running one (any valid token may: commands can change things)."""
+and running one (any valid token may, if it holds the command's ``permissions``:
+commands can change things)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from quart import Blueprint, request
 
 from cws_actors import Source
 
-from .._auth import AuthError, authenticate
+from .._auth import AuthError, authenticate, require
 from ._problems import HTTPProblem
 from ._requests import current_daemon, field, json_body, principal
 
@@ -45,18 +46,29 @@ def cli_specs() -> list[dict[str, Any]]:
             "long": spec.long,
             "aliases": list(spec.aliases),
             "flags": [attrs.asdict(flag) for flag in spec.flags],
+            "protected": spec.protected,
+            "permissions": list(spec.permissions),
         }
         for plugin, spec in current_daemon().host.cli_commands()
     ]
 
 
 async def execute(argv: list[str], authorization: str | None) -> dict[str, Any]:
-    """Run a plugin command; any valid token may (commands can change things)."""
+    """Run a plugin command: any valid token may (commands can change things), if it
+    holds the command's ``permissions``."""
     daemon = current_daemon()
+    found = None
     try:
-        await authenticate(daemon.host.state, authorization)
+        who = await authenticate(daemon.host.state, authorization)
+        found = daemon.host.find_command(argv)
+        if found is not None:
+            require(who, *found[1].permissions)
     except AuthError as exc:
-        raise HTTPProblem(401, "Unauthorized", str(exc)) from None
+        title = "Unauthorized" if exc.status == 401 else "Forbidden"
+        detail = str(exc)
+        if found is not None and exc.status == 403:
+            detail = f"{found[1].full_name} (plugin {found[0]!r}): {detail}"
+        raise HTTPProblem(exc.status, title, detail) from None
     began = time.perf_counter()
     result = await daemon.host.execute_cli(argv, source=Source.CLI)
     plugin = argv[0]

@@ -1,8 +1,9 @@
 """The live health dashboard: one self-contained HTML page (no CDN, no build step).
 
 The page polls ``/api/v1/actors``, ``/api/v1/plugins`` and ``/api/v1/dead-letters`` and
-follows ``/api/v1/events/stream`` with an ``EventSource``; it needs no token, because
-those routes are read-only and open.
+follows ``/api/v1/events/stream`` (read with ``fetch``, so that it carries a token). The
+page itself loads without a token; unless ``[daemon] open_reads``, it asks for one and
+keeps it in the tab's ``sessionStorage``.
 """
 
 from __future__ import annotations

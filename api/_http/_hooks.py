@@ -1,4 +1,5 @@
-"""What runs around every request: a presented token is checked on every route, errors
+"""What runs around every request: the ``Host:`` header is checked (DNS rebinding), a
+token is needed unless reads are open, a presented token is checked on every route, errors
 become problem documents, and requests are counted for the metrics."""
 
 from __future__ import annotations
@@ -10,12 +11,34 @@ from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from ._bodies import BoundedBody
+from ._hosts import allowed_names, host_allowed, host_name
 from ._problems import HTTPProblem, problem_response
 from ._requests import current_daemon, principal, route_name
 
 log = logging.getLogger("cws.http")
 
 blueprint = Blueprint("hooks", __name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
+"""What answers without a token even when ``open_reads`` is off."""
+
+
+@blueprint.before_app_request
+async def refuse_a_foreign_host() -> None:
+    # First: a request for another name (DNS rebinding) learns nothing, not even
+    # whether a token is valid.
+    config = current_daemon().config
+    header = request.headers.get("Host", "")
+    if not header.strip():
+        raise HTTPProblem(400, "Bad request", "the request has no Host header")
+    if not host_allowed(host_name(header), config):
+        expected = ", ".join([*allowed_names(config), "a loopback address"])
+        raise HTTPProblem(
+            421,
+            "Misdirected request",
+            f"this daemon does not answer to the host {header!r}; expected {expected}"
+            " (add a name to [daemon] allowed_hosts)",
+        )
 
 
 @blueprint.before_app_request
@@ -25,6 +48,16 @@ async def refuse_an_invalid_token() -> None:
     # anonymous would hide a revoked, expired or mistyped token until a write fails.
     if request.headers.get("Authorization"):
         await principal()
+
+
+@blueprint.before_app_request
+async def require_a_token_to_read() -> None:
+    # Unless [daemon] open_reads: every route needs a valid token but health, readiness
+    # and metrics (``open_health`` decides those) and the dashboard page (it asks for
+    # one). The routes that change things check their scopes themselves.
+    if current_daemon().config.open_reads or request.path in OPEN_PATHS:
+        return
+    await principal()
 
 
 @blueprint.app_errorhandler(HTTPProblem)

@@ -28,6 +28,7 @@ from cws_actors import (
     RateLimit,
     Source,
     TokenBuckets,
+    routes_overlap,
 )
 
 from .._daemon import Daemon
@@ -81,15 +82,24 @@ class PluginEndpoints:
         return self._core_map.bind("localhost")
 
     def guard(self, plugin: str, spec: APIEndpointSpec) -> str | None:
-        """Why ``spec`` may not be mounted (it would shadow a core route), or None."""
-        sample = re.sub(r"\{[^}]+\}", "x", spec.path)
-        try:
-            self._core().match(sample, method=spec.method)
-        except NotFound:
-            return None
-        except (MethodNotAllowed, RequestRedirect):
-            return f"{spec.path} is a core route of the daemon; a plugin may not shadow it"
-        return f"{spec.method} {spec.path} would shadow the daemon's own route"
+        """Why ``spec`` may not be mounted (some path would match both it and a core
+        route, compared segment by segment, whatever the method), or None."""
+        self._core()
+        assert self._core_map is not None
+        for rule in self._core_map.iter_rules():
+            if not routes_overlap(spec.path, rule.rule):
+                continue
+            if spec.method in (rule.methods or ()):
+                return (
+                    f"{spec.method} {spec.path} would shadow the daemon's own route"
+                    f" {spec.method} {rule.rule}"
+                )
+            methods = ", ".join(sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}))
+            return (
+                f"{spec.method} {spec.path} overlaps the daemon's own route {rule.rule}"
+                f" ({methods}); a plugin may not shadow a core route"
+            )
+        return None
 
     def match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
         allowed = []

@@ -57,6 +57,12 @@ class PluginHost(_Management):
             for spec in loaded.launch.capabilities.api_endpoints
         ]
 
+    def find_command(self, argv: Sequence[str]) -> tuple[str, CLICommandSpec] | None:
+        """The loaded plugin and command spec that ``argv`` names (as
+        :meth:`execute_cli` would run it), or None."""
+        match = self._find_command(list(argv))
+        return None if match is None else match[:2]
+
     async def execute_cli(
         self, argv: Sequence[str], *, timeout: float = 30, source: Source = Source.CLI
     ) -> CommandResult:

@@ -36,6 +36,7 @@ from .._plugins._manifest import Manifest
 from .._plugins._model import (
     Isolation,
 )
+from .._plugins._routes import routes_overlap
 from ._base import (
     _DISABLED,
     PLUGINS_PATH,
@@ -288,9 +289,12 @@ class _Loading(_Discovery, _Status):
                 if other == name:
                     continue
                 for theirs in their_launch.capabilities.api_endpoints:
-                    if (theirs.method, theirs.path) == (spec.method, spec.path):
+                    if theirs.method == spec.method and routes_overlap(spec.path, theirs.path):
                         raise PluginRefused(
-                            name, f"{spec.method} {spec.path} is already served by {other!r}"
+                            name,
+                            f"{spec.method} {spec.path} overlaps {theirs.method} {theirs.path}"
+                            f" of plugin {other!r}: a request could match both; routes of"
+                            " different plugins must not overlap",
                         )
             if self.route_guard is not None:
                 problem = self.route_guard(name, spec)

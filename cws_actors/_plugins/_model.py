@@ -102,7 +102,12 @@ class CLIFlagSpec:
 @attrs.frozen
 class CLICommandSpec:
     """A CLI command; ``handler`` names a method ``async (self, args: dict) ->
-    CommandResult``. ``parent`` nests it under another command (``cws analytics report``)."""
+    CommandResult``. ``parent`` nests it under another command (``cws analytics report``).
+
+    ``protected`` and ``permissions`` are as on :class:`APIEndpointSpec`: the daemon runs
+    the command only for a token holding every one of ``permissions``. Running any plugin
+    command needs a valid token whatever ``protected`` says (commands can change things).
+    """
 
     name: str
     handler: str
@@ -112,6 +117,8 @@ class CLICommandSpec:
     aliases: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     parent: str | None = None
     flags: tuple[CLIFlagSpec, ...] = attrs.field(default=(), converter=_tuple)
+    protected: bool = True
+    permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
     @property
     def full_name(self) -> str:

@@ -25,11 +25,18 @@ TIMEOUT = 30
 async def running_daemon(
     home: Path, *, wait_for_plugins: bool = True, **settings: Any
 ) -> AsyncIterator[Daemon]:
-    """Serve a daemon whose home is ``home`` (no entry points, no system plugins unless
-    ``settings`` say otherwise) until the block ends; its plugins have loaded when the
-    block starts, unless ``wait_for_plugins`` is false."""
+    """Serve a daemon whose home is ``home`` (no entry points, no system plugins, reads
+    open without a token: ``open_reads``, unless ``settings`` say otherwise) until the
+    block ends; its plugins have loaded when the block starts, unless
+    ``wait_for_plugins`` is false. Tests of the token needed to read pass
+    ``open_reads=False``, the daemon's default."""
     allowed = settings.pop("in_process_allowed", IN_PROCESS_ALLOWED)
-    settings = {"entry_points": False, "system_dir": home / "system", **settings}
+    settings = {
+        "entry_points": False,
+        "system_dir": home / "system",
+        "open_reads": True,
+        **settings,
+    }
     config = load_config(None, env={}, home=home, port=0, **settings)
     # The operator's [plugins] in_process_allowed, set in the file only: the test plugins.
     config = attrs.evolve(config, in_process_allowed=tuple(sorted(allowed)))

@@ -68,6 +68,8 @@ def test_a_bad_configuration_says_what_is_wrong(
 
 
 def _config(home: Path, **settings: object) -> DaemonConfig:
+    """As ``running_daemon`` does: reads open (these tests are not about the token)."""
+    settings = {"open_reads": True, **settings}
     return load_config(
         None, env={}, home=home, port=0, entry_points=False, system_dir=home / "system", **settings
     )

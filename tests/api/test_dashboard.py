@@ -67,18 +67,27 @@ def open_page(browser_path: Path, url: str, *, fake_clock: bool = False) -> Iter
 
 
 def browse_and_publish(
-    browser_path: Path, url: str, publish: Callable[[], Awaitable[None]]
+    browser_path: Path, url: str, publish: Callable[[], Awaitable[None]], reader: str
 ) -> tuple[list[str], list[str]]:
-    """Check the page against a daemon with the echo plugin, publish through ``publish``
-    once the event stream is open, and check the feed and the dead letters. Returns the
-    URLs the page requested and the errors it reported."""
+    """Check the page against a daemon with the echo plugin whose reads need a token:
+    the page asks for one, and shows nothing until ``reader`` is entered. Then publish
+    through ``publish`` once the event stream is open, and check the feed and the dead
+    letters. Returns the URLs the page requested and the errors it reported."""
     requested: list[str] = []
     errors: list[str] = []
     with open_page(browser_path, url) as page:
         page.on("request", lambda request: requested.append(request.url))
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         expect(page).to_have_title(re.compile("cws daemon"))
+        expect(page.locator("#problem")).to_contain_text("the daemon needs a token")
+        expect(page.locator("#connection")).to_have_attribute("data-state", "disconnected")
+        expect(page.locator("#stream")).not_to_have_attribute("data-state", "open")
+        # The refused requests above are console errors of the browser's own: from here
+        # on there must be none.
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.locator("#token").fill(reader)
+        page.get_by_role("button", name="Use token").click()
+        assert page.evaluate("sessionStorage.getItem('cws-token')") == reader
         expect(page.get_by_role("heading", name="Actors")).to_be_visible()
         for path in ("/", "/plugins", "/plugins/echo"):
             badge = page.locator(f'#actors tr[data-path="{path}"] .state .badge')
@@ -117,8 +126,9 @@ async def test_the_dashboard_shows_actors_plugins_dead_letters_and_live_events(
     home = tmp_path / "home"
     write_plugin(home / "plugins", "echo")
     with trio.fail_after(60):
-        async with running_daemon(home) as daemon:
+        async with running_daemon(home, open_reads=False) as daemon:
             publisher = await token(daemon, "events:publish")
+            reader = await token(daemon, "events:read")
             async with client(daemon, publisher) as http:
 
                 async def publish() -> None:
@@ -134,7 +144,7 @@ async def test_the_dashboard_shows_actors_plugins_dead_letters_and_live_events(
 
                 assert daemon.url is not None
                 requested, errors = await trio.to_thread.run_sync(
-                    browse_and_publish, chromium, daemon.url + "/", publish
+                    browse_and_publish, chromium, daemon.url + "/", publish, reader
                 )
     assert errors == []
     # Self-contained: every request the page made went to the daemon (no CDN, no fonts).

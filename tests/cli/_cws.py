@@ -22,13 +22,15 @@ TIMEOUT = 30
 
 def cws_env(home: Path, **extra: str) -> dict[str, str]:
     """This environment without the user's CWS_* settings, with ``home`` as CWS_HOME and
-    the daemon kept to its home (no entry points, no system plugins, no fork server)."""
+    the daemon kept to its home (no entry points, no system plugins, no fork server) and
+    its reads open (``CWS_OPEN_READS``: these tests are not about the token to read)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CWS_")}
     env |= {
         "CWS_HOME": str(home),
         "CWS_ENTRY_POINTS": "false",
         "CWS_SYSTEM_DIR": str(home / "system"),
         "CWS_FORK_SERVER": "false",
+        "CWS_OPEN_READS": "true",
     }
     return env | extra
 

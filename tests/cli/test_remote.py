@@ -15,6 +15,7 @@ import trio
 
 from ..api.test_instances import write_provider
 from ..plugins._fixtures import write_plugin
+from ..plugins.test_analytics import install_folder_plugin
 from ..plugins.test_host import wait_until
 from ._cws import (
     CWS,
@@ -273,3 +274,20 @@ async def test_a_token_file_others_may_read_is_refused_as_ssh_refuses_a_key(
     assert (await cws("--help", env=daemon.env)).code == 0
     token_file.chmod(0o600)
     expect(await cws("plugin", "load", "echo", env=daemon.env), 1, err="error: Not found:")
+
+
+async def test_a_plugin_command_without_its_permission_shows_the_403(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    install_folder_plugin(home)
+    async with cws_daemon(home) as daemon:
+        weak = daemon.env | {"CWS_TOKEN": await create_token(daemon, "events:publish")}
+        refused = await cws("analytics", "report", "--format", "json", env=weak)
+        expect(
+            refused, 4,
+            err="error: Forbidden: analytics report (plugin 'research-analytics'): this needs"
+            " the scope analytics.read; the token has events:publish",
+        )  # fmt: skip
+        reader = daemon.env | {"CWS_TOKEN": await create_token(daemon, "analytics.read")}
+        ran = await cws("analytics", "report", "--format", "json", env=reader)
+        assert ran.code == 0, ran.err
+        assert '"total_cost"' in ran.out

@@ -54,6 +54,7 @@ _CLI_COMMANDS: tuple[CLICommandSpec, ...] = (
         usage="cws analytics report [--type weekly] [--format table] [--until DATE]",
         short="Usage hours and costs per instance",
         flags=_REPORT_FLAGS,
+        permissions=PERMISSIONS,  # it shows costs, as GET /api/v1/analytics/costs
     ),
 )
 _API_ENDPOINTS: tuple[APIEndpointSpec, ...] = (
