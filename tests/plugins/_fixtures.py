@@ -126,8 +126,8 @@ greeting = "hello"
 
 IN_PROCESS_ALLOWED = frozenset(
     {"big", "broken", "echo", "evil", "future", "good", "half", "idle", "keeper", "later",
-     "local", "newer", "other", "other-major", "quick", "slow", "spinner", "steady", "stuck",
-     "shadow", "sys", "system", "web", *(f"p{n}" for n in range(6))}
+     "local", "memory", "newer", "other", "other-major", "quick", "slow", "spinner", "steady",
+     "stuck", "shadow", "sys", "system", "web", *(f"p{n}" for n in range(6))}
 )  # fmt: skip
 """The folder plugins the tests' hosts and daemons let run in process (the operator's
 ``[plugins] in_process_allowed``): the names the tests give the plugins they write."""
