@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from supervision import SupervisionError
 
 from .._core._exceptions import (
     ActorError,
@@ -182,6 +185,12 @@ class _Management(_Loading):
         switch.unsettled = True
         problem = await self.runtime.lookup(loaded.path).ask(SwapLaunch(launch), timeout=timeout)
         switch.unsettled = False
+        # The swap held the actor's task: a readiness probe that waited behind it failed,
+        # so the actor (whichever version now runs) is out of routing until the next probe.
+        # Answer the operator once it serves again, as `load` does.
+        with trio.move_on_after(self.config.ready_timeout):
+            with contextlib.suppress(SupervisionError):
+                await self.runtime.wait_ready(loaded.path)
         if problem is not None:
             await self.state.log(name, "update_failed", problem)
             _log.warning(
