@@ -224,6 +224,8 @@ class DaemonConfig:
         validator=attrs.validators.gt(0),
     )  # fmt: skip
     overrides: Mapping[str, Mapping[str, Any]] = _table_only("plugins", factory=dict, for_host=True)
+    in_process_allowed: tuple[str, ...] = _table_only("plugins", default=(), for_host=True)
+    """The folder plugins that may run in the daemon's process when they ask to."""
     durable_topics: tuple[str, ...] = _table_only("events", default=("instance.*",))
     source: str = "embedded defaults"
     """Where this configuration came from, for the log and ``/api/v1/daemon``."""
@@ -242,7 +244,8 @@ def _settings() -> tuple[Setting, ...]:
 
 SETTINGS: tuple[Setting, ...] = _settings()
 """Every scalar setting, from DaemonConfig's fields; ``[plugins.overrides.<name>]`` and
-``[events] durable_topics`` are the two that are not (set in the file only)."""
+``[plugins] in_process_allowed`` and ``[events] durable_topics`` are the ones that are
+not (set in the file only)."""
 
 _BY_FIELD = {setting.key: setting for setting in SETTINGS}
 _TABLES: dict[str, dict[str, str]] = {}
@@ -438,6 +441,15 @@ def _read_table(read: _FileRead, name: str, table: dict[str, Any]) -> None:
                 read.problem((name, key), f"{setting.dotted} {exc}")
         elif (name, key) == ("plugins", "overrides"):
             _read_overrides(read, value)
+        elif (name, key) == ("plugins", "in_process_allowed"):
+            if not isinstance(value, list) or not all(
+                isinstance(item, str) and item.strip() for item in value
+            ):
+                read.problem((name, key), "plugins.in_process_allowed must be an array of"
+                             f" plugin names, got {_describe(value)}")  # fmt: skip
+            else:
+                read.values["in_process_allowed"] = tuple(value)
+                read.origins["plugins.in_process_allowed"] = Origin("file", read.at(name, key))
         elif (name, key) == ("events", "durable_topics"):
             bad = _bad_patterns(value)
             if bad:

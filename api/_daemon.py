@@ -93,10 +93,10 @@ class Daemon:
         )  # fmt: skip
 
     async def reload(self) -> dict[str, str | None]:
-        """SIGHUP: read the configuration again and rescan plugins. The plugin overrides
-        and ``require_signed`` apply at once; the other settings (the socket, the home,
-        the restart budget, the fork server...) wait for a restart, and the log says
-        which changed."""
+        """SIGHUP: read the configuration again and rescan plugins. The plugin overrides,
+        ``require_signed`` and ``in_process_allowed`` apply at once; the other settings
+        (the socket, the home, the restart budget, the fork server...) wait for a
+        restart, and the log says which changed."""
         if self.config_path is not None:
             fresh = load_config(self.config_path, host=self.config.host, port=self.config.port)
             waiting = sorted(
@@ -111,6 +111,7 @@ class Daemon:
                 self.host.config,
                 overrides=fresh.overrides,
                 require_signed=fresh.require_signed,
+                in_process_allowed=fresh.in_process_allowed,
             )
             self.config = attrs.evolve(fresh, home=self.config.home)
         results = await self.host.load_all()
@@ -118,7 +119,9 @@ class Daemon:
         return results
 
 
-_RELOADED = frozenset({"overrides", "require_signed", "source", "host", "port"})
+_RELOADED = frozenset(
+    {"overrides", "require_signed", "in_process_allowed", "source", "host", "port"}
+)
 """Settings that SIGHUP applies (host and port are the running socket's, by design)."""
 
 

@@ -113,6 +113,7 @@ def _entries(resolved: ResolvedConfig) -> list[tuple[str, Any]]:
     """(dotted key, value) of every setting, in the order of examples/cws.toml."""
     config = resolved.config
     entries = [(setting.dotted, getattr(config, setting.key)) for setting in SETTINGS]
+    entries.append(("plugins.in_process_allowed", list(config.in_process_allowed)))
     entries += [
         (f"plugins.overrides.{dotted_key((name,))}", dict(override))
         for name, override in config.overrides.items()
