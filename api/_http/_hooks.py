@@ -10,6 +10,7 @@ import uuid
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
+from .._metrics import method_label
 from ._bodies import BoundedBody
 from ._hosts import allowed_names, host_allowed, host_name
 from ._problems import HTTPProblem, problem_response
@@ -109,6 +110,6 @@ async def on_crash(error: Exception) -> Response:
 @blueprint.after_app_request
 async def count(response: Response) -> Response:
     current_daemon().metrics.requests.labels(
-        method=request.method, route=route_name(), status=str(response.status_code)
+        method=method_label(request.method), route=route_name(), status=str(response.status_code)
     ).inc()
     return response

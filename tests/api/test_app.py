@@ -242,7 +242,7 @@ async def test_a_rate_limited_endpoint_answers_429_with_its_headers(daemon: Daem
             assert refused.headers["ratelimit-policy"] == '"default";q=2;w=2'
             assert 0 < float(body["retry_after"]) <= 1.0  # type: ignore[arg-type]
             metrics = (await http.get("/metrics")).text
-    assert 'cws_rate_limited_requests_total{route="/<path:subpath>"} 1.0' in metrics
+    assert 'cws_rate_limited_requests_total{route="/api/v1/web/limited"} 1.0' in metrics
 
 
 async def test_a_failing_handler_is_a_502_naming_the_plugin(daemon: Daemon) -> None:
