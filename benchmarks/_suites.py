@@ -50,6 +50,12 @@ TARGETS: dict[str, Target] = {
     "startup.cli_plugin_list": Target(
         "<=", 2.0, "cws plugin list, a round trip to the daemon, within 2x an import of httpx"
     ),
+    "connections.healthz_p99": Target(
+        "<=",
+        2.0,
+        "/healthz p99 with 1,000 idle connections held against 1,024 descriptors within 2x"
+        " of the same daemon's with none (issue 16, item 11)",
+    ),
     "http.plugin_rps": Target(
         ">=", 0.85, "routing through the plugin's actor costs at most 15% of a bare route"
     ),
@@ -226,6 +232,30 @@ def startup_rows(f: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def run_connections(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_connections
+
+    return trio.run(bench_connections.main, params["probes"])
+
+
+def connections_rows(f: dict[str, Any]) -> list[Row]:
+    idle, held, churn = f["idle"], f["held"], f["churn"]
+    alone = "/healthz, no other connection"
+    kept = held["attack_opened"] - held["attack_closed"]
+    return [
+        row("connections", "healthz_p50", "/healthz p50, 1,000 idle connections", "ms",
+            held["p50_ms"], reference=idle["p50_ms"], reference_name=alone),
+        row("connections", "healthz_p99", "/healthz p99, 1,000 idle connections", "ms",
+            held["p99_ms"], reference=idle["p99_ms"], reference_name=alone,
+            note=f"{kept} kept open under {f['open_files']} descriptors,"
+                 f" {held['attack_closed']} closed idle-longest first"),
+        row("connections", "churn_p99", "/healthz p99, closed ones reopened at once", "ms",
+            churn["p99_ms"], reference=idle["p99_ms"], reference_name=alone,
+            note=f"{churn['attack_opened']} connects: a flood that overflows the listen"
+                 " queue, so a probe's SYN can wait for the kernel's retransmit; no target"),
+    ]  # fmt: skip
+
+
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
@@ -277,6 +307,13 @@ SUITES: dict[str, Suite] = {
             full=dict(seconds=10, connections=32, warmup=2),
             run=run_http,
             rows=http_rows,
+        ),
+        Suite(
+            "connections",
+            quick=dict(probes=200),
+            full=dict(probes=1_000),
+            run=run_connections,
+            rows=connections_rows,
         ),
         Suite(
             "startup",
