@@ -239,7 +239,7 @@ def run_connections(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def connections_rows(f: dict[str, Any]) -> list[Row]:
-    idle, held, churn = f["idle"], f["held"], f["churn"]
+    idle, held = f["idle"], f["held"]
     alone = "/healthz, no other connection"
     kept = held["attack_opened"] - held["attack_closed"]
     return [
@@ -249,10 +249,6 @@ def connections_rows(f: dict[str, Any]) -> list[Row]:
             held["p99_ms"], reference=idle["p99_ms"], reference_name=alone,
             note=f"{kept} kept open under {f['open_files']} descriptors,"
                  f" {held['attack_closed']} closed idle-longest first"),
-        row("connections", "churn_p99", "/healthz p99, closed ones reopened at once", "ms",
-            churn["p99_ms"], reference=idle["p99_ms"], reference_name=alone,
-            note=f"{churn['attack_opened']} connects: a flood that overflows the listen"
-                 " queue, so a probe's SYN can wait for the kernel's retransmit; no target"),
     ]  # fmt: skip
 
 
