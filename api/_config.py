@@ -193,6 +193,14 @@ class DaemonConfig:
     """Host names, comma-separated, that requests may name in ``Host:`` besides the bound
     address, loopback addresses and ``localhost`` (the DNS-rebinding check)."""
     shutdown_grace: float = _setting("daemon", 10.0, rule=lambda v: v >= 0, expected=">= 0")
+    keep_alive_seconds: float = _setting("daemon", 5.0, rule=lambda v: v > 0, expected="> 0")
+    """Seconds an HTTP connection may stay open with no request before the daemon closes it."""
+    max_connections: int = _setting(
+        "daemon", 0, rule=lambda v: v >= 0,
+        expected=">= 0 (0: the open-file limit less an eighth)",
+    )  # fmt: skip
+    """The most HTTP connections open at once; at the cap, the connection idle the longest
+    is closed to accept the next. 0: the soft RLIMIT_NOFILE less an eighth (896 of 1,024)."""
     instance_poll_interval: float = _setting(
         "daemon", 60.0, rule=lambda v: v >= 0, expected=">= 0 (0: never)"
     )

@@ -50,6 +50,12 @@ TARGETS: dict[str, Target] = {
     "startup.cli_plugin_list": Target(
         "<=", 2.0, "cws plugin list, a round trip to the daemon, within 2x an import of httpx"
     ),
+    "connections.healthz_p99": Target(
+        "<=",
+        2.0,
+        "/healthz p99 with 1,000 idle connections held against 1,024 descriptors within 2x"
+        " of the same daemon's with none (issue 16, item 11)",
+    ),
     "http.plugin_rps": Target(
         ">=", 0.85, "routing through the plugin's actor costs at most 15% of a bare route"
     ),
@@ -226,6 +232,26 @@ def startup_rows(f: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def run_connections(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_connections
+
+    return trio.run(bench_connections.main, params["probes"])
+
+
+def connections_rows(f: dict[str, Any]) -> list[Row]:
+    idle, held = f["idle"], f["held"]
+    alone = "/healthz, no other connection"
+    kept = held["attack_opened"] - held["attack_closed"]
+    return [
+        row("connections", "healthz_p50", "/healthz p50, 1,000 idle connections", "ms",
+            held["p50_ms"], reference=idle["p50_ms"], reference_name=alone),
+        row("connections", "healthz_p99", "/healthz p99, 1,000 idle connections", "ms",
+            held["p99_ms"], reference=idle["p99_ms"], reference_name=alone,
+            note=f"{kept} kept open under {f['open_files']} descriptors,"
+                 f" {held['attack_closed']} closed idle-longest first"),
+    ]  # fmt: skip
+
+
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
@@ -277,6 +303,13 @@ SUITES: dict[str, Suite] = {
             full=dict(seconds=10, connections=32, warmup=2),
             run=run_http,
             rows=http_rows,
+        ),
+        Suite(
+            "connections",
+            quick=dict(probes=200),
+            full=dict(probes=1_000),
+            run=run_connections,
+            rows=connections_rows,
         ),
         Suite(
             "startup",
