@@ -281,6 +281,8 @@ class Attack:
         factory=lambda: collections.defaultdict(collections.Counter)
     )
     figures: dict[str, Any] = attrs.field(factory=dict)
+    seconds: dict[str, list[float]] = attrs.field(factory=lambda: collections.defaultdict(list))
+    """How long each of the ``call``s took, by label."""
     window: tuple[float, float] | None = None
     """When the attack proper ran (``time.monotonic()``), if not all the time it took."""
     leaks: int = 0
@@ -296,11 +298,14 @@ class Attack:
     async def call(self, label: str, request: Awaitable[httpx.Response]) -> httpx.Response | None:
         """Record the answer to ``request``, or the error in its place (a request left
         unanswered for ``probe_timeout`` is a ``ReadTimeout``)."""
+        began = time.perf_counter()
         try:
             answer = await request
         except httpx.HTTPError as exc:
             self.record(label, type(exc).__name__)
             return None
+        finally:
+            self.seconds[label].append(time.perf_counter() - began)
         self.record(label, answer)
         return answer
 
@@ -671,6 +676,10 @@ def run_attack(daemon: Daemon, admin: str, params: dict[str, Any],
         "p99_ratio": during["p99_ms"] / quiet["p99_ms"],
         "seconds": seconds,
         "answers": {label: dict(counts) for label, counts in attack.answers.items()},
+        "answer_ms": {
+            label: {"p50": percentile(values, 0.5) * 1000, "max": max(values) * 1000}
+            for label, values in attack.seconds.items()
+        },
         "leaks": attack.leaks,
         "memory_before": before,
         "memory_after": after,
