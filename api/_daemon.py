@@ -149,8 +149,9 @@ async def open_daemon(
     """The runtime and the plugin host (no plugin loaded yet: see ``load_plugins``)."""
     config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     runtime_config = RuntimeConfig(
-        state_path=str(config.home / "events.db"), durable_topics=config.durable_topics
-    )
+        state_path=str(config.home / "events.db"), durable_topics=config.durable_topics,
+        event_history=config.replay_buffer,
+    )  # fmt: skip
     async with (
         open_runtime(config=runtime_config) as runtime,
         open_plugin_host(runtime, host_config(config), discover=False) as host,

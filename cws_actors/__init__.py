@@ -29,6 +29,7 @@ from ._core._actor import on_event as on_event
 from ._core._bus import BusBackend as BusBackend
 from ._core._bus import Event as Event
 from ._core._bus import EventBus as EventBus
+from ._core._bus import EventHistory as EventHistory
 from ._core._bus import InMemoryBackend as InMemoryBackend
 from ._core._bus import Subscription as Subscription
 from ._core._bus import check_topic as check_topic
@@ -137,6 +138,7 @@ __all__ = [
     "Event",
     "EventBus",
     "EventHandlerSpec",
+    "EventHistory",
     "EventStore",
     "HandlerFailed",
     "Health",

@@ -22,6 +22,10 @@ blueprint = Blueprint("hooks", __name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 """What answers without a token even when ``open_reads`` is off."""
+EVENT_STREAM = "/api/v1/events/stream"
+"""Checks its caller itself: the scope ``events:read``, or ``[api] open_events``."""
+SNOOZEBOT_BODY_AUTH = frozenset({"/api/plugins/load", "/api/plugins/unload"})
+"""With ``[api] snoozebot_body_auth``, these find their token in the body (``api_key``)."""
 
 
 @blueprint.before_app_request
@@ -56,8 +60,11 @@ async def require_a_token_to_read() -> None:
     # Unless [daemon] open_reads: every route needs a valid token but health, readiness
     # and metrics (``open_health`` decides those) and the dashboard page (it asks for
     # one). The routes that change things check their scopes themselves.
-    if current_daemon().config.open_reads or request.path in OPEN_PATHS:
+    config = current_daemon().config
+    if config.open_reads or request.path in OPEN_PATHS or request.path == EVENT_STREAM:
         return
+    if config.snoozebot_body_auth and request.path in SNOOZEBOT_BODY_AUTH:
+        return  # the route reads the body's api_key (or the header) itself
     await principal()
 
 

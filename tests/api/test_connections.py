@@ -148,7 +148,9 @@ async def test_a_request_refused_before_its_body_arrived_is_closed(tmp_path: Pat
 
 async def test_at_the_cap_the_connection_idle_longest_is_closed(tmp_path: Path) -> None:
     async with (
-        running_daemon(tmp_path / "home", keep_alive_seconds=LONG, max_connections=6) as daemon,
+        running_daemon(
+            tmp_path / "home", keep_alive_seconds=LONG, max_connections=6, open_events=True
+        ) as daemon,
         contextlib.AsyncExitStack() as streams,
     ):
         assert daemon.connections is not None
