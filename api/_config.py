@@ -193,6 +193,14 @@ class DaemonConfig:
     """Host names, comma-separated, that requests may name in ``Host:`` besides the bound
     address, loopback addresses and ``localhost`` (the DNS-rebinding check)."""
     shutdown_grace: float = _setting("daemon", 10.0, rule=lambda v: v >= 0, expected=">= 0")
+    keep_alive_seconds: float = _setting("daemon", 5.0, rule=lambda v: v > 0, expected="> 0")
+    """Seconds an HTTP connection may stay open with no request before the daemon closes it."""
+    max_connections: int = _setting(
+        "daemon", 0, rule=lambda v: v >= 0,
+        expected=">= 0 (0: the open-file limit less an eighth)",
+    )  # fmt: skip
+    """The most HTTP connections open at once; at the cap, the connection idle the longest
+    is closed to accept the next. 0: the soft RLIMIT_NOFILE less an eighth (896 of 1,024)."""
     instance_poll_interval: float = _setting(
         "daemon", 60.0, rule=lambda v: v >= 0, expected=">= 0 (0: never)"
     )
@@ -224,7 +232,21 @@ class DaemonConfig:
         validator=attrs.validators.gt(0),
     )  # fmt: skip
     overrides: Mapping[str, Mapping[str, Any]] = _table_only("plugins", factory=dict, for_host=True)
+    in_process_allowed: tuple[str, ...] = _table_only("plugins", default=(), for_host=True)
+    """The folder plugins that may run in the daemon's process when they ask to."""
     durable_topics: tuple[str, ...] = _table_only("events", default=("instance.*",))
+    replay_buffer: int = _setting(
+        "events", 1000, rule=lambda v: 0 <= v <= 100_000, expected="in 0..100000",
+        validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(100_000)),
+    )  # fmt: skip
+    """Non-durable events kept in memory for event-stream clients that reconnect with
+    ``Last-Event-ID`` (durable ones are replayed from ``events.db``)."""
+    open_events: bool = _setting("api", False, validator=attrs.validators.instance_of(bool))
+    """Let loopback clients read ``/api/v1/events/stream`` without a token; otherwise it
+    needs one with the scope ``events:read``."""
+    snoozebot_body_auth: bool = _setting("api", False, validator=attrs.validators.instance_of(bool))
+    """Accept Snoozebot's ``api_key`` body field as a token on ``POST /api/plugins/load``
+    and ``/unload`` (off: the body of an anonymous request would have to be read)."""
     source: str = "embedded defaults"
     """Where this configuration came from, for the log and ``/api/v1/daemon``."""
 
@@ -242,7 +264,8 @@ def _settings() -> tuple[Setting, ...]:
 
 SETTINGS: tuple[Setting, ...] = _settings()
 """Every scalar setting, from DaemonConfig's fields; ``[plugins.overrides.<name>]`` and
-``[events] durable_topics`` are the two that are not (set in the file only)."""
+``[plugins] in_process_allowed`` and ``[events] durable_topics`` are the ones that are
+not (set in the file only)."""
 
 _BY_FIELD = {setting.key: setting for setting in SETTINGS}
 _TABLES: dict[str, dict[str, str]] = {}
@@ -438,6 +461,15 @@ def _read_table(read: _FileRead, name: str, table: dict[str, Any]) -> None:
                 read.problem((name, key), f"{setting.dotted} {exc}")
         elif (name, key) == ("plugins", "overrides"):
             _read_overrides(read, value)
+        elif (name, key) == ("plugins", "in_process_allowed"):
+            if not isinstance(value, list) or not all(
+                isinstance(item, str) and item.strip() for item in value
+            ):
+                read.problem((name, key), "plugins.in_process_allowed must be an array of"
+                             f" plugin names, got {_describe(value)}")  # fmt: skip
+            else:
+                read.values["in_process_allowed"] = tuple(value)
+                read.origins["plugins.in_process_allowed"] = Origin("file", read.at(name, key))
         elif (name, key) == ("events", "durable_topics"):
             bad = _bad_patterns(value)
             if bad:

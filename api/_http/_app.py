@@ -48,7 +48,8 @@ class _App(QuartTrio):
         allowed = endpoints.allowed_methods(request.path)
         if not allowed:
             raise HTTPProblem(404, "Not found", f"no route {request.path}; see /openapi.json")
-        response = Response("", status=204, headers={"Allow": ", ".join(allowed)})
+        allow = ", ".join(sorted({*allowed, "OPTIONS"}))
+        response = Response("", status=204, headers={"Allow": allow})
         del response.headers["Content-Type"]  # no content
         return response
 

@@ -11,6 +11,7 @@ import uuid
 from quart import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from .._metrics import method_label
 from ._bodies import BoundedBody
 from ._hosts import allowed_names, host_allowed, host_name
 from ._plugin_endpoints import PLUGIN_ENDPOINTS, PluginEndpoints, method_not_allowed
@@ -25,8 +26,19 @@ blueprint = Blueprint("hooks", __name__)
 
 def open_paths() -> frozenset[str]:
     """What answers without a token even when ``open_reads`` is off: the routes declared
-    open or health (``open_health`` decides those)."""
-    return frozenset(route.path for route in ROUTES if route.access in (Access.OPEN, Access.HEALTH))
+    open or health (``open_health`` decides those), and the event stream, which checks
+    its caller itself (the scope ``events:read``, or ``[api] open_events``)."""
+    return frozenset(
+        route.path
+        for route in ROUTES
+        if route.access in (Access.OPEN, Access.HEALTH, Access.EVENTS)
+    )
+
+
+def body_key_paths() -> frozenset[str]:
+    """With ``[api] snoozebot_body_auth``, these find their token in the body
+    (``api_key``), and check it themselves."""
+    return frozenset(route.path for route in ROUTES if route.access is Access.BODY_KEY)
 
 
 @blueprint.before_app_request
@@ -47,7 +59,9 @@ async def refuse_a_foreign_host() -> None:
         )
 
 
-_OPEN_PATHS = functools.cache(open_paths)  # the table is complete once the app is made
+# The table is complete once the app is made.
+_OPEN_PATHS = functools.cache(open_paths)
+_BODY_KEY_PATHS = functools.cache(body_key_paths)
 
 
 @blueprint.before_app_request
@@ -62,10 +76,14 @@ async def refuse_an_invalid_token() -> None:
 @blueprint.before_app_request
 async def require_a_token_to_read() -> None:
     # Unless [daemon] open_reads: every route needs a valid token but health, readiness
-    # and metrics (``open_health`` decides those) and the dashboard page (it asks for
-    # one). The routes that change things check their scopes themselves.
-    if current_daemon().config.open_reads or request.path in _OPEN_PATHS():
+    # and metrics (``open_health`` decides those), the dashboard page (it asks for one)
+    # and the event stream (its own rule). The routes that change things check their
+    # scopes themselves.
+    config = current_daemon().config
+    if config.open_reads or request.path in _OPEN_PATHS():
         return
+    if config.snoozebot_body_auth and request.path in _BODY_KEY_PATHS():
+        return  # the route reads the body's api_key (or the header) itself
     await principal()
 
 
@@ -128,9 +146,9 @@ async def on_crash(error: Exception) -> Response:
 @blueprint.after_app_request
 async def close_if_the_body_is_unread(response: Response) -> Response:
     # An answer given before the request's body has arrived (a 401, 405 or 400 that did
-    # not need it) leaves the rest of that body on the connection; hypercorn then waits
-    # on it, and the client's next request on the connection hangs. The client reads
-    # the answer and opens a new connection instead.
+    # not need it) leaves the rest of that body on the connection, so the daemon closes
+    # that connection after the answer (api/_connections.py); the answer says so
+    # (RFC 9112, 9.6), and the client sends its next request on a new connection.
     body = request.body
     declared = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
     if declared and isinstance(body, BoundedBody) and not body.complete:
@@ -141,6 +159,6 @@ async def close_if_the_body_is_unread(response: Response) -> Response:
 @blueprint.after_app_request
 async def count(response: Response) -> Response:
     current_daemon().metrics.requests.labels(
-        method=request.method, route=route_name(), status=str(response.status_code)
+        method=method_label(request.method), route=route_name(), status=str(response.status_code)
     ).inc()
     return response

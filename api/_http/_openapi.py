@@ -52,7 +52,16 @@ def _security(config: DaemonConfig, access: Access, scopes: tuple[str, ...]) -> 
         or (access is Access.READ and not config.open_reads)
         or (access is Access.HEALTH and not config.open_health)
     )
-    return [{_BEARER: list(scopes)}] if needs_token else None
+    if needs_token:
+        return [{_BEARER: list(scopes)}]
+    # A token, or none: the stream with open_events (on loopback), Snoozebot's load and
+    # unload with snoozebot_body_auth (the body's api_key: OpenAPI has no scheme for it).
+    optional = (access is Access.EVENTS and config.open_events) or (
+        access is Access.BODY_KEY and config.snoozebot_body_auth
+    )
+    if access in (Access.EVENTS, Access.BODY_KEY):
+        return [{_BEARER: list(scopes)}, {}] if optional else [{_BEARER: list(scopes)}]
+    return None
 
 
 def _parameter(param: Param) -> dict[str, Any]:
@@ -115,7 +124,8 @@ def _operation(config: DaemonConfig, route: Route) -> dict[str, Any]:
             # Files: the daemon reads their bytes whatever content type a part declares.
             media["encoding"] = {
                 name: {"contentType": "application/octet-stream"}
-                for name in route.body.schema.get("properties", {})
+                for name, field in route.body.schema.get("properties", {}).items()
+                if field.get("format") == "binary"
             }
         operation["requestBody"] = {
             "required": route.body.required,
@@ -126,6 +136,8 @@ def _operation(config: DaemonConfig, route: Route) -> dict[str, Any]:
 
 def _operation_id(method: str, path: str) -> str:
     words = re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_")
+    if path.endswith("/") and words:
+        words += "_slash"  # /api/plugins/ is not /api/plugins
     return f"{method.lower()}_{words or 'root'}"
 
 

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import attrs
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app, g, request
 from quart_trio import QuartTrio
 from werkzeug.routing import Map, MapAdapter, Rule
 
@@ -32,7 +32,7 @@ from cws_actors import (
 
 from .._daemon import Daemon
 from ._problems import HTTPProblem, from_error, rate_limit_headers
-from ._requests import current_daemon, json_body, principal
+from ._requests import PLUGIN_ROUTE, current_daemon, json_body, principal
 from ._routes import resource
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -103,16 +103,14 @@ class PluginEndpoints:
 
     def allowed_methods(self, path: str) -> list[str]:
         """Every method some route (the daemon's or a plugin's) answers at ``path``, HEAD
-        and OPTIONS included; empty when no route has that path (the ``Allow`` header)."""
+        with GET; empty when no route has that path (a 405's ``Allow`` header: the
+        answer to ``OPTIONS`` adds ``OPTIONS``)."""
         methods = {
             spec.method for _, spec in self.endpoints() if _compile(spec.path).fullmatch(path)
         }
         core = resource(path)
         if core is not None:
             methods |= core[1]
-        if not methods:
-            return []
-        methods.add("OPTIONS")
         if "GET" in methods:
             methods.add("HEAD")
         return sorted(methods)
@@ -153,6 +151,7 @@ async def plugin_endpoint(subpath: str) -> Any:
     path = "/" + subpath
     endpoints: PluginEndpoints = current_app.extensions[PLUGIN_ENDPOINTS]
     route, params = endpoints.match(request.method, path)
+    g.setdefault(PLUGIN_ROUTE, route.spec.path)  # the metrics' route label: the template
     spec = route.spec
     who = None
     if spec.protected or spec.permissions:

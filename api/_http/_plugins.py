@@ -48,6 +48,24 @@ ARCHIVE = Body(
     MULTIPART,
 )  # fmt: skip
 """An uploaded plugin archive (``install``, ``update``)."""
+UPDATE = Body(
+    ARCHIVE.schema
+    | {
+        "properties": ARCHIVE.schema["properties"]
+        | {
+            "allow_downgrade": {
+                "type": "string",
+                "pattern": r"^\s*(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]"
+                r"|1|0)\s*$",
+                "default": "false",
+                "description": "true or false (also yes/no, 1/0; any case): install a lower"
+                " version than the one installed",
+            },
+        }
+    },
+    MULTIPART,
+)
+"""An update's upload: the archive, and whether it may lower the version."""
 
 _MAX_FILENAME_BYTES = 255
 """The longest upload file name (in UTF-8) that is staged: what most file systems take."""
@@ -145,7 +163,7 @@ async def plugin_operation(name: str, operation: str) -> Any:
     (Reply(200, "The plugin, updated", PLUGIN),),
     Access.TOKEN, MANAGE,
     params=(NAME,),
-    body=ARCHIVE,
+    body=UPDATE,
     problems=PLUGIN_ERRORS,
 ))  # fmt: skip
 async def update(name: str) -> Any:
@@ -188,15 +206,31 @@ async def upload(name: str | None) -> Any:
             "send the plugin as multipart/form-data with an 'archive' file"
             " (a .cwsplugin zip) and optionally a 'signature' file (its .minisig)",
         )
+    allow_downgrade = False
+    if name is not None:
+        value = (await request.form).get("allow_downgrade", "false").strip().lower()
+        if value not in _BOOLEAN:
+            raise HTTPProblem(
+                400,
+                "Bad request",
+                f"allow_downgrade must be true or false, got {value[:20]!r}",
+            )
+        allow_downgrade = _BOOLEAN[value]
     daemon = current_daemon()
-    status = await install_upload(daemon, name, archive, files.get("signature"))
+    status = await install_upload(
+        daemon, name, archive, files.get("signature"), allow_downgrade=allow_downgrade
+    )
     return plugin_view(daemon.host, status), 201 if name is None else 200
 
 
+_BOOLEAN = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 async def install_upload(
-    daemon: Daemon, name: str | None, archive: Any, signature: Any
+    daemon: Daemon, name: str | None, archive: Any, signature: Any, *, allow_downgrade: bool = False
 ) -> PluginStatus:
-    """Install (``name`` None) or update a plugin from an uploaded archive."""
+    """Install (``name`` None) or update a plugin from an uploaded archive; an update
+    to a lower version only with ``allow_downgrade``."""
     filename = upload_filename(archive.filename)
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_upload_dir(daemon)))
     try:
@@ -211,7 +245,9 @@ async def install_upload(
         work = (
             host.install(target, signature=signature_path)
             if name is None
-            else host.update(name, target, signature=signature_path)
+            else host.update(
+                name, target, signature=signature_path, allow_downgrade=allow_downgrade
+            )
         )
         try:
             return await work

@@ -21,6 +21,7 @@ from cws_actors import ActorError, PluginError
 
 from .._auth import AuthError, Principal, authenticate, require
 from .._daemon import Daemon
+from .._metrics import UNMATCHED
 from ._bodies import BodyTooLarge, JSONRefused, parse_json
 from ._problems import HTTPProblem, from_error
 
@@ -65,6 +66,48 @@ async def open_or_token() -> None:
     if daemon.config.open_health and (request.remote_addr or "").startswith(("127.", "::1")):
         return
     await principal()
+
+
+async def open_events_or_token(*scopes: str) -> None:
+    """The event stream: a token holding ``scopes`` (``events:read``), unless ``[api]
+    open_events`` and the caller is on loopback without a token (a token presented
+    anyway has been checked by ``refuse_an_invalid_token``)."""
+    daemon = current_daemon()
+    loopback = (request.remote_addr or "").startswith(("127.", "::1"))
+    if daemon.config.open_events and loopback and not request.headers.get("Authorization"):
+        return
+    await principal(*scopes)
+
+
+async def body_key_caller(body: dict[str, Any], *scopes: str) -> None:
+    """With ``[api] snoozebot_body_auth``: the caller is the token in the body's
+    ``api_key`` (or, without one, in the ``Authorization`` header) and needs ``scopes``.
+
+    Raises:
+        HTTPProblem: 401 for an invalid key, 403 without a scope, 400 when ``api_key`` is
+            not a string or names another token than the header.
+    """
+    key = body.get("api_key")
+    if key is None or key == "":
+        await principal(*scopes)
+        return
+    if not isinstance(key, str):
+        raise HTTPProblem(400, "Bad request", f"'api_key' must be str, got {key!r}")
+    try:
+        who = await authenticate(current_daemon().host.state, f"Bearer {key}")
+    except AuthError as exc:
+        raise HTTPProblem(401, "Unauthorized", f"api_key: {exc}") from None
+    header_caller = g.get("principal")  # a presented header was checked by the hooks
+    if header_caller is not None and header_caller.token_id != who.token_id:
+        raise HTTPProblem(
+            400, "Bad request", "the Authorization header and 'api_key' are different"
+            " tokens; send one of them",
+        )  # fmt: skip
+    g.principal = who
+    try:
+        require(who, *scopes)
+    except AuthError as exc:
+        raise HTTPProblem(403, "Forbidden", f"api_key: {exc}") from None
 
 
 async def json_body(*, required: bool = True) -> Any:
@@ -135,7 +178,18 @@ async def guarded(work: Awaitable[Any], *, plugin: str | None = None) -> Any:
         raise from_error(exc, plugin=plugin) from None
 
 
+PLUGIN_ROUTE = "cws_plugin_route"
+"""The key under ``g`` of the template a plugin endpoint matched (``/api/v1/web/{item}``)."""
+
+
 def route_name() -> str:
-    """The matched rule (``/api/v1/plugins/<name>``), the metrics' ``route`` label."""
+    """The matched rule (``/api/v1/plugins/<name>``) or plugin endpoint template, the
+    metrics' ``route`` label; ``<unmatched>`` for any path that matched neither (the
+    plugins' catch-all rule is no template: it would count every 404 as one route)."""
+    plugin_route = g.get(PLUGIN_ROUTE)
+    if plugin_route is not None:
+        return str(plugin_route)
     rule = request.url_rule
-    return rule.rule if rule is not None else "<unmatched>"
+    if rule is None or rule.endpoint == "plugin_endpoints.plugin_endpoint":
+        return UNMATCHED
+    return rule.rule

@@ -7,7 +7,8 @@ shows are the bounds enforced, and a request outside them is a 400 problem namin
 field and what is expected (a path parameter outside its schema is a 404: no such
 resource can exist).
 
-A handler reads what was checked with :func:`query_value` and :func:`checked_body`.
+A handler reads what was checked with :func:`query_value`, :func:`header_value` and
+:func:`checked_body`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from jsonschema import validators
 from quart import Blueprint, g, request
 
 from ._problems import HTTPProblem
-from ._requests import json_body, open_or_token, principal
+from ._requests import (
+    body_key_caller,
+    current_daemon,
+    json_body,
+    open_events_or_token,
+    open_or_token,
+    principal,
+)
 
 Schema = dict[str, Any]
 JSON = "application/json"
@@ -46,12 +54,19 @@ class Access(enum.Enum):
     """A token unless ``[daemon] open_reads`` (off by default)."""
     TOKEN = "token"
     """A valid token, holding every one of the route's scopes."""
+    EVENTS = "events"
+    """A token holding the route's scopes, unless ``[api] open_events`` and the caller is
+    on loopback without a token (the event stream)."""
+    BODY_KEY = "body_key"
+    """A token holding the route's scopes: in the ``Authorization`` header, or, with
+    ``[api] snoozebot_body_auth``, in the JSON body's ``api_key`` (Snoozebot's clients)."""
 
 
 @attrs.frozen
 class Param:
-    """A query or path parameter: its value's JSON schema (``integer``, ``number`` and
-    ``boolean`` values are converted from the text before they are checked)."""
+    """A query, path or header parameter: its value's JSON schema (``integer``,
+    ``number`` and ``boolean`` values are converted from the text before they are
+    checked)."""
 
     name: str
     schema: Schema
@@ -70,6 +85,11 @@ def path(
     name: str, description: str, schema: Schema = STRING, *, converter: str = "string"
 ) -> Param:
     return Param(name, schema, description, "path", True, converter)
+
+
+def header(name: str, schema: Schema, description: str) -> Param:
+    """A request header the route reads (its value checked as text: ``string`` only)."""
+    return Param(name, schema, description, "header")
 
 
 @attrs.frozen
@@ -153,9 +173,10 @@ def route(blueprint: Blueprint, declaration: Route) -> Callable[[Handler], Handl
             await _authorize(declaration)
             _check_path(declaration, kwargs)
             g.cws_query = _check_query(declaration)
+            g.cws_headers = _check_headers(declaration)
             body = declaration.body
             if body is not None and body.content_type == JSON:
-                g.cws_body = await _check_json(body)
+                g.cws_body = await _check_json(declaration, body)
             return await handler(**kwargs)
 
         blueprint.add_url_rule(
@@ -188,6 +209,8 @@ def _template(route: Route) -> tuple[re.Pattern[str], tuple[int, int, int]]:
             regex += "/[^/].*?"
         else:
             regex += "/[^/]+"
+    if route.path.endswith("/") and route.path != "/":
+        regex += "/"  # /api/plugins/ is not /api/plugins
     return re.compile(regex or "/"), (static, -paths, route.path.count("/"))
 
 
@@ -217,6 +240,12 @@ def query_value(name: str) -> Any:
     return values.get(name)
 
 
+def header_value(name: str) -> str | None:
+    """The checked value of the declared header ``name`` (None when it was not sent)."""
+    values: dict[str, str | None] = g.cws_headers
+    return values.get(name)
+
+
 def checked_body() -> Any:
     """The request's JSON body, checked against its route's schema."""
     return g.cws_body
@@ -228,7 +257,7 @@ def _check_resource(declaration: Route) -> None:
     # that path is the resource /api/v1/plugins/discover, which answers GET alone.
     found = resource(request.path)
     if found is not None and found[0] != declaration.path:
-        allowed = sorted(found[1] | {"OPTIONS"} | ({"HEAD"} if "GET" in found[1] else set()))
+        allowed = sorted(found[1] | ({"HEAD"} if "GET" in found[1] else set()))
         raise HTTPProblem(
             405,
             "Method not allowed",
@@ -238,10 +267,16 @@ def _check_resource(declaration: Route) -> None:
 
 
 async def _authorize(declaration: Route) -> None:
-    # The caller first: an anonymous body is refused before it is read.
-    if declaration.access is Access.HEALTH:
+    # The caller first: an anonymous body is refused before it is read (but where the
+    # body holds the token: :func:`_check_json`).
+    access = declaration.access
+    if access is Access.HEALTH:
         await open_or_token()
-    elif declaration.access is Access.TOKEN:
+    elif access is Access.TOKEN:
+        await principal(*declaration.scopes)
+    elif access is Access.EVENTS:
+        await open_events_or_token(*declaration.scopes)
+    elif access is Access.BODY_KEY and not current_daemon().config.snoozebot_body_auth:
         await principal(*declaration.scopes)
 
 
@@ -309,10 +344,31 @@ def _convert(param: Param, raw: str) -> Any:
     )
 
 
-async def _check_json(body: Body) -> Any:
+def _check_headers(declaration: Route) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for param in declaration.params:
+        if param.location != "header":
+            continue
+        raw = request.headers.get(param.name)
+        if raw is not None and _violation(param.schema, raw, param.name) is not None:
+            raise HTTPProblem(
+                400,
+                "Bad request",
+                f"{param.name} must be {_expected(param.schema)}, got {raw[:80]!r}",
+            )
+        values[param.name] = raw
+    return values
+
+
+async def _check_json(declaration: Route, body: Body) -> Any:
     value = await json_body(required=body.required)
     if value is None:
         value = {}
+    if declaration.access is Access.BODY_KEY and current_daemon().config.snoozebot_body_auth:
+        # The caller is in the body (or the header): known before the body is judged.
+        if not isinstance(value, dict):
+            raise HTTPProblem(400, "Bad request", "the body must be a JSON object")
+        await body_key_caller(value, *declaration.scopes)
     problem = _violation(body.schema, value, "the body")
     if problem is not None:
         raise HTTPProblem(400, "Bad request", problem)
@@ -349,6 +405,10 @@ def _validator(schema_json: str) -> Any:
     return _Validator(json.loads(schema_json))
 
 
+_BOUNDS = {
+    "maximum": "at most", "minimum": "at least",
+    "exclusiveMaximum": "below", "exclusiveMinimum": "above",
+}  # fmt: skip
 _PYTHON_NAMES: dict[str, str] = {
     "string": "str", "integer": "int", "number": "float", "boolean": "bool",
     "array": "a JSON array", "object": "a JSON object", "null": "null",
@@ -384,12 +444,14 @@ def _violation(schema: Schema, value: Any, subject: str) -> str | None:
         text = f"{who} is {len(error.instance)} characters long"
     elif rule in ("maxItems", "minItems") and isinstance(error.instance, list):
         text = f"{who} has {len(error.instance)} items"
+    elif rule in _BOUNDS:
+        text = f"{who} is {_BOUNDS[rule]} {error.validator_value}, got {got}"
     elif "description" in error.schema or len(error.message) > 200:
         text = f"{who} is refused, got {got}"
     else:
         text = f"{who} is refused: {error.message}"
     expected = _expected(error.schema) if isinstance(error.schema, dict) else ""
-    if expected and rule != "type":
+    if expected and (rule != "type" or "description" in error.schema):
         text += f"; expected {expected}"
     return text[:600]
 

@@ -174,13 +174,16 @@ class DaemonClient:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         files: Mapping[str, tuple[str, io.BytesIO, str]] | None = None,
+        data: Mapping[str, str] | None = None,
         timeout: float = TIMEOUT,
     ) -> Any:
-        """The JSON of the daemon's answer (None for an empty one)."""
+        """The JSON of the daemon's answer (None for an empty one). ``data`` are form
+        fields sent beside ``files``."""
         try:
             response = await self._http.request(
-                method, path, json=json_body, params=params, files=files, timeout=timeout
-            )
+                method, path, json=json_body, params=params, files=files, data=data,
+                timeout=timeout,
+            )  # fmt: skip
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise _unreachable(self.connection.url, exc) from None
         return _json_of(response)
@@ -198,9 +201,11 @@ class DaemonClient:
         *,
         signature: Path | None = None,
         on_progress: Callable[[int], None] | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> Any:
         """POST ``archive`` (and its signature) as multipart ``archive`` and ``signature``
-        files; ``on_progress`` gets the bytes of the archive sent since the last call."""
+        files, with the form ``fields``; ``on_progress`` gets the bytes of the archive
+        sent since the last call."""
         try:
             data = await trio.Path(archive).read_bytes()
             sig = await trio.Path(signature).read_bytes() if signature is not None else None
@@ -215,7 +220,9 @@ class DaemonClient:
         }
         if sig is not None and signature is not None:
             files["signature"] = (signature.name, io.BytesIO(sig), "application/octet-stream")
-        return await self.request("POST", path, files=files, timeout=SLOW_TIMEOUT)
+        return await self.request(
+            "POST", path, files=files, data=fields or None, timeout=SLOW_TIMEOUT
+        )
 
     async def follow_events(
         self,

@@ -26,6 +26,7 @@ from ._common import (
     table,
 )
 from ._errors import CLIError, UsageProblem
+from ._signing import keygen, sign
 
 # ---------------------------------------------------------------------- plugins
 
@@ -163,20 +164,25 @@ async def _signature_beside(path: Path, signature: Path | None) -> Path | None:
     return signature
 
 
-async def _upload(path: str, source: Path, signature: Path | None) -> dict[str, Any]:
-    """Pack (a folder) and upload, with a progress bar on a terminal."""
+async def _upload(
+    path: str, source: Path, signature: Path | None, fields: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Pack (a folder) and upload (with the form ``fields``), with a progress bar on a
+    terminal."""
     with tempfile.TemporaryDirectory(prefix="cws-upload-") as tmp:
         archive = await trio.to_thread.run_sync(_packed, source, Path(tmp))
         size = (await trio.Path(archive).stat()).st_size
         async with connect() as client:
             if not on_terminal():
-                view: dict[str, Any] = await client.upload(path, archive, signature=signature)
+                view: dict[str, Any] = await client.upload(
+                    path, archive, signature=signature, fields=fields
+                )
                 return view
             with click.progressbar(
                 length=size, label=f"uploading {archive.name}", file=sys.stderr
             ) as bar:
                 view = await client.upload(path, archive, signature=signature,
-                                           on_progress=bar.update)  # fmt: skip
+                                           on_progress=bar.update, fields=fields)  # fmt: skip
             return view
 
 
@@ -199,6 +205,10 @@ def _installed_message(verb: str, view: dict[str, Any]) -> str:
     return text
 
 
+plugin.add_command(keygen)  # local: minisign-compatible keys and signatures
+plugin.add_command(sign)
+
+
 @plugin.command("install")
 @_archive_argument
 @remote_options
@@ -214,11 +224,22 @@ async def plugin_install(path: Path, signature: Path | None) -> None:
 @plugin.command("update")
 @click.argument("name")
 @_archive_argument
+@click.option(
+    "--allow-downgrade",
+    is_flag=True,
+    help="Accept a version lower than the installed one (the history records it).",
+)
 @remote_options
-async def plugin_update(name: str, path: Path, signature: Path | None) -> None:
-    """Hot-update an installed plugin NAME with the version at PATH."""
+async def plugin_update(
+    name: str, path: Path, signature: Path | None, allow_downgrade: bool
+) -> None:
+    """Hot-update an installed plugin NAME with the version at PATH.
+
+    A lower version than the installed one is refused unless --allow-downgrade.
+    """
     signature = await _signature_beside(path, signature)
-    view = await _upload(f"/api/v1/plugins/{name}/update", path, signature)
+    fields = {"allow_downgrade": "true"} if allow_downgrade else None
+    view = await _upload(f"/api/v1/plugins/{name}/update", path, signature, fields)
     click.echo(_installed_message("updated", view))
 
 

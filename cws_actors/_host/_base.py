@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ class PluginStatus:
     """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
 
 
+def _names(names: Iterable[str]) -> frozenset[str]:
+    return frozenset(names)
+
+
 @attrs.frozen
 class HostConfig:
     """Where plugins live and how the operator overrides them.
@@ -107,6 +111,13 @@ class HostConfig:
     """Fork subprocess plugins from a process that has Python and Trio imported already
     (a restart in milliseconds); False starts a fresh interpreter for each run."""
     require_signed: bool = False
+    """Also: a folder plugin loads only if its install record holds its files' digests
+    and the key that signed it, and its files are still those (entry points excepted:
+    pip installed them)."""
+    in_process_allowed: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
+    """The folder plugins (user or system) that may run in the daemon's process when
+    their manifest asks for it; any other runs as a subprocess. Entry-point plugins
+    are code the operator installed with pip, and run as they ask."""
     archive_limits: ArchiveLimits = attrs.field(factory=ArchiveLimits)
     max_restarts: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
@@ -190,15 +201,24 @@ class _HostBase:
         if starting is not None:
             await starting.wait()
 
-    def _effective(self, metadata: PluginMetadata) -> PluginMetadata:
-        """The manifest's metadata with the operator's overrides (isolation, limits)."""
+    def _effective(self, metadata: PluginMetadata, source: str = "user") -> PluginMetadata:
+        """The manifest's metadata with the operator's overrides (isolation, limits).
+
+        In the daemon's process runs only what the operator lets run there: an
+        entry-point plugin, a plugin named in ``in_process_allowed``, or one whose
+        override says ``isolation = "in_process"``. Any other runs as a subprocess."""
         override = self.config.overrides.get(metadata.name, {})
         if "isolation" in override:
             metadata = attrs.evolve(metadata, isolation=Isolation(override["isolation"]))
+        elif not self._may_run_in_process(metadata.name, source):
+            metadata = attrs.evolve(metadata, isolation=Isolation.SUBPROCESS)
         if "limits" in override:
             limits = attrs.evolve(metadata.limits, **override["limits"])
             metadata = attrs.evolve(metadata, limits=limits)
         return metadata
+
+    def _may_run_in_process(self, name: str, source: str) -> bool:
+        return source == "entry_point" or name in self.config.in_process_allowed
 
     def _require_loaded(self, name: str) -> _Loaded:
         loaded = self._loaded.get(name)

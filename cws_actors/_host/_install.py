@@ -14,12 +14,13 @@ once per level and fails on a deep enough tree.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
@@ -30,9 +31,8 @@ from .._isolation._launch import allowed_environment
 from .._packaging._archive import ArchiveLimits, plugin_tree, unpack_archive
 from .._packaging._removal import remove_tree
 from .._packaging._signing import SignatureError, load_revocations, load_trusted_keys, verify
-from .._plugins._loader import PluginImportError, load_plugin_class
 from .._plugins._manifest import Manifest, load_manifest
-from .._plugins._model import Isolation, PluginMetadata, api_version_problem
+from .._plugins._model import PluginMetadata, api_version_problem
 
 STAGING_PREFIX = ".staging-"
 BACKUP_PREFIX = ".old-"
@@ -65,6 +65,8 @@ class StagedPlugin:
     manifest: Manifest
     signed_by: str | None
     """The hex id of the key whose signature was verified, if any."""
+    files: Mapping[str, str] = attrs.field(factory=dict)
+    """The SHA-256 of each of its files, as verified (:func:`tree_digest`)."""
 
 
 def stage(
@@ -74,15 +76,18 @@ def stage(
     *,
     signature: Path | None = None,
     effective: Callable[[PluginMetadata], PluginMetadata] | None = None,
+    admit: Callable[[Manifest], None] | None = None,
     describe_timeout: float = 30.0,
 ) -> StagedPlugin:
     """Unpack (an archive) or copy (a folder) ``source`` into a staging folder under
     ``user_dir`` and verify it. On any refusal the staging folder is removed.
 
-    The code check imports the plugin: in this process for an in-process plugin (it
-    runs here anyway), in a describe process (limits, environment allow-list, at most
-    ``describe_timeout``) for a subprocess plugin. ``effective`` maps the manifest's
-    metadata to what the operator's overrides make of it (isolation, limits).
+    The code check imports the plugin in a describe process (limits, environment
+    allow-list, at most ``describe_timeout``), whatever its isolation: none of its code
+    runs in this process. ``effective`` maps the manifest's metadata to what the
+    operator's overrides make of it (isolation, limits); ``admit`` refuses a manifest
+    (by raising) before any of the plugin's code runs anywhere (a name installed
+    already, an older version).
 
     Raises:
         InstallRefused: saying what is wrong with the source.
@@ -91,12 +96,15 @@ def stage(
     staging = user_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     try:
         signed_by = _materialize(source, staging, policy, signature)
-        manifest = _check(staging, effective or (lambda metadata: metadata), describe_timeout)
+        manifest = _check(
+            staging, effective or (lambda metadata: metadata), admit, describe_timeout
+        )
+        files = tree_digest(staging)
     except BaseException:
         _remove_or_log(staging, "a refused install's staging folder")
         raise
     metadata = manifest.metadata
-    return StagedPlugin(metadata.name, metadata.version, staging, manifest, signed_by)
+    return StagedPlugin(metadata.name, metadata.version, staging, manifest, signed_by, files)
 
 
 def _materialize(
@@ -155,7 +163,10 @@ def _copy_folder(source: Path, staging: Path, limits: ArchiveLimits) -> None:
 
 
 def _check(
-    staging: Path, effective: Callable[[PluginMetadata], PluginMetadata], timeout: float
+    staging: Path,
+    effective: Callable[[PluginMetadata], PluginMetadata],
+    admit: Callable[[Manifest], None] | None,
+    timeout: float,
 ) -> Manifest:
     try:
         manifest = load_manifest(staging / "plugin.toml")
@@ -165,19 +176,45 @@ def _check(
     problem = api_version_problem(manifest.metadata.api_version)
     if problem is not None:
         raise InstallRefused(problem)
+    if admit is not None:
+        admit(manifest)
     metadata = effective(manifest.metadata)
     try:
-        if metadata.isolation is Isolation.SUBPROCESS:
-            # Its module's top level is plugin code: never run it in the daemon.
-            spec = describe_spec(
-                metadata.name, manifest.entry, staging, attrs.asdict(metadata.limits)
-            )
-            describe_sync(spec, allowed_environment(metadata.name), timeout=timeout)
-        else:
-            load_plugin_class(manifest.entry, staging)
-    except (PluginImportError, DescribeFailed) as exc:
+        # Its module's top level is plugin code: never run it in the daemon, even for an
+        # in-process plugin (which may yet be refused, or run as a subprocess).
+        spec = describe_spec(metadata.name, manifest.entry, staging, attrs.asdict(metadata.limits))
+        describe_sync(spec, allowed_environment(metadata.name), timeout=timeout)
+    except DescribeFailed as exc:
         raise InstallRefused(f"its code is broken: {exc}") from None
     return manifest
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """The SHA-256 of each file under ``folder``, by its POSIX path relative to it.
+
+    Python's byte-code caches (``__pycache__``) are left out: importing the plugin
+    writes them after the install."""
+    digests = {}
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if "__pycache__" in relative.parts or not path.is_file():
+            continue
+        digests[relative.as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def changed_file(folder: Path, recorded: Mapping[str, str]) -> str | None:
+    """The first file (in path order) of ``folder`` that differs from ``recorded``,
+    said with what happened to it (``x.py was added``); None if none did."""
+    current = tree_digest(folder)
+    for path in sorted(current.keys() | recorded.keys()):
+        if path not in recorded:
+            return f"{path} was added"
+        if path not in current:
+            return f"{path} was removed"
+        if current[path] != recorded[path]:
+            return f"{path} was changed"
+    return None
 
 
 def backup_path(user_dir: Path, name: str) -> Path:

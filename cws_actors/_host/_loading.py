@@ -47,6 +47,8 @@ from ._base import (
     _Prepared,
 )
 from ._discovery import _Discovery
+from ._install import changed_file
+from ._state import PluginRecord
 from ._status import _Status
 
 
@@ -130,7 +132,8 @@ class _Loading(_Discovery, _Status):
         manifest = self._discovered[name].manifest
         return (
             manifest is not None
-            and self._effective(manifest.metadata).isolation is Isolation.SUBPROCESS
+            and self._effective(manifest.metadata, self._discovered[name].source).isolation
+            is Isolation.SUBPROCESS
         )
 
     async def _prepare(self, name: str) -> _Prepared | None:
@@ -163,7 +166,40 @@ class _Loading(_Discovery, _Status):
         record = (await self.state.plugins()).get(name)
         if record is not None and not record.enabled:
             raise PluginRefused(name, _DISABLED)
+        if discovered.source != "entry_point":
+            await self._check_files(discovered, record)
         return discovered
+
+    async def _check_files(self, discovered: DiscoveredPlugin, record: PluginRecord | None) -> None:
+        """A folder plugin's files must be those its install verified. Under
+        ``require_signed`` a plugin whose files changed, or that no signed install put
+        there (copied into the folder by hand, or by anything else), is refused; without
+        it, a change is logged and the plugin loads (the files are the operator's)."""
+        name, folder = discovered.name, Path(discovered.location)
+        recorded = record.files if record is not None and record.path == str(folder) else None
+        if recorded is None or (record is not None and record.signed_by is None):
+            if self.config.require_signed:
+                raise PluginRefused(
+                    name,
+                    "require_signed is on and it was not installed from a signed archive"
+                    " (no install record holds its files' digests and signer);"
+                    " install it with `cws plugin install ARCHIVE`",
+                )
+            if recorded is None:
+                return
+        changed = await trio.to_thread.run_sync(changed_file, folder, recorded)
+        if changed is None:
+            return
+        if self.config.require_signed:
+            raise PluginRefused(
+                name,
+                f"its file {changed} since it was installed; install or update it from a"
+                " signed archive",
+            )
+        _log.warning(
+            "plugin %s: its file %s since it was installed (loaded anyway: require_signed"
+            " is off)", name, changed, extra={"plugin": name, "changed": changed},
+        )  # fmt: skip
 
     async def _reserve(
         self, name: str, prepared: _Prepared | None
@@ -201,6 +237,11 @@ class _Loading(_Discovery, _Status):
     async def _start(
         self, name: str, discovered: DiscoveredPlugin, launch: PluginLaunch, manifest: Manifest
     ) -> None:
+        try:
+            launch = self._with_class(launch)
+        except PluginRefused as exc:
+            await self.state.log(name, "load_failed", exc.reason)
+            raise
         if launch.metadata.isolation is Isolation.SUBPROCESS:
             await self._start_fork_server()
         path = f"{PLUGINS_PATH}/{name}"
@@ -309,20 +350,38 @@ class _Loading(_Discovery, _Status):
 
         return make_driver
 
+    def _with_class(self, launch: PluginLaunch) -> PluginLaunch:
+        """``launch`` with its plugin's class, imported here (its code runs in the
+        daemon) if it is an in-process folder plugin: called only once every check has
+        passed, just before it starts."""
+        if launch.metadata.isolation is not Isolation.IN_PROCESS or launch.plugin_class:
+            return launch
+        try:
+            plugin_class = load_plugin_class(launch.entry, launch.folder)
+        except PluginImportError as exc:
+            raise PluginRefused(launch.metadata.name, f"its code is broken: {exc}") from exc
+        return attrs.evolve(launch, plugin_class=plugin_class)
+
     async def _launch(self, discovered: DiscoveredPlugin) -> tuple[PluginLaunch, Manifest]:
+        """Describe ``discovered``: an entry point by its class (pip installed its code),
+        a folder plugin in a process of its own, whatever its isolation, so that none
+        of its code runs in the daemon before it is accepted."""
         override = self.config.overrides.get(discovered.name, {})
         manifest = discovered.manifest
         assert manifest is not None
-        metadata = self._effective(manifest.metadata)
+        metadata = self._effective(manifest.metadata, discovered.source)
+        if metadata.isolation is not manifest.metadata.isolation and "isolation" not in override:
+            _log.warning(
+                "plugin %s asks to run in the daemon's process; it runs as a subprocess"
+                " (add it to [plugins] in_process_allowed to let it in)", discovered.name,
+                extra={"plugin": discovered.name, "isolation": metadata.isolation.value},
+            )  # fmt: skip
         folder = Path(discovered.location) if discovered.source != "entry_point" else None
         plugin_class = discovered.plugin_class
         # What the operator lets through of the daemon's environment (cloud credentials).
         allowlist = ENV_ALLOWLIST + tuple(override.get("env", ()))
         try:
             if plugin_class is not None:
-                capabilities = plugin_class.capabilities
-            elif metadata.isolation is Isolation.IN_PROCESS:
-                plugin_class = load_plugin_class(manifest.entry, folder)  # it runs here
                 capabilities = plugin_class.capabilities
             else:
                 # Importing its module runs its code: do it in a process of its own.
@@ -331,7 +390,7 @@ class _Loading(_Discovery, _Status):
                 )
                 env = allowed_environment(metadata.name, allowlist)
                 capabilities = await describe(spec, env, timeout=self.config.start_timeout)
-        except (PluginImportError, DescribeFailed) as exc:
+        except DescribeFailed as exc:
             raise PluginRefused(discovered.name, f"its code is broken: {exc}") from exc
         launch = PluginLaunch(
             metadata=metadata,

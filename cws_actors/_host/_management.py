@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
+
+from supervision import SupervisionError
 
 from .._core._exceptions import (
     ActorError,
@@ -14,6 +19,7 @@ from .._core._exceptions import (
     PluginRefused,
 )
 from .._isolation._launch import SwapLaunch
+from .._plugins._manifest import Manifest
 from ._base import _SWAP_MARGIN, PluginStatus, _log, _Switch
 from ._discovery import _from_plugin_dir
 from ._install import (
@@ -53,15 +59,20 @@ class _Management(_Loading):
             PluginRefused: saying why; nothing was installed.
         """
         async with self._lock:
-            staged = await self._stage(source, signature)
-            try:
-                existing = self._discovered.get(staged.name)
+            await self.discover()  # what is installed now, not at the last scan
+
+            def admit(manifest: Manifest) -> None:  # before any of its code runs
+                existing = self._discovered.get(manifest.metadata.name)
                 if existing is not None and existing.problem is None:
                     raise PluginRefused(
-                        staged.name,
+                        existing.name,
                         f"version {existing.version} is already installed ({existing.source});"
                         " update it instead",
                     )
+
+            staged = await self._stage(source, signature, admit)
+            try:
+                admit(staged.manifest)  # again: a discovery may have run meanwhile
                 target = self.user_dir / staged.name
                 if target.exists():
                     await trio.to_thread.run_sync(discard, target)  # a broken copy
@@ -79,13 +90,20 @@ class _Management(_Loading):
         return await self.status(staged.name)
 
     async def update(
-        self, name: str, source: Path, *, signature: Path | None = None
+        self,
+        name: str,
+        source: Path,
+        *,
+        signature: Path | None = None,
+        allow_downgrade: bool = False,
     ) -> PluginStatus:
         """Hot reload ``name`` with the version in ``source`` (checked as ``install``
         checks it). A loaded plugin keeps its actor, mailbox and path: the new version
         starts, routing switches to it, then the old version stops; messages sent
         meanwhile wait and reach the new one. If the new version fails to start (or
-        starts unhealthy) the old one keeps serving and its files are put back.
+        starts unhealthy) the old one keeps serving and its files are put back. A
+        version lower than the installed one is refused unless ``allow_downgrade``
+        (then the history records the downgrade).
 
         Raises:
             PluginNotFound: ``name`` is not installed.
@@ -102,11 +120,22 @@ class _Management(_Loading):
                     f"it is a {current.source.replace('_', ' ')} plugin; update it with the"
                     " tool that installed it (pip for entry points, the system's packages)",
                 )
-            staged = await self._stage(source, signature)
+            installed = current.version
+
+            def admit(manifest: Manifest) -> None:  # before any of its code runs
+                new = manifest.metadata
+                if new.name != name:
+                    raise PluginRefused(name, f"the new version's manifest names {new.name!r}")
+                if not allow_downgrade and _is_lower(new.version, installed):
+                    raise PluginRefused(
+                        name,
+                        f"version {new.version} is lower than the installed {installed};"
+                        " pass allow_downgrade (--allow-downgrade) to install it anyway",
+                    )
+
+            staged = await self._stage(source, signature, admit)
             target, backup = self.user_dir / name, backup_path(self.user_dir, name)
             try:
-                if staged.name != name:
-                    raise PluginRefused(name, f"the new version's manifest names {staged.name!r}")
                 await trio.to_thread.run_sync(discard, backup)
                 target.rename(backup)
             except BaseException:  # refused or cancelled: the staged copy goes
@@ -129,6 +158,10 @@ class _Management(_Loading):
                 raise
             await trio.to_thread.run_sync(discard, backup)
             await self._record(staged, target)
+            if _is_lower(staged.version, current.version):
+                await self.state.log(
+                    name, "downgraded", f"from {current.version} to {staged.version}"
+                )
         _log.info(
             "updated plugin %s from %s to %s%s", name, current.version, staged.version,
             "" if name in self._loaded else " (not loaded: the new version starts at its load)",
@@ -145,12 +178,19 @@ class _Management(_Loading):
             self._discovered[name] = discovered
             return
         launch, _ = await self._launch(discovered)
+        launch = self._with_class(launch)  # every check passed: its code may run here
         # The actor bounds the swap itself (the new version's start, then one stop), so
         # this wait is longer than the swap can be: the actor answers first.
         timeout = launch.start_timeout + launch.stop_budget + _SWAP_MARGIN
         switch.unsettled = True
         problem = await self.runtime.lookup(loaded.path).ask(SwapLaunch(launch), timeout=timeout)
         switch.unsettled = False
+        # The swap held the actor's task: a readiness probe that waited behind it failed,
+        # so the actor (whichever version now runs) is out of routing until the next probe.
+        # Answer the operator once it serves again, as `load` does.
+        with trio.move_on_after(self.config.ready_timeout):
+            with contextlib.suppress(SupervisionError):
+                await self.runtime.wait_ready(loaded.path)
         if problem is not None:
             await self.state.log(name, "update_failed", problem)
             _log.warning(
@@ -227,7 +267,9 @@ class _Management(_Loading):
         """The plugin's install, load, update, enable and failure history (oldest first)."""
         return await self.state.history(name)
 
-    async def _stage(self, source: Path, signature: Path | None) -> StagedPlugin:
+    async def _stage(
+        self, source: Path, signature: Path | None, admit: Callable[[Manifest], None]
+    ) -> StagedPlugin:
         try:
             return await trio.to_thread.run_sync(
                 lambda: stage(
@@ -236,6 +278,7 @@ class _Management(_Loading):
                     self.config.trust,
                     signature=signature,
                     effective=self._effective,
+                    admit=admit,
                     describe_timeout=self.config.start_timeout,
                 )
             )
@@ -247,5 +290,26 @@ class _Management(_Loading):
 
     async def _record(self, staged: StagedPlugin, target: Path) -> None:
         signed = f", signed by {staged.signed_by}" if staged.signed_by else ""
-        await self.state.record_install(staged.name, staged.version, "user", str(target))
+        await self.state.record_install(
+            staged.name, staged.version, "user", str(target),
+            files=staged.files, signed_by=staged.signed_by,
+        )  # fmt: skip
         await self.state.log(staged.name, "verified", f"{staged.version}{signed}")
+
+
+def _is_lower(version: str, than: str) -> bool:
+    """Whether ``version`` is lower than ``than``, compared as release numbers
+    (``1.10.0`` > ``1.9.2``); what follows the numbers (``-rc1``) only breaks ties, by
+    text, and a version without numbers compares by text."""
+    return _version_key(version) < _version_key(than)
+
+
+def _version_key(version: str) -> tuple[tuple[int, ...], str]:
+    match = re.match(r"v?(\d+(?:\.\d+)*)(.*)", version.strip())
+    if match is None:
+        return (), version
+    numbers = tuple(int(part) for part in match.group(1).split("."))
+    while numbers and numbers[-1] == 0:  # 1.0 is 1.0.0
+        numbers = numbers[:-1]
+    # A release sorts after its pre-releases: "" must beat "-rc1".
+    return numbers, match.group(2) or "\U0010ffff"

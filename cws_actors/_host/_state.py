@@ -6,10 +6,11 @@ forward."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -49,6 +50,11 @@ _MIGRATIONS: list[str] = [
         revoked_at REAL
     );
     """,
+    # 3: what an install verified: its files' digests (JSON) and the key that signed it
+    """
+    ALTER TABLE plugins ADD COLUMN files TEXT;
+    ALTER TABLE plugins ADD COLUMN signed_by TEXT;
+    """,
 ]
 
 
@@ -60,6 +66,11 @@ class PluginRecord:
     path: str | None
     enabled: bool
     installed_at: float
+    files: Mapping[str, str] | None = None
+    """The SHA-256 of each installed file (by its path in the plugin's folder), as the
+    install verified them; None for a plugin that was not installed by the host."""
+    signed_by: str | None = None
+    """The key whose signature the install verified, if any."""
 
 
 @attrs.frozen
@@ -130,18 +141,30 @@ class StateStore:
         row = await self.run(lambda c: c.execute("SELECT version FROM cws_schema").fetchone())
         return int(row[0])
 
-    async def record_install(self, name: str, version: str, source: str, path: str | None) -> None:
+    async def record_install(
+        self,
+        name: str,
+        version: str,
+        source: str,
+        path: str | None,
+        *,
+        files: Mapping[str, str] | None = None,
+        signed_by: str | None = None,
+    ) -> None:
         """Add or replace a plugin's record (keeping its enabled flag) and log it."""
+        files_json = json.dumps(dict(files), sort_keys=True) if files is not None else None
 
         def write(connection: sqlite3.Connection) -> None:
             with connection:
                 connection.execute("BEGIN IMMEDIATE")
                 connection.execute(
-                    "INSERT INTO plugins (name, version, source, path, installed_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                    "INSERT INTO plugins"
+                    " (name, version, source, path, installed_at, files, signed_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
                     " version = excluded.version, source = excluded.source,"
-                    " path = excluded.path, installed_at = excluded.installed_at",
-                    (name, version, source, path, time.time()),
+                    " path = excluded.path, installed_at = excluded.installed_at,"
+                    " files = excluded.files, signed_by = excluded.signed_by",
+                    (name, version, source, path, time.time(), files_json, signed_by),
                 )
                 _log(connection, name, "installed", f"{version} from {source}")
 
@@ -181,11 +204,21 @@ class StateStore:
     async def plugins(self) -> dict[str, PluginRecord]:
         rows = await self.run(
             lambda c: c.execute(
-                "SELECT name, version, source, path, enabled, installed_at FROM plugins"
+                "SELECT name, version, source, path, enabled, installed_at, files, signed_by"
+                " FROM plugins"
             ).fetchall()
         )
         return {
-            row[0]: PluginRecord(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+            row[0]: PluginRecord(
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                bool(row[4]),
+                row[5],
+                json.loads(row[6]) if row[6] is not None else None,
+                row[7],
+            )
             for row in rows
         }
 

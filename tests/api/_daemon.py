@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import httpx
 import trio
 
 from api import load_config, serve_daemon
 from api._auth import issue_token
 from api._daemon import Daemon
+
+from ..plugins._fixtures import IN_PROCESS_ALLOWED
 
 TIMEOUT = 30
 
@@ -27,6 +30,7 @@ async def running_daemon(
     block ends; its plugins have loaded when the block starts, unless
     ``wait_for_plugins`` is false. Tests of the token needed to read pass
     ``open_reads=False``, the daemon's default."""
+    allowed = settings.pop("in_process_allowed", IN_PROCESS_ALLOWED)
     settings = {
         "entry_points": False,
         "system_dir": home / "system",
@@ -34,6 +38,8 @@ async def running_daemon(
         **settings,
     }
     config = load_config(None, env={}, home=home, port=0, **settings)
+    # The operator's [plugins] in_process_allowed, set in the file only: the test plugins.
+    config = attrs.evolve(config, in_process_allowed=tuple(sorted(allowed)))
     async with trio.open_nursery() as nursery:
         daemon: Daemon = await nursery.start(
             functools.partial(serve_daemon, config, on_url=lambda url: None)

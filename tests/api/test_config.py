@@ -104,8 +104,9 @@ def test_check_lists_every_problem_with_its_line_in_the_files_order(tmp_path: Pa
         f'{path}:4: daemon.port must be an integer, got a string ("80")',
         f'{path}:5: daemon.log_level must be one of DEBUG, INFO, WARNING, ERROR, got "LOUD"',
         f"{path}:6: unknown key daemon.note; expected one of access_log, allowed_hosts, home,"
-        " host, instance_poll_interval, log_format, log_level, loopback_is_one_source,"
-        " max_body_bytes, max_upload_bytes, open_health, open_reads, port, shutdown_grace",
+        " host, instance_poll_interval, keep_alive_seconds, log_format, log_level,"
+        " loopback_is_one_source, max_body_bytes, max_connections, max_upload_bytes,"
+        " open_health, open_reads, port, shutdown_grace",
         f"{path}:10: plugins.max_restarts must be >= 1, got 0",
         f"{path}:11: unknown key plugins.host; did you mean daemon.host?",
         f"{path}:13: unknown key plugins.overrides.aws.config.regoin;"
@@ -176,6 +177,7 @@ def test_the_example_names_every_setting_at_its_default_and_passes_check() -> No
     by_field = {setting.key: (setting.table, setting.key) for setting in SETTINGS}
     by_field |= {
         "overrides": ("plugins", "overrides"),
+        "in_process_allowed": ("plugins", "in_process_allowed"),
         "durable_topics": ("events", "durable_topics"),
     }
     for field in attrs.fields(DaemonConfig):

@@ -120,7 +120,7 @@ async def test_what_the_schema_refuses_is_a_400_naming_the_field(daemon: Daemon)
                     "/api/plugins/load", json={"plugin_name": "web", "timeout_seconds": 1e9}
                 ),
                 400,
-                "seconds for each try, from 1 to 3600",
+                "'timeout_seconds' is at most 3600, got 1000000000.0; expected a whole number",
             )
             # A path parameter no resource can have: nothing is there.
             assert_problem(await http.get("/api/v1/plugins/Not_A_Name"), 404, "'name'")
@@ -132,14 +132,14 @@ async def test_405_answers_carry_allow(daemon: Daemon) -> None:
             for method in ("TRACE", "BAZ27862", "PUT"):
                 answer = await http.request(method, "/healthz")
                 assert_problem(answer, 405, f"{method} is not allowed on /healthz; use GET")
-                assert answer.headers["Allow"] == "GET, HEAD, OPTIONS"
+                assert answer.headers["Allow"] == "GET, HEAD"
             # A concrete path is its own resource (as OpenAPI matches paths).
             answer = await http.delete("/api/v1/plugins/discover")
             assert_problem(answer, 405, "use GET")
-            assert answer.headers["Allow"] == "GET, HEAD, OPTIONS"
+            assert answer.headers["Allow"] == "GET, HEAD"
             answer = await http.request("TRACE", "/api/v1/web/items/1")  # a plugin's route
             assert_problem(answer, 405, "use PUT")
-            assert answer.headers["Allow"] == "OPTIONS, PUT"
+            assert answer.headers["Allow"] == "PUT"
             options = await http.options("/api/v1/plugins/web")
             assert options.status_code == 204
             assert options.headers["Allow"] == "DELETE, GET, HEAD, OPTIONS"

@@ -99,8 +99,13 @@ async def test_plugin_list_is_a_table_or_the_apis_json(daemon: Daemon, tmp_path:
              for line in status.out.splitlines()[1:]}  # fmt: skip
     assert (lines["state"], lines["ready"], lines["restarts"]) == ("running", "yes", "0")
     assert lines["plugin status"] == '{"greeting": "hello"}'
+    # A folder plugin not in [plugins] in_process_allowed runs as a subprocess: its
+    # status carries the process's pid, memory and CPU, shown apart as its resources.
+    assert lines["resources"].startswith("pid ")
     detail = json.loads((await cws("plugin", "status", "echo", "--json", env=env)).out)
-    assert detail["plugin_status"] == {"greeting": "hello"}
+    assert detail["plugin_status"]["greeting"] == "hello"
+    assert detail["plugin_status"]["pid"] == detail["pid"]
+    assert set(detail["plugin_status"]) <= {"greeting", "pid", "memory_rss_kb", "cpu_seconds"}
     discovered = json.loads((await cws("plugin", "discover", "--json", env=env)).out)
     assert [(p["name"], p["loaded"]) for p in discovered["plugins"]] == [("echo", True)]
 

@@ -124,6 +124,15 @@ greeting = "hello"
 """
 
 
+IN_PROCESS_ALLOWED = frozenset(
+    {"big", "broken", "echo", "evil", "future", "good", "half", "idle", "keeper", "later",
+     "local", "memory", "newer", "other", "other-major", "quick", "slow", "spinner", "steady",
+     "stuck", "shadow", "sys", "system", "web", *(f"p{n}" for n in range(6))}
+)  # fmt: skip
+"""The folder plugins the tests' hosts and daemons let run in process (the operator's
+``[plugins] in_process_allowed``): the names the tests give the plugins they write."""
+
+
 def write_plugin(
     folder: Path,
     name: str = "echo",

@@ -22,7 +22,7 @@ from cws_actors import (
     open_runtime,
 )
 
-from ._fixtures import write_plugin
+from ._fixtures import IN_PROCESS_ALLOWED, write_plugin
 
 TIMEOUT = 30
 
@@ -34,7 +34,9 @@ async def home(tmp_path: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def opened(home: Path, **overrides: Any) -> AsyncIterator[PluginHost]:
-    config = HostConfig(home=home, system_dir=home / "system", entry_points=False, **overrides)
+    overrides = {"system_dir": home / "system", "entry_points": False,
+                 "in_process_allowed": IN_PROCESS_ALLOWED, **overrides}  # fmt: skip
+    config = HostConfig(home=home, **overrides)
     async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
         yield host
 

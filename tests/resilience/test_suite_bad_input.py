@@ -48,10 +48,33 @@ async def daemon_with_keeper(
     home: Path, *, scope: str, **settings: Any
 ) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
     """A daemon with one plugin, ``keeper``, installed and running (the state that every
-    refusal must leave alone), and a client whose token has ``scope``."""
-    write_plugin(home / "plugins", "keeper", code=code_for("keeper"))
+    refusal must leave alone), and a client whose token has ``scope``.
+
+    Under ``require_signed`` a folder plugin loads only as a signed install, so there
+    ``keeper`` is installed through the API from an archive signed by a key of its own
+    (trusted beside whatever key the test trusts); otherwise it is copied into the folder."""
+    signed_install = bool(settings.get("require_signed"))
+    if signed_install:
+        source = write_plugin(home.parent / f"keeper-src-{uuid.uuid4().hex[:8]}", "keeper",
+                              code=code_for("keeper"))  # fmt: skip
+        archive = make_archive(source, home.parent / "keeper.cwsplugin").read_bytes()
+        keeper_key = generate_keypair()
+        trust(home, keeper_key)
+        keeper_files = {
+            "archive": ("keeper.cwsplugin", archive, "application/zip"),
+            "signature": (
+                "keeper.cwsplugin.minisig",
+                signed(archive, keeper_key, "file:keeper.cwsplugin"),
+                "text/plain",
+            ),
+        }
+    else:
+        write_plugin(home / "plugins", "keeper", code=code_for("keeper"))
     async with running_daemon(home, **settings) as daemon:
         async with client(daemon, await token(daemon, "admin")) as http:
+            if signed_install:
+                installed = await http.post("/api/v1/plugins/install", files=keeper_files)
+                assert installed.status_code == 201, installed.text
             loaded = await http.post("/api/v1/plugins/keeper/load")
             assert loaded.status_code == 200, loaded.text
         async with client(daemon, await token(daemon, scope)) as http:
@@ -146,6 +169,19 @@ def symlink_entry(name: str, target: str) -> zipfile.ZipInfo:
     info.external_attr = (stat.S_IFLNK | 0o777) << 16
     info.create_system = 3  # unix, so that the mode bits mean what they say
     return info
+
+
+def renamed(archive: bytes, name: str) -> bytes:
+    """``archive`` with its manifest's ``name = "echo"`` made ``name``; a manifest that
+    does not say so (not TOML, no [plugin] table) is left as it is."""
+    return zipped(
+        [
+            (entry, data.replace(b'name = "echo"', f'name = "{name}"'.encode()))
+            if entry == "plugin.toml"
+            else (entry, data)
+            for entry, data in zip_entries(archive)
+        ]
+    )
 
 
 def with_manifest(tmp_path: Path, manifest: str) -> bytes:
@@ -302,6 +338,10 @@ async def test_a_bad_archive_is_refused_with_its_reason_and_nothing_changes(
             path = (
                 "/api/v1/plugins/install" if route == "install" else "/api/v1/plugins/keeper/update"
             )
+            if route == "update" and case not in MALFORMED_ARCHIVES:
+                # An update of keeper must carry keeper's name, or it is refused for the
+                # name before the defect under test is looked at.
+                archive = renamed(archive, "keeper")
             answer = await http.post(path, files=upload(archive))
             if case in MALFORMED_ARCHIVES:
                 body = assert_problem(answer, 400, *details)
@@ -530,10 +570,10 @@ async def test_an_oversize_upload_is_a_413_and_nothing_changes(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("extra", "status", "says"),
     [
-        ({"retries": 10**6}, 400, "tries after the first, 0 to 10"),
+        ({"retries": 10**6}, 400, "'retries' is at most 100"),
         ({"retries": 3}, 404, "no-such-plugin"),
         ({"timeout_seconds": 1}, 404, "no-such-plugin"),
-        ({"timeout_seconds": 1e-9}, 400, "seconds for each try, from 1 to 3600"),
+        ({"timeout_seconds": 1e-9}, 400, "whole number"),
     ],
     ids=["huge-retries", "retries", "short-timeout", "tiny-timeout"],
 )
@@ -543,7 +583,8 @@ async def test_loading_an_unknown_plugin_is_a_prompt_answer_whatever_the_options
     """Found by the fuzzer (test_suite_api_fuzz.py): Snoozebot's load route retries a
     plugin that does not exist ``retries`` times (a request that never ends), and a tiny
     ``timeout_seconds`` turned "no such plugin" into a 504. Now an unknown name is a 404
-    at once, and retries and timeouts are bounded (with a 400 saying so)."""
+    at once, tries are capped (with a 400 saying so) and share one deadline, and
+    ``timeout_seconds`` is whole seconds, as Snoozebot's Go ``int`` is."""
     home = tmp_path / "home"
     with trio.fail_after(TIMEOUT):
         async with daemon_with_keeper(home, scope="plugins:manage") as (_daemon, http):
