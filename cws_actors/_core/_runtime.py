@@ -208,11 +208,14 @@ class Runtime:
         backoff: Backoff | None = None,
         shutdown: float = 5.0,
         on_exhausted: OnExhausted = OnExhausted.QUARANTINE,
+        max_concurrency: int | None = None,
     ) -> ActorRef:
         """Start an actor at ``parent/name`` and wait until its ``on_start`` returned.
 
         ``factory`` makes a fresh Actor for every run (a class works). By default a
         crash-looping actor is quarantined, so it cannot take its siblings down.
+        ``max_concurrency`` (default: the actor class's, 1 unless it says otherwise) is
+        how many messages it handles at once; see ``Actor.max_concurrency``.
 
         Raises:
             ValueError: a bad name, an unknown parent or a path already in use.
@@ -222,6 +225,14 @@ class Runtime:
             raise TypeError(f"spawn() needs a factory returning an Actor, got {factory!r}")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError(f"rate_limit must be a RateLimit, got {rate_limit!r}")
+        if max_concurrency is not None and (
+            not isinstance(max_concurrency, int)
+            or isinstance(max_concurrency, bool)
+            or max_concurrency < 1
+        ):
+            raise ValueError(
+                f"max_concurrency must be a whole number of at least 1, got {max_concurrency!r}"
+            )
         node, path = self._new_path(parent, name)
         cell = ActorCell(
             path=path,
@@ -235,6 +246,7 @@ class Runtime:
             router=self.router,
             store=self._store,
             listener=self._hooks,
+            max_concurrency=max_concurrency,
         )
         spec = ChildSpec(
             name,
