@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import trio
@@ -55,14 +56,14 @@ class Actor:
     """
 
     event_handlers: ClassVar[dict[str, tuple[str, ...]]] = {}
-    max_concurrency: ClassVar[int] = 1
+    max_concurrency: int = 1
     """How many messages this actor handles at once (``Runtime.spawn(max_concurrency=)``
     overrides it). Above 1, each message is handled in a task of its own inside the
     actor's scope: a crash of one handler still crashes the actor (the others are
     cancelled and their askers get ActorRestarting); an ask whose asker gives up or
     whose deadline passes has its handler cancelled; bus events are still handled one at
     a time, in order; probes run beside the handlers instead of waiting for them."""
-    concurrency_groups: ClassVar[dict[str, int]] = {}
+    concurrency_groups: Mapping[str, int] = MappingProxyType({})
     """Named groups with their own limits, as in Ray: ``concurrency_group(message)``
     puts a message in one; a full group never delays another group or the default one
     (whose limit is ``max_concurrency``). Groups need ``max_concurrency`` above 1 or

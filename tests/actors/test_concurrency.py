@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import pytest
@@ -154,7 +155,7 @@ async def test_bus_events_reach_one_subscriber_in_order(autojump_clock) -> None:
 
 class Grouped(Actor):
     max_concurrency = 2
-    concurrency_groups: ClassVar[dict[str, int]] = {"slow": 1}
+    concurrency_groups = MappingProxyType({"slow": 1})
 
     def concurrency_group(self, message: Any) -> str | None:
         return "slow" if message == "slow" else None
@@ -209,7 +210,7 @@ async def test_the_mailbox_bound_still_holds(autojump_clock) -> None:
 
 class Lanes(Actor):
     max_concurrency = 2
-    concurrency_groups: ClassVar[dict[str, int]] = {"one": 1}
+    concurrency_groups = MappingProxyType({"one": 1})
     handled: ClassVar[list[Any]] = []
 
     def concurrency_group(self, message: Any) -> str | None:
