@@ -78,7 +78,7 @@ def _check_known(data: Mapping[str, Any], source: str) -> None:
 
 
 def _unknown(what: str, name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
     return f"unknown {what} ({hint}); this host does not know it, so it would be ignored"
 
