@@ -21,7 +21,10 @@ import attrs
 
 from cws_actors import StateStore
 
-SCOPES = ("admin", "plugins:manage", "events:publish", "faults:inject", "instances:manage")
+SCOPES = (
+    "admin", "plugins:manage", "events:publish", "events:read", "faults:inject",
+    "instances:manage",
+)  # fmt: skip
 """The daemon's own scopes; plugins add theirs (``analytics.read``) in their specs."""
 
 _SCOPE = re.compile(r"[a-z][a-z0-9_.:\-]{0,63}")

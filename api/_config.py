@@ -193,6 +193,14 @@ class DaemonConfig:
     """Host names, comma-separated, that requests may name in ``Host:`` besides the bound
     address, loopback addresses and ``localhost`` (the DNS-rebinding check)."""
     shutdown_grace: float = _setting("daemon", 10.0, rule=lambda v: v >= 0, expected=">= 0")
+    keep_alive_seconds: float = _setting("daemon", 5.0, rule=lambda v: v > 0, expected="> 0")
+    """Seconds an HTTP connection may stay open with no request before the daemon closes it."""
+    max_connections: int = _setting(
+        "daemon", 0, rule=lambda v: v >= 0,
+        expected=">= 0 (0: the open-file limit less an eighth)",
+    )  # fmt: skip
+    """The most HTTP connections open at once; at the cap, the connection idle the longest
+    is closed to accept the next. 0: the soft RLIMIT_NOFILE less an eighth (896 of 1,024)."""
     instance_poll_interval: float = _setting(
         "daemon", 60.0, rule=lambda v: v >= 0, expected=">= 0 (0: never)"
     )
@@ -227,6 +235,18 @@ class DaemonConfig:
     in_process_allowed: tuple[str, ...] = _table_only("plugins", default=(), for_host=True)
     """The folder plugins that may run in the daemon's process when they ask to."""
     durable_topics: tuple[str, ...] = _table_only("events", default=("instance.*",))
+    replay_buffer: int = _setting(
+        "events", 1000, rule=lambda v: 0 <= v <= 100_000, expected="in 0..100000",
+        validator=attrs.validators.and_(attrs.validators.ge(0), attrs.validators.le(100_000)),
+    )  # fmt: skip
+    """Non-durable events kept in memory for event-stream clients that reconnect with
+    ``Last-Event-ID`` (durable ones are replayed from ``events.db``)."""
+    open_events: bool = _setting("api", False, validator=attrs.validators.instance_of(bool))
+    """Let loopback clients read ``/api/v1/events/stream`` without a token; otherwise it
+    needs one with the scope ``events:read``."""
+    snoozebot_body_auth: bool = _setting("api", False, validator=attrs.validators.instance_of(bool))
+    """Accept Snoozebot's ``api_key`` body field as a token on ``POST /api/plugins/load``
+    and ``/unload`` (off: the body of an anonymous request would have to be read)."""
     source: str = "embedded defaults"
     """Where this configuration came from, for the log and ``/api/v1/daemon``."""
 

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -32,6 +32,9 @@ from cws_actors import (
 
 from ._config import FOR_HOST, DaemonConfig, load_config
 from ._metrics import Metrics
+
+if TYPE_CHECKING:
+    from ._connections import OpenConnections
 
 log = logging.getLogger("cws.daemon")
 
@@ -53,6 +56,8 @@ class Daemon:
     stopping: bool = False
     config_path: Path | None = None
     reloads: int = 0
+    connections: OpenConnections | None = None
+    """The HTTP connections being served (``statistics()``), once serving."""
     background: trio.Nursery | None = None
     """Where long requests (chaos runs) go on after their request has been answered."""
     chaos_runs: dict[str, Any] = attrs.field(factory=dict)
@@ -144,8 +149,9 @@ async def open_daemon(
     """The runtime and the plugin host (no plugin loaded yet: see ``load_plugins``)."""
     config.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     runtime_config = RuntimeConfig(
-        state_path=str(config.home / "events.db"), durable_topics=config.durable_topics
-    )
+        state_path=str(config.home / "events.db"), durable_topics=config.durable_topics,
+        event_history=config.replay_buffer,
+    )  # fmt: skip
     async with (
         open_runtime(config=runtime_config) as runtime,
         open_plugin_host(runtime, host_config(config), discover=False) as host,

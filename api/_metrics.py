@@ -1,16 +1,45 @@
 """Prometheus metrics: the runtime's own counters, read at scrape time (so the hot path
-pays nothing), and the HTTP layer's counters and latency histograms."""
+pays nothing), the HTTP layer's counters and latency histograms, and the standard
+``process_*`` and ``python_*`` collectors.
+
+Every label has a bounded set of values, whatever clients send: ``method`` is one of
+:data:`METHODS` or ``other``, ``route`` is a route's template (``/api/v1/plugins/<name>``,
+a plugin's ``/api/v1/web/items/{item}``) or ``<unmatched>``, ``plugin`` is a loaded
+plugin's registered name, ``actor`` an actor's path, ``status`` a status the daemon
+answered with."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cws_actors import ActorSnapshot, Runtime
+
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+"""The methods that are their own ``method`` label value (RFC 9110's and PATCH)."""
+
+UNMATCHED = "<unmatched>"
+"""The ``route`` label of a request that matched no route (404, 405, refused early)."""
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is one of :data:`METHODS`, else ``other``: a client's made-up
+    method (``BAZ27862``) must not become a label value, one new series each."""
+    return method if method in METHODS else "other"
 
 
 class RuntimeCollector(Collector):
@@ -76,6 +105,11 @@ class Metrics:
     def __init__(self, runtime: Runtime) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(RuntimeCollector(runtime))
+        # The standard collectors (the ones prometheus_client registers globally), in
+        # this daemon's registry: process_* (CPU, memory, open files, start time) and
+        # python_* (version, garbage collections). They read process-wide facts.
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(standard)
         self.requests = Counter(
             "cws_http_requests",
             "HTTP requests by route and status",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -23,9 +24,9 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from ._config import DaemonConfig
+from ._connections import OpenConnections, default_max_connections, serve_http
 from ._daemon import Daemon, open_daemon, poll_providers
 from ._home_lock import hold_home
 from ._http import create_app
@@ -84,7 +85,7 @@ async def serve_daemon(
             await _serve(config, config_path, on_url, listener, home_lock, task_status)
         finally:
             if listener.fileno() >= 0:
-                listener.close()  # hypercorn never took it
+                listener.close()  # serving never started
 
 
 async def _serve(
@@ -98,15 +99,20 @@ async def _serve(
     async with open_daemon(config, config_path=config_path) as daemon:
         app = create_app(daemon)  # first: it guards the core routes from plugins
         hyper = HypercornConfig()
-        hyper.bind = [f"fd://{listener.detach()}"]  # hypercorn owns it from here on
         hyper.graceful_timeout = config.shutdown_grace
+        hyper.keep_alive_timeout = config.keep_alive_seconds
         hyper.accesslog = logging.getLogger(ACCESS_LOGGER) if config.access_log else None
         hyper.errorlog = logging.getLogger("cws.http")
         hyper.include_server_header = False
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(_signals, daemon, stop)  # handlers in place before serving
-            binds: list[str] = await nursery.start(_serve_until, app, hyper, stop)
+            connections = OpenConnections(config.max_connections or default_max_connections())
+            daemon.connections = connections
+            binds: list[str] = await nursery.start(
+                functools.partial(serve_http, app, hyper, listener, connections,
+                                  shutdown_trigger=stop.wait)
+            )  # fmt: skip
             daemon.url = binds[0].replace("0.0.0.0", "127.0.0.1")
             home_lock.announce(daemon.url)
             on_url(daemon.url)
@@ -126,12 +132,6 @@ async def _serve(
             log.info("stopping: finishing requests in flight, then stopping actors")
         # The app has stopped accepting and drained; the context managers now stop
         # plugins and actors in reverse order.
-
-
-async def _serve_until(
-    app: Any, hyper: HypercornConfig, stop: trio.Event, task_status: trio.TaskStatus[list[str]]
-) -> None:
-    await serve(app, hyper, shutdown_trigger=stop.wait, task_status=task_status)
 
 
 async def _signals(

@@ -50,6 +50,18 @@ TARGETS: dict[str, Target] = {
     "startup.cli_plugin_list": Target(
         "<=", 2.0, "cws plugin list, a round trip to the daemon, within 2x an import of httpx"
     ),
+    "connections.healthz_p99": Target(
+        "<=",
+        2.0,
+        "/healthz p99 with 1,000 idle connections held against 1,024 descriptors within 2x"
+        " of the same daemon's with none (issue 16, item 11)",
+    ),
+    **{
+        f"attacks.{key}_p99": Target(
+            "<=", 2.0, "issue 16: /healthz p99 while the attack runs within 2x of idle"
+        )
+        for key in ("faults", "patterns", "bodies", "bad_input", "connections")
+    },
     "http.plugin_rps": Target(
         ">=", 0.85, "routing through the plugin's actor costs at most 15% of a bare route"
     ),
@@ -226,6 +238,91 @@ def startup_rows(f: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def run_connections(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_connections
+
+    return trio.run(bench_connections.main, params["probes"])
+
+
+def connections_rows(f: dict[str, Any]) -> list[Row]:
+    idle, held = f["idle"], f["held"]
+    alone = "/healthz, no other connection"
+    kept = held["attack_opened"] - held["attack_closed"]
+    return [
+        row("connections", "healthz_p50", "/healthz p50, 1,000 idle connections", "ms",
+            held["p50_ms"], reference=idle["p50_ms"], reference_name=alone),
+        row("connections", "healthz_p99", "/healthz p99, 1,000 idle connections", "ms",
+            held["p99_ms"], reference=idle["p99_ms"], reference_name=alone,
+            note=f"{kept} kept open under {f['open_files']} descriptors,"
+                 f" {held['attack_closed']} closed idle-longest first"),
+    ]  # fmt: skip
+
+
+def run_attacks(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_attacks
+
+    return bench_attacks.main(**params)
+
+
+def answers_note(answers: dict[str, dict[str, int]]) -> str:
+    """``label: status xN, ...; ...``, or the statuses of all labels together when
+    there are many."""
+    if len(answers) > 4:
+        total: dict[str, int] = {}
+        for counts in answers.values():
+            for status, count in counts.items():
+                total[status] = total.get(status, 0) + count
+        answers = {f"{len(answers)} bodies": total}
+    return "; ".join(
+        f"{label}: " + ", ".join(f"{status} x{count:,}" for status, count in counts.items())
+        for label, counts in answers.items()
+    )
+
+
+def attack_row(f: dict[str, Any], key: str, metric: str, extra: str = "") -> Row:
+    figures = f[key]
+    notes = [answers_note(figures["answers"])]
+    probes = figures["attack"]["answers"]
+    if set(probes) != {"200"}:
+        notes.append("probes " + ", ".join(f"{a} x{n}" for a, n in probes.items()))
+    if figures["leaks"]:
+        notes.append(f"{figures['leaks']} answers named a path or held a traceback")
+    after = (figures["healthz_after"], figures["publish_after"])
+    if after != (200, 202):
+        notes.append(f"afterwards /healthz {after[0]}, publish {after[1]}")
+    if extra:
+        notes.append(extra)
+    return row("attacks", f"{key}_p99", metric, "ms", figures["attack"]["p99_ms"],
+               reference=figures["idle"]["p99_ms"], reference_name="/healthz p99 idle",
+               note="; ".join(notes))  # fmt: skip
+
+
+def attacks_rows(f: dict[str, Any]) -> list[Row]:
+    bodies = f["bodies"]
+    upload = next(label for label in bodies["answers"] if label.startswith("chunked upload"))
+    sent = bodies["mib_sent_when_answered_max"]
+    patterns, connections = f["patterns"], f["connections"]
+    held = connections["answers"]
+    count = sum(next(counts for label, counts in held.items() if "keep-alive" in label).values())
+    return [
+        attack_row(f, "faults", "/healthz p99, 1: fault targets of 35 and 50,000 '*'"),
+        attack_row(f, "patterns", "/healthz p99, 2: 1,500-segment stream pattern",
+                   f"{patterns['delivered']} of {patterns['published']} events delivered"),
+        attack_row(f, "bodies", f"/healthz p99, 3: {upload}, 8 x 99 MiB anonymous",
+                   f"upload answered after {sent[upload]:.0f} MiB, bodies after"
+                   f" {sent['99 MiB bodies']:.2f} MiB"),
+        row("attacks", "bodies_rss", "daemon RSS after item 3", "MiB",
+            bodies["memory_after"]["rss_mib"], reference=bodies["memory_before"]["rss_mib"],
+            reference_name="RSS before item 3",
+            note=f"peak (VmHWM) {bodies['memory_before']['hwm_mib']:.0f} ->"
+                 f" {bodies['memory_after']['hwm_mib']:.0f} MiB"),
+        attack_row(f, "bad_input", "/healthz p99, 4: deep JSON, long number, NaN, '..'"),
+        attack_row(f, "connections", f"/healthz p99, 11: {count:,} idle keep-alive connections",
+                   f"daemon descriptors {connections['daemon_descriptors_held']} of"
+                   f" {f['nofile']}, {connections['closed_by_daemon']} closed by it"),
+    ]  # fmt: skip
+
+
 SUITES: dict[str, Suite] = {
     suite.name: suite
     for suite in (
@@ -279,11 +376,39 @@ SUITES: dict[str, Suite] = {
             rows=http_rows,
         ),
         Suite(
+            "connections",
+            quick=dict(probes=200),
+            full=dict(probes=1_000),
+            run=run_connections,
+            rows=connections_rows,
+        ),
+        Suite(
             "startup",
             quick=dict(rounds=1),
             full=dict(rounds=7),
             run=run_startup,
             rows=startup_rows,
+        ),
+        Suite(
+            "attacks",
+            quick=dict(
+                idle_seconds=2.0,
+                attack_seconds=2.0,
+                upload_mib=128,
+                upload_rounds=1,
+                connections=1000,
+                probe_timeout=2.0,
+            ),
+            full=dict(
+                idle_seconds=10.0,
+                attack_seconds=10.0,
+                upload_mib=1000,
+                upload_rounds=3,
+                connections=1000,
+                probe_timeout=5.0,
+            ),
+            run=run_attacks,
+            rows=attacks_rows,
         ),
     )
 }

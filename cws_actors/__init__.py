@@ -29,6 +29,7 @@ from ._core._actor import on_event as on_event
 from ._core._bus import BusBackend as BusBackend
 from ._core._bus import Event as Event
 from ._core._bus import EventBus as EventBus
+from ._core._bus import EventHistory as EventHistory
 from ._core._bus import InMemoryBackend as InMemoryBackend
 from ._core._bus import Subscription as Subscription
 from ._core._bus import check_topic as check_topic
@@ -85,6 +86,10 @@ from ._packaging._archive import ARCHIVE_SUFFIX as ARCHIVE_SUFFIX
 from ._packaging._archive import ArchiveInfo as ArchiveInfo
 from ._packaging._archive import check_archive as check_archive
 from ._packaging._archive import make_archive as make_archive
+from ._packaging._signing import SignatureError as SignatureError
+from ._packaging._signing import SigningKey as SigningKey
+from ._packaging._signing import generate_keypair as generate_keypair
+from ._packaging._signing import secret_key_encrypted as secret_key_encrypted
 from ._plugins._manifest import Manifest as Manifest
 from ._plugins._model import PLUGIN_API_VERSION as PLUGIN_API_VERSION
 from ._plugins._model import APIEndpointSpec as APIEndpointSpec
@@ -135,6 +140,7 @@ __all__ = [
     "Event",
     "EventBus",
     "EventHandlerSpec",
+    "EventHistory",
     "EventStore",
     "HandlerFailed",
     "Health",
@@ -174,6 +180,8 @@ __all__ = [
     "Runtime",
     "RuntimeConfig",
     "SQLiteEventStore",
+    "SignatureError",
+    "SigningKey",
     "Source",
     "StateStore",
     "StoredEvent",
@@ -184,6 +192,7 @@ __all__ = [
     "check_archive",
     "check_topic",
     "current_envelope",
+    "generate_keypair",
     "make_archive",
     "on_event",
     "open_plugin_host",
@@ -191,6 +200,7 @@ __all__ = [
     "open_sqlite",
     "parse_duration",
     "routes_overlap",
+    "secret_key_encrypted",
     "topic_matches",
 ]
 

@@ -66,8 +66,8 @@ async def execute(argv: list[str], who: Principal) -> dict[str, Any]:
             raise HTTPProblem(exc.status, "Forbidden", detail) from None
     began = time.perf_counter()
     result = await daemon.host.execute_cli(argv, source=Source.CLI)
-    plugin = argv[0]
-    daemon.metrics.plugin_latency.labels(plugin=plugin, kind="cli").observe(
-        time.perf_counter() - began
-    )
+    if found is not None:  # labelled by the plugin's registered name, never by argv[0]
+        daemon.metrics.plugin_latency.labels(plugin=found[0], kind="cli").observe(
+            time.perf_counter() - began
+        )
     return {"output": result.output, "exit_code": result.exit_code}

@@ -1,5 +1,11 @@
 """``/api/v1/events``: publish an event (``events:publish``), and follow the bus as a
-server-sent event stream (``/api/v1/events/stream``)."""
+server-sent event stream (``/api/v1/events/stream``, ``events:read``).
+
+Each message carries ``id`` (the event's id), ``event`` (its topic) and ``data`` (its
+JSON view); the stream starts with ``retry:``. A client that reconnects with
+``Last-Event-ID`` first gets what it missed: the durable topics' events from the event
+store, the others from the bus's in-memory history (``[events] replay_buffer``), with a
+comment line when that history no longer reaches back to the client's last event."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, request
 
-from cws_actors import check_topic
+from cws_actors import Event, EventBus, Subscription, check_topic
 
 from ._problems import HTTPProblem
 from ._requests import current_daemon, field, json_body, principal
@@ -20,6 +26,13 @@ blueprint = Blueprint("events", __name__)
 
 MAX_STREAM_TOPICS = 32
 """The most topic patterns one stream follows (each is bounded by the bus)."""
+RETRY_MS = 2000
+"""The ``retry:`` the stream starts with: milliseconds a client waits to reconnect."""
+MAX_REPLAY = 10_000
+"""The most missed events one connection replays; past them it ends, and the client
+reconnects from the last one it got."""
+_PAGE = 1000
+"""Durable events read from the store at a time."""
 
 
 @blueprint.post("/api/v1/events")
@@ -53,6 +66,7 @@ async def publish() -> Any:
 
 @blueprint.get("/api/v1/events/stream")
 async def stream() -> Any:
+    await _may_read_events()
     topics = [t for t in request.args.get("topics", "#").split(",") if t.strip()]
     if len(topics) > MAX_STREAM_TOPICS:
         raise HTTPProblem(
@@ -61,26 +75,116 @@ async def stream() -> Any:
             f"a stream follows at most {MAX_STREAM_TOPICS} topic patterns, got {len(topics)};"
             " use wildcards ('instance.*', 'plugin.#') instead of listing topics",
         )
+    last_seen = _last_event_id()
+    bus = current_daemon().runtime.bus
     try:
-        subscription = current_daemon().runtime.bus.subscribe(*topics, buffer=1000)
+        # Subscribed before the replay is read: nothing published meanwhile is lost
+        # (what both see is sent once).
+        subscription = bus.subscribe(*topics, buffer=1000)
     except ValueError as exc:
         raise HTTPProblem(400, "Bad request", str(exc)) from None
 
     async def events() -> AsyncIterator[bytes]:
         with subscription:
-            yield b": connected\n\n"
+            yield f"retry: {RETRY_MS}\n: connected\n\n".encode()
+            replayed: set[int] = set()
+            if last_seen is not None:
+                missed, notice = await _missed(bus, subscription, last_seen)
+                if notice:
+                    yield notice.encode()
+                for event in missed:
+                    replayed.add(event.id)
+                    yield _message(event)
+                if len(missed) >= MAX_REPLAY:
+                    # The rest on the next connection: the client reconnects from the
+                    # last id it got (EventSource does, after `retry` ms).
+                    yield f": replayed {MAX_REPLAY} events; reconnect for the rest\n\n".encode()
+                    return
             while True:
                 with trio.move_on_after(15) as idle:
                     event = await subscription.receive()
                 if idle.cancelled_caught:
                     yield b": keep-alive\n\n"
                     continue
-                # No `event:` field: EventSource's onmessage then sees every topic
-                # (the topic is in the data).
-                data = json.dumps(event_view(event))
-                yield f"id: {event.id}\ndata: {data}\n\n".encode()
+                if event.id in replayed:  # published while the replay was read
+                    replayed.discard(event.id)
+                    continue
+                yield _message(event)
 
     response = Response(events(), content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.timeout = None
     return response
+
+
+async def _may_read_events() -> None:
+    """``events:read``, unless ``[api] open_events`` and the caller is on loopback (a
+    token presented anyway has been checked by ``refuse_an_invalid_token``)."""
+    daemon = current_daemon()
+    loopback = (request.remote_addr or "").startswith(("127.", "::1"))
+    if daemon.config.open_events and loopback and not request.headers.get("Authorization"):
+        return
+    await principal("events:read")
+
+
+def _last_event_id() -> int | None:
+    """The ``Last-Event-ID`` header (a reconnecting client's last event), if any.
+
+    Raises:
+        HTTPProblem: 400 when it is not an event id this stream sent.
+    """
+    raw = request.headers.get("Last-Event-ID", "").strip()
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise HTTPProblem(
+            400,
+            "Bad request",
+            f"Last-Event-ID must be the id of an event this stream sent (an integer >= 0),"
+            f" got {raw[:40]!r}",
+        )
+    return int(raw)
+
+
+async def _missed(bus: EventBus, subscription: Subscription, after: int) -> tuple[list[Event], str]:
+    """What a client who last saw the event ``after`` missed on ``subscription``'s
+    topics, oldest first (at most :data:`MAX_REPLAY`): the durable topics' events from
+    the store, the others from the bus's history; and a comment line when the history
+    no longer reaches back to ``after``."""
+    kept, complete = bus.history.since(after)
+    durable: list[Event] = []
+    store = bus.store
+    if store is not None:
+        cursor = after
+        # MAX_REPLAY durable ones at least (or all): then the first MAX_REPLAY of the
+        # merged list leave out no durable event below the last one sent.
+        while len(durable) < MAX_REPLAY:
+            page = await store.events_after(cursor, limit=_PAGE)
+            durable += [
+                Event(s.id, s.topic, s.payload, s.published_at, s.source, durable=True)
+                for s in page
+                if subscription.matches(s.topic)
+            ]
+            if len(page) < _PAGE:
+                break
+            cursor = page[-1].id
+    missed = sorted(
+        [*durable, *(event for event in kept if subscription.matches(event.topic))],
+        key=lambda event: event.id,
+    )
+    notice = ""
+    if not complete:
+        oldest = f"from id {kept[0].id}" if kept else "none"
+        notice = (
+            f": events after id {after} may be missing: the memory keeps the last"
+            f" {bus.history.capacity} non-durable events ({oldest}) and no longer reaches"
+            " that far; durable topics are replayed in full\n\n"
+        )
+    return missed[:MAX_REPLAY], notice
+
+
+def _message(event: Event) -> bytes:
+    """One SSE message: the event's id (for ``Last-Event-ID``), its topic as the event
+    type, and its JSON view as data."""
+    data = json.dumps(event_view(event))
+    return f"id: {event.id}\nevent: {event.topic}\ndata: {data}\n\n".encode()

@@ -10,6 +10,7 @@ import uuid
 from quart import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
+from .._metrics import method_label
 from ._bodies import BoundedBody
 from ._hosts import allowed_names, host_allowed, host_name
 from ._problems import HTTPProblem, problem_response
@@ -21,6 +22,10 @@ blueprint = Blueprint("hooks", __name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 """What answers without a token even when ``open_reads`` is off."""
+EVENT_STREAM = "/api/v1/events/stream"
+"""Checks its caller itself: the scope ``events:read``, or ``[api] open_events``."""
+SNOOZEBOT_BODY_AUTH = frozenset({"/api/plugins/load", "/api/plugins/unload"})
+"""With ``[api] snoozebot_body_auth``, these find their token in the body (``api_key``)."""
 
 
 @blueprint.before_app_request
@@ -55,8 +60,11 @@ async def require_a_token_to_read() -> None:
     # Unless [daemon] open_reads: every route needs a valid token but health, readiness
     # and metrics (``open_health`` decides those) and the dashboard page (it asks for
     # one). The routes that change things check their scopes themselves.
-    if current_daemon().config.open_reads or request.path in OPEN_PATHS:
+    config = current_daemon().config
+    if config.open_reads or request.path in OPEN_PATHS or request.path == EVENT_STREAM:
         return
+    if config.snoozebot_body_auth and request.path in SNOOZEBOT_BODY_AUTH:
+        return  # the route reads the body's api_key (or the header) itself
     await principal()
 
 
@@ -109,6 +117,6 @@ async def on_crash(error: Exception) -> Response:
 @blueprint.after_app_request
 async def count(response: Response) -> Response:
     current_daemon().metrics.requests.labels(
-        method=request.method, route=route_name(), status=str(response.status_code)
+        method=method_label(request.method), route=route_name(), status=str(response.status_code)
     ).inc()
     return response

@@ -139,8 +139,9 @@ _CORE = [
         _object(
             ["plugin_name"],
             plugin_name=_STRING,
-            timeout_seconds={"type": "number", "exclusiveMinimum": 0},
-            retries={"type": "integer", "minimum": 0},
+            api_key=_STRING,
+            timeout_seconds={"type": "integer", "maximum": 3600},  # <= 0: 30
+            retries={"type": "integer", "maximum": 100},  # tries in all; <= 0: 1
         ),
     ),
     _Core(
@@ -148,7 +149,7 @@ _CORE = [
         "/api/plugins/unload",
         "Snoozebot: unload a plugin",
         "plugins:manage",
-        _object(["plugin_name"], plugin_name=_STRING, force={"type": "boolean"}),
+        _object(["plugin_name"], plugin_name=_STRING, api_key=_STRING, force={"type": "boolean"}),
     ),
     _Core("get", "/api/v1/actors", "The actor tree"),
     _Core("get", "/api/v1/actors/{path}", "One actor or subtree"),
@@ -162,7 +163,13 @@ _CORE = [
         "events:publish",
         _object(["topic"], topic=_STRING, payload={}),
     ),
-    _Core("get", "/api/v1/events/stream", "Server-Sent Events", query=("topics",)),
+    _Core(
+        "get",
+        "/api/v1/events/stream",
+        "Server-Sent Events (Last-Event-ID replays what was missed)",
+        "events:read",
+        query=("topics",),
+    ),
     _Core("get", "/api/v1/cli/commands", "Every plugin CLI command's spec"),
     _Core(
         "post",

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import attrs
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
@@ -33,7 +33,7 @@ from cws_actors import (
 
 from .._daemon import Daemon
 from ._problems import HTTPProblem, from_error, rate_limit_headers
-from ._requests import current_daemon, json_body, principal
+from ._requests import PLUGIN_ROUTE, current_daemon, json_body, principal
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 PLUGIN_ENDPOINTS = "plugin_endpoints"
@@ -137,6 +137,7 @@ async def plugin_endpoint(subpath: str) -> Any:
     path = "/" + subpath
     endpoints: PluginEndpoints = current_app.extensions[PLUGIN_ENDPOINTS]
     route, params = endpoints.match(request.method, path)
+    g.setdefault(PLUGIN_ROUTE, route.spec.path)  # the metrics' route label: the template
     spec = route.spec
     who = None
     if spec.protected or spec.permissions:

@@ -21,6 +21,7 @@ from cws_actors import ActorError, PluginError
 
 from .._auth import AuthError, Principal, authenticate, require
 from .._daemon import Daemon
+from .._metrics import UNMATCHED
 from ._bodies import BodyTooLarge, JSONRefused, parse_json
 from ._problems import HTTPProblem, from_error
 
@@ -135,7 +136,18 @@ async def guarded(work: Awaitable[Any], *, plugin: str | None = None) -> Any:
         raise from_error(exc, plugin=plugin) from None
 
 
+PLUGIN_ROUTE = "cws_plugin_route"
+"""The key under ``g`` of the template a plugin endpoint matched (``/api/v1/web/{item}``)."""
+
+
 def route_name() -> str:
-    """The matched rule (``/api/v1/plugins/<name>``), the metrics' ``route`` label."""
+    """The matched rule (``/api/v1/plugins/<name>``) or plugin endpoint template, the
+    metrics' ``route`` label; ``<unmatched>`` for any path that matched neither (the
+    plugins' catch-all rule is no template: it would count every 404 as one route)."""
+    plugin_route = g.get(PLUGIN_ROUTE)
+    if plugin_route is not None:
+        return str(plugin_route)
     rule = request.url_rule
-    return rule.rule if rule is not None else "<unmatched>"
+    if rule is None or rule.endpoint == "plugin_endpoints.plugin_endpoint":
+        return UNMATCHED
+    return rule.rule

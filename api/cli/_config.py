@@ -113,12 +113,20 @@ def _entries(resolved: ResolvedConfig) -> list[tuple[str, Any]]:
     """(dotted key, value) of every setting, in the order of examples/cws.toml."""
     config = resolved.config
     entries = [(setting.dotted, getattr(config, setting.key)) for setting in SETTINGS]
-    entries.append(("plugins.in_process_allowed", list(config.in_process_allowed)))
-    entries += [
-        (f"plugins.overrides.{dotted_key((name,))}", dict(override))
-        for name, override in config.overrides.items()
+    # Each table once (TOML refuses a table declared twice): in_process_allowed and the
+    # overrides after the last [plugins] setting, durable_topics first in [events].
+    plugins = 1 + max(i for i, (key, _) in enumerate(entries) if key.startswith("plugins."))
+    entries[plugins:plugins] = [
+        ("plugins.in_process_allowed", list(config.in_process_allowed)),
+        *[
+            (f"plugins.overrides.{dotted_key((name,))}", dict(override))
+            for name, override in config.overrides.items()
+        ],
     ]
-    entries.append(("events.durable_topics", list(config.durable_topics)))
+    events = next(
+        (i for i, (key, _) in enumerate(entries) if key.startswith("events.")), len(entries)
+    )
+    entries.insert(events, ("events.durable_topics", list(config.durable_topics)))
     return entries
 
 

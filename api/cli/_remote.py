@@ -26,6 +26,7 @@ from ._common import (
     table,
 )
 from ._errors import CLIError, UsageProblem
+from ._signing import keygen, sign
 
 # ---------------------------------------------------------------------- plugins
 
@@ -202,6 +203,10 @@ def _installed_message(verb: str, view: dict[str, Any]) -> str:
     if not view.get("loaded"):
         text += f"; load it with `cws plugin load {name}`"
     return text
+
+
+plugin.add_command(keygen)  # local: minisign-compatible keys and signatures
+plugin.add_command(sign)
 
 
 @plugin.command("install")

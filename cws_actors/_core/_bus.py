@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import math
@@ -186,6 +187,44 @@ class Subscription:
         self.close()
 
 
+@attrs.define(eq=False)
+class EventHistory:
+    """The last ``capacity`` non-durable events this bus delivered, in memory, so that a
+    reader who reconnects (an SSE client's ``Last-Event-ID``) gets what it missed.
+
+    Durable events are not kept here: the event store has them all. ``reach`` says how
+    far back the history is complete: every non-durable event of this home with an id
+    above it is here (until it is evicted), so a reader who last saw id ``n`` missed
+    nothing that is gone when ``n >= reach``."""
+
+    capacity: int
+    reach: int = 0
+    """Events with an id up to this one may be gone: the biggest evicted id, or the id
+    taken when the bus opened (earlier events belong to an earlier run)."""
+    _events: collections.deque[Event] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.capacity, int) or self.capacity < 0:
+            raise ValueError(f"an event history holds >= 0 events, got {self.capacity!r}")
+        self._events = collections.deque()
+
+    def add(self, event: Event) -> None:
+        if self.capacity == 0:
+            self.reach = max(self.reach, event.id)
+            return
+        if len(self._events) == self.capacity:
+            self.reach = max(self.reach, self._events.popleft().id)
+        self._events.append(event)
+
+    def since(self, after: int) -> tuple[list[Event], bool]:
+        """The events kept with an id above ``after``, oldest first, and whether that is
+        all of them (False: some were evicted, or belong to an earlier run)."""
+        return [e for e in self._events if e.id > after], after >= self.reach
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
 class BusBackend(Protocol):
     """How events travel from publishers to this process's subscribers.
 
@@ -223,6 +262,10 @@ class EventBus:
     _drop: Callable[[Event, str], None]
     backend: BusBackend = attrs.field(factory=InMemoryBackend)
     store: EventStore | None = None
+    history_size: int = 1000
+    """How many non-durable events :attr:`history` keeps (0: none)."""
+    history: EventHistory = attrs.field(init=False)
+    """The last non-durable events delivered (see :class:`EventHistory`)."""
     _durable: list[str] = attrs.field(factory=list, init=False)
     _actors: dict[str, tuple[str, ...]] = attrs.field(factory=dict, init=False)
     _streams: list[Subscription] = attrs.field(factory=list, init=False)
@@ -238,6 +281,11 @@ class EventBus:
             self._next_event_id = self.store.next_event_id
         else:
             self._next_event_id = itertools.count(1).__next__
+        # The history knows nothing before the bus opened: with a store (ids go on across
+        # runs), one id marks that point (ids are not contiguous anyway), so that a
+        # reader of an earlier run hears that it missed what it missed.
+        start = self._next_event_id() if self.store is not None else 0
+        self.history = EventHistory(self.history_size, reach=start)
 
     def declare_durable(self, pattern: str) -> None:
         """Make the topics matching ``pattern`` durable: their events are stored before
@@ -299,6 +347,8 @@ class EventBus:
 
     def _fan_out(self, event: Event) -> None:
         topic = event.topic
+        if not event.durable:
+            self.history.add(event)
         for path, patterns in list(self._actors.items()):
             if any(topic_matches(p, topic) for p in patterns):
                 self._deliver(path, event)

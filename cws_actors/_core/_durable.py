@@ -102,6 +102,11 @@ class EventStore(Protocol):
         self, subscriber: str, *, after: int = 0, limit: int | None = None
     ) -> list[StoredEvent]: ...
 
+    async def events_after(self, after: int, *, limit: int) -> list[StoredEvent]:
+        """The stored events with an id above ``after``, oldest first, at most ``limit``
+        (a page): what a reader who last saw ``after`` missed of the durable topics."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -257,6 +262,12 @@ class SQLiteEventStore:
         rows = await self._run(_unacked, subscriber, after, -1 if limit is None else limit)
         return [StoredEvent(row[0], row[1], json.loads(row[2]), row[3], row[4]) for row in rows]
 
+    async def events_after(self, after: int, *, limit: int) -> list[StoredEvent]:
+        """The stored events with an id above ``after``, oldest first, at most ``limit``
+        (a page). Every durable event is kept, acknowledged or not."""
+        rows = await self._run(_events_after, after, limit)
+        return [StoredEvent(row[0], row[1], json.loads(row[2]), row[3], row[4]) for row in rows]
+
     async def aclose(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
@@ -312,4 +323,12 @@ def _unacked(
         " WHERE d.subscriber = ? AND d.acked = 0 AND d.event_id > ? ORDER BY d.event_id"
         " LIMIT ?",
         (subscriber, after, limit),
+    ).fetchall()
+
+
+def _events_after(connection: sqlite3.Connection, after: int, limit: int) -> list[tuple[Any, ...]]:
+    return connection.execute(
+        "SELECT id, topic, payload, source, published_at FROM events WHERE id > ?"
+        " ORDER BY id LIMIT ?",
+        (after, limit),
     ).fetchall()

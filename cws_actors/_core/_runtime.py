@@ -75,6 +75,9 @@ class RuntimeConfig:
     """The SQLite file of durable events (created with mode 0600); None: no durable topics."""
     durable_topics: tuple[str, ...] = ()
     """Topic patterns declared durable when the runtime opens."""
+    event_history: int = 1000
+    """Non-durable events the bus keeps in memory for readers that reconnect
+    (``EventBus.history``); durable ones are in the event store."""
 
 
 @attrs.frozen
@@ -180,7 +183,10 @@ class Runtime:
             dead_letters=DeadLetterLog(self.config.dead_letter_capacity),
             on_dead_letter=self._publish_dead_letter,
         )
-        self.bus = EventBus(self.router.deliver_event, self._drop_event, store=self._store)
+        self.bus = EventBus(
+            self.router.deliver_event, self._drop_event, store=self._store,
+            history_size=self.config.event_history,
+        )  # fmt: skip
         for pattern in self.config.durable_topics:
             self.bus.declare_durable(pattern)
         limit = self.config.dead_letter_events

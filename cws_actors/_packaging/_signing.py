@@ -20,12 +20,31 @@ default) or ``b"Ed"`` (legacy) when it covers the raw file. ``global_signature``
 are shown as minisign shows them: the 8 bytes read as a little-endian integer, in 16
 upper-case hex digits (``94263A8B02C93B24``).
 
-Our trusted comments are tab-separated ``name:value`` fields, as minisign's default
-``timestamp:<t>\\tfile:<name>``; we add ``expires:<unix seconds>``, which
-:func:`verify` enforces (see :func:`make_trusted_comment`).
+Trusted comments are read as minisign writes them: ``name:value`` fields separated by
+tabs (minisign's default, ``timestamp:<t>\\tfile:<name>\\thashed``) or spaces (what
+people type after ``minisign -t``); a word without a colon and an unknown name are
+ignored. ``expires:<unix seconds>`` is enforced by :func:`verify`; one that is not unix
+seconds, or given twice, is refused (see :func:`make_trusted_comment`).
 
-Secret keys: minisign's own secret key files are scrypt-encrypted and are not read here.
-Our secret key file (written by :meth:`SigningKey.save`, mode 0600) is::
+Secret keys, in minisign's own format (:meth:`SigningKey.to_minisign`, read by
+:meth:`SigningKey.from_minisign` and :meth:`SigningKey.load`), so that ``minisign -S``
+and ``cws plugin sign`` use the same key files::
+
+    untrusted comment: minisign encrypted secret key
+    base64( b"Ed" + kdf[2] + b"B2" + salt[32] + opslimit[8 LE] + memlimit[8 LE]
+            + ( key_id[8] + ed25519_secret_key[64] + checksum[32] ) XOR stream[104] )
+
+``kdf`` is ``b"Sc"`` when the key is encrypted: ``stream`` is scrypt (libsodium's
+scryptsalsa208sha256, its N, r and p derived from opslimit and memlimit as libsodium
+does) of the password with ``salt``; minisign's parameters, which we write too, are
+opslimit 33554432 and memlimit 1 GiB (N = 2^20, r = 8, p = 1: about a second and 1 GiB
+of memory, on purpose). ``kdf`` is two zero bytes when the key is not encrypted
+(``minisign -W``): nothing is XORed. ``checksum`` is BLAKE2b-256 of ``b"Ed" + key_id +
+ed25519_secret_key`` (minisign 0.11 leaves it zero in unencrypted keys): a wrong
+password shows as a checksum that does not match.
+
+The earlier cws-actors secret key file (:meth:`SigningKey.save`, mode 0600) is still
+read::
 
     untrusted comment: cws-actors secret key <KEY ID>
     base64( b"Ed" + key_id[8] + ed25519_seed[32] )
@@ -74,6 +93,21 @@ _UNTRUSTED_PREFIX = "untrusted comment: "
 _TRUSTED_PREFIX = "trusted comment: "
 _SECRET_COMMENT = "cws-actors secret key"
 _KEY_ID_HEX = re.compile(r"[0-9A-Fa-f]{16}")
+_MINISIGN_SECRET_COMMENT = "minisign encrypted secret key"
+_KDF_SCRYPT = b"Sc"
+_KDF_NONE = b"\x00\x00"
+_CHK_BLAKE2B = b"B2"
+_SALT_LEN = 32
+_SECRET_KEY_LEN = 64  # libsodium's: the seed, then the public key
+_CHECKSUM_LEN = 32
+_KEYNUM_SK_LEN = _KEY_ID_LEN + _SECRET_KEY_LEN + _CHECKSUM_LEN
+_MINISIGN_SECRET_LEN = 2 + 2 + 2 + _SALT_LEN + 8 + 8 + _KEYNUM_SK_LEN
+KDF_OPSLIMIT = 33_554_432
+"""minisign's scrypt opslimit (libsodium's ``OPSLIMIT_SENSITIVE``)."""
+KDF_MEMLIMIT = 1_073_741_824
+"""minisign's scrypt memlimit, 1 GiB (libsodium's ``MEMLIMIT_SENSITIVE``)."""
+_SCRYPT_MAX_MEMORY = 2**31 - 1  # what hashlib.scrypt accepts
+_UNIX_SECONDS = re.compile(r"\d{1,12}(\.\d+)?")
 
 
 class SignatureError(ValueError):
@@ -256,12 +290,16 @@ class SigningKey:
             file.write(text)
 
     @classmethod
-    def load(cls, path: Path) -> SigningKey:
-        """Read a key written by :meth:`save`.
+    def load(cls, path: Path, *, password: str | None = None) -> SigningKey:
+        """Read a minisign secret key file (``minisign -G``, ``cws plugin keygen``) or one
+        written by :meth:`save`.
+
+        Args:
+            password: the key's password, if it is encrypted.
 
         Raises:
-            SignatureError: unreadable, readable by group or others, or malformed (a
-                minisign secret key file is reported as such: those are not supported).
+            SignatureError: unreadable, readable by group or others, malformed, encrypted
+                and no password given, or the password is wrong.
         """
         what = f"secret key {path}"
         try:
@@ -276,14 +314,135 @@ class SigningKey:
         lines = _lines(text, what=what, count=2)
         _untrusted(lines[0], what=what)
         if _SECRET_COMMENT not in lines[0]:
-            raise SignatureError(
-                f"{what}: not a cws-actors secret key (minisign's encrypted secret keys "
-                "are not supported; sign those archives with the minisign tool)"
-            )
+            return cls.from_minisign(text, password=password, what=what)
         raw = _decode_b64(lines[1], what=what, length=2 + _KEY_ID_LEN + _SEED_LEN)
         if raw[:2] != _ALG_ED25519:
             raise SignatureError(f"{what}: expected algorithm 'Ed', got {raw[:2]!r}")
         return cls(key_id=raw[2:10], seed=raw[10:])
+
+    def sign(self, data: bytes, *, trusted_comment: str, prehashed: bool = True) -> str:
+        """Sign ``data``; return the ``.minisig`` text (see :func:`sign`)."""
+        return sign(data, self, trusted_comment=trusted_comment, prehashed=prehashed)
+
+    def to_minisign(
+        self,
+        password: str | None,
+        *,
+        opslimit: int = KDF_OPSLIMIT,
+        memlimit: int = KDF_MEMLIMIT,
+    ) -> str:
+        """The text of a minisign secret key file for this key, encrypted with
+        ``password`` (scrypt with minisign's parameters unless told otherwise), or not
+        encrypted when ``password`` is None (as ``minisign -W`` writes it)."""
+        secret = self.seed + self.public_key().key
+        checksum = hashlib.blake2b(
+            _ALG_ED25519 + self.key_id + secret, digest_size=_CHECKSUM_LEN
+        ).digest()
+        keynum_sk = self.key_id + secret + checksum
+        if password is None:
+            kdf, salt, opslimit, memlimit = _KDF_NONE, bytes(_SALT_LEN), 0, 0
+        else:
+            if not password:
+                raise ValueError("an empty password encrypts nothing; pass None for no password")
+            kdf, salt = _KDF_SCRYPT, secrets.token_bytes(_SALT_LEN)
+            stream = _scrypt(password, salt, opslimit, memlimit, what="secret key")
+            keynum_sk = bytes(a ^ b for a, b in zip(keynum_sk, stream, strict=True))
+        raw = (
+            _ALG_ED25519 + kdf + _CHK_BLAKE2B + salt
+            + opslimit.to_bytes(8, "little") + memlimit.to_bytes(8, "little") + keynum_sk
+        )  # fmt: skip
+        blob = base64.b64encode(raw).decode("ascii")
+        return f"{_UNTRUSTED_PREFIX}{_MINISIGN_SECRET_COMMENT}\n{blob}\n"
+
+    @classmethod
+    def from_minisign(
+        cls, text: str, *, password: str | None = None, what: str = "secret key"
+    ) -> SigningKey:
+        """Parse a minisign secret key file, decrypting it with ``password`` if it is
+        encrypted.
+
+        Raises:
+            SignatureError: malformed, encrypted and no password given, or the password
+                is wrong (the key's checksum does not match).
+        """
+        lines = _lines(text, what=what, count=2)
+        _untrusted(lines[0], what=what)
+        raw = _decode_b64(lines[1], what=what, length=_MINISIGN_SECRET_LEN)
+        algorithm, kdf, checksum_algorithm = raw[0:2], raw[2:4], raw[4:6]
+        if algorithm != _ALG_ED25519:
+            raise SignatureError(f"{what}: expected algorithm 'Ed', got {algorithm!r}")
+        if checksum_algorithm != _CHK_BLAKE2B:
+            raise SignatureError(
+                f"{what}: expected checksum algorithm 'B2', got {checksum_algorithm!r}"
+            )
+        salt = raw[6:38]
+        opslimit = int.from_bytes(raw[38:46], "little")
+        memlimit = int.from_bytes(raw[46:54], "little")
+        keynum_sk = raw[54:]
+        if kdf == _KDF_SCRYPT:
+            if password is None:
+                raise SignatureError(f"{what}: the key is encrypted; its password is needed")
+            stream = _scrypt(password, salt, opslimit, memlimit, what=what)
+            keynum_sk = bytes(a ^ b for a, b in zip(keynum_sk, stream, strict=True))
+        elif kdf != _KDF_NONE:
+            raise SignatureError(f"{what}: expected key derivation 'Sc' or none, got {kdf!r}")
+        key_id = keynum_sk[:_KEY_ID_LEN]
+        secret = keynum_sk[_KEY_ID_LEN : _KEY_ID_LEN + _SECRET_KEY_LEN]
+        checksum = keynum_sk[_KEY_ID_LEN + _SECRET_KEY_LEN :]
+        expected = hashlib.blake2b(algorithm + key_id + secret, digest_size=_CHECKSUM_LEN).digest()
+        unencrypted_without_checksum = kdf == _KDF_NONE and checksum == bytes(_CHECKSUM_LEN)
+        if checksum != expected and not unencrypted_without_checksum:
+            if kdf == _KDF_SCRYPT:
+                raise SignatureError(f"{what}: wrong password (the key's checksum does not match)")
+            raise SignatureError(f"{what}: its checksum does not match: the file is damaged")
+        key = cls(key_id=key_id, seed=secret[:_SEED_LEN])
+        if key.public_key().key != secret[_SEED_LEN:]:
+            raise SignatureError(f"{what}: its public half does not match its secret half")
+        return key
+
+
+def secret_key_encrypted(text: str) -> bool:
+    """Whether ``text`` is an encrypted minisign secret key (its password is needed to
+    load it); False for anything else, which :meth:`SigningKey.load` judges."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) != 2:
+        return False
+    try:
+        raw = base64.b64decode(lines[1].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(raw) == _MINISIGN_SECRET_LEN and raw[2:4] == _KDF_SCRYPT
+
+
+def _scrypt_parameters(opslimit: int, memlimit: int) -> tuple[int, int, int]:
+    """libsodium's ``pickparams``: scrypt's (N, r, p) for crypto_pwhash_scryptsalsa208sha256's
+    opslimit and memlimit, as minisign derives them."""
+    opslimit = max(opslimit, 32768)
+    r = 8
+    if opslimit < memlimit // 32:
+        p = 1
+        max_n = opslimit // (r * 4)
+        log2_n = next(n for n in range(1, 64) if (1 << n) > max_n // 2 or n == 63)
+    else:
+        max_n = memlimit // (r * 128)
+        log2_n = next(n for n in range(1, 64) if (1 << n) > max_n // 2 or n == 63)
+        max_rp = min((opslimit // 4) // (1 << log2_n), 0x3FFFFFFF)
+        p = max_rp // r
+    return 1 << log2_n, r, p
+
+
+def _scrypt(password: str, salt: bytes, opslimit: int, memlimit: int, *, what: str) -> bytes:
+    n, r, p = _scrypt_parameters(opslimit, memlimit)
+    memory = 128 * r * (n + p + 2) + 1024 * 1024
+    if memory > _SCRYPT_MAX_MEMORY or p < 1:
+        raise SignatureError(
+            f"{what}: its scrypt parameters (opslimit {opslimit}, memlimit {memlimit}:"
+            f" N={n}, r={r}, p={p}) are beyond what this reader supports (2 GiB)"
+        )
+    return hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=memory,
+        dklen=_KEYNUM_SK_LEN,
+    )  # fmt: skip
 
 
 def generate_keypair() -> SigningKey:
@@ -304,8 +463,8 @@ def make_trusted_comment(
         timestamp: signing time in unix seconds; now if ``None``.
         expires: unix seconds after which :func:`verify` refuses the signature.
     """
-    if any(char in file for char in "\t\r\n"):
-        raise ValueError(f"file name must not hold tabs or line breaks, got {file!r}")
+    if any(char.isspace() for char in file):
+        raise ValueError(f"file name must not hold spaces, tabs or line breaks, got {file!r}")
     stamp = int(time.time() if timestamp is None else timestamp)
     comment = f"timestamp:{stamp}\tfile:{file}"
     if expires is not None:
@@ -377,17 +536,33 @@ def _parse_signature(text: str) -> _ParsedSignature:
     )
 
 
+def trusted_fields(comment: str) -> dict[str, list[str]]:
+    """A trusted comment's ``name:value`` fields, as minisign writes them: separated by
+    tabs or spaces; a word without a colon (minisign's ``hashed``) is not a field."""
+    fields: dict[str, list[str]] = {}
+    for word in comment.split():
+        name, sep, value = word.partition(":")
+        if sep and name:
+            fields.setdefault(name, []).append(value)
+    return fields
+
+
 def _parse_expires(comment: str, key_id: str) -> float | None:
-    for field in comment.split("\t"):
-        name, sep, value = field.partition(":")
-        if sep and name.strip() == "expires":
-            try:
-                return float(value)
-            except ValueError:
-                raise SignatureError(
-                    f"signature by key {key_id}: expires must be unix seconds, got {value!r}"
-                ) from None
-    return None
+    values = trusted_fields(comment).get("expires")
+    if values is None:
+        return None
+    if len(values) > 1:
+        raise SignatureError(
+            f"signature by key {key_id}: its trusted comment gives expires {len(values)} times"
+            f" ({', '.join(values)}); give it once"
+        )
+    (value,) = values
+    if not _UNIX_SECONDS.fullmatch(value):
+        raise SignatureError(
+            f"signature by key {key_id}: expires must be unix seconds, got {value!r}"
+            " (the trusted comment's expires:<seconds since 1970>, such as expires:1767225600)"
+        )
+    return float(value)
 
 
 def _check(public: bytes, signature: bytes, message: bytes) -> bool:

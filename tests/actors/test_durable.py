@@ -114,3 +114,30 @@ async def test_unacknowledged_events_survive_a_runtime_restart(tmp_path: Path) -
             await done.wait()
             assert seen == [(e.id, n) for n, e in enumerate(published)]
     assert unacked_rows(path) == []
+
+
+async def test_the_bus_keeps_recent_non_durable_events_and_the_store_all_durable_ones(
+    tmp_path: Path,
+) -> None:
+    """What a reader who reconnects missed: ``bus.history`` (bounded, non-durable only,
+    saying when it no longer reaches back) and ``store.events_after`` (every durable
+    event, across runs)."""
+    path = tmp_path / "state.db"
+    settings = RuntimeConfig(state_path=str(path), durable_topics=("orders.*",), event_history=2)
+    async with open_runtime(config=settings) as runtime:
+        bus = runtime.bus
+        first = bus.publish_nowait("jobs.a")
+        kept, complete = bus.history.since(0)
+        assert (kept, complete) == ([first], False)  # ids before this run: unknown
+        durable = await runtime.publish("orders.created", {"n": 1})
+        second, third = bus.publish_nowait("jobs.b"), bus.publish_nowait("jobs.c")
+        assert bus.history.since(first.id - 1) == ([second, third], False)  # first evicted
+        assert bus.history.since(first.id) == ([second, third], True)
+        assert bus.history.since(third.id) == ([], True)
+        assert bus.store is not None
+        (stored,) = await bus.store.events_after(first.id, limit=10)
+        assert (stored.id, stored.topic, stored.payload) == (durable.id, "orders.created", {"n": 1})
+    async with open_runtime(config=settings) as runtime:
+        assert runtime.bus.history.since(third.id) == ([], False)  # a new run
+        assert runtime.bus.store is not None
+        assert [e.id for e in await runtime.bus.store.events_after(0, limit=10)] == [durable.id]

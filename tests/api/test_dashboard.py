@@ -175,7 +175,8 @@ async def test_the_dashboard_says_disconnected_when_the_daemon_goes_away(
     stopped = trio.Event()
 
     async def serve(*, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        async with running_daemon(tmp_path / "home") as daemon:
+        # open_events: the page follows the stream without a token, from loopback.
+        async with running_daemon(tmp_path / "home", open_events=True) as daemon:
             task_status.started(daemon)
             await stopped.wait()
 

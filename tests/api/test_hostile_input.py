@@ -1,5 +1,8 @@
 """Hostile input from issue 16, sent to a real daemon (hypercorn on 127.0.0.1, port 0):
-each attack gets its answer, and the daemon stays healthy while and after it runs."""
+each attack gets its answer, and the daemon stays healthy while and after it runs
+(``/healthz`` answers 200 and events are still published). How fast ``/healthz``
+answers during each attack, beside idle, is measured by benchmarks/bench_attacks.py:
+no time is asserted here."""
 
 from __future__ import annotations
 
@@ -16,9 +19,6 @@ from ._daemon import TIMEOUT, client, running_daemon, token
 from ._plugin import write_web_plugin
 from .test_app import assert_problem, read_events
 
-HEALTHY = 1.0
-"""Seconds within which /healthz answers while an attack runs (idle: milliseconds)."""
-
 
 @pytest.fixture
 async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
@@ -29,22 +29,33 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 
 
 async def assert_healthy(http: httpx.AsyncClient) -> None:
-    with trio.fail_after(HEALTHY):
-        assert (await http.get("/healthz")).status_code == 200
+    assert (await http.get("/healthz")).status_code == 200
+
+
+async def assert_publishing(daemon: Daemon) -> None:
+    """The daemon still does its work: an event is published (a 202)."""
+    async with client(daemon, await token(daemon, "events:publish")) as publisher:
+        published = await publisher.post("/api/v1/events", json={"topic": "still.working"})
+        assert published.status_code == 202, published.text
 
 
 async def test_a_fault_target_of_many_stars_is_answered_at_once(daemon: Daemon) -> None:
     with trio.fail_after(TIMEOUT):
         async with client(daemon, await token(daemon, "faults:inject")) as http:
-            # A regex translated from it backtracked for seconds on '/plugins/web',
-            # holding the event loop: here it answers within the health bound.
+            # A regex translated from 35 stars backtracked for 12 s on '/plugins/web',
+            # holding the event loop; one of 300 and a tail no path has would not end
+            # within the test's deadline. Here both are answered, /healthz beside them.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(assert_healthy, http)
-                with trio.fail_after(HEALTHY):
-                    stars = await http.post(
-                        "/api/v1/faults", json={"target": "/" + "*" * 35, "spec": "crash:0.01"}
-                    )
+                stars = await http.post(
+                    "/api/v1/faults", json={"target": "/" + "*" * 35, "spec": "crash:0.01"}
+                )
             assert stars.status_code == 201, stars.text
+            more = await http.post(
+                "/api/v1/faults", json={"target": "/" + "*" * 300 + "x", "spec": "crash:0.01"}
+            )
+            assert more.status_code == 201, more.text
+            assert more.json()["matches"] == []
             huge = await http.post(
                 "/api/v1/faults", json={"target": "/" + "*" * 50_000, "spec": "crash:0.01"}
             )
@@ -61,6 +72,8 @@ async def test_a_fault_target_of_many_stars_is_answered_at_once(daemon: Daemon) 
                 assert made.status_code == 201, made.text
                 assert made.json()["matches"] == ["/plugins/web"], glob
             await assert_healthy(http)
+            assert (await http.delete("/api/v1/faults")).status_code == 200
+        await assert_publishing(daemon)
 
 
 async def test_a_stream_pattern_of_many_segments_is_refused_and_publishing_holds(
@@ -70,15 +83,16 @@ async def test_a_stream_pattern_of_many_segments_is_refused_and_publishing_holds
     with trio.fail_after(TIMEOUT):
         async with (
             client(daemon) as anonymous,
+            client(daemon, await token(daemon, "events:read")) as reader,
             client(daemon, await token(daemon, "events:publish")) as publisher,
         ):
-            refused = await anonymous.get("/api/v1/events/stream", params={"topics": hashes})
+            refused = await reader.get("/api/v1/events/stream", params={"topics": hashes})
             assert_problem(refused, 400, "a topic pattern is at most 255 characters")
             deep = ".".join(["#"] * 33)  # short enough, too many segments
-            refused = await anonymous.get("/api/v1/events/stream", params={"topics": deep})
+            refused = await reader.get("/api/v1/events/stream", params={"topics": deep})
             assert_problem(refused, 400, "at most 32 dot-separated segments, got 33")
             many = ",".join(f"t{n}" for n in range(33))
-            refused = await anonymous.get("/api/v1/events/stream", params={"topics": many})
+            refused = await reader.get("/api/v1/events/stream", params={"topics": many})
             assert_problem(refused, 400, "at most 32 topic patterns, got 33")
             long_topic = await publisher.post("/api/v1/events", json={"topic": "a" * 256})
             assert_problem(long_topic, 400, "a topic name is at most 255 characters")
@@ -90,10 +104,9 @@ async def test_a_stream_pattern_of_many_segments_is_refused_and_publishing_holds
 
             async def publish() -> None:
                 for n in range(20):
-                    with trio.fail_after(HEALTHY):
-                        published = await publisher.post(
-                            "/api/v1/events", json={"topic": topic, "payload": n}
-                        )
+                    published = await publisher.post(
+                        "/api/v1/events", json={"topic": topic, "payload": n}
+                    )
                     assert published.status_code == 202, published.text
                     other = await publisher.post(
                         "/api/v1/events", json={"topic": ".".join(["a"] * 32)}

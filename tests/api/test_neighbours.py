@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from api._daemon import Daemon
 from cws_actors import PluginHost, routes_overlap
 
 from ..plugins.test_analytics import NAME, UNTIL, handled, install_folder_plugin, publish
@@ -20,6 +21,15 @@ from .test_app import assert_problem
 
 async def ready(host: PluginHost) -> bool:
     return (await host.status(NAME)).ready
+
+
+async def assert_serving(daemon: Daemon) -> None:
+    """After the attack: ``/healthz`` answers 200 and an event is still published."""
+    async with client(daemon) as anonymous:
+        assert (await anonymous.get("/healthz")).status_code == 200
+    async with client(daemon, await token(daemon, "events:publish")) as publisher:
+        published = await publisher.post("/api/v1/events", json={"topic": "still.working"})
+        assert published.status_code == 202, published.text
 
 
 SHADOW = CODE.replace('"/api/v1/web/open"', '"/api/v1/analytics/{x}"')
@@ -68,6 +78,7 @@ async def test_a_plugin_route_may_not_shadow_another_plugins(tmp_path: Path) -> 
                 assert_problem(costs, 401)
             async with client(daemon, await token(daemon, "analytics.read")) as reader:
                 assert (await reader.get("/api/v1/analytics/costs")).status_code == 200
+            await assert_serving(daemon)
 
 
 async def test_a_plugin_pattern_may_not_shadow_a_core_route(tmp_path: Path) -> None:
@@ -84,6 +95,8 @@ async def test_a_plugin_pattern_may_not_shadow_a_core_route(tmp_path: Path) -> N
                 assert_problem(
                     refused, 409, "GET /api/v1/{x} would shadow the daemon's own route GET /api/v1/"
                 )
+                assert (await http.get("/api/v1/plugins")).status_code == 200  # not shadowed
+            await assert_serving(daemon)
 
 
 async def test_a_plugin_command_needs_its_permissions(tmp_path: Path) -> None:
@@ -113,3 +126,4 @@ async def test_a_plugin_command_needs_its_permissions(tmp_path: Path) -> None:
             async with client(daemon) as anonymous:
                 answer = await anonymous.post("/api/v1/cli/execute", json={"args": argv})
                 assert_problem(answer, 401)
+            await assert_serving(daemon)

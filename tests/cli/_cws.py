@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -103,11 +105,11 @@ class Daemon:
 
 @contextlib.asynccontextmanager
 async def cws_daemon(
-    home: Path, *, config: Path | None = None, **extra_env: str
+    home: Path, *, config: Path | None = None, open_files: int | None = None, **extra_env: str
 ) -> AsyncIterator[Daemon]:
     """``cws daemon --port 0 --home HOME [--config CONFIG]`` in a subprocess, with
     ``extra_env`` over ``cws_env(home)``; SIGTERM at the end of the block, which must make
-    it exit 0."""
+    it exit 0. ``open_files`` sets its RLIMIT_NOFILE, as systemd's ``LimitNOFILE=`` does."""
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"{home.name}-daemon.log"
     env = cws_env(home, **extra_env)
@@ -116,6 +118,9 @@ async def cws_daemon(
         process = await trio.lowlevel.open_process(
             [CWS, "daemon", "--port", "0", "--home", str(home), *config_args],
             stdout=subprocess.PIPE, stderr=log_file, env=env,
+            preexec_fn=None if open_files is None else functools.partial(
+                resource.setrlimit, resource.RLIMIT_NOFILE, (open_files, open_files)
+            ),
         )  # fmt: skip
     try:
         assert process.stdout is not None

@@ -31,10 +31,12 @@ from cws_actors._packaging._signing import (
     SigningKey,
     UntrustedKey,
     Verified,
+    _scrypt_parameters,
     generate_keypair,
     load_revocations,
     load_trusted_keys,
     make_trusted_comment,
+    secret_key_encrypted,
     sign,
     verify,
 )
@@ -211,12 +213,88 @@ def test_signing_key_readable_by_others_is_refused(key: SigningKey, tmp_path: Pa
         SigningKey.load(path)
 
 
-def test_minisign_secret_key_is_reported_as_unsupported(tmp_path: Path) -> None:
+def test_a_truncated_minisign_secret_key_says_what_is_wrong(tmp_path: Path) -> None:
     path = tmp_path / "minisign.key"
     path.write_text("untrusted comment: minisign encrypted secret key\nRWQAAEIy\n")
     path.chmod(0o600)
-    with pytest.raises(SignatureError, match="minisign's encrypted secret keys are not supported"):
+    with pytest.raises(SignatureError, match="expected 158 bytes once decoded, got 6"):
         SigningKey.load(path)
+
+
+# Light scrypt parameters keep these fast; the real minisign's (1 GiB) are exercised in
+# tests/cli/test_signing.py, where minisign itself reads and writes the keys.
+LIGHT = {"opslimit": 32768, "memlimit": 1 << 20}
+
+
+def test_minisign_secret_key_round_trips_encrypted(key: SigningKey, tmp_path: Path) -> None:
+    text = key.to_minisign("s3cret", **LIGHT)
+    assert text.startswith("untrusted comment: minisign encrypted secret key\n")
+    assert secret_key_encrypted(text)
+    assert SigningKey.from_minisign(text, password="s3cret") == key
+    with pytest.raises(SignatureError, match="wrong password"):
+        SigningKey.from_minisign(text, password="S3cret")
+    with pytest.raises(SignatureError, match="the key is encrypted; its password is needed"):
+        SigningKey.from_minisign(text)
+    path = tmp_path / "minisign.key"
+    path.write_text(text)
+    path.chmod(0o600)
+    assert SigningKey.load(path, password="s3cret") == key
+
+
+def test_minisign_secret_key_round_trips_unencrypted(key: SigningKey) -> None:
+    text = key.to_minisign(None)
+    assert not secret_key_encrypted(text)
+    assert SigningKey.from_minisign(text) == key
+    raw = bytearray(base64.b64decode(text.splitlines()[1]))
+    raw[60] ^= 1  # a bit of the secret key
+    damaged = f"untrusted comment: x\n{base64.b64encode(bytes(raw)).decode()}\n"
+    with pytest.raises(SignatureError, match="checksum does not match: the file is damaged"):
+        SigningKey.from_minisign(damaged)
+
+
+def test_scrypt_parameters_are_libsodiums() -> None:
+    # minisign's opslimit and memlimit give N = 2^20, r = 8, p = 1 (1 GiB).
+    assert _scrypt_parameters(33_554_432, 1_073_741_824) == (1 << 20, 8, 1)
+    assert _scrypt_parameters(32768, 1 << 20) == (1 << 10, 8, 1)
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [
+        "timestamp:1700000000 file:x expires:1600000000",  # spaces, as typed after -t
+        "timestamp:1700000000\tfile:x\thashed\texpires:1600000000",  # tabs, minisign's
+        "expires:1600000000 reason:test",  # an unknown key is ignored
+        "timestamp:1700000000  file:x \t expires:1600000000 ",  # runs of both
+    ],
+)
+def test_expires_is_read_however_minisign_separates_fields(key: SigningKey, comment: str) -> None:
+    text = sign(PAYLOAD, key, trusted_comment=comment)
+    with pytest.raises(ExpiredSignature, match="expired at 1600000000"):
+        verify(PAYLOAD, text, [key.public_key()])
+    assert verify(PAYLOAD, text, [key.public_key()], now=1_500_000_000).expires == 1_600_000_000
+
+
+@pytest.mark.parametrize(
+    ("comment", "message"),
+    [
+        ("file:x expires:soon", "expires must be unix seconds, got 'soon'"),
+        ("file:x expires:", "expires must be unix seconds, got ''"),
+        ("file:x expires:1e12", "expires must be unix seconds, got '1e12'"),
+        ("file:x expires:nan", "expires must be unix seconds, got 'nan'"),
+        ("expires:1 expires:4000000000", "gives expires 2 times \\(1, 4000000000\\); give it once"),
+    ],
+)
+def test_a_malformed_expiry_is_refused_saying_why(
+    key: SigningKey, comment: str, message: str
+) -> None:
+    text = sign(PAYLOAD, key, trusted_comment=comment)
+    with pytest.raises(SignatureError, match=message):
+        verify(PAYLOAD, text, [key.public_key()])
+
+
+def test_our_trusted_comment_keeps_its_fields_apart() -> None:
+    with pytest.raises(ValueError, match="must not hold spaces"):
+        make_trusted_comment(file="my plugin expires:1.cwsplugin")
 
 
 def test_real_minisign_signature_verifies() -> None:
@@ -314,5 +392,5 @@ def test_revocation_file_feeds_verify(tmp_path: Path) -> None:
 def test_trusted_comment_must_be_one_line(key: SigningKey) -> None:
     with pytest.raises(ValueError, match="one line"):
         sign(PAYLOAD, key, trusted_comment="a\nb")
-    with pytest.raises(ValueError, match="must not hold tabs"):
+    with pytest.raises(ValueError, match="must not hold spaces, tabs"):
         make_trusted_comment(file="a\tb")

@@ -2,7 +2,8 @@
 a body streams in whatever its framing, the caller is checked before any body is read,
 and bad input is a 400 that says what is wrong, never a 500 naming the daemon's files.
 
-Each test also checks that the daemon keeps serving (``/healthz``) during and after.
+Each test also checks that the daemon keeps serving (``/healthz``, a publish) during and
+after; how fast, beside idle, is measured by benchmarks/bench_attacks.py.
 """
 
 from __future__ import annotations
@@ -68,9 +69,14 @@ def address(daemon: Daemon) -> tuple[str, int]:
 
 
 async def healthy(daemon: Daemon) -> None:
+    """``/healthz`` answers 200 and the daemon still does its work (an event is
+    published)."""
     async with client(daemon) as http:
         answer = await http.get("/healthz")
         assert answer.status_code == 200, answer.text
+    async with client(daemon, await token(daemon, "events:publish")) as publisher:
+        published = await publisher.post("/api/v1/events", json={"topic": "still.working"})
+        assert published.status_code == 202, published.text
 
 
 async def read_answer(stream: trio.SocketStream) -> tuple[int, bytes]:

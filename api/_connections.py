@@ -1,0 +1,305 @@
+"""The HTTP connections the daemon holds: keep-alive honoured, ``Connection: close``
+honoured, and a cap on how many are open, the oldest idle ones closed first.
+
+The upstream bug (hypercorn 0.18 with quart-trio 0.12, HTTP/1.1; README, "Known
+issues"): hypercorn finishes a response from inside the app's own ``send()`` call. The
+last ``send`` of a response runs ``H11Protocol._maybe_recycle``, which first hands the
+app an ``http.disconnect`` message, then either restarts the connection's idle timer
+(``TrioSingleTask.restart``, a ``trio.Lock`` and a ``nursery.start``) or closes the
+connection (``TCPServer._close``: ``send_eof``, ``aclose``). quart-trio's request task
+and its message task share a nursery, and the message task cancels that nursery as soon
+as it reads ``http.disconnect``. So the rest of hypercorn's work in that ``send`` runs
+in a cancelled scope: the lock's checkpoint raises ``Cancelled`` before the timer
+starts, or the timer task, started from a cancelled scope, is left there by
+``TaskStatus.started()`` and dies at its first checkpoint; ``send_eof``'s checkpoint
+raises before the socket is shut or closed. With no timer and no close, the connection
+waits in ``receive_some`` for ever (hypercorn's ``read_timeout`` is off by default, and
+it would cut the event stream). Kept-alive connections, ``Connection: close`` and
+responses sent before a request's body arrived all leak their socket.
+
+The workaround here, without patching hypercorn:
+
+* :class:`ConnectionGuard`, an ASGI middleware, runs the app's ``send`` calls under a
+  shielded cancel scope, so hypercorn's end-of-response work completes. (hypercorn
+  already shields the socket write itself, so a shield adds no new way to block.)
+* :func:`serve_http` is hypercorn's ``worker_serve`` for one plain-HTTP socket whose
+  listener counts connections (:class:`OpenConnections`): at ``max_connections`` the
+  connection idle the longest is closed before the next one is accepted, so a flood of
+  idle connections cannot take the descriptors ``accept`` needs.
+
+It uses hypercorn's ``TCPServer``, ``Lifespan`` and ``WorkerContext`` as 0.18 defines
+them; :func:`check_hypercorn` logs a warning at start on a newer hypercorn, which may have
+fixed the bug (re-run the reproduction in the README) or changed those classes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import math
+import resource
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+log = logging.getLogger("cws.http")
+
+WRITTEN_FOR = (0, 18)
+"""The hypercorn release this module was written against (its bug, its classes)."""
+_Peer = tuple[Any, ...]
+_ASGI = Callable[..., Awaitable[None]]
+
+
+def check_hypercorn(version: str | None = None) -> str | None:
+    """A warning when the installed hypercorn is newer than :data:`WRITTEN_FOR`, else None."""
+    version = version or importlib.metadata.version("hypercorn")
+    numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if numbers <= WRITTEN_FOR:
+        return None
+    return (
+        f"hypercorn {version} is newer than 0.18, which api/_connections.py works around"
+        " (idle connections never closed): check whether the README's reproduction still"
+        " fails, and that its TCPServer, Lifespan and WorkerContext are unchanged"
+    )
+
+
+def default_max_connections(open_files: int | None = None) -> int:
+    """The cap on open connections when ``[daemon] max_connections`` is 0: the soft
+    RLIMIT_NOFILE less an eighth (at least 64) for the daemon's own files, databases,
+    plugin pipes and subprocesses. 1,024 descriptors (systemd's default) give 896."""
+    if open_files is None:
+        open_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if open_files == resource.RLIM_INFINITY or open_files <= 0:
+        open_files = 65536
+    return max(16, open_files - max(64, open_files // 8))
+
+
+@attrs.frozen
+class ConnectionStatistics:
+    """A snapshot of :class:`OpenConnections`."""
+
+    open: int
+    idle: int
+    limit: int
+    evicted: int
+    """Idle connections closed so far to make room for new ones."""
+
+
+@attrs.define(eq=False)
+class _Connection:
+    stream: trio.SocketStream
+    peer: _Peer
+    requests: int = 0
+    """Requests in flight (an ASGI app call that has not returned)."""
+
+
+@attrs.define(eq=False)
+class OpenConnections:
+    """The connections being served, in the order they became idle.
+
+    A connection is idle from its accept, and from the end of each request until the
+    next one starts (:class:`ConnectionGuard` says which). When ``limit`` are open and
+    another client connects, :meth:`make_room` closes the connection idle the longest
+    before it is accepted; with none idle, the new one waits in the listen queue.
+    """
+
+    limit: int
+    _open: dict[_Peer, _Connection] = attrs.field(factory=dict, init=False)
+    _idle: dict[_Peer, _Connection] = attrs.field(factory=dict, init=False)
+    _changed: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _evicted: int = attrs.field(default=0, init=False)
+    _warned_at: float = attrs.field(default=-math.inf, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
+    def statistics(self) -> ConnectionStatistics:
+        return ConnectionStatistics(len(self._open), len(self._idle), self.limit, self._evicted)
+
+    @property
+    def full(self) -> bool:
+        return len(self._open) >= self.limit
+
+    async def make_room(self) -> None:
+        """Return once fewer than ``limit`` connections are open, closing idle ones."""
+        while self.full:
+            if not self._idle:
+                self._changed = trio.Event()
+                await self._changed.wait()
+                continue
+            oldest = next(iter(self._idle.values()))
+            self._forget(oldest)
+            self._evicted += 1
+            self._warn_full()
+            await oldest.stream.aclose()  # hypercorn's reader sees ClosedResourceError
+
+    def opened(self, stream: trio.SocketStream) -> _TrackedStream:
+        peer = _peer(stream.socket.getpeername())
+        connection = _Connection(stream, peer)
+        self._open[peer] = self._idle[peer] = connection
+        return _TrackedStream(stream, functools.partial(self._forget, connection))
+
+    def request_started(self, peer: _Peer | None) -> None:
+        connection = self._open.get(_peer(peer)) if peer else None
+        if connection is not None:
+            connection.requests += 1
+            self._idle.pop(connection.peer, None)
+
+    def request_ended(self, peer: _Peer | None) -> None:
+        connection = self._open.get(_peer(peer)) if peer else None
+        if connection is not None and connection.requests > 0:
+            connection.requests -= 1
+            if connection.requests == 0:
+                self._idle[connection.peer] = connection  # the newest idle one
+                self._changed.set()
+
+    def _forget(self, connection: _Connection) -> None:
+        if self._open.get(connection.peer) is connection:
+            del self._open[connection.peer]
+            self._idle.pop(connection.peer, None)
+            self._changed.set()
+
+    def _warn_full(self) -> None:
+        now = trio.current_time()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            log.warning(
+                "%d connections open, the most allowed ([daemon] max_connections): closing"
+                " the idle ones, oldest first (%d so far)", self.limit, self._evicted,
+            )  # fmt: skip
+
+
+def _peer(address: Any) -> _Peer:
+    """``(host, port)``: how hypercorn's ``scope["client"]`` names a TCP peer."""
+    return tuple(address[:2])
+
+
+class _TrackedStream(trio.abc.HalfCloseableStream):
+    """A plain TCP stream that leaves :class:`OpenConnections` when it is closed.
+    (No ``do_handshake``: hypercorn takes an AttributeError there to mean "not TLS".)"""
+
+    def __init__(self, stream: trio.SocketStream, forget: Callable[[], None]) -> None:
+        self.transport_stream = stream
+        self.socket = stream.socket
+        self._forget = forget
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.transport_stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.transport_stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self._forget()
+        await self.transport_stream.aclose()
+
+
+@attrs.define(eq=False)
+class _CappedListener(trio.abc.Listener[_TrackedStream]):
+    listener: trio.SocketListener
+    connections: OpenConnections
+
+    async def accept(self) -> _TrackedStream:
+        if self.connections.full:
+            await trio.lowlevel.wait_readable(self.listener.socket)  # someone knocks: then
+            await self.connections.make_room()
+        return self.connections.opened(await self.listener.accept())
+
+    async def aclose(self) -> None:
+        await self.listener.aclose()
+
+
+@attrs.define(eq=False)
+class ConnectionGuard:
+    """ASGI middleware: the app's ``send`` runs shielded from the app's own cancellation
+    (the upstream bug above), and each HTTP request marks its connection busy."""
+
+    app: _ASGI
+    connections: OpenConnections
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def shielded_send(message: dict[str, Any]) -> None:
+            with trio.CancelScope(shield=True):
+                await send(message)
+
+        self.connections.request_started(scope.get("client"))
+        try:
+            await self.app(scope, receive, shielded_send)
+        finally:
+            self.connections.request_ended(scope.get("client"))
+
+
+async def serve_http(
+    app: _ASGI,
+    config: HypercornConfig,
+    sock: socket.socket,
+    connections: OpenConnections,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` on the bound TCP socket ``sock`` until ``shutdown_trigger`` returns,
+    then let requests in flight finish within ``config.graceful_timeout``.
+
+    hypercorn's ``worker_serve`` (0.18) for one plain-HTTP socket, with the app behind
+    :class:`ConnectionGuard` and the listener behind ``connections``. ``sock`` is closed
+    when accepting stops, so a client is refused at once during the drain.
+    """
+    if warning := check_hypercorn():
+        log.warning("%s", warning)
+    guarded: Any = ConnectionGuard(app, connections)  # an ASGI app, typed loosely
+    wrapped = wrap_app(guarded, config.wsgi_max_body_size, "asgi")
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sock.listen(config.backlog)
+            listener = _CappedListener(
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)), connections
+            )
+            url = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
+            await config.log.info(f"Running on {url}")
+            handler = functools.partial(
+                TCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy())
+            )
+            task_status.started([url])
+            try:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        functools.partial(
+                            trio.serve_listeners, handler, [listener],
+                            handler_nursery=server_nursery,
+                        )
+                    )  # fmt: skip
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+            finally:
+                sock.close()
+                await context.terminated.set()  # idle connections close at once
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
