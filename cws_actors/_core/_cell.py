@@ -92,6 +92,10 @@ class ActorCell:
     (the one check per message that the hooks cost) when nobody listens."""
     _buckets: TokenBuckets[Source | None] = attrs.field(factory=TokenBuckets, init=False)
     in_flight: int = attrs.field(default=0, init=False)
+    handling: int = attrs.field(default=0, init=False)
+    """Messages in a handler now (in_flight counts those waiting in the mailbox too)."""
+    concurrency: int = attrs.field(default=1, init=False)
+    """The current run's limit of messages handled at once (its default group)."""
     routed: int = attrs.field(default=0, init=False)
     actor: Actor | None = attrs.field(default=None, init=False)
     stopped: bool = attrs.field(default=False, init=False)
@@ -236,7 +240,7 @@ class ActorCell:
             self.redelivery_pending = True  # a full page: there may be more
 
     async def _serve(self, actor: Actor) -> None:
-        limit = self.max_concurrency or actor.max_concurrency
+        limit = self.concurrency = self.max_concurrency or actor.max_concurrency
         if limit > 1 or actor.concurrency_groups:
             await self._serve_concurrently(actor, limit)
             return
@@ -376,6 +380,7 @@ class ActorCell:
 
     async def _handle(self, actor: Actor, envelope: Envelope) -> None:
         reply = envelope.reply
+        self.handling += 1
         try:
             deadline = envelope.deadline
             if deadline != math.inf and deadline <= trio.current_time():
@@ -415,6 +420,7 @@ class ActorCell:
                 self.router.answered_late(envelope)
         finally:
             self.in_flight -= 1
+            self.handling -= 1
             event = envelope.payload
             if isinstance(event, Event) and event.durable:
                 # Handled and acknowledged, or not (a crash: the next start redelivers).

@@ -96,6 +96,10 @@ class ActorSnapshot:
     children: tuple[ActorSnapshot, ...]
     last_restart_at: float | None = None
     """``trio.current_time()`` of its latest restart by its supervisor, or None."""
+    handling: int = 0
+    """Messages its handlers are working on now (at most its concurrency)."""
+    max_concurrency: int = 1
+    """How many messages it handles at once in its current run (its default group)."""
 
     def find(self, path: str) -> ActorSnapshot:
         """The node at ``path`` in this tree.
@@ -483,6 +487,8 @@ class Runtime:
                         last_exit=exit_text,
                         probes=child.probes,
                         mailbox=cell.mailbox.statistics() if cell is not None else None,
+                        handling=cell.handling if cell is not None else 0,
+                        max_concurrency=cell.concurrency if cell is not None else 1,
                         children=(),
                         last_restart_at=child.last_restart_at,
                     )

@@ -264,3 +264,13 @@ async def test_a_stop_lets_every_handler_in_flight_finish(autojump_clock) -> Non
             await runtime.stop("/w")
         assert sorted(answers) == [("sleep", 2), ("sleep", 3)]
         assert trio.current_time() == 3.0
+
+
+async def test_the_snapshot_shows_what_is_in_flight(autojump_clock) -> None:
+    async with open_runtime() as runtime:
+        ref = await runtime.spawn(Worker, name="w", max_concurrency=4)
+        for _ in range(6):
+            ref.tell("never")
+            await trio.testing.wait_all_tasks_blocked()
+        node = runtime.actors().find("/w")
+        assert (node.handling, node.max_concurrency, node.mailbox.depth) == (4, 4, 2)
