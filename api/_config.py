@@ -279,6 +279,7 @@ _OVERRIDE_KEYS = {
     "isolation": '"in_process" or "subprocess"',
     "limits": "a table of resource limits (memory_mb, cpu_seconds, open_files)",
     "env": "an array of the environment variables the plugin's process may see",
+    "concurrency": "a table with max (calls at once) and groups (a table of group limits)",
 }
 _LIMITS = {"memory_mb": 16, "cpu_seconds": 1, "open_files": 16}
 """``ResourceLimits``' fields and their least values."""
@@ -516,6 +517,7 @@ def _check_override(read: _FileRead, name: str, field: str, value: Any) -> None:
         "env": not (_strings(value) and all(value)),
         "config": not isinstance(value, dict),
         "limits": not isinstance(value, dict),
+        "concurrency": not isinstance(value, dict),
     }[field]
     if wrong:
         read.problem(key, f"{dotted} must be {_OVERRIDE_KEYS[field]}, got {_describe(value)}")
@@ -526,6 +528,19 @@ def _check_override(read: _FileRead, name: str, field: str, value: Any) -> None:
             elif not (_is_int(number) and number >= _LIMITS[limit]):
                 read.problem((*key, limit), f"{dotted}.{limit} must be an integer >="
                              f" {_LIMITS[limit]}, got {_describe(number)}")  # fmt: skip
+    elif field == "concurrency":
+        for part, setting in value.items():
+            if part not in ("max", "groups"):
+                read.unknown((*key, part), ("max", "groups"))
+            elif part == "max" and not (_is_int(setting) and setting >= 1):
+                read.problem((*key, part), f"{dotted}.max must be an integer >= 1, got"
+                             f" {_describe(setting)}")  # fmt: skip
+            elif part == "groups" and not (
+                isinstance(setting, dict)
+                and all(g.isidentifier() and _is_int(n) and n >= 1 for g, n in setting.items())
+            ):
+                read.problem((*key, part), f"{dotted}.groups must map group names to"
+                             f" integers >= 1, got {_describe(setting)}")  # fmt: skip
     elif field == "config" and name in PROVIDER_CONFIG_KEYS:
         for option, option_value in value.items():
             if option not in PROVIDER_CONFIG_KEYS[name]:

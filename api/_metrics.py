@@ -62,6 +62,12 @@ class RuntimeCollector(Collector):
             labels=["actor", "reason"],
         )
         depth = GaugeMetricFamily("cws_mailbox_depth", "Messages waiting", labels=["actor"])
+        handling = GaugeMetricFamily(
+            "cws_actor_handling", "Messages being handled now (in flight)", labels=["actor"]
+        )
+        concurrency = GaugeMetricFamily(
+            "cws_actor_max_concurrency", "Messages the actor handles at once", labels=["actor"]
+        )
         restarts = CounterMetricFamily("cws_actor_restarts", "Restarts", labels=["actor"])
         probe_failures = GaugeMetricFamily(
             "cws_probe_consecutive_failures",
@@ -83,13 +89,16 @@ class RuntimeCollector(Collector):
             if node.mailbox is not None:
                 delivered.add_metric([node.path], node.mailbox.delivered)
                 depth.add_metric([node.path], node.mailbox.depth)
+                handling.add_metric([node.path], node.handling)
+                concurrency.add_metric([node.path], node.max_concurrency)
             for probe in node.probes:
                 probe_failures.add_metric([node.path, probe.kind.value], probe.consecutive_failures)
         for (path, reason), count in sorted(counts.rejected.items()):
             rejected.add_metric([path, reason], count)
         for path, count in sorted(counts.late.items()):
             late.add_metric([path], count)
-        yield from (routed, delivered, rejected, depth, restarts, probe_failures, ready, late)
+        yield from (routed, delivered, rejected, depth, handling, concurrency, restarts)
+        yield from (probe_failures, ready, late)
 
 
 def _actors(node: ActorSnapshot) -> Iterator[ActorSnapshot]:

@@ -99,6 +99,7 @@ from ._plugins._model import Capabilities as Capabilities
 from ._plugins._model import CLICommandSpec as CLICommandSpec
 from ._plugins._model import CLIFlagSpec as CLIFlagSpec
 from ._plugins._model import CommandResult as CommandResult
+from ._plugins._model import Concurrency as Concurrency
 from ._plugins._model import EventHandlerSpec as EventHandlerSpec
 from ._plugins._model import Health as Health
 from ._plugins._model import HealthStatus as HealthStatus
@@ -131,6 +132,7 @@ __all__ = [
     "CLIFlagSpec",
     "Capabilities",
     "CommandResult",
+    "Concurrency",
     "DeadLetter",
     "DeadlineExceeded",
     "DiscoveredPlugin",

@@ -18,10 +18,10 @@ import importlib.metadata
 from collections.abc import Mapping
 from typing import Any
 
-from cws_actors import Isolation, PluginMetadata
+from cws_actors import Concurrency, Isolation, PluginMetadata
 
 from ._base import CloudProvider, ProviderRequestError
-from ._plugin import ProviderPlugin
+from ._plugin import PROVIDER_CONCURRENCY, ProviderPlugin
 
 
 class AWSPlugin(ProviderPlugin):
@@ -33,6 +33,9 @@ class AWSPlugin(ProviderPlugin):
         description="Amazon EC2 instances: list, show, start, stop, and their events",
         author="cws-actors developers",
         isolation=Isolation.SUBPROCESS,
+        # Calls of different instances run side by side: a `start --wait` polling its
+        # operation never delays a list (the SDK's calls run in worker threads).
+        concurrency=Concurrency(max=PROVIDER_CONCURRENCY),
     )
 
     async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:

@@ -21,10 +21,10 @@ from typing import Any
 
 import trio
 
-from cws_actors import Isolation, PluginMetadata
+from cws_actors import Concurrency, Isolation, PluginMetadata
 
 from ._base import CloudProvider, ProviderNotConfigured
-from ._plugin import ProviderPlugin
+from ._plugin import PROVIDER_CONCURRENCY, ProviderPlugin
 
 
 class GCPPlugin(ProviderPlugin):
@@ -36,6 +36,9 @@ class GCPPlugin(ProviderPlugin):
         description="Google Compute Engine instances: list, show, start, stop, and their events",
         author="cws-actors developers",
         isolation=Isolation.SUBPROCESS,
+        # Calls of different instances run side by side: a `start --wait` polling its
+        # operation never delays a list (the SDK's calls run in worker threads).
+        concurrency=Concurrency(max=PROVIDER_CONCURRENCY),
     )
 
     async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:

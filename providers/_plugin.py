@@ -13,8 +13,11 @@ so its routes answer 503 and its events become dead letters; it comes back by it
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
+
+import trio
 
 from cws_actors import Capabilities, Health, HealthStatus, Plugin, PluginContext
 
@@ -36,6 +39,11 @@ _EVENTS = {
 }
 
 
+PROVIDER_CONCURRENCY = 16
+"""Calls a cloud provider plugin handles at once (its ``[concurrency] max``; the
+operator's ``[plugins.overrides.NAME.concurrency]`` wins)."""
+
+
 class ProviderPlugin(Plugin):
     """Subclasses set ``metadata`` and implement ``make_provider``."""
 
@@ -53,6 +61,12 @@ class ProviderPlugin(Plugin):
         self.ctx = ctx
         self.config = config
         self.seen: dict[str, InstanceState] = {}
+        # Lists and polls run side by side (PROVIDER_CONCURRENCY): each takes a ticket
+        # before it asks the cloud, and only a list newer than the last one compared
+        # publishes changes, so an older answer never undoes a newer one.
+        self._tickets = itertools.count()
+        self._compared = -1
+        self._comparing = trio.Lock()
 
     async def start(self, ctx: PluginContext) -> None:
         try:
@@ -88,8 +102,9 @@ class ProviderPlugin(Plugin):
     async def list_instances(self, payload: Any) -> Any:
         async def work() -> Any:
             filters = (payload or {}).get("filters")
+            ticket = next(self._tickets)
             instances = await self._provider().list_instances(filters=filters)
-            await self._publish_changes(instances)
+            await self._publish_changes(instances, ticket=ticket)
             return [info.as_dict() for info in instances]
 
         return await _answer(work)
@@ -126,9 +141,9 @@ class ProviderPlugin(Plugin):
         return how many. The daemon calls it every ``poll_interval`` seconds."""
 
         async def work() -> Any:
-            before = dict(self.seen)
+            ticket = next(self._tickets)
             instances = await self._provider().list_instances()
-            return await self._publish_changes(instances, before=before)
+            return await self._publish_changes(instances, ticket=ticket)
 
         return await _answer(work)
 
@@ -146,9 +161,19 @@ class ProviderPlugin(Plugin):
         await self.ctx.publish(topic, _event(info))
 
     async def _publish_changes(
-        self, instances: list[InstanceInfo], *, before: dict[str, InstanceState] | None = None
+        self,
+        instances: list[InstanceInfo],
+        *,
+        ticket: int,
     ) -> int:
-        before = dict(self.seen) if before is None else before
+        async with self._comparing:  # one comparison at a time, whole
+            if ticket < self._compared:
+                return 0  # a newer list was compared meanwhile: this answer is stale
+            self._compared = ticket
+            return await self._compare(instances)
+
+    async def _compare(self, instances: list[InstanceInfo]) -> int:
+        before = dict(self.seen)
         published = 0
         for info in instances:
             previous = before.get(info.id)

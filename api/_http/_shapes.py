@@ -73,8 +73,12 @@ ACTOR = obj(
     last_exit=nullable("string"), last_restart_at=nullable("string"),
     probes=array(obj(["kind", "passing"], kind=STRING, passing=BOOLEAN)),
     mailbox=nullable("object"), children=array(ref("Actor")),
+    handling={**INTEGER, "minimum": 0, "description": "messages being handled now (actors)"},
+    max_concurrency={**INTEGER, "minimum": 1,
+                     "description": "messages the actor handles at once (actors)"},
 )  # fmt: skip
-"""``actor_view``: an actor, and a supervisor's children (recursive)."""
+"""``actor_view``: an actor (with ``handling`` and ``max_concurrency``), and a
+supervisor's children (recursive)."""
 
 DEAD_LETTER = obj(
     ["envelope_id", "source", "target", "reason", "at"],

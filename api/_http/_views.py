@@ -58,6 +58,9 @@ def actor_view(node: ActorSnapshot) -> dict[str, Any]:
         ],
         "mailbox": attrs.asdict(node.mailbox) if node.mailbox is not None else None,
     }
+    if node.kind == "actor":
+        view["handling"] = node.handling
+        view["max_concurrency"] = node.max_concurrency
     if node.kind == "supervisor":
         view["children"] = [actor_view(child) for child in node.children]
     return view

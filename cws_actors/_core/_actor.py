@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import trio
@@ -55,6 +56,18 @@ class Actor:
     """
 
     event_handlers: ClassVar[dict[str, tuple[str, ...]]] = {}
+    max_concurrency: int = 1
+    """How many messages this actor handles at once (``Runtime.spawn(max_concurrency=)``
+    overrides it). Above 1, each message is handled in a task of its own inside the
+    actor's scope: a crash of one handler still crashes the actor (the others are
+    cancelled and their askers get ActorRestarting); an ask whose asker gives up or
+    whose deadline passes has its handler cancelled; bus events are still handled one at
+    a time, in order; probes run beside the handlers instead of waiting for them."""
+    concurrency_groups: Mapping[str, int] = MappingProxyType({})
+    """Named groups with their own limits, as in Ray: ``concurrency_group(message)``
+    puts a message in one; a full group never delays another group or the default one
+    (whose limit is ``max_concurrency``). Groups need ``max_concurrency`` above 1 or
+    at least one group."""
     background_tasks: ClassVar[bool] = False
     """Set True to get ``self.nursery``: tasks that live as long as this run of the
     actor; one that raises crashes the actor like a handler would."""
@@ -69,6 +82,15 @@ class Actor:
             if topics:
                 handlers[name] = tuple(topics)
         cls.event_handlers = handlers
+        limits = {"max_concurrency": cls.max_concurrency, **{
+            f"concurrency_groups[{name!r}]": limit
+            for name, limit in cls.concurrency_groups.items()
+        }}  # fmt: skip
+        for what, limit in limits.items():
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                raise TypeError(
+                    f"{cls.__name__}.{what} must be a whole number of at least 1, got {limit!r}"
+                )
 
     @property
     def ref(self) -> ActorRef:
@@ -98,6 +120,11 @@ class Actor:
     def envelope(self) -> Envelope:
         """The envelope of the message being handled."""
         return current_envelope()
+
+    def concurrency_group(self, message: Any) -> str | None:
+        """The concurrency group that handles ``message`` (None: the default group, whose
+        limit is ``max_concurrency``). Called only when the actor has groups."""
+        return None
 
     async def on_start(self) -> None:
         """Called before the first message of each run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,11 @@ from ._actor import Actor, ActorRef
 from ._bus import Event
 from ._durable import EventStore
 from ._envelope import Envelope, Reply, Source, _current, next_id
-from ._exceptions import ActorRestarting, ActorStopped, HandlerFailed
+from ._exceptions import (
+    ActorRestarting,
+    ActorStopped,
+    HandlerFailed,
+)
 from ._mailbox import Mailbox, Offer
 from ._ratelimit import RateLimit, TokenBuckets
 
@@ -50,6 +55,16 @@ class _Control(enum.Enum):
     PARK = "park"
 
 
+@attrs.define(eq=False)
+class _Lane:
+    """A concurrency group of a concurrent actor: its limit, its handlers running and
+    the messages it holds until one of them finishes (in arrival order)."""
+
+    limit: int
+    running: int = 0
+    pending: deque[Envelope] = attrs.field(factory=deque)
+
+
 # Yield to the scheduler at least this often when the mailbox never runs dry.
 _BATCH = 64
 # Unacknowledged durable events are read from the store this many at a time at most.
@@ -70,11 +85,17 @@ class ActorCell:
     store: EventStore | None = None
     listener: RuntimeHooks | None = None
     """The runtime's hooks, told of each run started."""
+    max_concurrency: int | None = None
+    """Messages handled at once; None: the actor class's ``max_concurrency``."""
     hooks: CellHooks | None = attrs.field(default=None, init=False)
     """Set by the listener (the fault injector, when faults target this actor); None
     (the one check per message that the hooks cost) when nobody listens."""
     _buckets: TokenBuckets[Source | None] = attrs.field(factory=TokenBuckets, init=False)
     in_flight: int = attrs.field(default=0, init=False)
+    handling: int = attrs.field(default=0, init=False)
+    """Messages in a handler now (in_flight counts those waiting in the mailbox too)."""
+    concurrency: int = attrs.field(default=1, init=False)
+    """The current run's limit of messages handled at once (its default group)."""
     routed: int = attrs.field(default=0, init=False)
     actor: Actor | None = attrs.field(default=None, init=False)
     stopped: bool = attrs.field(default=False, init=False)
@@ -219,6 +240,10 @@ class ActorCell:
             self.redelivery_pending = True  # a full page: there may be more
 
     async def _serve(self, actor: Actor) -> None:
+        limit = self.concurrency = self.max_concurrency or actor.max_concurrency
+        if limit > 1 or actor.concurrency_groups:
+            await self._serve_concurrently(actor, limit)
+            return
         mailbox = self.mailbox
         capacity = mailbox.config.capacity
         handled = 0
@@ -242,8 +267,120 @@ class ActorCell:
             else:
                 await self._handle(actor, envelope)
 
+    async def _serve_concurrently(self, actor: Actor, limit: int) -> None:
+        """The loop of an actor that handles up to ``limit`` messages at once (plus its
+        groups' own limits), each in a task of its own; control messages (probes) are
+        answered beside the handlers, never behind them.
+
+        A message whose group is full waits in that group's lane, in arrival order; it
+        still counts against the mailbox's capacity (``Mailbox.held``), so the bound and
+        the overflow policy hold as with one handler. At the end of the run (a crash, a
+        restart, a stop) the lanes go back to the front of the mailbox, in order.
+        """
+        mailbox = self.mailbox
+        capacity = mailbox.config.capacity
+        lanes: dict[str | None, _Lane] = {None: _Lane(limit)}
+        for group, group_limit in actor.concurrency_groups.items():
+            lanes[group] = _Lane(group_limit)
+        events = _Lane(1)  # bus events: one at a time, in the order they were published
+        everything = [*lanes.values(), events]
+        parked: Envelope | None = None
+        handled = 0
+
+        def lane_of(envelope: Envelope) -> _Lane:
+            if envelope.source is Source.BUS and isinstance(envelope.payload, Event):
+                return events
+            if len(lanes) == 1:
+                return lanes[None]
+            group = actor.concurrency_group(envelope.payload)
+            lane = lanes.get(group)
+            if lane is None:
+                raise ValueError(
+                    f"{type(actor).__name__}.concurrency_group() returned {group!r}, which"
+                    f" is not one of its concurrency_groups ({', '.join(map(str, lanes))})"
+                )
+            return lane
+
+        async def run(lane: _Lane, envelope: Envelope) -> None:
+            while True:
+                reply = envelope.reply
+                # An ask's handler ends with its deadline, or when its asker gives up.
+                with trio.CancelScope(
+                    deadline=envelope.deadline if reply is not None else math.inf
+                ) as scope:
+                    if reply is not None:
+                        reply.handler_scope = scope
+                    await self._handle(actor, envelope)
+                if not lane.pending:
+                    lane.running -= 1
+                    if parked is not None:
+                        mailbox.wake()
+                    return
+                envelope = lane.pending.popleft()
+                mailbox.release_held()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    if parked is not None:
+                        if not any(lane.running for lane in everything):
+                            assert parked.reply is not None
+                            parked.reply.set_value(True)
+                            await trio.sleep_forever()
+                        envelope = mailbox.pop_control()
+                    else:
+                        if self.redelivery_pending and len(mailbox) * 4 < capacity:
+                            while self.redelivery_pending and len(mailbox) * 2 < capacity:
+                                await self._redeliver_page()
+                        envelope = mailbox.pop()
+                    if envelope is None:
+                        await mailbox.wait(control_only=parked is not None)
+                        handled = 0
+                        continue
+                    handled += 1
+                    if handled >= _BATCH:  # a backlog that never empties must not starve
+                        handled = 0
+                        await trio.lowlevel.checkpoint()
+                    if envelope.control:
+                        if envelope.payload is _Control.PARK:
+                            parked = envelope  # the handlers in flight finish first
+                            for lane in everything:
+                                mailbox.requeue(lane.pending)
+                                lane.pending.clear()
+                        else:
+                            nursery.start_soon(self._control, actor, envelope)
+                        continue
+                    try:
+                        lane = lane_of(envelope)
+                    except Exception as exc:
+                        if envelope.reply is not None:
+                            failure = HandlerFailed(self.path, exc)
+                            failure.__cause__ = exc
+                            envelope.reply.set_error(failure)
+                        raise
+                    if lane.running < lane.limit:
+                        lane.running += 1
+                        nursery.start_soon(run, lane, envelope)
+                    else:
+                        lane.pending.append(envelope)
+                        mailbox.hold()
+        except BaseExceptionGroup as group:
+            # One handler crashed and the others were cancelled: record it as itself.
+            _, rest = group.split(trio.Cancelled)
+            if rest is not None and len(rest.exceptions) == 1:
+                raise rest.exceptions[0] from None
+            raise
+        finally:
+            # What waited in a lane is handled by the next run, before what came later.
+            waiting = sorted(
+                (envelope for lane in everything for envelope in lane.pending),
+                key=lambda envelope: envelope.id,
+            )
+            mailbox.requeue(waiting)
+
     async def _handle(self, actor: Actor, envelope: Envelope) -> None:
         reply = envelope.reply
+        self.handling += 1
         try:
             deadline = envelope.deadline
             if deadline != math.inf and deadline <= trio.current_time():
@@ -264,9 +401,11 @@ class ActorCell:
                 else:
                     result = await actor.receive(payload)
             except trio.Cancelled:
-                if reply is not None:
-                    error = ActorStopped(self.path) if self.stopped else ActorRestarting(self.path)
-                    reply.set_error(error)
+                # A handler cancelled at its ask's deadline: the asker's timer tells it
+                # (AskTimeout), at the same moment.
+                if reply is not None and envelope.deadline > trio.current_time():
+                    error = ActorStopped if self.stopped else ActorRestarting
+                    reply.set_error(error(self.path))
                 raise
             except BaseException as exc:
                 if reply is not None:
@@ -281,6 +420,7 @@ class ActorCell:
                 self.router.answered_late(envelope)
         finally:
             self.in_flight -= 1
+            self.handling -= 1
             event = envelope.payload
             if isinstance(event, Event) and event.durable:
                 # Handled and acknowledged, or not (a crash: the next start redelivers).

@@ -27,13 +27,16 @@ class Reply:
     ones are ignored. One task waits on it (the asker), so it parks that task directly
     rather than through a trio.Event."""
 
-    __slots__ = ("_error", "_task", "_value", "done")
+    __slots__ = ("_error", "_task", "_value", "done", "handler_scope")
 
     def __init__(self) -> None:
         self._task: trio.lowlevel.Task | None = None
         self._value: Any = None
         self._error: BaseException | None = None
         self.done = False
+        self.handler_scope: trio.CancelScope | None = None
+        """Set by an actor that handles the ask in a task of its own (``max_concurrency``
+        above 1): an asker that gives up (cancelled) cancels the handler too."""
 
     def set_value(self, value: Any) -> bool:
         """Set the reply; False if one was set already (the ask timed out, say)."""
@@ -59,6 +62,9 @@ class Reply:
 
     def _abort(self, raise_cancel: Any) -> trio.lowlevel.Abort:
         self._task = None
+        scope = self.handler_scope
+        if scope is not None and not self.done:
+            scope.cancel()  # nobody waits for the answer any more
         return trio.lowlevel.Abort.SUCCEEDED
 
     async def wait(self) -> Any:

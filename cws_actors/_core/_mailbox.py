@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 
 import attrs
 import trio
@@ -79,20 +80,29 @@ class Mailbox:
     _delivered: int = attrs.field(default=0, init=False)
     _dropped: dict[str, int] = attrs.field(factory=dict, init=False)
 
+    held: int = attrs.field(default=0, init=False)
+    """Messages taken out by a concurrent actor's loop that wait for a free handler of
+    their group: they still count against the capacity."""
+
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + self.held
 
     @property
     def full(self) -> bool:
-        return len(self._queue) >= self.config.capacity
+        return len(self._queue) + self.held >= self.config.capacity
 
     def offer(self, envelope: Envelope) -> tuple[Offer, Envelope | None]:
         """Queue ``envelope`` if the policy allows; return what happened and, for
         DROP_OLDEST, the evicted envelope."""
         queue = self._queue
         evicted = None
-        if len(queue) >= self.config.capacity:
+        if len(queue) + self.held >= self.config.capacity:
             overflow = self.config.overflow
+            if overflow is Overflow.DROP_OLDEST and not queue:
+                # The oldest wait in a concurrent actor's lanes, out of reach: the new
+                # one is the one dropped.
+                self.count_drop("mailbox_full")
+                return Offer.DROPPED_NEWEST, None
             if overflow is Overflow.DROP_OLDEST:
                 evicted = queue.popleft()
             elif overflow is Overflow.DROP_NEWEST:
@@ -102,8 +112,8 @@ class Mailbox:
                 return Offer.FULL, None
             self.count_drop("mailbox_full")
         queue.append(envelope)
-        if len(queue) > self._high_water:
-            self._high_water = len(queue)
+        if len(queue) + self.held > self._high_water:
+            self._high_water = len(queue) + self.held
         if self._reader is not None:
             self._wake_reader()
         return Offer.ACCEPTED, evicted
@@ -130,10 +140,42 @@ class Mailbox:
             return queue.popleft()
         return None
 
-    async def wait(self) -> None:
+    def pop_control(self) -> Envelope | None:
+        """The next control envelope (probes, stops), or None: for a loop whose handler
+        slots are all taken, which still answers the runtime at once."""
+        if self._control:
+            return self._control.pop(0)
+        return None
+
+    def hold(self) -> None:
+        """A message popped by a concurrent actor waits in one of its lanes."""
+        self.held += 1
+
+    def release_held(self) -> None:
+        """A held message reached its handler: its room in the mailbox is free."""
+        self.held -= 1
+        if self._writers is not None and self._writers:
+            self._writers.unpark()
+
+    def requeue(self, envelopes: Iterable[Envelope]) -> None:
+        """Put held messages back at the front of the queue, in the given order (the
+        end of a concurrent actor's run)."""
+        envelopes = list(envelopes)
+        self.held = max(0, self.held - len(envelopes))
+        self._queue.extendleft(reversed(envelopes))
+        if envelopes and self._reader is not None:
+            self._wake_reader()
+
+    def wake(self) -> None:
+        """Wake the reader if it waits (a handler slot freed up)."""
+        if self._reader is not None:
+            self._wake_reader()
+
+    async def wait(self, *, control_only: bool = False) -> None:
         """Wait until a lane has an envelope (returns at once, after a checkpoint, if one
-        does). Only the actor's loop calls it."""
-        if self._control or self._queue:
+        does), or, with ``control_only``, until the control lane has one or ``wake()``
+        is called. Only the actor's loop calls it."""
+        if self._control or (self._queue and not control_only):
             await trio.lowlevel.checkpoint()
             return
         self._reader = trio.lowlevel.current_task()
@@ -145,7 +187,7 @@ class Mailbox:
 
     async def wait_for_room(self) -> None:
         """Wait until the backlog is below capacity (for the BLOCK policy)."""
-        while len(self._queue) >= self.config.capacity:
+        while len(self._queue) + self.held >= self.config.capacity:
             if self._writers is None:
                 self._writers = trio.lowlevel.ParkingLot()
             await self._writers.park()
@@ -164,7 +206,7 @@ class Mailbox:
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(
-            depth=len(self._queue),
+            depth=len(self._queue) + self.held,
             control_depth=len(self._control),
             capacity=self.config.capacity,
             high_water=self._high_water,

@@ -96,6 +96,10 @@ class ActorSnapshot:
     children: tuple[ActorSnapshot, ...]
     last_restart_at: float | None = None
     """``trio.current_time()`` of its latest restart by its supervisor, or None."""
+    handling: int = 0
+    """Messages its handlers are working on now (at most its concurrency)."""
+    max_concurrency: int = 1
+    """How many messages it handles at once in its current run (its default group)."""
 
     def find(self, path: str) -> ActorSnapshot:
         """The node at ``path`` in this tree.
@@ -214,11 +218,14 @@ class Runtime:
         backoff: Backoff | None = None,
         shutdown: float = 5.0,
         on_exhausted: OnExhausted = OnExhausted.QUARANTINE,
+        max_concurrency: int | None = None,
     ) -> ActorRef:
         """Start an actor at ``parent/name`` and wait until its ``on_start`` returned.
 
         ``factory`` makes a fresh Actor for every run (a class works). By default a
         crash-looping actor is quarantined, so it cannot take its siblings down.
+        ``max_concurrency`` (default: the actor class's, 1 unless it says otherwise) is
+        how many messages it handles at once; see ``Actor.max_concurrency``.
 
         Raises:
             ValueError: a bad name, an unknown parent or a path already in use.
@@ -228,6 +235,14 @@ class Runtime:
             raise TypeError(f"spawn() needs a factory returning an Actor, got {factory!r}")
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError(f"rate_limit must be a RateLimit, got {rate_limit!r}")
+        if max_concurrency is not None and (
+            not isinstance(max_concurrency, int)
+            or isinstance(max_concurrency, bool)
+            or max_concurrency < 1
+        ):
+            raise ValueError(
+                f"max_concurrency must be a whole number of at least 1, got {max_concurrency!r}"
+            )
         node, path = self._new_path(parent, name)
         cell = ActorCell(
             path=path,
@@ -241,6 +256,7 @@ class Runtime:
             router=self.router,
             store=self._store,
             listener=self._hooks,
+            max_concurrency=max_concurrency,
         )
         spec = ChildSpec(
             name,
@@ -471,6 +487,8 @@ class Runtime:
                         last_exit=exit_text,
                         probes=child.probes,
                         mailbox=cell.mailbox.statistics() if cell is not None else None,
+                        handling=cell.handling if cell is not None else 0,
+                        max_concurrency=cell.concurrency if cell is not None else 1,
                         children=(),
                         last_restart_at=child.last_restart_at,
                     )

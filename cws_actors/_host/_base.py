@@ -23,6 +23,7 @@ from .._packaging._archive import ArchiveLimits
 from .._plugins._manifest import Manifest
 from .._plugins._model import (
     APIEndpointSpec,
+    Concurrency,
     Isolation,
     Plugin,
     PluginMetadata,
@@ -92,7 +93,8 @@ class HostConfig:
     """Where plugins live and how the operator overrides them.
 
     ``overrides`` maps a plugin name to what the operator sets over its manifest:
-    ``{"config": {...}, "isolation": "subprocess", "limits": {"memory_mb": 256}}``.
+    ``{"config": {...}, "isolation": "subprocess", "limits": {"memory_mb": 256},
+    "concurrency": {"max": 4, "groups": {"slow": 1}}}``.
     ``require_signed`` (off by default, so that people can install the plugins they
     write) refuses every install that is not an archive signed by a trusted key; an
     archive that comes with a signature is verified whatever the policy.
@@ -215,6 +217,13 @@ class _HostBase:
         if "limits" in override:
             limits = attrs.evolve(metadata.limits, **override["limits"])
             metadata = attrs.evolve(metadata, limits=limits)
+        if "concurrency" in override:
+            wanted = override["concurrency"]
+            concurrency = Concurrency(
+                max=wanted.get("max", metadata.concurrency.max),
+                groups={**metadata.concurrency.groups, **wanted.get("groups", {})},
+            )
+            metadata = attrs.evolve(metadata, concurrency=concurrency)
         return metadata
 
     def _may_run_in_process(self, name: str, source: str) -> bool:

@@ -392,6 +392,9 @@ class _Loading(_Discovery, _Status):
                 capabilities = await describe(spec, env, timeout=self.config.start_timeout)
         except DescribeFailed as exc:
             raise PluginRefused(discovered.name, f"its code is broken: {exc}") from exc
+        problem = capabilities.group_problem(metadata.concurrency)
+        if problem is not None:
+            raise PluginRefused(discovered.name, problem)
         launch = PluginLaunch(
             metadata=metadata,
             capabilities=capabilities,

@@ -3,14 +3,16 @@ process of its own, spoken to over the framed protocol (``SubprocessDriver``).""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import itertools
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import attrs
 import trio
 
 from .._core._bus import Event
+from .._core._envelope import Reply
 from .._core._exceptions import PluginCallFailed, PluginCrashed
 from .._plugins._model import (
     APIRequest,
@@ -102,7 +105,12 @@ class SubprocessDriver:
     """Fork the process from this server (milliseconds) instead of starting Python."""
     _process: trio.Process | ForkedProcess | None = None
     _reader: FrameReader | None = None
-    _lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _send_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _ids: Iterator[int] = attrs.field(factory=itertools.count)
+    _pending: dict[int, Reply] = attrs.field(factory=dict)
+    """Requests sent and not answered yet, by id (protocol 2 multiplexes them)."""
+    _broken: str | None = None
+    """Why no answer can come any more (the process closed its output)."""
     _closing: bool = False
     _killed: bool = False
     """Killed on purpose (a forced unload): the actor is being stopped, so a call in
@@ -139,7 +147,7 @@ class SubprocessDriver:
         self._reader = FrameReader(process.stdout)
         nursery.start_soon(self._log_stderr, process.stderr)
         nursery.start_soon(self._watch, process)
-        hello = await self._receive()
+        hello = await self._receive_hello()
         if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
             raise PluginCrashed(
                 f"plugin {launch.metadata.name!r} spoke protocol {hello.get('protocol')!r}"
@@ -150,6 +158,7 @@ class SubprocessDriver:
                 f"plugin process introduced itself as {hello.get('name')!r},"
                 f" expected {launch.metadata.name!r}"
             )
+        nursery.start_soon(self._read_answers)
         await self._request({"type": "init"})
         self._opened = True
 
@@ -258,37 +267,86 @@ class SubprocessDriver:
         return dict(status or {}) | self._process_usage()
 
     async def _request(self, message: dict[str, Any]) -> Any:
+        """Send ``message`` with an id of its own and wait for the answer with that id;
+        other requests go and come meanwhile. Cancelled (the ask's deadline, the HTTP
+        client gone), it tells the runner, which cancels the plugin's handler."""
         process = self._process
         assert process is not None and process.stdin is not None
-        async with self._lock:
+        if self._broken is not None:
+            await self._unless_killed()
+            raise PluginCrashed(self._broken)
+        request_id = next(self._ids)
+        answer = self._pending[request_id] = Reply()
+        try:
             try:
-                await send_frame(process.stdin, message)
-                reply = await self._receive()
+                # Shielded: a frame cut in the middle would break every later one. It ends
+                # at the latest when the process does (the stop escalates to SIGKILL).
+                with trio.CancelScope(shield=True):
+                    async with self._send_lock:
+                        await send_frame(process.stdin, {**message, "id": request_id})
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await self._unless_killed()
                 raise PluginCrashed(self._describe_exit("the pipe broke")) from exc
+            try:
+                reply: dict[str, Any] = await answer.wait()
+            except trio.Cancelled:
+                if not answer.done and self._broken is None and process.returncode is None:
+                    with (
+                        trio.CancelScope(shield=True),
+                        trio.move_on_after(1),
+                        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                    ):
+                        async with self._send_lock:
+                            await send_frame(process.stdin, {"type": "cancel", "id": request_id})
+                raise
+        finally:
+            del self._pending[request_id]
         if reply["type"] == "error":
             raise PluginCallFailed(self.launch.metadata.name, reply["error_type"], reply["message"])
         return reply.get("value")
 
-    async def _receive(self) -> dict[str, Any]:
+    async def _receive_hello(self) -> dict[str, Any]:
+        assert self._reader is not None
+        frame = await self._next_frame()
+        if frame is None:
+            await self._unless_killed()
+            raise PluginCrashed(self._broken or "the plugin process said nothing")
+        return frame
+
+    async def _next_frame(self) -> dict[str, Any] | None:
+        """The next frame (publishes are passed on to the bus here), or None when the
+        process closed its output or broke the framing (``_broken`` says which)."""
         assert self._reader is not None
         while True:
             try:
                 frame = await self._reader.receive()
             except ProtocolError as exc:
-                raise PluginCrashed(f"plugin {self.launch.metadata.name!r}: {exc}") from exc
+                self._broken = f"plugin {self.launch.metadata.name!r}: {exc}"
+                return None
             if frame is None:
-                await self._unless_killed()
                 if self._process is not None:
                     with trio.move_on_after(1):
                         await self._process.wait()
-                raise PluginCrashed(self._describe_exit("it closed its output"))
-            if frame["type"] == "publish":
-                self.counters.published += 1
-                await self.publish(frame["topic"], frame.get("payload"))
-                continue
-            return frame
+                self._broken = self._describe_exit("it closed its output")
+                return None
+            if frame["type"] != "publish":
+                return frame
+            self.counters.published += 1
+            await self.publish(frame["topic"], frame.get("payload"))
+
+    async def _read_answers(self) -> None:
+        """Hand each answer to the request with its id, until the output ends; then
+        every request still waiting fails as a crash (unless the plugin was killed on
+        purpose: those wait for the stop that follows)."""
+        while (frame := await self._next_frame()) is not None:
+            answer = self._pending.get(frame.get("id", -1))
+            if answer is not None:
+                answer.set_value(frame)
+            # else: the answer to a request cancelled meanwhile; nobody waits for it
+        if self._killed:
+            return
+        for answer in list(self._pending.values()):
+            answer.set_error(PluginCrashed(self._broken or "the plugin process is gone"))
 
     async def _unless_killed(self) -> None:
         if self._killed:

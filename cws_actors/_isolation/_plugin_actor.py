@@ -13,6 +13,8 @@ from .._core._actor import Actor
 from .._core._bus import Event, topic_matches
 from .._core._exceptions import PluginCrashed
 from .._plugins._model import (
+    APIEndpointSpec,
+    CLICommandSpec,
     HealthStatus,
     Isolation,
 )
@@ -39,6 +41,23 @@ class PluginActor(Actor):
         self.make_driver = make_driver
         self.counters = counters
         self.driver: PluginDriver | None = None
+        concurrency = launch.metadata.concurrency
+        self.max_concurrency = concurrency.max
+        self.concurrency_groups = dict(concurrency.groups)
+        capabilities = launch.capabilities
+        specs: list[CLICommandSpec | APIEndpointSpec] = [
+            *capabilities.cli_commands,
+            *capabilities.api_endpoints,
+        ]
+        self._groups = {spec.handler: spec.group for spec in specs if spec.group is not None}
+        # Calls in flight per driver: a hot swap lets the old version finish its own.
+        self._active: dict[int, int] = {}
+        self._drained = trio.lowlevel.ParkingLot()
+
+    def concurrency_group(self, message: Any) -> str | None:
+        if isinstance(message, PluginCall):
+            return self._groups.get(message.handler)
+        return None
 
     def subscriptions(self) -> tuple[str, ...]:
         return tuple(
@@ -59,16 +78,24 @@ class PluginActor(Actor):
             return await self._swap(message.launch)
         if not isinstance(message, PluginCall):
             raise TypeError(f"a plugin actor takes PluginCall messages, got {message!r}")
-        assert self.driver is not None
+        driver = self.driver
+        assert driver is not None
         self.counters.calls += 1
+        key = id(driver)
+        self._active[key] = self._active.get(key, 0) + 1
         try:
             if message.kind == "status":
-                return await self.driver.status()
-            return await self.driver.call(message.handler, message.payload)
+                return await driver.status()
+            return await driver.call(message.handler, message.payload)
         except Exception as exc:
             self.counters.errors += 1
             self.counters.last_error = f"{type(exc).__name__}: {exc}"
             raise
+        finally:
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
+                self._drained.unpark_all()
 
     async def _swap(self, launch: PluginLaunch) -> str | None:
         """Hot reload: messages arriving meanwhile wait in the mailbox, then reach the new
@@ -91,6 +118,11 @@ class PluginActor(Actor):
             return f"{type(exc).__name__}: {exc}"
         old, self.driver, self.launch = self.driver, new, launch
         if old is not None:
+            # New calls go to the new version; the old one finishes the calls it has
+            # (with max_concurrency above 1 there may be some), then stops.
+            with trio.move_on_after(launch.stop_budget):
+                while self._active.get(id(old)):
+                    await self._drained.park()
             await old.close()
         return None
 

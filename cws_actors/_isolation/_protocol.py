@@ -2,10 +2,18 @@
 plugin model's values travel in them.
 
 A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. The runner
-speaks first: ``{"type": "hello", "protocol": 1, "api_version": ..., "name": ...}``.
-Then the host sends requests (``init``, ``call``, ``health``, ``status``, ``stop``),
-each answered by ``{"type": "result", "value": ...}`` or
-``{"type": "error", "error_type": ..., "message": ...}``. One more request is a fault
+speaks first: ``{"type": "hello", "protocol": 2, "api_version": ..., "name": ...}``; a
+host refuses a runner that speaks another version. Then the host sends requests
+(``init``, ``call``, ``health``, ``ready``, ``status``, ``stop``), each with an ``id``
+and answered by ``{"type": "result", "id": ..., "value": ...}`` or
+``{"type": "error", "id": ..., "error_type": ..., "message": ...}``. Requests are
+multiplexed (protocol 2): calls, health, readiness and status run side by side in the
+runner, each in a task of its own, and their answers come in the order they finish;
+``init`` and ``memory_hog`` are handled in line. ``{"type": "cancel", "id": ...}``
+cancels that request's handler (the plugin sees Trio's cancellation; the answer is an
+error of type ``Cancelled``, which nobody waits for). How many run at once is the
+host's to bound (the plugin's ``[concurrency]``). The runner may send
+``{"type": "publish", "topic": ..., "payload": ...}`` at any time. One more request is a fault
 injected on purpose (:mod:`cws_actors.faults`): ``{"type": "memory_hog"}``, on which
 the runner allocates until its memory limit ends the process (exit code 3); it is
 refused with an error when no memory limit is set.
@@ -39,7 +47,7 @@ from .._plugins._model import (
     HealthStatus,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

@@ -83,9 +83,15 @@ class Runner:
             publish=self.publish,
         )
         self.started = False
+        self.send_lock = trio.Lock()  # frames from concurrent handlers never interleave
+        self.calls: dict[Any, trio.CancelScope] = {}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await send_frame(self.out, message)
 
     async def publish(self, topic: str, payload: Any = None) -> None:
-        await send_frame(self.out, {"type": "publish", "topic": topic, "payload": payload})
+        await self.send({"type": "publish", "topic": topic, "payload": payload})
 
     async def serve(self) -> None:
         await send_frame(
@@ -105,11 +111,22 @@ class Runner:
                     request = await self.reader.receive()
                     if request is None:
                         break  # the daemon is gone
-                    if request["type"] == "stop":
+                    kind = request["type"]
+                    if kind == "stop":
+                        for scope in self.calls.values():
+                            scope.cancel()  # the host waited for its handlers already
                         await self._stop()
-                        await send_frame(self.out, {"type": "result", "value": None})
+                        await self.send({"type": "result", "id": request.get("id")})
                         break
-                    await send_frame(self.out, await self._answer(request))
+                    if kind == "cancel":
+                        cancelled = self.calls.get(request.get("id"))
+                        if cancelled is not None:
+                            cancelled.cancel()
+                    elif kind in ("init", "memory_hog"):
+                        await self.send(await self._answer(request))
+                    else:  # calls, health, readiness, status: side by side
+                        call = self.calls[request.get("id")] = trio.CancelScope()
+                        nursery.start_soon(self._answer_in_task, request, call)
             finally:
                 with trio.CancelScope(shield=True):
                     await self._stop()
@@ -126,7 +143,24 @@ class Runner:
             self.started = False
             await self.plugin.stop(self.ctx)
 
+    async def _answer_in_task(self, request: dict[str, Any], scope: trio.CancelScope) -> None:
+        request_id = request.get("id")
+        try:
+            with scope:
+                answer = await self._answer(request)
+        finally:
+            del self.calls[request_id]
+        if scope.cancelled_caught:
+            answer = {
+                "type": "error",
+                "id": request_id,
+                "error_type": "Cancelled",
+                "message": "cancelled: the host no longer waits for this call",
+            }
+        await self.send(answer)
+
     async def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        request_id = request.get("id")
         try:
             value = await self._dispatch(request)
         except MemoryError:
@@ -134,11 +168,12 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - sent to the host, which crashes the actor
             return {
                 "type": "error",
+                "id": request_id,
                 "error_type": type(exc).__qualname__,
                 "message": str(exc),
                 "traceback": traceback.format_exc(limit=20),
             }
-        return {"type": "result", "value": encode_result(value)}
+        return {"type": "result", "id": request_id, "value": encode_result(value)}
 
     async def _dispatch(self, request: dict[str, Any]) -> Any:
         kind = request["type"]

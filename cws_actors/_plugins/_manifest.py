@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from supervision import Backoff, Restart
 from .._core._exceptions import ManifestError
 from .._core._mailbox import MailboxConfig, Overflow
 from .._core._ratelimit import RateLimit
-from ._model import Isolation, PluginMetadata, ResourceLimits
+from ._model import Concurrency, Isolation, PluginMetadata, ResourceLimits
 
 
 @attrs.frozen
@@ -47,13 +48,50 @@ def load_manifest(path: Path) -> Manifest:
     return parse_manifest(data, source=str(path))
 
 
+_KNOWN: dict[str, frozenset[str] | None] = {
+    "plugin": frozenset(
+        {"name", "version", "description", "author", "api_version", "isolation",
+         "permissions", "entry"}
+    ),
+    "limits": frozenset({"memory_mb", "cpu_seconds", "open_files"}),
+    "supervision": frozenset({"restart", "backoff_initial", "backoff_max", "probe_period"}),
+    "mailbox": frozenset({"capacity", "overflow"}),
+    "rate_limit": frozenset({"rate", "burst"}),
+    "concurrency": frozenset({"max", "groups"}),
+    "config": None,  # the plugin's own settings: any keys
+}  # fmt: skip
+"""Every table and key a manifest may have. Anything else is refused, naming the closest
+known one: a host that ignored a table it does not know would run the plugin other than
+its author meant (one call at a time, say, for a plugin asking for ten)."""
+
+
+def _check_known(data: Mapping[str, Any], source: str) -> None:
+    for table, value in data.items():
+        if table not in _KNOWN:
+            raise ManifestError(f"{source}: {_unknown(f'[{table}]', table, _KNOWN)}")
+        keys = _KNOWN[table]
+        if keys is None or not isinstance(value, dict):
+            continue  # a table that is not a table is reported by its reader
+        for key in value:
+            if key not in keys:
+                raise ManifestError(f"{source}: {_unknown(f'{table}.{key}', key, keys)}")
+
+
+def _unknown(what: str, name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(known))}"
+    return f"unknown {what} ({hint}); this host does not know it, so it would be ignored"
+
+
 def parse_manifest(data: Mapping[str, Any], *, source: str) -> Manifest:
+    _check_known(data, source)
     reader = _Reader(data, source)
     plugin = reader.table("plugin", required=True)
     limits = reader.table("limits")
     supervision = reader.table("supervision")
     mailbox = reader.table("mailbox")
     rate = reader.table("rate_limit")
+    concurrency = reader.table("concurrency")
     try:
         metadata = PluginMetadata(
             name=reader.get(plugin, "plugin.name", str, required=True),
@@ -67,6 +105,10 @@ def parse_manifest(data: Mapping[str, Any], *, source: str) -> Manifest:
                 memory_mb=reader.get(limits, "limits.memory_mb", int, default=None),
                 cpu_seconds=reader.get(limits, "limits.cpu_seconds", int, default=None),
                 open_files=reader.get(limits, "limits.open_files", int, default=None),
+            ),
+            concurrency=Concurrency(
+                max=reader.get(concurrency, "concurrency.max", int, default=1),
+                groups=reader.get(concurrency, "concurrency.groups", dict, default={}),
             ),
         )
         initial = reader.get(supervision, "supervision.backoff_initial", float, default=None)

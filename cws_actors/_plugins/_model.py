@@ -99,6 +99,29 @@ class CLIFlagSpec:
     required: bool = False
 
 
+def _group_limits(value: Mapping[str, int]) -> Mapping[str, int]:
+    groups = dict(value)
+    for name, limit in groups.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"a concurrency group is named like an identifier, got {name!r}")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+            raise ValueError(
+                f"concurrency group {name!r} needs a whole-number limit of at least 1,"
+                f" got {limit!r}"
+            )
+    return groups
+
+
+@attrs.frozen
+class Concurrency:
+    """How many calls a plugin handles at once: ``max`` in its default group, and each
+    named group's own limit (a handler names its group in its spec). Bus events reach
+    a plugin one at a time, in order, whatever these say."""
+
+    max: int = attrs.field(default=1, validator=[_v.instance_of(int), _v.ge(1)])
+    groups: Mapping[str, int] = attrs.field(factory=dict, converter=_group_limits)
+
+
 @attrs.frozen
 class CLICommandSpec:
     """A CLI command; ``handler`` names a method ``async (self, args: dict) ->
@@ -119,6 +142,8 @@ class CLICommandSpec:
     flags: tuple[CLIFlagSpec, ...] = attrs.field(default=(), converter=_tuple)
     protected: bool = True
     permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    group: str | None = None
+    """The concurrency group that runs it (None: the default group)."""
 
     @property
     def full_name(self) -> str:
@@ -140,6 +165,8 @@ class APIEndpointSpec:
     protected: bool = True
     rate_limit: RateLimit | None = None
     permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
+    group: str | None = None
+    """The concurrency group that runs it (None: the default group)."""
 
     @path.validator
     def _check_path(self, attribute: attrs.Attribute[str], value: str) -> None:
@@ -172,6 +199,18 @@ class Capabilities:
     auth_providers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     storage_providers: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
 
+    def group_problem(self, concurrency: Concurrency) -> str | None:
+        """What is wrong with the groups the handlers name (None: nothing)."""
+        specs: list[CLICommandSpec | APIEndpointSpec] = [*self.cli_commands, *self.api_endpoints]
+        for spec in specs:
+            if spec.group is not None and spec.group not in concurrency.groups:
+                known = ", ".join(sorted(concurrency.groups)) or "none declared"
+                return (
+                    f"handler {spec.handler!r} names concurrency group {spec.group!r}, which"
+                    f" the plugin does not declare ([concurrency.groups]: {known})"
+                )
+        return None
+
     def handler_names(self) -> set[str]:
         specs: list[Any] = [*self.cli_commands, *self.api_endpoints, *self.event_handlers]
         return {spec.handler for spec in specs}
@@ -187,6 +226,7 @@ class PluginMetadata:
     isolation: Isolation = Isolation.IN_PROCESS
     permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     limits: ResourceLimits = attrs.field(factory=ResourceLimits)
+    concurrency: Concurrency = attrs.field(factory=Concurrency)
 
 
 @attrs.frozen

@@ -16,6 +16,7 @@ from cws_actors import (
     CLICommandSpec,
     CLIFlagSpec,
     CommandResult,
+    Concurrency,
     Event,
     EventHandlerSpec,
     Health,
@@ -85,6 +86,9 @@ class ResearchAnalyticsPlugin(Plugin):
         author="cws-actors developers",
         isolation=Isolation.IN_PROCESS,
         permissions=PERMISSIONS,
+        # Its SQLite store answers one query at a time (a lock): four reports may wait
+        # there rather than in the mailbox. Events stay one at a time, in order.
+        concurrency=Concurrency(max=4),
     )
     capabilities = Capabilities(
         cli_commands=_CLI_COMMANDS,
