@@ -277,11 +277,13 @@ for _field in attrs.fields(DaemonConfig):
 _OVERRIDE_KEYS = {
     "config": "a table of the plugin's settings",
     "isolation": '"in_process" or "subprocess"',
-    "limits": "a table of resource limits (memory_mb, cpu_seconds, open_files)",
+    "limits": "a table of resource limits (memory_mb, cpu_seconds, open_files,"
+    " cpu_percent, disk_mb, processes)",
     "env": "an array of the environment variables the plugin's process may see",
     "concurrency": "a table with max (calls at once) and groups (a table of group limits)",
 }
-_LIMITS = {"memory_mb": 16, "cpu_seconds": 1, "open_files": 16}
+_LIMITS = {"memory_mb": 16, "cpu_seconds": 1, "open_files": 16, "cpu_percent": 1,
+           "disk_mb": 1, "processes": 1}  # fmt: skip
 """``ResourceLimits``' fields and their least values."""
 RESILIENCE_KEYS = frozenset(
     {"deadline", "retries", "backoff_initial", "backoff_max", "failure_threshold",

@@ -109,6 +109,11 @@ from ._plugins._model import PluginContext as PluginContext
 from ._plugins._model import PluginMetadata as PluginMetadata
 from ._plugins._model import ResourceLimits as ResourceLimits
 from ._plugins._routes import routes_overlap as routes_overlap
+from ._plugins._sandbox import Endpoint as Endpoint
+from ._plugins._sandbox import NetworkMode as NetworkMode
+from ._plugins._sandbox import PathAccess as PathAccess
+from ._plugins._sandbox import PathRule as PathRule
+from ._plugins._sandbox import Sandbox as Sandbox
 
 __all__ = [
     "APIEndpointSpec",
@@ -136,6 +141,7 @@ __all__ = [
     "DeadLetter",
     "DeadlineExceeded",
     "DiscoveredPlugin",
+    "Endpoint",
     "Envelope",
     "Event",
     "EventBus",
@@ -155,10 +161,13 @@ __all__ = [
     "MailboxStatistics",
     "Manifest",
     "ManifestError",
+    "NetworkMode",
     "NotReady",
     "OnExhausted",
     "Overflow",
     "PLUGIN_API_VERSION",
+    "PathAccess",
+    "PathRule",
     "Plugin",
     "PluginCall",
     "PluginCallFailed",
@@ -180,6 +189,7 @@ __all__ = [
     "Runtime",
     "RuntimeConfig",
     "SQLiteEventStore",
+    "Sandbox",
     "SignatureError",
     "SigningKey",
     "Source",

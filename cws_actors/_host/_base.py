@@ -212,7 +212,7 @@ class _HostBase:
         override = self.config.overrides.get(metadata.name, {})
         if "isolation" in override:
             metadata = attrs.evolve(metadata, isolation=Isolation(override["isolation"]))
-        elif not self._may_run_in_process(metadata.name, source):
+        elif not self._may_run_in_process(metadata, source):
             metadata = attrs.evolve(metadata, isolation=Isolation.SUBPROCESS)
         if "limits" in override:
             limits = attrs.evolve(metadata.limits, **override["limits"])
@@ -226,8 +226,12 @@ class _HostBase:
             metadata = attrs.evolve(metadata, concurrency=concurrency)
         return metadata
 
-    def _may_run_in_process(self, name: str, source: str) -> bool:
-        return source == "entry_point" or name in self.config.in_process_allowed
+    def _may_run_in_process(self, metadata: PluginMetadata, source: str) -> bool:
+        """A plugin that asks for a sandbox cannot have one in the daemon's process: it
+        runs in process only if the operator names it in ``in_process_allowed``."""
+        if metadata.name in self.config.in_process_allowed:
+            return True
+        return source == "entry_point" and not metadata.sandbox.declared
 
     def _require_loaded(self, name: str) -> _Loaded:
         loaded = self._loaded.get(name)

@@ -18,6 +18,7 @@ import attrs
 
 from .._core._bus import compile_pattern
 from .._core._ratelimit import RateLimit
+from ._sandbox import Sandbox
 
 PLUGIN_API_VERSION = "1.0"
 """The plugin API this host speaks: a plugin needing ``M.m`` loads when ``M`` equals our
@@ -88,6 +89,12 @@ class ResourceLimits:
     memory_mb: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(16)))
     cpu_seconds: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
     open_files: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(16)))
+    cpu_percent: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
+    """Share of one CPU over time (100: a whole CPU), enforced through a cgroup."""
+    disk_mb: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
+    """Size of its data folder."""
+    processes: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
+    """Processes (and threads) of the plugin together, its runner included."""
 
 
 @attrs.frozen
@@ -227,6 +234,7 @@ class PluginMetadata:
     permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     limits: ResourceLimits = attrs.field(factory=ResourceLimits)
     concurrency: Concurrency = attrs.field(factory=Concurrency)
+    sandbox: Sandbox = attrs.field(factory=Sandbox)
 
 
 @attrs.frozen
