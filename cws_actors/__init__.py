@@ -76,8 +76,12 @@ from ._core._sqlite import open_sqlite as open_sqlite
 from ._host._base import DiscoveredPlugin as DiscoveredPlugin
 from ._host._base import HostConfig as HostConfig
 from ._host._base import PluginStatus as PluginStatus
+from ._host._base import SandboxGrants as SandboxGrants
+from ._host._base import TokenBroker as TokenBroker
 from ._host._facade import PluginHost as PluginHost
 from ._host._facade import open_plugin_host as open_plugin_host
+from ._host._secrets import SecretNotSet as SecretNotSet
+from ._host._secrets import SecretStore as SecretStore
 from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord
 from ._host._state import StateStore as StateStore
@@ -90,6 +94,8 @@ from ._packaging._signing import SignatureError as SignatureError
 from ._packaging._signing import SigningKey as SigningKey
 from ._packaging._signing import generate_keypair as generate_keypair
 from ._packaging._signing import secret_key_encrypted as secret_key_encrypted
+from ._plugins._api import APIToken as APIToken
+from ._plugins._api import PluginAPI as PluginAPI
 from ._plugins._manifest import Manifest as Manifest
 from ._plugins._model import PLUGIN_API_VERSION as PLUGIN_API_VERSION
 from ._plugins._model import APIEndpointSpec as APIEndpointSpec
@@ -114,11 +120,14 @@ from ._plugins._sandbox import NetworkMode as NetworkMode
 from ._plugins._sandbox import PathAccess as PathAccess
 from ._plugins._sandbox import PathRule as PathRule
 from ._plugins._sandbox import Sandbox as Sandbox
+from ._plugins._sandbox import parse_grants as parse_grants
+from ._plugins._sandbox import ungranted as ungranted
 
 __all__ = [
     "APIEndpointSpec",
     "APIRequest",
     "APIResult",
+    "APIToken",
     "ARCHIVE_SUFFIX",
     "Actor",
     "ActorError",
@@ -169,6 +178,7 @@ __all__ = [
     "PathAccess",
     "PathRule",
     "Plugin",
+    "PluginAPI",
     "PluginCall",
     "PluginCallFailed",
     "PluginContext",
@@ -190,6 +200,9 @@ __all__ = [
     "RuntimeConfig",
     "SQLiteEventStore",
     "Sandbox",
+    "SandboxGrants",
+    "SecretNotSet",
+    "SecretStore",
     "SignatureError",
     "SigningKey",
     "Source",
@@ -197,6 +210,7 @@ __all__ = [
     "StoredEvent",
     "Strategy",
     "Subscription",
+    "TokenBroker",
     "TokenBucket",
     "TokenBuckets",
     "check_archive",
@@ -209,9 +223,11 @@ __all__ = [
     "open_runtime",
     "open_sqlite",
     "parse_duration",
+    "parse_grants",
     "routes_overlap",
     "secret_key_encrypted",
     "topic_matches",
+    "ungranted",
 ]
 
 for _name in __all__:  # reprs and tracebacks say cws_actors.Actor (trio, httpx do this)

@@ -21,7 +21,7 @@ async def test_a_new_database_is_private_wal_and_at_the_latest_schema(tmp_path: 
     with trio.fail_after(TIMEOUT):
         store = await StateStore.open(path)
         try:
-            assert await store.schema_version() == 3
+            assert await store.schema_version() == 4
         finally:
             await store.aclose()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -47,7 +47,7 @@ async def test_an_older_database_is_migrated_forward(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         store = await StateStore.open(path)
         try:
-            assert await store.schema_version() == 3
+            assert await store.schema_version() == 4
             await store.set_enabled("echo", False)
             assert not (await store.plugins())["echo"].enabled
         finally:
