@@ -61,6 +61,7 @@ from ._core._exceptions import PluginError as PluginError
 from ._core._exceptions import PluginNotFound as PluginNotFound
 from ._core._exceptions import PluginRefused as PluginRefused
 from ._core._exceptions import RateLimited as RateLimited
+from ._core._exceptions import SandboxNotGranted as SandboxNotGranted
 from ._core._mailbox import MailboxConfig as MailboxConfig
 from ._core._mailbox import MailboxStatistics as MailboxStatistics
 from ._core._mailbox import Overflow as Overflow
@@ -201,6 +202,7 @@ __all__ = [
     "SQLiteEventStore",
     "Sandbox",
     "SandboxGrants",
+    "SandboxNotGranted",
     "SecretNotSet",
     "SecretStore",
     "SignatureError",

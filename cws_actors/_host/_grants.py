@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from .._core._exceptions import PluginNotFound, PluginRefused
+from .._core._exceptions import PluginNotFound, SandboxNotGranted
 from .._isolation._launch import PluginLaunch, PluginServices
 from .._plugins._api import APIToken
 from .._plugins._model import PluginMetadata
@@ -63,12 +63,15 @@ class _Grants(_Discovery):
 
     async def _require_granted(self, discovered: DiscoveredPlugin) -> None:
         """Raises PluginRefused naming the ungranted requests and the command."""
-        missing = (await self.sandbox_grants(discovered)).ungranted
+        grants = await self.sandbox_grants(discovered)
+        missing = grants.ungranted
         if missing:
-            raise PluginRefused(
+            raise SandboxNotGranted(
                 discovered.name,
                 f"its sandbox asks for {', '.join(missing)}, which the operator has not"
                 f" granted; grant it with `{grant_command(discovered.name, missing)}`",
+                missing,
+                grants.requests,
             )
 
     def _install_refusal(self, metadata: PluginMetadata, grants: Iterable[str]) -> None:
@@ -77,10 +80,12 @@ class _Grants(_Discovery):
         requests = metadata.sandbox.requests()
         missing = ungranted(requests, (*grants, *self.default_grants(metadata.name)))
         if missing:
-            raise PluginRefused(
+            raise SandboxNotGranted(
                 metadata.name,
                 f"its sandbox asks for {', '.join(missing)}, which is not granted; install"
                 f" it with --grant {','.join(missing)} (or --grant all) once you accept that",
+                tuple(missing),
+                requests,
             )
 
     def _update_refusal(
@@ -91,11 +96,13 @@ class _Grants(_Discovery):
         covering = (*stored, *grants, *self.default_grants(metadata.name))
         missing = ungranted(requests, covering)
         if missing:
-            raise PluginRefused(
+            raise SandboxNotGranted(
                 metadata.name,
                 f"version {metadata.version} asks for more than was granted:"
                 f" {', '.join(missing)} (new); update it with --grant {','.join(missing)}"
                 " once you accept that",
+                tuple(missing),
+                requests,
             )
 
     async def grant(self, name: str, grants: Iterable[str] | str) -> SandboxGrants:

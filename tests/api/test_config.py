@@ -178,6 +178,7 @@ def test_the_example_names_every_setting_at_its_default_and_passes_check() -> No
     by_field |= {
         "overrides": ("plugins", "overrides"),
         "in_process_allowed": ("plugins", "in_process_allowed"),
+        "default_grants": ("plugins", "default_grants"),
         "durable_topics": ("events", "durable_topics"),
     }
     for field in attrs.fields(DaemonConfig):
