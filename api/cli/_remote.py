@@ -225,6 +225,8 @@ def _installed_message(verb: str, view: dict[str, Any]) -> str:
     text = f"{verb} {name} {view['version']}"
     if not view.get("loaded"):
         text += f"; load it with `cws plugin load {name}`"
+    if not (view.get("sandbox") or {}).get("requests"):
+        return text  # the default sandbox: nothing to show
     lines = [text] + [f"  {label + ':':<15}{value}" for label, value in _sandbox_lines(view)]
     return "\n".join(lines)
 
