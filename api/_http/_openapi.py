@@ -112,15 +112,28 @@ _CORE = [
     _Core(
         "post",
         "/api/v1/plugins/{name}/{operation}",
-        "load, unload, enable, disable, reload or update (multipart: archive, signature)",
+        "load, unload, enable, disable, reload; update (multipart: archive, signature,"
+        " grant, allow_downgrade); grant or revoke (JSON: grants, a list or a"
+        " comma-separated string; granting secrets or all needs admin, apis:SCOPE needs"
+        " SCOPE)",
         "plugins:manage",
     ),
     _Core(
         "post",
         "/api/v1/plugins/install",
-        "Install a .cwsplugin archive (multipart: archive, signature)",
+        "Install a .cwsplugin archive (multipart: archive, signature, grant: what its"
+        " sandbox is granted, comma-separated); 409 with `ungranted` when it asks for more",
         "plugins:manage",
     ),
+    _Core("get", "/api/v1/secrets", "The secrets' names (never their values)", "admin"),
+    _Core(
+        "put",
+        "/api/v1/secrets/{name}",
+        "Set a secret for the plugins granted it (201 new, 200 replaced)",
+        "admin",
+        _object(["value"], value=_STRING),
+    ),
+    _Core("delete", "/api/v1/secrets/{name}", "Forget a secret", "admin"),
     _Core(
         "delete",
         "/api/v1/plugins/{name}",

@@ -13,11 +13,19 @@ from typing import Any
 import trio
 from quart import Blueprint, request
 
-from cws_actors import ActorError, ArchiveError, PluginError, PluginStatus, check_archive
+from cws_actors import (
+    ActorError,
+    ArchiveError,
+    PluginError,
+    PluginStatus,
+    check_archive,
+    parse_grants,
+)
 
+from .._auth import Principal
 from .._daemon import Daemon
 from ._problems import HTTPProblem, from_error
-from ._requests import current_daemon, guarded, principal
+from ._requests import current_daemon, guarded, json_body, principal
 from ._views import plugin_view
 
 blueprint = Blueprint("plugins", __name__)
@@ -82,15 +90,34 @@ async def plugin(name: str) -> Any:
 
 @blueprint.post("/api/v1/plugins/<name>/<operation>")
 async def plugin_operation(name: str, operation: str) -> Any:
-    await principal("plugins:manage")
+    who = await principal("plugins:manage")
     if operation == "update":
         return await upload(name)
+    if operation in ("grant", "revoke"):
+        body = await json_body()
+        value = body.get("grants") if isinstance(body, dict) else None
+        if not isinstance(value, str | list):
+            raise HTTPProblem(
+                400, "Bad request",
+                'the body is {"grants": "network,secrets:aws_key"} (or a list of grants)',
+            )  # fmt: skip
+        grants = grants_of(value)
+        if operation == "grant":
+            may_grant(who, grants)
+        host = current_daemon().host
+        try:
+            await getattr(host, operation)(name, grants)
+        except ValueError as exc:
+            raise HTTPProblem(400, "Bad request", str(exc)) from None
+        except (ActorError, PluginError) as exc:
+            raise from_error(exc, plugin=name) from None
+        return plugin_view(host, await guarded(host.status(name)))
     if operation not in OPERATIONS:
         raise HTTPProblem(
             404,
             "Not found",
             f"unknown operation {operation!r}; expected one of"
-            f" {', '.join([*OPERATIONS, 'update'])}",
+            f" {', '.join([*OPERATIONS, 'update', 'grant', 'revoke'])}",
         )
     host = current_daemon().host
     work: Callable[[str], Awaitable[Any]] = getattr(host, operation)
@@ -122,6 +149,9 @@ async def upload(name: str | None) -> Any:
             "send the plugin as multipart/form-data with an 'archive' file"
             " (a .cwsplugin zip) and optionally a 'signature' file (its .minisig)",
         )
+    form = await request.form
+    grants = grants_of(form.get("grant", ""))
+    may_grant(await principal(), grants)
     allow_downgrade = False
     if name is not None:
         value = (await request.form).get("allow_downgrade", "false").strip().lower()
@@ -134,19 +164,63 @@ async def upload(name: str | None) -> Any:
         allow_downgrade = _BOOLEAN[value]
     daemon = current_daemon()
     status = await install_upload(
-        daemon, name, archive, files.get("signature"), allow_downgrade=allow_downgrade
-    )
+        daemon, name, archive, files.get("signature"), allow_downgrade=allow_downgrade,
+        grants=grants,
+    )  # fmt: skip
     return plugin_view(daemon.host, status), 201 if name is None else 200
 
 
 _BOOLEAN = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def grants_of(value: str | list[Any]) -> tuple[str, ...]:
+    """``"network,secrets:aws_key"`` or ``["network", "secrets:aws_key"]``, checked.
+
+    Raises:
+        HTTPProblem: 400 naming a grant that is not one."""
+    if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+        raise HTTPProblem(400, "Bad request", "'grants' must be a string or a list of strings")
+    text = value if isinstance(value, str) else ",".join(value)
+    try:
+        return parse_grants(text)
+    except ValueError as exc:
+        raise HTTPProblem(400, "Bad request", str(exc)) from None
+
+
+def may_grant(who: Principal, grants: tuple[str, ...]) -> None:
+    """A token cannot give a plugin more than it holds: granting secrets (or ``all``)
+    needs ``admin``, granting ``apis:SCOPE`` needs SCOPE (``apis`` alone: ``admin``).
+
+    Raises:
+        HTTPProblem: 403 naming the scope missing."""
+    for grant in grants:
+        kind, _, rest = grant.partition(":")
+        if grant == "all" or kind == "secrets" or (kind == "apis" and not rest):
+            needed = "admin"
+        elif kind == "apis":
+            needed = rest
+        else:
+            continue
+        if not who.allows(needed):
+            raise HTTPProblem(
+                403,
+                "Forbidden",
+                f"granting {grant!r} needs the scope {needed}: a token cannot give a plugin"
+                " more than it holds",
+            )
+
+
 async def install_upload(
-    daemon: Daemon, name: str | None, archive: Any, signature: Any, *, allow_downgrade: bool = False
+    daemon: Daemon,
+    name: str | None,
+    archive: Any,
+    signature: Any,
+    *,
+    allow_downgrade: bool = False,
+    grants: tuple[str, ...] = (),
 ) -> PluginStatus:
     """Install (``name`` None) or update a plugin from an uploaded archive; an update
-    to a lower version only with ``allow_downgrade``."""
+    to a lower version only with ``allow_downgrade``; ``grants`` answer its sandbox."""
     filename = upload_filename(archive.filename)
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_upload_dir(daemon)))
     try:
@@ -159,10 +233,14 @@ async def install_upload(
             await signature.save(signature_path)
         host = daemon.host
         work = (
-            host.install(target, signature=signature_path)
+            host.install(target, signature=signature_path, grants=grants)
             if name is None
             else host.update(
-                name, target, signature=signature_path, allow_downgrade=allow_downgrade
+                name,
+                target,
+                signature=signature_path,
+                allow_downgrade=allow_downgrade,
+                grants=grants,
             )
         )
         try:

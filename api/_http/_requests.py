@@ -49,8 +49,10 @@ async def principal(*scopes: str) -> Principal:
     try:
         who: Principal | None = g.get("principal")  # checked once per request
         if who is None:
-            state = current_daemon().host.state
-            who = await authenticate(state, request.headers.get("Authorization"))
+            daemon = current_daemon()
+            who = await authenticate(
+                daemon.host.state, request.headers.get("Authorization"), daemon.plugin_tokens
+            )
             g.principal = who
         require(who, *scopes)
     except AuthError as exc:

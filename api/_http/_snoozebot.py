@@ -235,7 +235,8 @@ async def _body_caller(body: dict[str, Any]) -> None:
     if not isinstance(key, str):
         raise HTTPProblem(400, "Bad request", f"'api_key' must be str, got {key!r}")
     try:
-        who = await authenticate(current_daemon().host.state, f"Bearer {key}")
+        daemon = current_daemon()
+        who = await authenticate(daemon.host.state, f"Bearer {key}", daemon.plugin_tokens)
     except AuthError as exc:
         raise HTTPProblem(401, "Unauthorized", f"api_key: {exc}") from None
     header_caller = g.get("principal")  # a presented header was checked by the hooks
