@@ -15,17 +15,23 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from cws_actors import StateStore
+from cws_actors import APIToken, StateStore
 
 SCOPES = (
     "admin", "plugins:manage", "events:publish", "events:read", "faults:inject",
-    "instances:manage",
+    "instances:manage", "api:read",
 )  # fmt: skip
-"""The daemon's own scopes; plugins add theirs (``analytics.read``) in their specs."""
+"""The daemon's own scopes; plugins add theirs (``analytics.read``) in their specs.
+``api:read`` matters to plugins' tokens only: any other valid token reads (GET) the
+daemon's routes without it, a plugin's token only with it."""
+
+PLUGIN_TOKEN_TTL = 3600.0
+"""How long a token minted for a plugin (``ctx.api``) lives; the plugin renews it."""
 
 _SCOPE = re.compile(r"[a-z][a-z0-9_.:\-]{0,63}")
 _TOKEN = re.compile(r"cws_([0-9a-f]{16})_([A-Za-z0-9_\-]{43})")
@@ -114,6 +120,8 @@ class Principal:
     token_id: str
     name: str
     scopes: frozenset[str]
+    plugin: str | None = None
+    """The plugin a minted token belongs to (``ctx.api``); None for an operator's."""
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -163,8 +171,81 @@ async def issue_token(
     return IssuedToken(f"cws_{token_id}_{secret}", record)
 
 
-async def authenticate(store: StateStore, authorization: str | None) -> Principal:
-    """The principal of an ``Authorization: Bearer ...`` header.
+@attrs.frozen
+class _Minted:
+    plugin: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    expires_at: float
+
+
+@attrs.define(eq=False)
+class PluginTokens:
+    """The tokens the daemon mints for its plugins (``ctx.api``): the daemon's
+    :class:`cws_actors.TokenBroker`. Kept in memory only, never in the state database
+    or the token file, so that a daemon restart voids them all; each lives
+    :data:`PLUGIN_TOKEN_TTL` and holds exactly the scopes it was minted with. They look
+    like any token (``cws_<id>_<secret>``) and :func:`authenticate` takes them."""
+
+    url: str | None = None
+    """The daemon's URL, once it serves: what the plugins' clients call."""
+    ttl: float = PLUGIN_TOKEN_TTL
+    clock: Callable[[], float] = time.time
+    _tokens: dict[str, _Minted] = attrs.field(factory=dict)
+
+    def mint(self, plugin: str, scopes: tuple[str, ...]) -> APIToken | None:
+        if self.url is None:
+            return None
+        self._expire()
+        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        expires_at = self.clock() + self.ttl
+        self._tokens[token_id] = _Minted(plugin, _hash(secret), check_scopes(scopes), expires_at)
+        return APIToken(f"cws_{token_id}_{secret}", expires_at, self.url, tuple(scopes))
+
+    def revoke(self, plugin: str, token: str | None = None) -> None:
+        if token is None:
+            for token_id in [i for i, m in self._tokens.items() if m.plugin == plugin]:
+                del self._tokens[token_id]
+            return
+        match = _TOKEN.fullmatch(token)
+        if match is not None:
+            minted = self._tokens.get(match[1])
+            if minted is not None and minted.plugin == plugin:
+                del self._tokens[match[1]]
+
+    def active(self, plugin: str) -> int:
+        """How many unexpired tokens ``plugin`` holds (for status and tests)."""
+        self._expire()
+        return sum(1 for minted in self._tokens.values() if minted.plugin == plugin)
+
+    def _expire(self) -> None:
+        now = self.clock()
+        for token_id in [i for i, m in self._tokens.items() if m.expires_at <= now]:
+            del self._tokens[token_id]
+
+    def principal(self, token_id: str, secret: str) -> Principal | None:
+        """The principal of a minted token; None if ``token_id`` is not one of them.
+
+        Raises:
+            AuthError: it is one, but the secret is wrong or it expired."""
+        minted = self._tokens.get(token_id)
+        if minted is None:
+            return None
+        if not hmac.compare_digest(_hash(secret), minted.secret_hash):
+            raise AuthError("the token is not valid")
+        if minted.expires_at <= self.clock():
+            raise AuthError(
+                f"the token of plugin {minted.plugin!r} has expired (its ctx.api renews it)"
+            )
+        return Principal(token_id, f"plugin:{minted.plugin}", frozenset(minted.scopes),
+                         plugin=minted.plugin)  # fmt: skip
+
+
+async def authenticate(
+    store: StateStore, authorization: str | None, minted: PluginTokens | None = None
+) -> Principal:
+    """The principal of an ``Authorization: Bearer ...`` header (an operator's token
+    in ``store``, or one of the ``minted`` tokens of the plugins).
 
     Raises:
         AuthError: missing, malformed, unknown, revoked or expired (all look alike to
@@ -178,6 +259,10 @@ async def authenticate(store: StateStore, authorization: str | None) -> Principa
     match = _TOKEN.fullmatch(value.strip())
     if match is None:
         raise AuthError("that is not a cws token (they look like cws_<16 hex>_<43 chars>)")
+    if minted is not None:
+        plugin = minted.principal(match[1], match[2])
+        if plugin is not None:
+            return plugin
     record = await TokenStore(store).get(match[1])
     presented = _hash(match[2])
     # Compare even when there is no record, so that timing tells nothing.

@@ -234,6 +234,11 @@ class DaemonConfig:
     overrides: Mapping[str, Mapping[str, Any]] = _table_only("plugins", factory=dict, for_host=True)
     in_process_allowed: tuple[str, ...] = _table_only("plugins", default=(), for_host=True)
     """The folder plugins that may run in the daemon's process when they ask to."""
+    default_grants: Mapping[str, tuple[str, ...]] = _table_only(
+        "plugins", factory=dict, for_host=True
+    )
+    """What the operator grants plugins' sandboxes without being asked: by plugin name,
+    ``"*"`` for every plugin (an array in the file grants every plugin)."""
     durable_topics: tuple[str, ...] = _table_only("events", default=("instance.*",))
     replay_buffer: int = _setting(
         "events", 1000, rule=lambda v: 0 <= v <= 100_000, expected="in 0..100000",
@@ -277,11 +282,13 @@ for _field in attrs.fields(DaemonConfig):
 _OVERRIDE_KEYS = {
     "config": "a table of the plugin's settings",
     "isolation": '"in_process" or "subprocess"',
-    "limits": "a table of resource limits (memory_mb, cpu_seconds, open_files)",
+    "limits": "a table of resource limits (memory_mb, cpu_seconds, open_files,"
+    " cpu_percent, disk_mb, processes)",
     "env": "an array of the environment variables the plugin's process may see",
     "concurrency": "a table with max (calls at once) and groups (a table of group limits)",
 }
-_LIMITS = {"memory_mb": 16, "cpu_seconds": 1, "open_files": 16}
+_LIMITS = {"memory_mb": 16, "cpu_seconds": 1, "open_files": 16, "cpu_percent": 1,
+           "disk_mb": 1, "processes": 1}  # fmt: skip
 """``ResourceLimits``' fields and their least values."""
 RESILIENCE_KEYS = frozenset(
     {"deadline", "retries", "backoff_initial", "backoff_max", "failure_threshold",
@@ -471,6 +478,8 @@ def _read_table(read: _FileRead, name: str, table: dict[str, Any]) -> None:
             else:
                 read.values["in_process_allowed"] = tuple(value)
                 read.origins["plugins.in_process_allowed"] = Origin("file", read.at(name, key))
+        elif (name, key) == ("plugins", "default_grants"):
+            _read_default_grants(read, value)
         elif (name, key) == ("events", "durable_topics"):
             bad = _bad_patterns(value)
             if bad:
@@ -482,6 +491,41 @@ def _read_table(read: _FileRead, name: str, table: dict[str, Any]) -> None:
                 read.origins["events.durable_topics"] = Origin("file", read.at(name, key))
         else:
             read.unknown((name, key), _TABLES[name])
+
+
+GRANT_KINDS = ("filesystem", "network", "exec", "secrets", "apis")
+"""``cws_actors``' kinds of sandbox request (named here: this module imports no
+``cws_actors``, so that ``cws config`` starts fast; a test keeps the two equal)."""
+
+
+def _bad_grant(value: Any) -> bool:
+    if not isinstance(value, str) or not value.strip() or "," in value:
+        return True
+    return value != "all" and value.split(":", 1)[0] not in GRANT_KINDS
+
+
+def _read_default_grants(read: _FileRead, value: Any) -> None:
+    """An array (every plugin), or a table of arrays by plugin name (``"*"``: every)."""
+    where = ("plugins", "default_grants")
+    expected = (
+        "an array of grants (all, a kind such as network, or a request such as"
+        ' secrets:aws_key) or a table of such arrays by plugin name ("*": every plugin)'
+    )
+    table = {"*": value} if isinstance(value, list) else value
+    if not isinstance(table, dict):
+        read.problem(where, f"plugins.default_grants must be {expected}, got {_describe(value)}")
+        return
+    good: dict[str, tuple[str, ...]] = {}
+    for plugin, grants in table.items():
+        key = where if isinstance(value, list) else (*where, plugin)
+        bad = [g for g in grants if _bad_grant(g)] if isinstance(grants, list) else [grants]
+        if bad:
+            read.problem(key, f"{dotted_key(key)} must be {expected}; {_describe(bad[0])} is"
+                         f" not a grant (kinds: {', '.join(GRANT_KINDS)})")  # fmt: skip
+            continue
+        good[plugin] = tuple(grants)
+    read.values["default_grants"] = good
+    read.origins["plugins.default_grants"] = Origin("file", read.at(*where))
 
 
 def _read_overrides(read: _FileRead, overrides: Any) -> None:

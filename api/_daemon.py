@@ -30,6 +30,7 @@ from cws_actors import (
     open_runtime,
 )
 
+from ._auth import PluginTokens
 from ._config import FOR_HOST, DaemonConfig, load_config
 from ._metrics import Metrics
 
@@ -65,6 +66,15 @@ class Daemon:
     chaos_scopes: list[trio.CancelScope] = attrs.field(factory=list)
     plugins_loaded: trio.Event = attrs.field(factory=trio.Event)
     """Set once the first load of every enabled plugin has finished (loaded or refused)."""
+    plugin_tokens: PluginTokens = attrs.field(factory=PluginTokens)
+    """The tokens minted for plugins' ``ctx.api`` (in memory only)."""
+
+    def __attrs_post_init__(self) -> None:
+        self.host.token_broker = self.plugin_tokens
+
+    def serving(self, url: str) -> None:
+        """The daemon serves at ``url``: what plugins' API clients call from now on."""
+        self.url = self.plugin_tokens.url = url
 
     @property
     def ready(self) -> bool:
@@ -117,6 +127,7 @@ class Daemon:
                 overrides=fresh.overrides,
                 require_signed=fresh.require_signed,
                 in_process_allowed=fresh.in_process_allowed,
+                default_grants=fresh.default_grants,
             )
             self.config = attrs.evolve(fresh, home=self.config.home)
         results = await self.host.load_all()
@@ -125,8 +136,9 @@ class Daemon:
 
 
 _RELOADED = frozenset(
-    {"overrides", "require_signed", "in_process_allowed", "source", "host", "port"}
-)
+    {"overrides", "require_signed", "in_process_allowed", "default_grants", "source", "host",
+     "port"}
+)  # fmt: skip
 """Settings that SIGHUP applies (host and port are the running socket's, by design)."""
 
 

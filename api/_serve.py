@@ -113,9 +113,10 @@ async def _serve(
                 functools.partial(serve_http, app, hyper, listener, connections,
                                   shutdown_trigger=stop.wait)
             )  # fmt: skip
-            daemon.url = binds[0].replace("0.0.0.0", "127.0.0.1")
-            home_lock.announce(daemon.url)
-            on_url(daemon.url)
+            url = binds[0].replace("0.0.0.0", "127.0.0.1")
+            daemon.serving(url)
+            home_lock.announce(url)
+            on_url(url)
             nursery.start_soon(_systemd, daemon, stop)
 
             async def load_then_poll() -> None:

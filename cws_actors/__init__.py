@@ -61,6 +61,7 @@ from ._core._exceptions import PluginError as PluginError
 from ._core._exceptions import PluginNotFound as PluginNotFound
 from ._core._exceptions import PluginRefused as PluginRefused
 from ._core._exceptions import RateLimited as RateLimited
+from ._core._exceptions import SandboxNotGranted as SandboxNotGranted
 from ._core._mailbox import MailboxConfig as MailboxConfig
 from ._core._mailbox import MailboxStatistics as MailboxStatistics
 from ._core._mailbox import Overflow as Overflow
@@ -76,8 +77,12 @@ from ._core._sqlite import open_sqlite as open_sqlite
 from ._host._base import DiscoveredPlugin as DiscoveredPlugin
 from ._host._base import HostConfig as HostConfig
 from ._host._base import PluginStatus as PluginStatus
+from ._host._base import SandboxGrants as SandboxGrants
+from ._host._base import TokenBroker as TokenBroker
 from ._host._facade import PluginHost as PluginHost
 from ._host._facade import open_plugin_host as open_plugin_host
+from ._host._secrets import SecretNotSet as SecretNotSet
+from ._host._secrets import SecretStore as SecretStore
 from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord
 from ._host._state import StateStore as StateStore
@@ -90,6 +95,8 @@ from ._packaging._signing import SignatureError as SignatureError
 from ._packaging._signing import SigningKey as SigningKey
 from ._packaging._signing import generate_keypair as generate_keypair
 from ._packaging._signing import secret_key_encrypted as secret_key_encrypted
+from ._plugins._api import APIToken as APIToken
+from ._plugins._api import PluginAPI as PluginAPI
 from ._plugins._manifest import Manifest as Manifest
 from ._plugins._model import PLUGIN_API_VERSION as PLUGIN_API_VERSION
 from ._plugins._model import APIEndpointSpec as APIEndpointSpec
@@ -109,11 +116,19 @@ from ._plugins._model import PluginContext as PluginContext
 from ._plugins._model import PluginMetadata as PluginMetadata
 from ._plugins._model import ResourceLimits as ResourceLimits
 from ._plugins._routes import routes_overlap as routes_overlap
+from ._plugins._sandbox import Endpoint as Endpoint
+from ._plugins._sandbox import NetworkMode as NetworkMode
+from ._plugins._sandbox import PathAccess as PathAccess
+from ._plugins._sandbox import PathRule as PathRule
+from ._plugins._sandbox import Sandbox as Sandbox
+from ._plugins._sandbox import parse_grants as parse_grants
+from ._plugins._sandbox import ungranted as ungranted
 
 __all__ = [
     "APIEndpointSpec",
     "APIRequest",
     "APIResult",
+    "APIToken",
     "ARCHIVE_SUFFIX",
     "Actor",
     "ActorError",
@@ -136,6 +151,7 @@ __all__ = [
     "DeadLetter",
     "DeadlineExceeded",
     "DiscoveredPlugin",
+    "Endpoint",
     "Envelope",
     "Event",
     "EventBus",
@@ -155,11 +171,15 @@ __all__ = [
     "MailboxStatistics",
     "Manifest",
     "ManifestError",
+    "NetworkMode",
     "NotReady",
     "OnExhausted",
     "Overflow",
     "PLUGIN_API_VERSION",
+    "PathAccess",
+    "PathRule",
     "Plugin",
+    "PluginAPI",
     "PluginCall",
     "PluginCallFailed",
     "PluginContext",
@@ -180,6 +200,11 @@ __all__ = [
     "Runtime",
     "RuntimeConfig",
     "SQLiteEventStore",
+    "Sandbox",
+    "SandboxGrants",
+    "SandboxNotGranted",
+    "SecretNotSet",
+    "SecretStore",
     "SignatureError",
     "SigningKey",
     "Source",
@@ -187,6 +212,7 @@ __all__ = [
     "StoredEvent",
     "Strategy",
     "Subscription",
+    "TokenBroker",
     "TokenBucket",
     "TokenBuckets",
     "check_archive",
@@ -199,9 +225,11 @@ __all__ = [
     "open_runtime",
     "open_sqlite",
     "parse_duration",
+    "parse_grants",
     "routes_overlap",
     "secret_key_encrypted",
     "topic_matches",
+    "ungranted",
 ]
 
 for _name in __all__:  # reprs and tracebacks say cws_actors.Actor (trio, httpx do this)

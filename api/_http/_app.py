@@ -18,6 +18,7 @@ from . import (
     _pages,
     _plugin_endpoints,
     _plugins,
+    _secrets,
     _snoozebot,
 )
 from ._bodies import bounded_request_class
@@ -30,6 +31,7 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
     _pages.blueprint,  # /, /openapi.json
     _health.blueprint,  # /healthz, /readyz, /metrics, /api/v1/daemon
     _plugins.blueprint,  # /api/v1/plugins
+    _secrets.blueprint,  # /api/v1/secrets
     _snoozebot.blueprint,  # /api/plugins
     _actors.blueprint,  # /api/v1/actors, /api/v1/dead-letters
     _events.blueprint,  # /api/v1/events, /api/v1/events/stream

@@ -8,7 +8,7 @@ import functools
 import logging
 import uuid
 
-from quart import Blueprint, Response, current_app, request
+from quart import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from .._metrics import method_label
@@ -70,7 +70,31 @@ async def refuse_an_invalid_token() -> None:
     # routes and unknown paths too. The client meant to authenticate; serving it as
     # anonymous would hide a revoked, expired or mistyped token until a write fails.
     if request.headers.get("Authorization"):
-        await principal()
+        who = await principal()
+        if who.plugin is not None:
+            _plugin_may_call(who.plugin)
+
+
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _plugin_may_call(plugin: str) -> None:
+    """A plugin's token (``ctx.api``) holds exactly the scopes it was granted: the routes
+    that change things check theirs, and the daemon's own reads, which any operator's
+    token may make, need ``api:read`` (a plugin endpoint checks its own scopes, and the
+    event stream ``events:read``)."""
+    if request.method not in READS or request.path in _OPEN_PATHS():
+        return
+    rule = request.url_rule
+    if rule is not None and rule.endpoint == "plugin_endpoints.plugin_endpoint":
+        return
+    if not g.principal.allows("api:read"):
+        raise HTTPProblem(
+            403,
+            "Forbidden",
+            f"plugin {plugin!r} reads the daemon's routes only with the scope api:read;"
+            " its token has " + (", ".join(sorted(g.principal.scopes)) or "no scope"),
+        )
 
 
 @blueprint.before_app_request

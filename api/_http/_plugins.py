@@ -13,13 +13,32 @@ from typing import Any
 import trio
 from quart import Blueprint, request
 
-from cws_actors import ActorError, ArchiveError, PluginError, PluginStatus, check_archive
+from cws_actors import (
+    ActorError,
+    ArchiveError,
+    PluginError,
+    PluginStatus,
+    check_archive,
+    parse_grants,
+)
 
+from .._auth import Principal
 from .._daemon import Daemon
-from ._problems import HTTPProblem, from_error
-from ._requests import current_daemon, guarded
-from ._routes import MULTIPART, Access, Body, Reply, Route, path, query, query_value, route
-from ._shapes import BOOLEAN, DISCOVERY, INTEGER, PLUGIN, STRING, array, obj
+from ._problems import PROBLEM_TYPE, HTTPProblem, from_error
+from ._requests import current_daemon, guarded, principal
+from ._routes import (
+    MULTIPART,
+    Access,
+    Body,
+    Reply,
+    Route,
+    checked_body,
+    path,
+    query,
+    query_value,
+    route,
+)
+from ._shapes import BOOLEAN, DISCOVERY, INTEGER, PLUGIN, REFUSED, STRING, array, obj
 from ._views import plugin_view
 
 blueprint = Blueprint("plugins", __name__)
@@ -34,6 +53,19 @@ PLUGIN_ERRORS = (404, 409, 429, 502, 503, 504)
 """What the host's and the runtime's errors become (``_problems.from_error``)."""
 MANAGE = ("plugins:manage",)
 NAME = path("name", "the plugin's name", PLUGIN_NAME)
+GRANTS_TEXT = (
+    "comma-separated grants: all, a kind (filesystem, network, exec, secrets, apis) or a"
+    " request such as secrets:aws_key or network:*:443; granting secrets or all needs admin,"
+    " apis:SCOPE needs SCOPE (a 400 names a grant that is not one, a 403 the scope missing)"
+)
+REFUSED_REPLY = Reply(
+    409,
+    "Refused (a problem document): the plugin's state forbids it, or its sandbox asks for"
+    " what is not granted (SandboxNotGranted: `ungranted` and `requests` say what)",
+    REFUSED,
+    PROBLEM_TYPE,
+)
+"""A 409: ``PluginRefused``, and ``SandboxNotGranted`` naming what to grant."""
 ARCHIVE = Body(
     {
         "type": "object",
@@ -43,6 +75,8 @@ ARCHIVE = Body(
                         "description": "the .cwsplugin archive (a zip file)"},
             "signature": {"type": "string", "format": "binary",
                           "description": "its minisign signature (.minisig)"},
+            "grant": {"type": "string", "default": "",
+                      "description": f"what its sandbox is granted: {GRANTS_TEXT}"},
         },
     },
     MULTIPART,
@@ -66,13 +100,22 @@ UPDATE = Body(
     MULTIPART,
 )
 """An update's upload: the archive, and whether it may lower the version."""
+GRANTS = Body(
+    obj(["grants"], grants={
+        "type": ["string", "array"], "items": STRING,
+        "description": f"{GRANTS_TEXT}; or a list of them",
+    }),
+    examples=({"grants": "network,secrets:aws_key"},
+              {"grants": ["network", "apis:events:publish"]}),
+)  # fmt: skip
+"""``grant`` and ``revoke``: what to grant or take back."""
 
 _MAX_FILENAME_BYTES = 255
 """The longest upload file name (in UTF-8) that is staged: what most file systems take."""
 
 OPERATIONS = ("load", "unload", "enable", "disable", "reload")
 """``POST /api/v1/plugins/<name>/<operation>``: the host's methods of those names
-(``update`` is an upload)."""
+(``update`` is an upload; ``grant`` and ``revoke`` take a JSON body)."""
 
 
 @route(blueprint, Route(
@@ -139,7 +182,7 @@ async def plugin(name: str) -> Any:
 
 @route(blueprint, Route(
     "post", "/api/v1/plugins/{name}/{operation}", "Load, unload, enable, disable or reload",
-    (Reply(200, "The plugin, after the operation", PLUGIN),),
+    (Reply(200, "The plugin, after the operation", PLUGIN), REFUSED_REPLY),
     Access.TOKEN, MANAGE,
     params=(NAME, path("operation", "what to do", {"type": "string", "enum": list(OPERATIONS)})),
     problems=PLUGIN_ERRORS,
@@ -150,7 +193,7 @@ async def plugin_operation(name: str, operation: str) -> Any:
             404,
             "Not found",
             f"unknown operation {operation!r}; expected one of"
-            f" {', '.join([*OPERATIONS, 'update'])}",
+            f" {', '.join([*OPERATIONS, 'update', 'grant', 'revoke'])}",
         )
     host = current_daemon().host
     work: Callable[[str], Awaitable[Any]] = getattr(host, operation)
@@ -159,8 +202,51 @@ async def plugin_operation(name: str, operation: str) -> Any:
 
 
 @route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/grant",
+    "Grant what a plugin's sandbox asks for (granting secrets or all needs admin,"
+    " apis:SCOPE needs SCOPE: a token cannot give a plugin more than it holds)",
+    (Reply(200, "The plugin, its `sandbox` after the grant", PLUGIN),),
+    Access.TOKEN, MANAGE,
+    params=(NAME,),
+    body=GRANTS,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
+async def grant(name: str) -> Any:
+    return await change_grants(name, "grant")
+
+
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/revoke",
+    "Take back what a plugin was granted (its API tokens are revoked at once)",
+    (Reply(200, "The plugin, its `sandbox` after the revocation", PLUGIN),),
+    Access.TOKEN, MANAGE,
+    params=(NAME,),
+    body=GRANTS,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
+async def revoke(name: str) -> Any:
+    return await change_grants(name, "revoke")
+
+
+async def change_grants(name: str, operation: str) -> Any:
+    """``grant`` or ``revoke`` the checked body's ``grants``: a 400 names a grant that is
+    not one, or one that covers nothing the plugin asks for (or holds)."""
+    grants = grants_of(checked_body()["grants"])
+    if operation == "grant":
+        may_grant(await principal(), grants)
+    host = current_daemon().host
+    try:
+        await getattr(host, operation)(name, grants)
+    except ValueError as exc:
+        raise HTTPProblem(400, "Bad request", str(exc)) from None
+    except (ActorError, PluginError) as exc:
+        raise from_error(exc, plugin=name) from None
+    return plugin_view(host, await guarded(host.status(name)))
+
+
+@route(blueprint, Route(
     "post", "/api/v1/plugins/{name}/update", "Update a plugin from an uploaded archive",
-    (Reply(200, "The plugin, updated", PLUGIN),),
+    (Reply(200, "The plugin, updated", PLUGIN), REFUSED_REPLY),
     Access.TOKEN, MANAGE,
     params=(NAME,),
     body=UPDATE,
@@ -172,7 +258,7 @@ async def update(name: str) -> Any:
 
 @route(blueprint, Route(
     "post", "/api/v1/plugins/install", "Install a .cwsplugin archive",
-    (Reply(201, "The plugin, installed", PLUGIN),),
+    (Reply(201, "The plugin, installed", PLUGIN), REFUSED_REPLY),
     Access.TOKEN, MANAGE,
     body=ARCHIVE,
     problems=PLUGIN_ERRORS,
@@ -206,6 +292,8 @@ async def upload(name: str | None) -> Any:
             "send the plugin as multipart/form-data with an 'archive' file"
             " (a .cwsplugin zip) and optionally a 'signature' file (its .minisig)",
         )
+    grants = grants_of((await request.form).get("grant", ""))
+    may_grant(await principal(), grants)
     allow_downgrade = False
     if name is not None:
         value = (await request.form).get("allow_downgrade", "false").strip().lower()
@@ -218,19 +306,63 @@ async def upload(name: str | None) -> Any:
         allow_downgrade = _BOOLEAN[value]
     daemon = current_daemon()
     status = await install_upload(
-        daemon, name, archive, files.get("signature"), allow_downgrade=allow_downgrade
-    )
+        daemon, name, archive, files.get("signature"), allow_downgrade=allow_downgrade,
+        grants=grants,
+    )  # fmt: skip
     return plugin_view(daemon.host, status), 201 if name is None else 200
 
 
 _BOOLEAN = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def grants_of(value: str | list[Any]) -> tuple[str, ...]:
+    """``"network,secrets:aws_key"`` or ``["network", "secrets:aws_key"]``, checked.
+
+    Raises:
+        HTTPProblem: 400 naming a grant that is not one."""
+    if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+        raise HTTPProblem(400, "Bad request", "'grants' must be a string or a list of strings")
+    text = value if isinstance(value, str) else ",".join(value)
+    try:
+        return parse_grants(text)
+    except ValueError as exc:
+        raise HTTPProblem(400, "Bad request", str(exc)) from None
+
+
+def may_grant(who: Principal, grants: tuple[str, ...]) -> None:
+    """A token cannot give a plugin more than it holds: granting secrets (or ``all``)
+    needs ``admin``, granting ``apis:SCOPE`` needs SCOPE (``apis`` alone: ``admin``).
+
+    Raises:
+        HTTPProblem: 403 naming the scope missing."""
+    for grant in grants:
+        kind, _, rest = grant.partition(":")
+        if grant == "all" or kind == "secrets" or (kind == "apis" and not rest):
+            needed = "admin"
+        elif kind == "apis":
+            needed = rest
+        else:
+            continue
+        if not who.allows(needed):
+            raise HTTPProblem(
+                403,
+                "Forbidden",
+                f"granting {grant!r} needs the scope {needed}: a token cannot give a plugin"
+                " more than it holds",
+            )
+
+
 async def install_upload(
-    daemon: Daemon, name: str | None, archive: Any, signature: Any, *, allow_downgrade: bool = False
+    daemon: Daemon,
+    name: str | None,
+    archive: Any,
+    signature: Any,
+    *,
+    allow_downgrade: bool = False,
+    grants: tuple[str, ...] = (),
 ) -> PluginStatus:
     """Install (``name`` None) or update a plugin from an uploaded archive; an update
-    to a lower version only with ``allow_downgrade``."""
+    to a lower version only with ``allow_downgrade``; ``grants`` answer its sandbox."""
     filename = upload_filename(archive.filename)
     staging = Path(tempfile.mkdtemp(prefix="upload-", dir=_upload_dir(daemon)))
     try:
@@ -243,10 +375,14 @@ async def install_upload(
             await signature.save(signature_path)
         host = daemon.host
         work = (
-            host.install(target, signature=signature_path)
+            host.install(target, signature=signature_path, grants=grants)
             if name is None
             else host.update(
-                name, target, signature=signature_path, allow_downgrade=allow_downgrade
+                name,
+                target,
+                signature=signature_path,
+                allow_downgrade=allow_downgrade,
+                grants=grants,
             )
         )
         try:

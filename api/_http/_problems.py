@@ -25,6 +25,7 @@ from cws_actors import (
     PluginNotFound,
     PluginRefused,
     RateLimited,
+    SandboxNotGranted,
 )
 
 PROBLEM_TYPE = "application/problem+json"
@@ -120,6 +121,11 @@ def from_error(error: Exception, *, plugin: str | None = None) -> HTTPProblem:
         )
     if isinstance(error, ActorStopped):
         return HTTPProblem(503, "Unavailable", f"{who} is stopped", headers={"Retry-After": "1"})
+    if isinstance(error, SandboxNotGranted):
+        return HTTPProblem(
+            409, "Refused", str(error), plugin=error.name, reason=error.reason,
+            ungranted=list(error.ungranted), requests=list(error.requests),
+        )  # fmt: skip
     if isinstance(error, PluginRefused):
         return HTTPProblem(409, "Refused", str(error), plugin=error.name, reason=error.reason)
     if isinstance(error, PluginError | ActorError):

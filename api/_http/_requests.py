@@ -49,8 +49,10 @@ async def principal(*scopes: str) -> Principal:
     try:
         who: Principal | None = g.get("principal")  # checked once per request
         if who is None:
-            state = current_daemon().host.state
-            who = await authenticate(state, request.headers.get("Authorization"))
+            daemon = current_daemon()
+            who = await authenticate(
+                daemon.host.state, request.headers.get("Authorization"), daemon.plugin_tokens
+            )
             g.principal = who
         require(who, *scopes)
     except AuthError as exc:
@@ -94,7 +96,8 @@ async def body_key_caller(body: dict[str, Any], *scopes: str) -> None:
     if not isinstance(key, str):
         raise HTTPProblem(400, "Bad request", f"'api_key' must be str, got {key!r}")
     try:
-        who = await authenticate(current_daemon().host.state, f"Bearer {key}")
+        daemon = current_daemon()
+        who = await authenticate(daemon.host.state, f"Bearer {key}", daemon.plugin_tokens)
     except AuthError as exc:
         raise HTTPProblem(401, "Unauthorized", f"api_key: {exc}") from None
     header_caller = g.get("principal")  # a presented header was checked by the hooks

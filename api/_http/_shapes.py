@@ -36,9 +36,19 @@ BOOLEAN: Schema = {"type": "boolean"}
 ANY: Schema = {}
 OBJECT_SCHEMA: Schema = {"type": "object"}
 
+SANDBOX = obj(
+    ["requests", "granted", "ungranted", "stored", "defaults", "entry_point"],
+    requests=array(STRING), granted=array(STRING), ungranted=array(STRING),
+    stored=array(STRING), defaults=array(STRING), entry_point=BOOLEAN,
+)  # fmt: skip
+"""What a plugin's sandbox asks for (``requests``) and the operator's answer:
+``granted`` and ``ungranted`` split the requests; ``stored`` is what was granted it
+(install ``grant``, ``POST .../grant``), ``defaults`` what ``[plugins] default_grants``
+grants it; ``entry_point``: granted what it asks for because pip installed it."""
+
 PLUGIN = obj(
     ["name", "version", "source", "isolation", "enabled", "loaded", "state", "ready",
-     "restarts", "capabilities"],
+     "restarts", "capabilities", "sandbox"],
     name=STRING, version=STRING, source=STRING, isolation=STRING, enabled=BOOLEAN,
     loaded=BOOLEAN, state=STRING, ready=BOOLEAN, restarts=INTEGER,
     last_exit=nullable("string"), calls=INTEGER, errors=INTEGER, events=INTEGER,
@@ -50,6 +60,7 @@ PLUGIN = obj(
     ),
     history=array(obj(["at", "event"], at=NUMBER, event=STRING, detail=ANY)),
     plugin_status=ANY,
+    sandbox=SANDBOX,
 )  # fmt: skip
 """``plugin_view``: one plugin's status (``GET /api/v1/plugins/{name}`` adds its history
 and its own status while it is loaded)."""
@@ -121,5 +132,32 @@ CHAOS_RUN = obj(
     **_PROGRESS,
 )  # fmt: skip
 
-COMPONENTS: dict[str, Schema] = {"Actor": ACTOR}
+REFUSED_PROBLEM: Schema = {
+    "allOf": [
+        ref("Problem"),
+        obj(
+            plugin=nullable("string"), reason=nullable("string"),
+            ungranted={**array(STRING), "description": "SandboxNotGranted: what its sandbox"
+                       " asks for that is not granted (grant it to go on)"},
+            requests={**array(STRING), "description": "SandboxNotGranted: all it asks for"},
+        ),
+    ]
+}  # fmt: skip
+"""A 409 problem: ``PluginRefused`` (``plugin``, ``reason``) and ``SandboxNotGranted``,
+which also lists ``ungranted`` and ``requests``."""
+REFUSED = ref("Refused")
+
+SECRET = obj(
+    ["name", "asked_for_by"],
+    name=STRING,
+    asked_for_by=array(STRING, description="the plugins whose sandbox asks for it"),
+)  # fmt: skip
+SECRETS = obj(
+    ["secrets", "count", "asked_for_but_not_set"],
+    secrets=array(SECRET), count=INTEGER,
+    asked_for_but_not_set=array(STRING, description="secrets a plugin asks for that are not set"),
+)  # fmt: skip
+"""``GET /api/v1/secrets``: names, never values."""
+
+COMPONENTS: dict[str, Schema] = {"Actor": ACTOR, "Refused": REFUSED_PROBLEM}
 """Schemas the document holds once (``#/components/schemas/NAME``)."""

@@ -107,6 +107,7 @@ def _unreachable(url: str, exc: httpx.HTTPError | httpx.InvalidURL) -> CLIError:
 def problem_of(response: httpx.Response) -> APIProblem:
     """The CLI error for an error response (a problem document, or anything else)."""
     title, detail = response.reason_phrase or f"HTTP {response.status_code}", ""
+    extra: dict[str, Any] = {}
     try:
         body = json.loads(response.content)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -115,8 +116,9 @@ def problem_of(response: httpx.Response) -> APIProblem:
         if isinstance(body, dict):
             title = str(body.get("title") or title)
             detail = str(body.get("detail") or "")
+            extra = body
     kind = NotAuthorized if response.status_code in (401, 403) else APIProblem
-    return kind(response.status_code, title, detail)
+    return kind(response.status_code, title, detail, extra)
 
 
 def _json_of(response: httpx.Response) -> Any:

@@ -46,12 +46,16 @@ class APIProblem(CLIError):
     hint = ""
     """A line on what to do about it, printed under the message."""
 
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, extra: dict[str, Any] | None = None
+    ) -> None:
         message = _titled(title, detail)
         super().__init__(f"{message}\n  {self.hint}" if self.hint else message)
         self.status = status
         self.title = title
         self.detail = detail
+        self.extra = extra or {}
+        """The problem's other members (``ungranted`` of a refused install...)."""
 
 
 def _titled(title: str, detail: str) -> str:

@@ -31,6 +31,7 @@ _COMMANDS = {
     "faults": "api.cli._faults:faults",
     "instances": "api.cli._instances:instances",
     "plugin": "api.cli._remote:plugin",
+    "secret": "api.cli._secrets:secret_group",
     "token": "api.cli._tokens:token_group",
 }
 """Built-in command -> ``module:attribute``, imported on first use."""

@@ -25,7 +25,7 @@ from ._common import (
     state_colour,
     table,
 )
-from ._errors import CLIError, UsageProblem
+from ._errors import APIProblem, CLIError, UsageProblem
 from ._signing import keygen, sign
 
 # ---------------------------------------------------------------------- plugins
@@ -94,6 +94,7 @@ def _status_lines(view: dict[str, Any]) -> Iterator[tuple[str, str]]:
                        ("event_handlers", "events in")):  # fmt: skip
         if capabilities.get(key):
             yield label, ", ".join(capabilities[key])
+    yield from _sandbox_lines(view)
     extra = dict(view.get("plugin_status") or {})
     usage = [
         f"{label} {extra.pop(key)}{unit}"
@@ -105,6 +106,28 @@ def _status_lines(view: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "resources", ", ".join(usage)
     if extra:
         yield "plugin status", json.dumps(extra, sort_keys=True)
+
+
+def _sandbox_lines(view: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """What its sandbox asks for and what of it is granted, and how."""
+    sandbox = view.get("sandbox") or {}
+    requests = sandbox.get("requests") or []
+    if not requests:
+        yield "sandbox", "asks for nothing beyond its own folders"
+        return
+    yield "sandbox asks", ", ".join(requests)
+    granted = sandbox.get("granted") or []
+    how = []
+    if sandbox.get("entry_point"):
+        how.append("an entry point: granted what it declares")
+    if sandbox.get("defaults"):
+        how.append(f"default_grants {', '.join(sandbox['defaults'])}")
+    yield "granted", (", ".join(granted) or "nothing") + (f" ({'; '.join(how)})" if how else "")
+    ungranted = sandbox.get("ungranted") or []
+    if ungranted:
+        command = f"cws plugin grant {view['name']} {','.join(ungranted)}"
+        text = f"{', '.join(ungranted)} (it will not load; `{command}`)"
+        yield "not granted", click.style(text, fg="yellow")
 
 
 @plugin.command("status")
@@ -202,7 +225,48 @@ def _installed_message(verb: str, view: dict[str, Any]) -> str:
     text = f"{verb} {name} {view['version']}"
     if not view.get("loaded"):
         text += f"; load it with `cws plugin load {name}`"
-    return text
+    if not (view.get("sandbox") or {}).get("requests"):
+        return text  # the default sandbox: nothing to show
+    lines = [text] + [f"  {label + ':':<15}{value}" for label, value in _sandbox_lines(view)]
+    return "\n".join(lines)
+
+
+GRANT_HELP = (
+    "What the plugin's sandbox is granted, comma-separated: all, a kind (filesystem,"
+    " network, exec, secrets, apis) or a request (network:*:443, secrets:aws_key)."
+    " Without it, a terminal asks; otherwise what is not granted is refused."
+)
+
+
+def _grant_option(command: F) -> F:
+    return click.option("--grant", metavar="GRANTS", default=None, help=GRANT_HELP)(command)
+
+
+async def _upload_granting(
+    path: str,
+    source: Path,
+    signature: Path | None,
+    fields: dict[str, str],
+    grant: str | None,
+) -> dict[str, Any]:
+    """Upload with ``--grant``; without it, a refusal that names ungranted requests is
+    shown (like a browser extension's permissions) and, on a terminal, asked about."""
+    if grant is not None:
+        fields = {**fields, "grant": grant}
+    try:
+        return await _upload(path, source, signature, fields or None)
+    except APIProblem as problem:
+        ungranted = problem.extra.get("ungranted")
+        if grant is not None or not ungranted or not on_terminal(sys.stdin):
+            raise
+        name = problem.extra.get("plugin", "the plugin")
+        click.echo(f"{name}'s sandbox asks for:", err=True)
+        for request in problem.extra.get("requests") or ungranted:
+            mark = "" if request in ungranted else "  (granted already)"
+            click.echo(f"  {request}{mark}", err=True)
+        if not click.confirm(f"Grant {name} {', '.join(ungranted)}?", default=False, err=True):
+            raise CLIError(f"nothing was changed: {name}'s sandbox was not granted") from None
+        return await _upload(path, source, signature, {**fields, "grant": ",".join(ungranted)})
 
 
 plugin.add_command(keygen)  # local: minisign-compatible keys and signatures
@@ -211,13 +275,17 @@ plugin.add_command(sign)
 
 @plugin.command("install")
 @_archive_argument
+@_grant_option
 @remote_options
-async def plugin_install(path: Path, signature: Path | None) -> None:
+async def plugin_install(path: Path, signature: Path | None, grant: str | None) -> None:
     """Install a plugin from a folder (packed first) or a .cwsplugin archive.
 
-    The plugin is installed, not loaded: `cws plugin load NAME` starts it.
+    What its sandbox asks for (network, secrets, daemon APIs...) must be granted:
+    --grant, or a yes on a terminal. The plugin is installed, not loaded: `cws plugin
+    load NAME` starts it.
     """
-    view = await _upload("/api/v1/plugins/install", path, await _signature_beside(path, signature))
+    signature = await _signature_beside(path, signature)
+    view = await _upload_granting("/api/v1/plugins/install", path, signature, {}, grant)
     click.echo(_installed_message("installed", view))
 
 
@@ -229,18 +297,50 @@ async def plugin_install(path: Path, signature: Path | None) -> None:
     is_flag=True,
     help="Accept a version lower than the installed one (the history records it).",
 )
+@_grant_option
 @remote_options
 async def plugin_update(
-    name: str, path: Path, signature: Path | None, allow_downgrade: bool
+    name: str, path: Path, signature: Path | None, allow_downgrade: bool, grant: str | None
 ) -> None:
     """Hot-update an installed plugin NAME with the version at PATH.
 
-    A lower version than the installed one is refused unless --allow-downgrade.
+    A lower version than the installed one is refused unless --allow-downgrade; one
+    whose sandbox asks for more than was granted, unless --grant (or a yes on a
+    terminal) grants the rest.
     """
     signature = await _signature_beside(path, signature)
-    fields = {"allow_downgrade": "true"} if allow_downgrade else None
-    view = await _upload(f"/api/v1/plugins/{name}/update", path, signature, fields)
+    fields = {"allow_downgrade": "true"} if allow_downgrade else {}
+    view = await _upload_granting(f"/api/v1/plugins/{name}/update", path, signature, fields, grant)
     click.echo(_installed_message("updated", view))
+
+
+@plugin.command("grant")
+@click.argument("name")
+@click.argument("grants", metavar="GRANTS")
+@remote_options
+async def plugin_grant(name: str, grants: str) -> None:
+    """Grant plugin NAME what GRANTS cover of what its sandbox asks for: all, kinds
+    (network, secrets...) or requests (network:*:443, secrets:aws_key), comma-separated.
+    Stored in the state database; see them with `cws plugin status NAME`."""
+    async with connect() as client:
+        view = await client.post(f"/api/v1/plugins/{name}/grant", {"grants": grants})
+    click.echo(f"granted {name}: {', '.join(view['sandbox']['stored']) or 'nothing'}")
+    if view["sandbox"]["ungranted"]:
+        click.echo(f"still not granted: {', '.join(view['sandbox']['ungranted'])}", err=True)
+    elif not view.get("loaded"):
+        click.echo(f"load it with `cws plugin load {name}`", err=True)
+
+
+@plugin.command("revoke")
+@click.argument("name")
+@click.argument("grants", metavar="GRANTS")
+@remote_options
+async def plugin_revoke(name: str, grants: str) -> None:
+    """Take back GRANTS from plugin NAME. Its secrets and API token follow at once; a
+    later load is refused while its sandbox still asks for what was taken back."""
+    async with connect() as client:
+        view = await client.post(f"/api/v1/plugins/{name}/revoke", {"grants": grants})
+    click.echo(f"{name} now holds: {', '.join(view['sandbox']['stored']) or 'nothing'}")
 
 
 def _operation(operation: str, done: str, summary: str) -> click.Command:

@@ -180,6 +180,19 @@ class PluginRefused(PluginError):
         self.reason = reason
 
 
+class SandboxNotGranted(PluginRefused):
+    """A plugin refused (at install, update or load) because its sandbox asks for what
+    the operator has not granted: ``ungranted`` lists those requests, in the order its
+    sandbox asks for them, and ``requests`` everything it asks for."""
+
+    def __init__(
+        self, name: str, reason: str, ungranted: tuple[str, ...], requests: tuple[str, ...]
+    ) -> None:
+        super().__init__(name, reason)
+        self.ungranted = ungranted
+        self.requests = requests
+
+
 class PluginCrashed(PluginError):
     """Raised in a subprocess plugin's actor when its process died or broke the
     protocol; the message classifies how (exit code, signal, memory or CPU limit)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -20,6 +20,7 @@ from .._core._runtime import Runtime
 from .._isolation._forkserver import ForkServer
 from .._isolation._launch import PluginCounters, PluginLaunch
 from .._packaging._archive import ArchiveLimits
+from .._plugins._api import APIToken
 from .._plugins._manifest import Manifest
 from .._plugins._model import (
     APIEndpointSpec,
@@ -28,9 +29,11 @@ from .._plugins._model import (
     Plugin,
     PluginMetadata,
 )
+from .._plugins._sandbox import parse_grants
 from ._install import (
     TrustPolicy,
 )
+from ._secrets import SECRETS_FILE, SecretStore
 from ._state import StateStore
 
 ENTRY_POINT_GROUP = "cws_actors.plugins"
@@ -41,6 +44,17 @@ _log = logging.getLogger("cws.plugins")
 """Each install, load, unload, update, enable, disable and remove at INFO, with the
 ``plugin`` (and ``version``...) in the record's ``extra``; a plugin that cannot load at
 ERROR. Its crashes and restarts are its supervisor's to log (logger ``supervision``)."""
+
+
+class TokenBroker(Protocol):
+    """The daemon's side of ``ctx.api``: tokens for its API, minted for one plugin with
+    exactly the scopes it was granted, short-lived, kept in memory only."""
+
+    def mint(self, plugin: str, scopes: tuple[str, ...]) -> APIToken | None:
+        """A new token (None while the daemon does not serve yet)."""
+
+    def revoke(self, plugin: str, token: str | None = None) -> None:
+        """Revoke ``token`` of ``plugin``, or every token of it (None)."""
 
 
 @attrs.frozen
@@ -82,10 +96,41 @@ class PluginStatus:
     """The plugin's process (subprocess isolation), while it runs."""
     last_restart_at: float | None = None
     """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
+    sandbox: SandboxGrants = attrs.field(factory=lambda: SandboxGrants())
+    """What its sandbox asks for and what of it is granted."""
+
+
+@attrs.frozen
+class SandboxGrants:
+    """A plugin's sandbox requests (``network:*:443``, ``secrets:aws_key``...) and the
+    operator's answer: ``granted`` and ``ungranted`` split ``requests``; ``stored`` is
+    what the operator granted it (``cws plugin install --grant``, ``cws plugin grant``),
+    ``defaults`` what ``[plugins] default_grants`` grants it, and ``entry_point`` says
+    it is granted what it asks for because pip installed it."""
+
+    requests: tuple[str, ...] = ()
+    granted: tuple[str, ...] = ()
+    ungranted: tuple[str, ...] = ()
+    stored: tuple[str, ...] = ()
+    defaults: tuple[str, ...] = ()
+    entry_point: bool = False
 
 
 def _names(names: Iterable[str]) -> frozenset[str]:
     return frozenset(names)
+
+
+def _default_grants(
+    value: Mapping[str, Iterable[str]] | Iterable[str],
+) -> Mapping[str, tuple[str, ...]]:
+    """A list grants every plugin (``"*"``); a table grants by plugin name."""
+    if isinstance(value, Mapping):
+        table = {str(name): tuple(grants) for name, grants in value.items()}
+    else:
+        table = {"*": tuple(value)}
+    for grants in table.values():
+        parse_grants(",".join(grants))  # raises ValueError naming a bad one
+    return table
 
 
 @attrs.frozen
@@ -125,6 +170,11 @@ class HostConfig:
     restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     """A plugin restarted more than ``max_restarts`` times within ``restart_period``
     seconds is quarantined (visible in the API, cleared by hand); the others go on."""
+    default_grants: Mapping[str, tuple[str, ...]] = attrs.field(
+        factory=dict, converter=_default_grants
+    )
+    """What the operator grants without asking, by plugin name (``"*"``: every plugin):
+    grants as ``--grant`` takes them (``all``, a kind, or a request)."""
     backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
     """The delay between a plugin's restarts when its manifest sets none: exponential
     from 100 ms, capped at 5 s, with full jitter, reset after a minute of running."""
@@ -188,6 +238,9 @@ class _HostBase:
     _starting: dict[str, trio.Event] = attrs.field(factory=dict)
     """Plugins whose actor is starting (outside the host lock), set when settled."""
     _starting_launches: dict[str, PluginLaunch] = attrs.field(factory=dict)
+    token_broker: TokenBroker | None = None
+    """Set by the daemon: mints plugins' tokens for its API (``ctx.api``)."""
+    _secret_store: SecretStore | None = None
     route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
     """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
     core route or another plugin's), or None. A plugin with such an endpoint is refused
@@ -196,6 +249,13 @@ class _HostBase:
     @property
     def user_dir(self) -> Path:
         return self.config.home / "plugins"
+
+    @property
+    def secrets(self) -> SecretStore:
+        """The operator's secrets (``$CWS_HOME/secrets.json``, 0600)."""
+        if self._secret_store is None:
+            self._secret_store = SecretStore(self.config.home / SECRETS_FILE)
+        return self._secret_store
 
     async def _settle(self, name: str) -> None:
         """Wait until a start of ``name`` under way has succeeded or failed."""
@@ -212,7 +272,7 @@ class _HostBase:
         override = self.config.overrides.get(metadata.name, {})
         if "isolation" in override:
             metadata = attrs.evolve(metadata, isolation=Isolation(override["isolation"]))
-        elif not self._may_run_in_process(metadata.name, source):
+        elif not self._may_run_in_process(metadata, source):
             metadata = attrs.evolve(metadata, isolation=Isolation.SUBPROCESS)
         if "limits" in override:
             limits = attrs.evolve(metadata.limits, **override["limits"])
@@ -226,8 +286,12 @@ class _HostBase:
             metadata = attrs.evolve(metadata, concurrency=concurrency)
         return metadata
 
-    def _may_run_in_process(self, name: str, source: str) -> bool:
-        return source == "entry_point" or name in self.config.in_process_allowed
+    def _may_run_in_process(self, metadata: PluginMetadata, source: str) -> bool:
+        """A plugin that asks for a sandbox cannot have one in the daemon's process: it
+        runs in process only if the operator names it in ``in_process_allowed``."""
+        if metadata.name in self.config.in_process_allowed:
+            return True
+        return source == "entry_point" and not metadata.sandbox.declared
 
     def _require_loaded(self, name: str) -> _Loaded:
         loaded = self._loaded.get(name)

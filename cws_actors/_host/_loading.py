@@ -46,13 +46,12 @@ from ._base import (
     _log,
     _Prepared,
 )
-from ._discovery import _Discovery
 from ._install import changed_file
 from ._state import PluginRecord
 from ._status import _Status
 
 
-class _Loading(_Discovery, _Status):
+class _Loading(_Status):
     __slots__ = ()
 
     async def load(self, name: str) -> PluginStatus:
@@ -168,6 +167,7 @@ class _Loading(_Discovery, _Status):
             raise PluginRefused(name, _DISABLED)
         if discovered.source != "entry_point":
             await self._check_files(discovered, record)
+        await self._require_granted(discovered)
         return discovered
 
     async def _check_files(self, discovered: DiscoveredPlugin, record: PluginRecord | None) -> None:
@@ -342,11 +342,13 @@ class _Loading(_Discovery, _Status):
 
     def _make_driver(self, loaded: _Loaded) -> Any:
         def make_driver(launch: PluginLaunch) -> PluginDriver:
+            services = self._services(launch, loaded.discovered.source)
             if launch.metadata.isolation is Isolation.SUBPROCESS:
                 return SubprocessDriver(
-                    launch, self.runtime.publish, loaded.counters, self._fork_server
-                )
-            return InProcessDriver(launch, self.runtime.publish, loaded.counters)
+                    launch, self.runtime.publish, loaded.counters, self._fork_server,
+                    services=services,
+                )  # fmt: skip
+            return InProcessDriver(launch, self.runtime.publish, loaded.counters, services)
 
         return make_driver
 
@@ -425,6 +427,8 @@ class _Loading(_Discovery, _Status):
         if force and kill is not None:
             kill()  # through the process's handle: never a pid that may be reused
         await self.runtime.stop(loaded.path, finish_handler=not force)
+        if self.token_broker is not None:
+            self.token_broker.revoke(name)  # each run revokes its own; this makes sure
         await self.state.log(name, "unloaded", "forced" if force else "")
         _log.info(
             "unloaded plugin %s%s", name, " (forced: its process was killed)" if force else "",

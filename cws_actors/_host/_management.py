@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,10 @@ from .._core._exceptions import (
 )
 from .._isolation._launch import SwapLaunch
 from .._plugins._manifest import Manifest
+from .._plugins._sandbox import parse_grants
 from ._base import _SWAP_MARGIN, PluginStatus, _log, _Switch
 from ._discovery import _from_plugin_dir
+from ._grants import resolve
 from ._install import (
     InstallRefused,
     StagedPlugin,
@@ -46,18 +48,23 @@ class _Management(_Loading):
         await self.discover()
         return await self.load(name)
 
-    async def install(self, source: Path, *, signature: Path | None = None) -> PluginStatus:
+    async def install(
+        self, source: Path, *, signature: Path | None = None, grants: Iterable[str] = ()
+    ) -> PluginStatus:
         """Install a plugin from a folder or a ``.cwsplugin`` archive into the user
         plugin folder (it is not loaded: ``load`` or ``enable`` it next).
 
         The archive is checked (paths, links, sizes), its signature verified (given, or
         found beside it as ``<archive>.minisig``), its manifest, API version and code
         checked, all in a staging folder; then one rename puts it in place. Refused, or
-        killed half way, nothing changes.
+        killed half way, nothing changes. What its sandbox asks for must be covered by
+        ``grants`` (``all``, kinds, requests) and ``[plugins] default_grants``; what
+        ``grants`` cover is stored as granted.
 
         Raises:
             PluginRefused: saying why; nothing was installed.
         """
+        grants = _grants_or_refuse(source, grants)
         async with self._lock:
             await self.discover()  # what is installed now, not at the last scan
 
@@ -69,6 +76,7 @@ class _Management(_Loading):
                         f"version {existing.version} is already installed ({existing.source});"
                         " update it instead",
                     )
+                self._install_refusal(manifest.metadata, grants)
 
             staged = await self._stage(source, signature, admit)
             try:
@@ -81,6 +89,8 @@ class _Management(_Loading):
                 await trio.to_thread.run_sync(discard, staged.folder)
                 raise
             await self._record(staged, target)
+            requests = staged.manifest.metadata.sandbox.requests()
+            await self.state.set_grants(staged.name, resolve(grants, requests), "at install")
             await self.discover()
         _log.info(
             "installed plugin %s %s from %s%s", staged.name, staged.version, source,
@@ -96,6 +106,7 @@ class _Management(_Loading):
         *,
         signature: Path | None = None,
         allow_downgrade: bool = False,
+        grants: Iterable[str] = (),
     ) -> PluginStatus:
         """Hot reload ``name`` with the version in ``source`` (checked as ``install``
         checks it). A loaded plugin keeps its actor, mailbox and path: the new version
@@ -103,7 +114,8 @@ class _Management(_Loading):
         meanwhile wait and reach the new one. If the new version fails to start (or
         starts unhealthy) the old one keeps serving and its files are put back. A
         version lower than the installed one is refused unless ``allow_downgrade``
-        (then the history records the downgrade).
+        (then the history records the downgrade). A version whose sandbox asks for more
+        than was granted is refused unless ``grants`` cover the rest.
 
         Raises:
             PluginNotFound: ``name`` is not installed.
@@ -121,6 +133,8 @@ class _Management(_Loading):
                     " tool that installed it (pip for entry points, the system's packages)",
                 )
             installed = current.version
+            grants = _grants_or_refuse(source, grants)
+            previous = await self.state.grants(name)
 
             def admit(manifest: Manifest) -> None:  # before any of its code runs
                 new = manifest.metadata
@@ -132,8 +146,13 @@ class _Management(_Loading):
                         f"version {new.version} is lower than the installed {installed};"
                         " pass allow_downgrade (--allow-downgrade) to install it anyway",
                     )
+                self._update_refusal(new, previous, grants)
 
             staged = await self._stage(source, signature, admit)
+            # Granted before the new version starts (its token's scopes follow them); put
+            # back if it fails. What the new version no longer asks for is dropped.
+            requests = staged.manifest.metadata.sandbox.requests()
+            kept = resolve([*previous, *grants], requests)
             target, backup = self.user_dir / name, backup_path(self.user_dir, name)
             try:
                 await trio.to_thread.run_sync(discard, backup)
@@ -145,9 +164,11 @@ class _Management(_Loading):
             staged.folder.rename(target)
             switch = _Switch()
             try:
+                await self.state.set_grants(name, kept, f"at the update to {staged.version}")
                 await self._switch(name, target, switch)
             except BaseException as exc:
                 with trio.CancelScope(shield=True):
+                    await self.state.set_grants(name, previous, "the update was rolled back")
                     await trio.to_thread.run_sync(discard, target)
                     backup.rename(target)
                     await self.discover()
@@ -295,6 +316,13 @@ class _Management(_Loading):
             files=staged.files, signed_by=staged.signed_by,
         )  # fmt: skip
         await self.state.log(staged.name, "verified", f"{staged.version}{signed}")
+
+
+def _grants_or_refuse(source: Path, grants: Iterable[str]) -> tuple[str, ...]:
+    try:
+        return parse_grants(",".join(grants))
+    except ValueError as exc:
+        raise PluginRefused(Path(source).name, str(exc)) from None
 
 
 def _is_lower(version: str, than: str) -> bool:

@@ -1,8 +1,8 @@
-"""The daemon's persistent state in SQLite (WAL): installed plugins, enabled flags and
-their history; the API's tokens (hashed) live in the same file, kept by ``api/_auth.py``
-through :meth:`StateStore.run`. One writer at a time (a lock around a worker thread), so
-concurrent operations stay consistent; the schema carries a version and migrates
-forward."""
+"""The daemon's persistent state in SQLite (WAL): installed plugins, enabled flags, what
+the operator granted each plugin's sandbox, and their history; the API's tokens (hashed)
+live in the same file, kept by ``api/_auth.py`` through :meth:`StateStore.run`. One
+writer at a time (a lock around a worker thread), so concurrent operations stay
+consistent; the schema carries a version and migrates forward."""
 
 from __future__ import annotations
 
@@ -54,6 +54,15 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE plugins ADD COLUMN files TEXT;
     ALTER TABLE plugins ADD COLUMN signed_by TEXT;
+    """,
+    # 4: what the operator granted each plugin's sandbox (request strings: network:*:443)
+    """
+    CREATE TABLE grants (
+        plugin TEXT NOT NULL,
+        grant_text TEXT NOT NULL,
+        granted_at REAL NOT NULL,
+        PRIMARY KEY (plugin, grant_text)
+    );
     """,
 ]
 
@@ -189,6 +198,7 @@ class StateStore:
             with connection:
                 connection.execute("BEGIN IMMEDIATE")
                 connection.execute("DELETE FROM plugins WHERE name = ?", (name,))
+                connection.execute("DELETE FROM grants WHERE plugin = ?", (name,))
                 _log(connection, name, "removed")
 
         await self.run(write)
@@ -221,6 +231,43 @@ class StateStore:
             )
             for row in rows
         }
+
+    async def grants(self, name: str) -> tuple[str, ...]:
+        """What the operator granted ``name`` (request strings), in a stable order."""
+        rows = await self.run(
+            lambda c: c.execute(
+                "SELECT grant_text FROM grants WHERE plugin = ? ORDER BY grant_text", (name,)
+            ).fetchall()
+        )
+        return tuple(row[0] for row in rows)
+
+    async def set_grants(self, name: str, grants: tuple[str, ...] | list[str], why: str) -> None:
+        """Replace what ``name`` is granted with ``grants`` and log it (``why``: granted,
+        revoked, installed...) in its history, in one transaction."""
+
+        def write(connection: sqlite3.Connection) -> None:
+            with connection:
+                connection.execute("BEGIN IMMEDIATE")
+                before = {
+                    row[0]
+                    for row in connection.execute(
+                        "SELECT grant_text FROM grants WHERE plugin = ?", (name,)
+                    )
+                }
+                connection.execute("DELETE FROM grants WHERE plugin = ?", (name,))
+                now = time.time()
+                connection.executemany(
+                    "INSERT INTO grants (plugin, grant_text, granted_at) VALUES (?, ?, ?)",
+                    [(name, grant, now) for grant in dict.fromkeys(grants)],
+                )
+                added = [g for g in dict.fromkeys(grants) if g not in before]
+                removed = sorted(before - set(grants))
+                if added:
+                    _log(connection, name, "granted", f"{why}: {', '.join(added)}")
+                if removed:
+                    _log(connection, name, "revoked", f"{why}: {', '.join(removed)}")
+
+        await self.run(write)
 
     async def history(self, name: str, limit: int = 100) -> list[HistoryEntry]:
         rows = await self.run(

@@ -12,10 +12,11 @@ from .._core._exceptions import (
     PluginNotFound,
 )
 from .._isolation._launch import PluginCall, PluginCounters
-from ._base import _LIFECYCLE, PluginStatus, _HostBase
+from ._base import _LIFECYCLE, PluginStatus
+from ._grants import _Grants
 
 
-class _Status(_HostBase):
+class _Status(_Grants):
     __slots__ = ()
 
     async def status(self, name: str) -> PluginStatus:
@@ -58,6 +59,7 @@ class _Status(_HostBase):
             path=loaded.path if loaded is not None else None,
             pid=counters.pid if state == ChildState.RUNNING.value else None,
             last_restart_at=last_restart_at,
+            sandbox=await self.sandbox_grants(discovered),
         )
 
     async def statuses(self) -> list[PluginStatus]:

@@ -22,6 +22,7 @@ import trio
 from .._core._bus import Event
 from .._core._envelope import Reply
 from .._core._exceptions import PluginCallFailed, PluginCrashed
+from .._plugins._api import PluginAPI
 from .._plugins._model import (
     APIRequest,
     Health,
@@ -35,11 +36,13 @@ from ._launch import (
     TERMINATE_GRACE,
     PluginCounters,
     PluginLaunch,
+    PluginServices,
     plugin_environment,
 )
 from ._log import StderrLog
 from ._protocol import (
     PROTOCOL_VERSION,
+    RUNNER_REQUESTS,
     FrameReader,
     ProtocolError,
     decode_result,
@@ -54,6 +57,7 @@ class InProcessDriver:
     launch: PluginLaunch
     publish: Callable[[str, Any], Awaitable[Any]]
     counters: PluginCounters = attrs.field(factory=lambda: PluginCounters())
+    services: PluginServices = attrs.field(factory=PluginServices)
     _plugin: Plugin | None = None
     _context: PluginContext | None = None
 
@@ -62,9 +66,12 @@ class InProcessDriver:
         plugin_class = launch.plugin_class
         assert plugin_class is not None, "an in-process launch carries its class"
         launch.data_dir.mkdir(parents=True, exist_ok=True)
+        api = PluginAPI(launch.metadata.name, self.services.mint_token)
+        api.prime(await self.services.mint_token())  # minted at each start
         self._context = PluginContext(
-            launch.metadata.name, launch.data_dir, launch.config, self._publish
-        )
+            launch.metadata.name, launch.data_dir, launch.config, self._publish,
+            read_secret=self.services.read_secret, api=api,
+        )  # fmt: skip
         self._plugin = plugin_class()
         await self._plugin.initialize(self._context, launch.config)
         await self._plugin.start(self._context)
@@ -74,8 +81,14 @@ class InProcessDriver:
         return await self.publish(topic, payload)
 
     async def close(self) -> None:
-        if self._plugin is not None and self._context is not None:
-            await self._plugin.stop(self._context)
+        try:
+            if self._plugin is not None and self._context is not None:
+                await self._plugin.stop(self._context)
+        finally:
+            self.services.release()  # its API tokens die with the run
+            if self._context is not None:
+                with trio.CancelScope(shield=True):
+                    await self._context.api.aclose()
 
     async def call(self, handler: str, payload: Any) -> Any:
         assert self._plugin is not None
@@ -103,6 +116,8 @@ class SubprocessDriver:
     counters: PluginCounters
     fork_server: ForkServer | None = None
     """Fork the process from this server (milliseconds) instead of starting Python."""
+    services: PluginServices = attrs.field(factory=PluginServices)
+    _nursery: trio.Nursery | None = None
     _process: trio.Process | ForkedProcess | None = None
     _reader: FrameReader | None = None
     _send_lock: trio.Lock = attrs.field(factory=trio.Lock)
@@ -130,6 +145,9 @@ class SubprocessDriver:
             "data_dir": str(launch.data_dir),
             "limits": attrs.asdict(launch.metadata.limits),
             "parent_pid": os.getpid(),  # the runner exits when this process is gone
+            # Set when it may call the daemon's API: the sandbox lets it reach this port.
+            # (Its token comes in the init frame, over the pipe, never in argv or env.)
+            "daemon_port": self.services.daemon_port,
         }
         env = plugin_environment(launch)
         process: trio.Process | ForkedProcess
@@ -158,8 +176,10 @@ class SubprocessDriver:
                 f"plugin process introduced itself as {hello.get('name')!r},"
                 f" expected {launch.metadata.name!r}"
             )
+        self._nursery = nursery
         nursery.start_soon(self._read_answers)
-        await self._request({"type": "init"})
+        token = await self.services.mint_token()  # minted at each start
+        await self._request({"type": "init", "api_token": attrs.asdict(token) if token else None})
         self._opened = True
 
     async def _start_python(
@@ -226,6 +246,12 @@ class SubprocessDriver:
         gone when this returns (within ``launch.stop_budget``), even if its ``stop``
         hangs, so an old version never outlives a hot swap."""
         self._closing = True
+        try:
+            await self._close()
+        finally:
+            self.services.release()  # its API tokens die with the run
+
+    async def _close(self) -> None:
         process = self._process
         if process is None or process.returncode is not None:
             return
@@ -329,10 +355,45 @@ class SubprocessDriver:
                         await self._process.wait()
                 self._broken = self._describe_exit("it closed its output")
                 return None
+            if frame["type"] in RUNNER_REQUESTS and self._nursery is not None:
+                self._nursery.start_soon(self._answer_runner, frame)
+                continue
             if frame["type"] != "publish":
                 return frame
             self.counters.published += 1
             await self.publish(frame["topic"], frame.get("payload"))
+
+    async def _answer_runner(self, frame: dict[str, Any]) -> None:
+        """Answer the runner's request (``secret``, ``api_token``) with an ``answer``
+        frame of the same id: the value, or the error the plugin raises."""
+        answer: dict[str, Any] = {"type": "answer", "id": frame.get("id")}
+        try:
+            if frame["type"] == "secret":
+                answer["value"] = await self.services.read_secret(str(frame.get("name")))
+            else:
+                token = await self.services.mint_token()
+                answer["value"] = attrs.asdict(token) if token is not None else None
+        except (PermissionError, LookupError) as exc:
+            kind = "PermissionError" if isinstance(exc, PermissionError) else "LookupError"
+            answer.update(error_type=kind, message=str(exc))
+        except Exception as exc:
+            logging.getLogger("cws.plugins").exception(
+                "plugin %s: cannot answer its %s request", self.launch.metadata.name,
+                frame["type"], extra={"plugin": self.launch.metadata.name},
+            )  # fmt: skip
+            answer.update(
+                error_type="RuntimeError",
+                message=f"the daemon could not answer ({type(exc).__name__}; see its log)",
+            )
+        process = self._process
+        if process is None or process.stdin is None or process.returncode is not None:
+            return
+        with (
+            trio.CancelScope(shield=True),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            async with self._send_lock:
+                await send_frame(process.stdin, answer)
 
     async def _read_answers(self) -> None:
         """Hand each answer to the request with its id, until the output ends; then

@@ -4,13 +4,14 @@ environment), the messages it takes, its counters, and the driver interface."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
 import trio
 
+from .._plugins._api import APIToken
 from .._plugins._model import (
     Capabilities,
     Health,
@@ -40,6 +41,32 @@ def allowed_environment(name: str, allowlist: tuple[str, ...] = ENV_ALLOWLIST) -
     env = {key: os.environ[key] for key in allowlist if key in os.environ}
     env["CWS_PLUGIN_NAME"] = name
     return env
+
+
+async def _no_secret(name: str) -> str:
+    raise PermissionError(f"this plugin's sandbox grants it no secret (asked for {name!r})")
+
+
+async def _no_token() -> APIToken | None:
+    return None
+
+
+@attrs.frozen
+class PluginServices:
+    """What the host offers one run of a plugin beyond the bus: its granted secrets and
+    tokens for the daemon's API (both checked against its grants at each use)."""
+
+    read_secret: Callable[[str], Awaitable[str]] = _no_secret
+    """The value of a secret the plugin asks for and was granted; PermissionError (or
+    LookupError: not set) otherwise."""
+    mint_token: Callable[[], Awaitable[APIToken | None]] = _no_token
+    """A fresh token for the daemon's API scoped to the granted ``apis`` (None: none)."""
+    release: Callable[[], None] = lambda: None
+    """Revoke every token minted for this run (it has stopped)."""
+    daemon_port: int | None = None
+    """The daemon's TCP port on 127.0.0.1 when the plugin may call its API (it was
+    granted ``apis``), else None: the sandbox lets it connect there, and nowhere else
+    on the daemon's host unless its ``network`` says so."""
 
 
 @attrs.frozen

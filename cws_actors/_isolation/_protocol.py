@@ -2,21 +2,29 @@
 plugin model's values travel in them.
 
 A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON. The runner
-speaks first: ``{"type": "hello", "protocol": 2, "api_version": ..., "name": ...}``; a
+speaks first: ``{"type": "hello", "protocol": 3, "api_version": ..., "name": ...}``; a
 host refuses a runner that speaks another version. Then the host sends requests
 (``init``, ``call``, ``health``, ``ready``, ``status``, ``stop``), each with an ``id``
 and answered by ``{"type": "result", "id": ..., "value": ...}`` or
 ``{"type": "error", "id": ..., "error_type": ..., "message": ...}``. Requests are
-multiplexed (protocol 2): calls, health, readiness and status run side by side in the
-runner, each in a task of its own, and their answers come in the order they finish;
-``init`` and ``memory_hog`` are handled in line. ``{"type": "cancel", "id": ...}``
-cancels that request's handler (the plugin sees Trio's cancellation; the answer is an
-error of type ``Cancelled``, which nobody waits for). How many run at once is the
-host's to bound (the plugin's ``[concurrency]``). The runner may send
-``{"type": "publish", "topic": ..., "payload": ...}`` at any time. One more request is a fault
-injected on purpose (:mod:`cws_actors.faults`): ``{"type": "memory_hog"}``, on which
-the runner allocates until its memory limit ends the process (exit code 3); it is
-refused with an error when no memory limit is set.
+multiplexed (protocol 2): init, calls, health, readiness and status run side by side in
+the runner, each in a task of its own, and their answers come in the order they finish;
+``memory_hog`` is handled in line. ``init`` carries ``api_token``: the plugin's token for
+the daemon's API (``{"token", "expires_at", "url", "scopes"}``), or null.
+
+Protocol 3 adds requests the other way: the runner asks ``{"type": "secret", "id": R,
+"name": ...}`` (``ctx.secret``) or ``{"type": "api_token", "id": R}`` (a fresh token for
+``ctx.api``), and the host answers ``{"type": "answer", "id": R, "value": ...}`` or
+``{"type": "answer", "id": R, "error_type": "PermissionError" | "LookupError" | ...,
+"message": ...}``. Their ids are the runner's own, apart from the host's.
+
+``{"type": "cancel", "id": ...}`` cancels that request's handler (the plugin sees Trio's
+cancellation; the answer is an error of type ``Cancelled``, which nobody waits for). How
+many run at once is the host's to bound (the plugin's ``[concurrency]``). The runner may
+send ``{"type": "publish", "topic": ..., "payload": ...}`` at any time. One more request
+is a fault injected on purpose (:mod:`cws_actors.faults`): ``{"type": "memory_hog"}``,
+on which the runner allocates until its memory limit ends the process (exit code 3); it
+is refused with an error when no memory limit is set.
 
 The runner's describe mode (``--describe SPEC``) writes one JSON object to stdout and
 exits: the plugin class's :class:`Capabilities` (:func:`encode_capabilities`), read in
@@ -47,7 +55,9 @@ from .._plugins._model import (
     HealthStatus,
 )
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+RUNNER_REQUESTS = frozenset({"secret", "api_token"})
+"""What a runner may ask the host (protocol 3); the host answers with ``answer``."""
 MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 

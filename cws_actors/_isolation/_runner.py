@@ -15,6 +15,7 @@ learns what a subprocess plugin offers without running its code itself.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
 import resource
@@ -29,6 +30,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from .._plugins._api import APIToken, PluginAPI
 from .._plugins._loader import load_plugin_class
 from .._plugins._model import PLUGIN_API_VERSION, Plugin, PluginContext
 from ._protocol import (
@@ -81,10 +83,13 @@ class Runner:
             data_dir=Path(spec["data_dir"]),
             config=spec.get("config", {}),
             publish=self.publish,
+            read_secret=self.ask_secret,
+            api=PluginAPI(spec["name"], self.ask_token),
         )
         self.started = False
         self.send_lock = trio.Lock()  # frames from concurrent handlers never interleave
         self.calls: dict[Any, trio.CancelScope] = {}
+        self.asked = HostRequests(self.send)
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -92,6 +97,13 @@ class Runner:
 
     async def publish(self, topic: str, payload: Any = None) -> None:
         await self.send({"type": "publish", "topic": topic, "payload": payload})
+
+    async def ask_secret(self, name: str) -> str:
+        return str(await self.asked.ask({"type": "secret", "name": name}))
+
+    async def ask_token(self) -> APIToken | None:
+        value = await self.asked.ask({"type": "api_token"})
+        return _token(value)
 
     async def serve(self) -> None:
         await send_frame(
@@ -118,11 +130,13 @@ class Runner:
                         await self._stop()
                         await self.send({"type": "result", "id": request.get("id")})
                         break
-                    if kind == "cancel":
+                    if kind == "answer":  # to a request of ours (protocol 3)
+                        self.asked.answered(request)
+                    elif kind == "cancel":
                         cancelled = self.calls.get(request.get("id"))
                         if cancelled is not None:
                             cancelled.cancel()
-                    elif kind in ("init", "memory_hog"):
+                    elif kind == "memory_hog":
                         await self.send(await self._answer(request))
                     else:  # calls, health, readiness, status: side by side
                         call = self.calls[request.get("id")] = trio.CancelScope()
@@ -179,6 +193,7 @@ class Runner:
         kind = request["type"]
         plugin = self.plugin
         if kind == "init":
+            self.ctx.api.prime(_token(request.get("api_token")))
             await plugin.initialize(self.ctx, self.ctx.config)
             await plugin.start(self.ctx)
             self.started = True
@@ -199,6 +214,44 @@ class Runner:
         if kind == "memory_hog":
             hog_memory()  # its MemoryError exits the process with EXIT_MEMORY
         raise ValueError(f"unknown request type {kind!r}")
+
+
+def _token(value: Any) -> APIToken | None:
+    if not isinstance(value, dict):
+        return None
+    return APIToken(
+        str(value["token"]), float(value["expires_at"]), str(value["url"]),
+        tuple(value.get("scopes", ())),
+    )  # fmt: skip
+
+
+class HostRequests:
+    """The runner's requests to the host (protocol 3), by id, and their answers."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.ids = itertools.count()
+        self.pending: dict[int, tuple[trio.Event, list[dict[str, Any]]]] = {}
+
+    async def ask(self, message: dict[str, Any]) -> Any:
+        request_id = next(self.ids)
+        done, box = self.pending[request_id] = (trio.Event(), [])
+        try:
+            await self.send({**message, "id": request_id})
+            await done.wait()
+        finally:
+            del self.pending[request_id]
+        answer = box[0]
+        if "error_type" in answer:
+            error = {"PermissionError": PermissionError, "LookupError": LookupError}
+            raise error.get(answer["error_type"], RuntimeError)(answer.get("message", ""))
+        return answer.get("value")
+
+    def answered(self, answer: dict[str, Any]) -> None:
+        waiting = self.pending.get(answer.get("id", -1))
+        if waiting is not None:
+            waiting[1].append(answer)
+            waiting[0].set()
 
 
 def run(spec: dict[str, Any]) -> None:

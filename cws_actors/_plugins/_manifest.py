@@ -16,6 +16,7 @@ from .._core._exceptions import ManifestError
 from .._core._mailbox import MailboxConfig, Overflow
 from .._core._ratelimit import RateLimit
 from ._model import Concurrency, Isolation, PluginMetadata, ResourceLimits
+from ._sandbox import LIMIT_KEYS, SANDBOX_KEYS, Sandbox, parse_sandbox
 
 
 @attrs.frozen
@@ -53,11 +54,12 @@ _KNOWN: dict[str, frozenset[str] | None] = {
         {"name", "version", "description", "author", "api_version", "isolation",
          "permissions", "entry"}
     ),
-    "limits": frozenset({"memory_mb", "cpu_seconds", "open_files"}),
+    "limits": frozenset(LIMIT_KEYS),
     "supervision": frozenset({"restart", "backoff_initial", "backoff_max", "probe_period"}),
     "mailbox": frozenset({"capacity", "overflow"}),
     "rate_limit": frozenset({"rate", "burst"}),
     "concurrency": frozenset({"max", "groups"}),
+    "sandbox": SANDBOX_KEYS,
     "config": None,  # the plugin's own settings: any keys
 }  # fmt: skip
 """Every table and key a manifest may have. Anything else is refused, naming the closest
@@ -92,6 +94,15 @@ def parse_manifest(data: Mapping[str, Any], *, source: str) -> Manifest:
     mailbox = reader.table("mailbox")
     rate = reader.table("rate_limit")
     concurrency = reader.table("concurrency")
+    sandbox = reader.table("sandbox")
+    # Limits may be stated in [limits] or [sandbox], not both ways at once.
+    for key in LIMIT_KEYS:
+        if key in sandbox and key in limits and sandbox[key] != limits[key]:
+            raise ManifestError(
+                f"{source}: limits.{key} = {limits[key]!r} and sandbox.{key} ="
+                f" {sandbox[key]!r} disagree; state it once"
+            )
+    limits = {**limits, **{key: sandbox[key] for key in LIMIT_KEYS if key in sandbox}}
     try:
         metadata = PluginMetadata(
             name=reader.get(plugin, "plugin.name", str, required=True),
@@ -105,7 +116,11 @@ def parse_manifest(data: Mapping[str, Any], *, source: str) -> Manifest:
                 memory_mb=reader.get(limits, "limits.memory_mb", int, default=None),
                 cpu_seconds=reader.get(limits, "limits.cpu_seconds", int, default=None),
                 open_files=reader.get(limits, "limits.open_files", int, default=None),
+                cpu_percent=reader.get(limits, "limits.cpu_percent", int, default=None),
+                disk_mb=reader.get(limits, "limits.disk_mb", int, default=None),
+                processes=reader.get(limits, "limits.processes", int, default=None),
             ),
+            sandbox=parse_sandbox(sandbox) if sandbox else Sandbox(declared="sandbox" in data),
             concurrency=Concurrency(
                 max=reader.get(concurrency, "concurrency.max", int, default=1),
                 groups=reader.get(concurrency, "concurrency.groups", dict, default={}),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +18,8 @@ import attrs
 
 from .._core._bus import compile_pattern
 from .._core._ratelimit import RateLimit
+from ._api import PluginAPI
+from ._sandbox import Sandbox
 
 PLUGIN_API_VERSION = "1.0"
 """The plugin API this host speaks: a plugin needing ``M.m`` loads when ``M`` equals our
@@ -88,6 +90,12 @@ class ResourceLimits:
     memory_mb: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(16)))
     cpu_seconds: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
     open_files: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(16)))
+    cpu_percent: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
+    """Share of one CPU over time (100: a whole CPU), enforced through a cgroup."""
+    disk_mb: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
+    """Size of its data folder."""
+    processes: int | None = attrs.field(default=None, validator=_v.optional(_v.ge(1)))
+    """Processes (and threads) of the plugin together, its runner included."""
 
 
 @attrs.frozen
@@ -227,6 +235,7 @@ class PluginMetadata:
     permissions: tuple[str, ...] = attrs.field(default=(), converter=_tuple)
     limits: ResourceLimits = attrs.field(factory=ResourceLimits)
     concurrency: Concurrency = attrs.field(factory=Concurrency)
+    sandbox: Sandbox = attrs.field(factory=Sandbox)
 
 
 @attrs.frozen
@@ -256,16 +265,38 @@ class APIRequest:
     """Values of the ``{name}`` segments of the endpoint's path."""
 
 
+async def _no_secrets(name: str) -> str:
+    raise PermissionError(f"no secret can be read here (asked for {name!r})")
+
+
 @attrs.frozen
 class PluginContext:
     """What the host gives a plugin: its name, a private data folder and its config.
 
-    ``publish`` puts an event on the daemon's bus (``await ctx.publish(topic, data)``)."""
+    ``publish`` puts an event on the daemon's bus (``await ctx.publish(topic, data)``);
+    ``await ctx.secret(name)`` reads a secret the operator stored (``cws secret set``)
+    and granted it; ``ctx.api`` calls the daemon's HTTP API with a token scoped to the
+    ``apis`` it was granted."""
 
     name: str
     data_dir: Path
     config: Mapping[str, Any]
     publish: Any = None
+    read_secret: Callable[[str], Awaitable[str]] = _no_secrets
+    """How :meth:`secret` asks the host (over the pipe, for a subprocess plugin)."""
+    api: PluginAPI = attrs.field(
+        default=attrs.Factory(lambda self: PluginAPI(self.name), takes_self=True)
+    )
+
+    async def secret(self, name: str) -> str:
+        """The secret ``name``'s value.
+
+        Raises:
+            PermissionError: the plugin's ``[sandbox] secrets`` does not name it, or the
+                operator has not granted it (the message says which, and the command).
+            LookupError: it is granted but not set (``cws secret set NAME``).
+        """
+        return await self.read_secret(name)
 
 
 class Plugin:

@@ -31,6 +31,7 @@ async def running_daemon(
     ``wait_for_plugins`` is false. Tests of the token needed to read pass
     ``open_reads=False``, the daemon's default."""
     allowed = settings.pop("in_process_allowed", IN_PROCESS_ALLOWED)
+    default_grants = settings.pop("default_grants", {})
     settings = {
         "entry_points": False,
         "system_dir": home / "system",
@@ -39,7 +40,9 @@ async def running_daemon(
     }
     config = load_config(None, env={}, home=home, port=0, **settings)
     # The operator's [plugins] in_process_allowed, set in the file only: the test plugins.
-    config = attrs.evolve(config, in_process_allowed=tuple(sorted(allowed)))
+    config = attrs.evolve(
+        config, in_process_allowed=tuple(sorted(allowed)), default_grants=default_grants
+    )
     async with trio.open_nursery() as nursery:
         daemon: Daemon = await nursery.start(
             functools.partial(serve_daemon, config, on_url=lambda url: None)

@@ -178,6 +178,7 @@ def test_the_example_names_every_setting_at_its_default_and_passes_check() -> No
     by_field |= {
         "overrides": ("plugins", "overrides"),
         "in_process_allowed": ("plugins", "in_process_allowed"),
+        "default_grants": ("plugins", "default_grants"),
         "durable_topics": ("events", "durable_topics"),
     }
     for field in attrs.fields(DaemonConfig):
@@ -239,3 +240,32 @@ def test_key_lines_follow_headers_dotted_quoted_keys_and_multiline_values() -> N
     }
     assert line_of(lines, ("a", "x", "y")) == 2  # inside a value: the line of its key
     assert line_of(lines, ("z",)) is None
+
+
+def test_default_grants_take_an_array_or_a_table_by_plugin(tmp_path: Path) -> None:
+    from api._config import GRANT_KINDS
+    from api._daemon import host_config
+    from cws_actors._plugins._sandbox import KINDS
+
+    assert GRANT_KINDS == KINDS  # the file's check knows the kinds cws_actors grants
+    path = tmp_path / "cws.toml"
+    path.write_text('[plugins]\ndefault_grants = ["network:loopback", "apis:events:publish"]\n')
+    config = load_config(path, env={})
+    assert config.default_grants == {"*": ("network:loopback", "apis:events:publish")}
+    assert host_config(config).default_grants == config.default_grants
+    path.write_text(
+        '[plugins.default_grants]\n"*" = ["network"]\nmy-plugin = ["all", "secrets:db"]\n'
+    )
+    assert load_config(path, env={}).default_grants == {
+        "*": ("network",), "my-plugin": ("all", "secrets:db")
+    }  # fmt: skip
+    path.write_text('[plugins.default_grants]\nmy-plugin = ["root", "network"]\n')
+    problems = [str(problem) for problem in check_file(path)]
+    assert problems == [
+        f"{path}:2: plugins.default_grants.my-plugin must be an array of grants (all, a kind"
+        " such as network, or a request such as secrets:aws_key) or a table of such arrays"
+        ' by plugin name ("*": every plugin); a string ("root") is not a grant (kinds:'
+        " filesystem, network, exec, secrets, apis)"
+    ]
+    path.write_text('[plugins]\ndefault_grants = "all"\n')
+    assert "plugins.default_grants must be" in str(check_file(path)[0])

@@ -80,9 +80,16 @@ class Lines:
 
 
 async def close_pipes(process: trio.Process) -> None:
-    for pipe in (process.stdin, process.stdout, process.stderr):
-        if pipe is not None:
-            await pipe.aclose()
+    """Kill ``process`` if it still runs, reap it and close its pipes, even when the test
+    that started it is being cancelled (a test that timed out must not leave a zombie or
+    an open pipe to the next one)."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            if pipe is not None:
+                await pipe.aclose()
 
 
 async def wait_until_ready(url: str) -> None:

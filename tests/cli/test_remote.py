@@ -186,9 +186,19 @@ async def test_published_events_that_cannot_be_delivered_are_dead_letters(
     expect(wildcard, 1, err="without wildcards")
 
 
+async def unread(process: trio.Process) -> bytes:
+    """What ``process`` wrote to stderr and nobody read yet (what it says of itself)."""
+    assert process.stderr is not None
+    chunks = []
+    with trio.move_on_after(2):
+        while chunk := await process.stderr.receive_some():
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def test_events_tail_prints_each_published_event(daemon: Daemon) -> None:
     token = await create_token(daemon)
-    env = daemon.env | {"CWS_TOKEN": token}
+    env = daemon.env | {"CWS_TOKEN": token, "PYTHONFAULTHANDLER": "1"}
     with trio.fail_after(TIMEOUT):
         tail = await trio.lowlevel.open_process(
             [CWS, "events", "tail", "--topic", "demo.*"],
@@ -209,10 +219,15 @@ async def test_events_tail_prints_each_published_event(daemon: Daemon) -> None:
                     assert answer.status_code == 202
             assert await Lines(tail.stdout).next() == 'demo.hello {"n": [1, "a"]}'
             tail.send_signal(signal.SIGINT)  # Ctrl-C ends it cleanly
-            assert await tail.wait() == 0
+            with trio.move_on_after(TIMEOUT / 3):
+                await tail.wait()
+            if tail.returncode is None:  # say where it hangs before failing
+                tail.send_signal(signal.SIGABRT)  # faulthandler dumps every thread's stack
+                with trio.move_on_after(2):
+                    await tail.wait()
+                pytest.fail(f"cws events tail ignored Ctrl-C; stderr: {await unread(tail)!r}")
+            assert tail.returncode == 0
         finally:
-            if tail.returncode is None:
-                tail.kill()
             await close_pipes(tail)
 
 

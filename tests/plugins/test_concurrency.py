@@ -212,4 +212,4 @@ async def test_a_runner_that_speaks_another_protocol_is_refused(tmp_path: Path) 
         async with opened(tmp_path) as host:
             with pytest.raises(PluginRefused) as caught:
                 await host.load("gate")
-            assert "spoke protocol 1 in its handshake; this host speaks 2" in str(caught.value)
+            assert "spoke protocol 1 in its handshake; this host speaks 3" in str(caught.value)

@@ -176,7 +176,7 @@ async def test_daemons_opening_one_new_database_migrate_it_once(tmp_path: Path) 
             await trio.to_thread.run_sync(thread.join)
     assert errors == []
     with sqlite3.connect(path) as connection:
-        assert connection.execute("SELECT version FROM cws_schema").fetchall() == [(3,)]
+        assert connection.execute("SELECT version FROM cws_schema").fetchall() == [(4,)]
 
 
 async def test_a_load_racing_a_remove_never_brings_it_back(tmp_path: Path) -> None:

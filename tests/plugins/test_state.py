@@ -21,7 +21,7 @@ async def test_a_new_database_is_private_wal_and_at_the_latest_schema(tmp_path: 
     with trio.fail_after(TIMEOUT):
         store = await StateStore.open(path)
         try:
-            assert await store.schema_version() == 3
+            assert await store.schema_version() == 4
         finally:
             await store.aclose()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -47,7 +47,7 @@ async def test_an_older_database_is_migrated_forward(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         store = await StateStore.open(path)
         try:
-            assert await store.schema_version() == 3
+            assert await store.schema_version() == 4
             await store.set_enabled("echo", False)
             assert not (await store.plugins())["echo"].enabled
         finally:
@@ -98,3 +98,35 @@ async def test_concurrent_installs_and_flags_through_the_host(tmp_path: Path) ->
             assert [(s.name, s.enabled, s.state) for s in statuses] == [
                 (f"p{n}", True, "running") for n in range(6)
             ]
+
+
+async def test_a_version_3_database_gains_grants_and_keeps_its_plugins(tmp_path: Path) -> None:
+    from cws_actors._host._state import _MIGRATIONS
+
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as connection:  # as cws-actors with schema 3 left it
+        for script in _MIGRATIONS[:3]:
+            connection.executescript(script)
+        connection.execute("CREATE TABLE cws_schema (version INTEGER NOT NULL)")
+        connection.execute("INSERT INTO cws_schema VALUES (3)")
+        connection.execute(
+            "INSERT INTO plugins (name, version, source, installed_at) VALUES"
+            " ('old', '1.0', 'user', 0)"
+        )
+    with trio.fail_after(TIMEOUT):
+        store = await StateStore.open(path)
+        try:
+            assert await store.schema_version() == 4
+            assert set(await store.plugins()) == {"old"}
+            assert await store.grants("old") == ()
+            await store.set_grants("old", ["network:*:443", "secrets:k"], "test")
+            await store.set_grants("old", ["network:*:443"], "test")
+            assert await store.grants("old") == ("network:*:443",)
+            events = [(e.event, e.detail) for e in await store.history("old")]
+            assert events == [
+                ("granted", "test: network:*:443, secrets:k"), ("revoked", "test: secrets:k")
+            ]  # fmt: skip
+            await store.forget("old")
+            assert await store.grants("old") == ()
+        finally:
+            await store.aclose()
