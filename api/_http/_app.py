@@ -3,7 +3,7 @@ error a problem document (:mod:`api._http._hooks`)."""
 
 from __future__ import annotations
 
-from quart import Blueprint
+from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 
 from .._daemon import Daemon
@@ -23,6 +23,7 @@ from . import (
 )
 from ._bodies import bounded_request_class
 from ._plugin_endpoints import PLUGIN_ENDPOINTS, PluginEndpoints
+from ._problems import HTTPProblem
 from ._requests import attach_daemon
 
 BLUEPRINTS: tuple[Blueprint, ...] = (
@@ -41,13 +42,27 @@ BLUEPRINTS: tuple[Blueprint, ...] = (
 )
 
 
+class _App(QuartTrio):
+    async def make_default_options_response(self) -> Response:
+        """``OPTIONS``: the methods the path's routes answer (werkzeug's list would count
+        the plugins' catch-all rule, which matches every path); no route is a 404."""
+        endpoints: PluginEndpoints = self.extensions[PLUGIN_ENDPOINTS]
+        allowed = endpoints.allowed_methods(request.path)
+        if not allowed:
+            raise HTTPProblem(404, "Not found", f"no route {request.path}; see /openapi.json")
+        allow = ", ".join(sorted({*allowed, "OPTIONS"}))
+        response = Response("", status=204, headers={"Allow": allow})
+        del response.headers["Content-Type"]  # no content
+        return response
+
+
 def create_app(daemon: Daemon) -> QuartTrio:
     """The app for ``daemon``; serve it with hypercorn's Trio worker.
 
     Create it before loading plugins: it tells the host which paths are the daemon's own
     (``PluginHost.route_guard``), so that no plugin shadows them.
     """
-    app = QuartTrio("cws_actors_daemon")
+    app = _App("cws_actors_daemon")
     app.config["MAX_CONTENT_LENGTH"] = daemon.config.max_upload_bytes
     # Every body is held to its route's limit as it streams in, whatever its framing.
     app.request_class = bounded_request_class(

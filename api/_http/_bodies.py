@@ -63,6 +63,11 @@ class BoundedBody(TrioBody):
         too_large = declared is not None and declared > limit
         self._must_raise = BodyTooLarge(limit, declared) if too_large else None
 
+    @property
+    def complete(self) -> bool:
+        """Has the whole body arrived (or been cut off at its limit)?"""
+        return bool(self._complete.is_set())
+
     def append(self, data: bytes) -> None:
         if not data or self._must_raise is not None:
             return  # past the limit: the rest is drained and dropped, never kept

@@ -14,21 +14,45 @@ from cws_actors import Source
 
 from .._auth import AuthError, Principal, require
 from ._problems import HTTPProblem
-from ._requests import current_daemon, field, json_body, principal
+from ._requests import current_daemon, field, principal
+from ._routes import Access, Body, Reply, Route, checked_body, route
+from ._shapes import INTEGER, STRING, array, obj
 
 blueprint = Blueprint("cli", __name__)
 
+MAX_ARGS = 256
+"""The most words one command line may have."""
+_ARGV = array(STRING, minItems=1, maxItems=MAX_ARGS)
 
-@blueprint.get("/api/v1/cli/commands")
+
+@route(blueprint, Route(
+    "get", "/api/v1/cli/commands", "Every plugin CLI command's spec",
+    (Reply(200, "The commands", obj(["commands"], commands=array(obj(
+        ["plugin", "name", "full_name"], plugin=STRING, name=STRING, full_name=STRING,
+    )))),),
+))  # fmt: skip
 async def cli_commands() -> Any:
     return {"commands": cli_specs()}
 
 
-@blueprint.post("/api/v1/cli/execute")
+@route(blueprint, Route(
+    "post", "/api/v1/cli/execute",
+    "Run a plugin CLI command (the token must hold the command's permissions)",
+    (Reply(200, "What the command printed, and its exit code",
+           obj(["output", "exit_code"], output=STRING, exit_code=INTEGER)),),
+    Access.TOKEN,
+    body=Body({
+        "type": "object",
+        "properties": {"args": _ARGV, "argv": _ARGV},
+        "anyOf": [{"required": ["args"]}, {"required": ["argv"]}],
+        "description": f"an object whose 'args' (or 'argv') lists the command's words (1 to"
+        f" {MAX_ARGS} strings), such as {{\"args\": [\"aws\", \"list\"]}}",
+    }, examples=({"args": ["analytics", "status"]},)),
+    problems=(403, 404, 409, 502, 503, 504),
+))  # fmt: skip
 async def cli_execute() -> Any:
-    who = await principal()  # the caller first: an anonymous body is refused before it is read
-    body = await json_body()
-    argv = field(body, "args", list, aliases=("argv",))
+    who = await principal()
+    argv = field(checked_body(), "args", list, aliases=("argv",))
     if not argv or not all(isinstance(word, str) for word in argv):
         raise HTTPProblem(400, "Bad request", "'args' must be a non-empty list of strings")
     return await execute(argv, who)

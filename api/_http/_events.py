@@ -20,6 +20,8 @@ from cws_actors import Event, EventBus, Subscription, check_topic
 
 from ._problems import HTTPProblem
 from ._requests import current_daemon, field, json_body, principal
+from ._routes import Access, Body, Reply, Route, header, header_value, query, route
+from ._shapes import EVENT
 from ._views import event_view
 
 blueprint = Blueprint("events", __name__)
@@ -34,8 +36,55 @@ reconnects from the last one it got."""
 _PAGE = 1000
 """Durable events read from the store at a time."""
 
+# The routes' declarations (``_routes``): the document's operations and the checks made
+# before each handler runs.
+_WORD = "[A-Za-z0-9_-]+"
+_PATTERN = r"(?:[A-Za-z0-9_-]+|\*|#)(?:\.(?:[A-Za-z0-9_-]+|\*|#)){0,31}"
+PUBLISH = Route(
+    "post", "/api/v1/events", "Publish an event on a topic",
+    (Reply(202, "Published", EVENT),),
+    Access.TOKEN, ("events:publish",),
+    body=Body({
+        "type": "object",
+        "required": ["topic"],
+        "properties": {
+            "topic": {
+                "type": "string", "maxLength": 255,
+                "pattern": rf"^{_WORD}(?:\.{_WORD}){{0,31}}$",
+                "description": "dot-separated words of letters, digits, '_' and '-' without"
+                " wildcards (at most 32 words, 255 characters), such as 'instance.started'",
+            },
+            "payload": {},
+        },
+    }, examples=({"topic": "instance.started", "payload": {"id": "i-1"}},)),
+    problems=(503,),
+)  # fmt: skip
+STREAM = Route(
+    "get", "/api/v1/events/stream",
+    "Follow the event bus (Server-Sent Events; Last-Event-ID replays what was missed)",
+    (Reply(200, "The stream: it starts with `retry:`; then one message per event, its"
+           " `id` (the event's id), `event` (its topic) and `data` (the event as JSON, as"
+           " POST /api/v1/events answers it); `:` comment lines keep it alive and say when"
+           " a replay is incomplete", {"type": "string"}, "text/event-stream",
+           headers={"Cache-Control": "no-cache"}),),
+    Access.EVENTS, ("events:read",),
+    params=(query("topics", {
+        "type": "string", "maxLength": 255, "default": "#",
+        "pattern": rf"^{_PATTERN}(?:,{_PATTERN}){{0,{MAX_STREAM_TOPICS - 1}}}$",
+        "description": "comma-separated topic patterns ('*' one word, '#' any words): at"
+        f" most {MAX_STREAM_TOPICS} topic patterns of at most 32 dot-separated words each,"
+        " at most 255 characters in all",
+    }, "the topic patterns to follow (default: every topic)"),
+    header("Last-Event-ID", {
+        "type": "string", "pattern": "^[0-9]{0,19}$",
+        "description": "the id of an event this stream sent (an integer >= 0; empty: none)",
+    }, "a reconnecting client's last event: the stream first sends what it missed"
+       " (durable topics from the event store, the others from the last"
+       " [events] replay_buffer events kept in memory)"),),
+)  # fmt: skip
 
-@blueprint.post("/api/v1/events")
+
+@route(blueprint, PUBLISH)
 async def publish() -> Any:
     await principal("events:publish")
     body = await json_body()
@@ -64,9 +113,8 @@ async def publish() -> Any:
     return event_view(event), 202
 
 
-@blueprint.get("/api/v1/events/stream")
+@route(blueprint, STREAM)
 async def stream() -> Any:
-    await _may_read_events()
     topics = [t for t in request.args.get("topics", "#").split(",") if t.strip()]
     if len(topics) > MAX_STREAM_TOPICS:
         raise HTTPProblem(
@@ -117,33 +165,11 @@ async def stream() -> Any:
     return response
 
 
-async def _may_read_events() -> None:
-    """``events:read``, unless ``[api] open_events`` and the caller is on loopback (a
-    token presented anyway has been checked by ``refuse_an_invalid_token``)."""
-    daemon = current_daemon()
-    loopback = (request.remote_addr or "").startswith(("127.", "::1"))
-    if daemon.config.open_events and loopback and not request.headers.get("Authorization"):
-        return
-    await principal("events:read")
-
-
 def _last_event_id() -> int | None:
-    """The ``Last-Event-ID`` header (a reconnecting client's last event), if any.
-
-    Raises:
-        HTTPProblem: 400 when it is not an event id this stream sent.
-    """
-    raw = request.headers.get("Last-Event-ID", "").strip()
-    if not raw:
-        return None
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-        raise HTTPProblem(
-            400,
-            "Bad request",
-            f"Last-Event-ID must be the id of an event this stream sent (an integer >= 0),"
-            f" got {raw[:40]!r}",
-        )
-    return int(raw)
+    """The ``Last-Event-ID`` header (a reconnecting client's last event; checked by its
+    declaration in :data:`STREAM`), if any."""
+    raw = (header_value("Last-Event-ID") or "").strip()
+    return int(raw) if raw else None
 
 
 async def _missed(bus: EventBus, subscription: Subscription, after: int) -> tuple[list[Event], str]:

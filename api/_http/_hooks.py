@@ -4,28 +4,41 @@ become problem documents, and requests are counted for the metrics."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 
-from quart import Blueprint, Response, g, request
+from quart import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from .._metrics import method_label
 from ._bodies import BoundedBody
 from ._hosts import allowed_names, host_allowed, host_name
+from ._plugin_endpoints import PLUGIN_ENDPOINTS, PluginEndpoints, method_not_allowed
 from ._problems import HTTPProblem, problem_response
 from ._requests import current_daemon, principal, route_name
+from ._routes import ROUTES, Access
 
 log = logging.getLogger("cws.http")
 
 blueprint = Blueprint("hooks", __name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
-"""What answers without a token even when ``open_reads`` is off."""
-EVENT_STREAM = "/api/v1/events/stream"
-"""Checks its caller itself: the scope ``events:read``, or ``[api] open_events``."""
-SNOOZEBOT_BODY_AUTH = frozenset({"/api/plugins/load", "/api/plugins/unload"})
-"""With ``[api] snoozebot_body_auth``, these find their token in the body (``api_key``)."""
+
+def open_paths() -> frozenset[str]:
+    """What answers without a token even when ``open_reads`` is off: the routes declared
+    open or health (``open_health`` decides those), and the event stream, which checks
+    its caller itself (the scope ``events:read``, or ``[api] open_events``)."""
+    return frozenset(
+        route.path
+        for route in ROUTES
+        if route.access in (Access.OPEN, Access.HEALTH, Access.EVENTS)
+    )
+
+
+def body_key_paths() -> frozenset[str]:
+    """With ``[api] snoozebot_body_auth``, these find their token in the body
+    (``api_key``), and check it themselves."""
+    return frozenset(route.path for route in ROUTES if route.access is Access.BODY_KEY)
 
 
 @blueprint.before_app_request
@@ -44,6 +57,11 @@ async def refuse_a_foreign_host() -> None:
             f"this daemon does not answer to the host {header!r}; expected {expected}"
             " (add a name to [daemon] allowed_hosts)",
         )
+
+
+# The table is complete once the app is made.
+_OPEN_PATHS = functools.cache(open_paths)
+_BODY_KEY_PATHS = functools.cache(body_key_paths)
 
 
 @blueprint.before_app_request
@@ -65,7 +83,7 @@ def _plugin_may_call(plugin: str) -> None:
     that change things check theirs, and the daemon's own reads, which any operator's
     token may make, need ``api:read`` (a plugin endpoint checks its own scopes, and the
     event stream ``events:read``)."""
-    if request.method not in READS or request.path in OPEN_PATHS or request.path == EVENT_STREAM:
+    if request.method not in READS or request.path in _OPEN_PATHS():
         return
     rule = request.url_rule
     if rule is not None and rule.endpoint == "plugin_endpoints.plugin_endpoint":
@@ -82,12 +100,13 @@ def _plugin_may_call(plugin: str) -> None:
 @blueprint.before_app_request
 async def require_a_token_to_read() -> None:
     # Unless [daemon] open_reads: every route needs a valid token but health, readiness
-    # and metrics (``open_health`` decides those) and the dashboard page (it asks for
-    # one). The routes that change things check their scopes themselves.
+    # and metrics (``open_health`` decides those), the dashboard page (it asks for one)
+    # and the event stream (its own rule). The routes that change things check their
+    # scopes themselves.
     config = current_daemon().config
-    if config.open_reads or request.path in OPEN_PATHS or request.path == EVENT_STREAM:
+    if config.open_reads or request.path in _OPEN_PATHS():
         return
-    if config.snoozebot_body_auth and request.path in SNOOZEBOT_BODY_AUTH:
+    if config.snoozebot_body_auth and request.path in _BODY_KEY_PATHS():
         return  # the route reads the body's api_key (or the header) itself
     await principal()
 
@@ -102,6 +121,16 @@ async def on_problem(problem: HTTPProblem) -> Response:
 @blueprint.app_errorhandler(HTTPException)
 async def on_http_error(error: HTTPException) -> Response:
     status = error.code or 500
+    if status == 405:
+        # RFC 9110: a 405 lists what the resource allows (werkzeug's list would count
+        # the plugins' catch-all rule, which matches every path).
+        endpoints: PluginEndpoints = current_app.extensions[PLUGIN_ENDPOINTS]
+        allowed = endpoints.allowed_methods(request.path)
+        if allowed:
+            return problem_response(method_not_allowed(request.method, request.path, allowed))
+        return problem_response(
+            HTTPProblem(404, "Not found", f"no route {request.path}; see /openapi.json")
+        )
     detail = {
         404: f"no route {request.path}; see /openapi.json",
         405: f"{request.method} is not allowed on {request.path}",
@@ -136,6 +165,19 @@ async def on_crash(error: Exception) -> Response:
             correlation_id=correlation_id,
         )
     )
+
+
+@blueprint.after_app_request
+async def close_if_the_body_is_unread(response: Response) -> Response:
+    # An answer given before the request's body has arrived (a 401, 405 or 400 that did
+    # not need it) leaves the rest of that body on the connection, so the daemon closes
+    # that connection after the answer (api/_connections.py); the answer says so
+    # (RFC 9112, 9.6), and the client sends its next request on a new connection.
+    body = request.body
+    declared = request.content_length or "chunked" in request.headers.get("Transfer-Encoding", "")
+    if declared and isinstance(body, BoundedBody) and not body.complete:
+        response.headers["Connection"] = "close"
+    return response
 
 
 @blueprint.after_app_request

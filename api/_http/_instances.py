@@ -8,15 +8,26 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from quart import Blueprint, request
+from quart import Blueprint
 
 from cws_actors import ActorError, HandlerFailed, PluginError
 
 from .._daemon import SERVICE_TYPE
 from ._problems import HTTPProblem, from_error
-from ._requests import current_daemon, json_body, principal
+from ._requests import current_daemon
+from ._routes import Access, Body, Reply, Route, checked_body, path, query, query_value, route
+from ._shapes import BOOLEAN, INTEGER, OBJECT_SCHEMA, STRING, array, obj
 
 blueprint = Blueprint("instances", __name__)
+
+_PROVIDER = path("provider", "the cloud provider plugin's name (aws, gcp)")
+_ID = path(
+    "id",
+    "the instance's id (GCP's are ZONE/NAME)",
+    {"type": "string", "pattern": "^[A-Za-z0-9_.:-]+(?:/[A-Za-z0-9_.:-]+)*$"},
+    converter="path",
+)
+_ERRORS = (400, 404, 409, 429, 502, 503, 504)
 
 # A provider error's type name (in process: the class; in a subprocess: its name) -> HTTP.
 _STATUS = {
@@ -77,10 +88,22 @@ async def call(provider: str, handler: str, payload: Any) -> Any:
     return result
 
 
-@blueprint.get("/api/v1/instances")
+@route(blueprint, Route(
+    "get", "/api/v1/instances", "Instances of every cloud provider (or of one)",
+    (Reply(200, "The instances, and each failing provider's error", obj(
+        ["instances", "count", "providers", "errors"],
+        instances=array(OBJECT_SCHEMA), count=INTEGER, providers=array(STRING),
+        errors=OBJECT_SCHEMA,
+    )),),
+    params=(
+        query("provider", {"type": "string"}, "only this provider's instances"),
+        query("state", {"type": "string"}, "only instances in this state (running...)"),
+    ),
+    problems=(404,),
+))  # fmt: skip
 async def list_instances() -> Any:
     filters: dict[str, Any] = {}
-    state = request.args.get("state")
+    state = query_value("state")
     if state:
         filters["state"] = state
     instances: list[Any] = []
@@ -92,7 +115,7 @@ async def list_instances() -> Any:
         except HTTPProblem as problem:
             errors[provider] = {"status": problem.status, "detail": problem.detail}
 
-    asked = providers(request.args.get("provider"))
+    asked = providers(query_value("provider"))
     async with trio.open_nursery() as nursery:
         for provider in asked:
             nursery.start_soon(one, provider)
@@ -105,20 +128,29 @@ async def list_instances() -> Any:
             "errors": errors}  # fmt: skip
 
 
-@blueprint.get("/api/v1/instances/<provider>/<path:instance_id>")  # GCP ids are zone/name
-async def get_instance(provider: str, instance_id: str) -> Any:
+@route(blueprint, Route(
+    "get", "/api/v1/instances/{provider}/{id}", "One instance",
+    (Reply(200, "The instance", OBJECT_SCHEMA),),
+    params=(_PROVIDER, _ID), problems=_ERRORS,
+))  # fmt: skip
+async def get_instance(provider: str, id: str) -> Any:
+    instance_id = id
     (name,) = providers(provider)
     return await call(name, "get_instance", {"id": instance_id})
 
 
-@blueprint.post("/api/v1/instances/<provider>/<path:instance_id>/<action>")
-async def act(provider: str, instance_id: str, action: str) -> Any:
-    await principal("instances:manage")
-    if action not in ("start", "stop"):
-        raise HTTPProblem(404, "Not found", f"unknown action {action!r}; expected start or stop")
-    body = await json_body(required=False) or {}
-    if not isinstance(body, dict):
-        raise HTTPProblem(400, "Bad request", "the body must be a JSON object")
+@route(blueprint, Route(
+    "post", "/api/v1/instances/{provider}/{id}/{action}", "Start or stop an instance",
+    (Reply(200, "The instance", OBJECT_SCHEMA),),
+    Access.TOKEN, ("instances:manage",),
+    params=(_PROVIDER, _ID, path("action", "start or stop",
+                                 {"type": "string", "enum": ["start", "stop"]})),
+    body=Body(obj(wait=BOOLEAN, hibernate=BOOLEAN), required=False),
+    problems=_ERRORS,
+))  # fmt: skip
+async def act(provider: str, id: str, action: str) -> Any:
+    instance_id = id
+    body = checked_body()
     (name,) = providers(provider)
     payload = {"id": instance_id, "wait": bool(body.get("wait")),
                "hibernate": bool(body.get("hibernate"))}  # fmt: skip

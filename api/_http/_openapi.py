@@ -1,265 +1,200 @@
-"""The OpenAPI 3.1 document: the daemon's core routes plus the loaded plugins' routes."""
+"""The OpenAPI 3.1 document, generated from the route table the app serves: the core
+routes' declarations (:data:`api._http._routes.ROUTES`, the same records that register
+them with Quart and check their requests) and the loaded plugins' endpoint specs.
+
+Who may call a route depends on the daemon's configuration (``open_reads``,
+``open_health``), so the document is made for the daemon that serves it."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import re
+from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
-
-import attrs
 
 from cws_actors import APIEndpointSpec
 
-_PROBLEM = {"$ref": "#/components/responses/Problem"}
-_OBJECT: dict[str, Any] = {"type": "object"}
+from .._config import DaemonConfig
+from ._problems import PROBLEM_TYPE
+from ._routes import JSON, MULTIPART, ROUTES, Access, Param, Reply, Route
+from ._shapes import COMPONENTS
+
+_BEARER = "bearer"
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+"""RFC 9457: every error answer (more members may follow: ``waiting``, ``plugin``...)."""
+
+_PROBLEM_HEADERS = {
+    401: {"WWW-Authenticate": 'Bearer realm="cws"'},
+    405: {"Allow": "the methods the resource answers"},
+    429: {"Retry-After": "whole seconds to wait"},
+    503: {"Retry-After": "whole seconds to wait"},
+}
+_PLUGIN_PROBLEMS = (400, 401, 404, 413, 421, 429, 500, 502, 503, 504)
+"""What the daemon itself may answer on a plugin's route (the plugin answers the rest);
+404 once the plugin is unloaded."""
 
 
-@attrs.frozen
-class _Core:
-    method: str
-    path: str
-    summary: str
-    scope: str | None = None
-    """None: open; "": any valid token; else the scope needed."""
-    body: dict[str, Any] | None = None
-    query: tuple[str, ...] = ()
+def _security(config: DaemonConfig, access: Access, scopes: tuple[str, ...]) -> Any:
+    """The operation's ``security``, or None when it needs no token."""
+    needs_token = (
+        access is Access.TOKEN
+        or (access is Access.READ and not config.open_reads)
+        or (access is Access.HEALTH and not config.open_health)
+    )
+    if needs_token:
+        return [{_BEARER: list(scopes)}]
+    # A token, or none: the stream with open_events (on loopback), Snoozebot's load and
+    # unload with snoozebot_body_auth (the body's api_key: OpenAPI has no scheme for it).
+    optional = (access is Access.EVENTS and config.open_events) or (
+        access is Access.BODY_KEY and config.snoozebot_body_auth
+    )
+    if access in (Access.EVENTS, Access.BODY_KEY):
+        return [{_BEARER: list(scopes)}, {}] if optional else [{_BEARER: list(scopes)}]
+    return None
 
 
-def _object(required: list[str], **properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties}
+def _parameter(param: Param) -> dict[str, Any]:
+    parameter: dict[str, Any] = {
+        "name": param.name,
+        "in": param.location,
+        "required": param.required or param.location == "path",
+        "description": param.description,
+        "schema": param.schema,
+    }
+    return parameter
 
 
-_STRING = {"type": "string"}
-_CORE = [
-    _Core(
-        "get", "/api/v1/instances", "Instances of every cloud provider", query=("provider", "state")
-    ),
-    _Core("get", "/api/v1/instances/{provider}/{id}", "One instance"),
-    _Core(
-        "post",
-        "/api/v1/instances/{provider}/{id}/{action}",
-        "start or stop an instance",
-        "instances:manage",
-        _object([], wait={"type": "boolean"}, hibernate={"type": "boolean"}),
-    ),
-    _Core(
-        "post",
-        "/api/v1/faults",
-        "Inject faults: target (path or glob), spec (compact text, object or list), id",
-        "faults:inject",
-        _object(["target", "spec"], target=_STRING, spec={}, id=_STRING)
-        | {
-            "examples": [
-                {"target": "/plugins/aws", "spec": "crash:0.05 for 1m"},
-                {
-                    "target": "/plugins/*",
-                    "spec": ["latency:10ms..50ms", {"kind": "drop", "probability": 0.01}],
-                },
-            ]
-        },
-    ),
-    _Core(
-        "get", "/api/v1/faults", "Active faults (all=true: finished ones too)", "", query=("all",)
-    ),
-    _Core("get", "/api/v1/faults/firings", "The latest firings of faults", ""),
-    _Core("get", "/api/v1/faults/{id}", "One fault", ""),
-    _Core("delete", "/api/v1/faults/{id}", "Clear one fault", "faults:inject"),
-    _Core(
-        "delete",
-        "/api/v1/faults",
-        "Clear all faults, or those of a target",
-        "faults:inject",
-        query=("target",),
-    ),
-    _Core(
-        "post",
-        "/api/v1/chaos",
-        "Start a chaos run: faults, target, duration, seed, rate, ask_timeout, settle",
-        "faults:inject",
-        _object(
-            ["faults"],
-            faults={},
-            target=_STRING,
-            duration={},
-            seed={"type": "integer"},
-            rate={"type": "number"},
-            ask_timeout={},
-            settle={},
-        )
-        | {
-            "examples": [
-                {
-                    "faults": "crash:0.05,latency:10ms..50ms",
-                    "target": "/plugins/*",
-                    "duration": "60s",
-                    "seed": 42,
-                    "rate": 20,
-                },
-            ]
-        },
-    ),
-    _Core("get", "/api/v1/chaos", "Chaos runs, the latest last", ""),
-    _Core("get", "/api/v1/chaos/{id}", "A chaos run: progress, then its report", ""),
-    _Core("delete", "/api/v1/chaos/{id}", "End a chaos run early", "faults:inject"),
-    _Core("get", "/healthz", "Liveness of the daemon"),
-    _Core("get", "/readyz", "Readiness of the daemon"),
-    _Core("get", "/metrics", "Prometheus metrics"),
-    _Core("get", "/openapi.json", "This document"),
-    _Core("get", "/api/v1/daemon", "The daemon's version, URL and configuration source", ""),
-    _Core("get", "/api/v1/plugins", "Every discovered plugin and its status"),
-    _Core("get", "/api/v1/plugins/discover", "Scan the plugin sources again"),
-    _Core("get", "/api/v1/plugins/{name}", "One plugin: status, history, its own status"),
-    _Core(
-        "post",
-        "/api/v1/plugins/{name}/{operation}",
-        "load, unload, enable, disable, reload; update (multipart: archive, signature,"
-        " grant, allow_downgrade); grant or revoke (JSON: grants, a list or a"
-        " comma-separated string; granting secrets or all needs admin, apis:SCOPE needs"
-        " SCOPE)",
-        "plugins:manage",
-    ),
-    _Core(
-        "post",
-        "/api/v1/plugins/install",
-        "Install a .cwsplugin archive (multipart: archive, signature, grant: what its"
-        " sandbox is granted, comma-separated); 409 with `ungranted` when it asks for more",
-        "plugins:manage",
-    ),
-    _Core("get", "/api/v1/secrets", "The secrets' names (never their values)", "admin"),
-    _Core(
-        "put",
-        "/api/v1/secrets/{name}",
-        "Set a secret for the plugins granted it (201 new, 200 replaced)",
-        "admin",
-        _object(["value"], value=_STRING),
-    ),
-    _Core("delete", "/api/v1/secrets/{name}", "Forget a secret", "admin"),
-    _Core(
-        "delete",
-        "/api/v1/plugins/{name}",
-        "Remove a user plugin",
-        "plugins:manage",
-        query=("purge_data",),
-    ),
-    _Core("get", "/api/plugins", "Snoozebot: loaded plugins"),
-    _Core("get", "/api/plugins/discover", "Snoozebot: discovered plugins"),
-    _Core("get", "/api/plugins/{name}", "Snoozebot: one plugin"),
-    _Core(
-        "post",
-        "/api/plugins/load",
-        "Snoozebot: load a plugin",
-        "plugins:manage",
-        _object(
-            ["plugin_name"],
-            plugin_name=_STRING,
-            api_key=_STRING,
-            timeout_seconds={"type": "integer", "maximum": 3600},  # <= 0: 30
-            retries={"type": "integer", "maximum": 100},  # tries in all; <= 0: 1
-        ),
-    ),
-    _Core(
-        "post",
-        "/api/plugins/unload",
-        "Snoozebot: unload a plugin",
-        "plugins:manage",
-        _object(["plugin_name"], plugin_name=_STRING, api_key=_STRING, force={"type": "boolean"}),
-    ),
-    _Core("get", "/api/v1/actors", "The actor tree"),
-    _Core("get", "/api/v1/actors/{path}", "One actor or subtree"),
-    _Core("post", "/api/v1/actors/{path}/restart", "Restart an actor", "admin"),
-    _Core("post", "/api/v1/actors/{path}/clear-quarantine", "Start it again", "admin"),
-    _Core("get", "/api/v1/dead-letters", "Recent dead letters", query=("limit",)),
-    _Core(
-        "post",
-        "/api/v1/events",
-        "Publish an event",
-        "events:publish",
-        _object(["topic"], topic=_STRING, payload={}),
-    ),
-    _Core(
-        "get",
-        "/api/v1/events/stream",
-        "Server-Sent Events (Last-Event-ID replays what was missed)",
-        "events:read",
-        query=("topics",),
-    ),
-    _Core("get", "/api/v1/cli/commands", "Every plugin CLI command's spec"),
-    _Core(
-        "post",
-        "/api/v1/cli/execute",
-        "Run a plugin CLI command",
-        "",
-        _object(["args"], args={"type": "array", "items": _STRING, "minItems": 1}),
-    ),
-]
+def _reply(reply: Reply) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": reply.description}
+    if reply.schema is not None:
+        answer["content"] = {reply.content_type: {"schema": reply.schema}}
+    if reply.headers:
+        answer["headers"] = _headers(reply.headers)
+    return answer
 
 
-def _parameters(path: str, query: tuple[str, ...]) -> list[dict[str, Any]]:
-    names = re.findall(r"\{([^}]+)\}", path)
-    params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in names
-    ]
-    params += [{"name": name, "in": "query", "schema": {"type": "string"}} for name in query]
-    return params
+def _headers(headers: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        name: {"description": what, "schema": {"type": "string"}} for name, what in headers.items()
+    }
 
 
-def _operation(
-    summary: str, scope: str | None, body: dict[str, Any] | None, params: list[dict[str, Any]]
-) -> dict[str, Any]:
-    ok = {"description": "OK", "content": {"application/json": {"schema": _OBJECT}}}
-    operation: dict[str, Any] = {"summary": summary, "responses": {"200": ok, "default": _PROBLEM}}
-    if params:
-        operation["parameters"] = params
-    if scope is not None:
-        operation["security"] = [{"bearer": [scope] if scope else []}]
-    if body is not None:
+def _problem(status: int) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": f"{HTTPStatus(status).phrase} (a problem document)",
+        "content": {PROBLEM_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if status in _PROBLEM_HEADERS:
+        answer["headers"] = _headers(_PROBLEM_HEADERS[status])
+    return answer
+
+
+def _operation(config: DaemonConfig, route: Route) -> dict[str, Any]:
+    responses = {str(reply.status): _reply(reply) for reply in route.replies}
+    for status in route.problem_statuses():
+        responses.setdefault(str(status), _problem(status))
+    operation: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": _operation_id(route.method, route.path),
+        "responses": dict(sorted(responses.items())),
+    }
+    if route.params:
+        operation["parameters"] = [_parameter(param) for param in route.params]
+    security = _security(config, route.access, route.scopes)
+    if security is not None:
+        operation["security"] = security
+    if route.body is not None:
+        media: dict[str, Any] = {"schema": route.body.schema}
+        if route.body.examples:
+            media["examples"] = {
+                f"example{n}": {"value": value} for n, value in enumerate(route.body.examples, 1)
+            }
+        if route.body.content_type == MULTIPART:
+            # Files: the daemon reads their bytes whatever content type a part declares.
+            media["encoding"] = {
+                name: {"contentType": "application/octet-stream"}
+                for name, field in route.body.schema.get("properties", {}).items()
+                if field.get("format") == "binary"
+            }
         operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": body}},
+            "required": route.body.required,
+            "content": {route.body.content_type: media},
         }
     return operation
 
 
-def openapi_document(plugins: list[tuple[str, APIEndpointSpec]]) -> dict[str, Any]:
+def _operation_id(method: str, path: str) -> str:
+    words = re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_")
+    if path.endswith("/") and words:
+        words += "_slash"  # /api/plugins/ is not /api/plugins
+    return f"{method.lower()}_{words or 'root'}"
+
+
+def _plugin_operation(config: DaemonConfig, plugin: str, spec: APIEndpointSpec) -> dict[str, Any]:
+    access = Access.TOKEN if spec.protected or spec.permissions else Access.READ
+    responses: dict[str, Any] = {
+        str(status): _problem(status)
+        for status in sorted({*_PLUGIN_PROBLEMS, *((403,) if spec.permissions else ())})
+    }
+    # The plugin chooses its answer's status and JSON; the daemon knows no more of it.
+    responses["default"] = {
+        "description": f"The answer of plugin {plugin!r} (JSON; its status is the plugin's)",
+        "content": {JSON: {"schema": {}}},
+    }
+    operation: dict[str, Any] = {
+        "summary": f"{plugin}: {spec.handler}",
+        "operationId": f"plugin_{plugin}_" + _operation_id(spec.method, spec.path),
+        "tags": [f"plugin:{plugin}"],
+        "responses": responses,
+    }
+    security = _security(config, access, spec.permissions)
+    if security is not None:
+        operation["security"] = security
+    names = re.findall(r"\{([^}]+)\}", spec.path)
+    if names:
+        operation["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in names
+        ]
+    if spec.method != "GET":
+        operation["requestBody"] = {"required": False, "content": {JSON: {"schema": {}}}}
+    return operation
+
+
+def openapi_document(
+    config: DaemonConfig, plugins: list[tuple[str, APIEndpointSpec]]
+) -> dict[str, Any]:
+    """The document for a daemon configured by ``config`` serving ``plugins``' routes."""
     paths: dict[str, dict[str, Any]] = {}
-    for core in _CORE:
-        paths.setdefault(core.path, {})[core.method] = _operation(
-            core.summary, core.scope, core.body, _parameters(core.path, core.query)
-        )
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(config, route)
     for plugin, spec in plugins:
-        scope = " ".join(spec.permissions) if spec.permissions else ("" if spec.protected else None)
-        operation = _operation(f"{plugin}: {spec.handler}", scope, None, _parameters(spec.path, ()))
-        operation["tags"] = [f"plugin:{plugin}"]
-        paths.setdefault(spec.path, {})[spec.method.lower()] = operation
+        paths.setdefault(spec.path, {})[spec.method.lower()] = _plugin_operation(
+            config, plugin, spec
+        )
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "cws-actors daemon",
             "version": importlib.metadata.version("cws-actors"),
-            "description": "Plugins as supervised actors: manage them, watch them, call them.",
+            "description": "Plugins as supervised actors: manage them, watch them, call them."
+            " Generated from the daemon's route table: every route, its parameters and"
+            " bounds (the ones enforced), its body, and every answer it gives.",
         },
         "paths": dict(sorted(paths.items())),
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "responses": {
-                "Problem": {
-                    "description": "An error (RFC 9457)",
-                    "content": {
-                        "application/problem+json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["type", "title", "status", "detail"],
-                                "properties": {
-                                    "type": {"type": "string"},
-                                    "title": {"type": "string"},
-                                    "status": {"type": "integer"},
-                                    "detail": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                }
-            },
+            "securitySchemes": {_BEARER: {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Problem": PROBLEM_SCHEMA, **COMPONENTS},
         },
     }

@@ -16,8 +16,7 @@ from typing import Any
 import attrs
 from quart import Blueprint, Response, current_app, g, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
+from werkzeug.routing import Map, MapAdapter, Rule
 
 from cws_actors import (
     ActorError,
@@ -34,6 +33,7 @@ from cws_actors import (
 from .._daemon import Daemon
 from ._problems import HTTPProblem, from_error, rate_limit_headers
 from ._requests import PLUGIN_ROUTE, current_daemon, json_body, principal
+from ._routes import resource
 
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 PLUGIN_ENDPOINTS = "plugin_endpoints"
@@ -101,7 +101,22 @@ class PluginEndpoints:
             )
         return None
 
+    def allowed_methods(self, path: str) -> list[str]:
+        """Every method some route (the daemon's or a plugin's) answers at ``path``, HEAD
+        with GET; empty when no route has that path (a 405's ``Allow`` header: the
+        answer to ``OPTIONS`` adds ``OPTIONS``)."""
+        methods = {
+            spec.method for _, spec in self.endpoints() if _compile(spec.path).fullmatch(path)
+        }
+        core = resource(path)
+        if core is not None:
+            methods |= core[1]
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
+
     def match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
+        method = "GET" if method == "HEAD" else method
         allowed = []
         for plugin, spec in self.endpoints():
             found = _compile(spec.path).fullmatch(path)
@@ -110,26 +125,25 @@ class PluginEndpoints:
             if spec.method == method:
                 return _Route(plugin, spec, found.re), found.groupdict()
             allowed.append(spec.method)
-        if not allowed:
-            try:
-                self._core().match(path, method=method)
-            except MethodNotAllowed as exc:
-                allowed = sorted(exc.valid_methods or ())
-            except (NotFound, RequestRedirect):
-                pass
-        if allowed:
-            raise HTTPProblem(
-                405,
-                "Method not allowed",
-                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                headers={"Allow": ", ".join(allowed)},
-            )
+        if allowed or resource(path) is not None:
+            raise method_not_allowed(method, path, self.allowed_methods(path))
         raise HTTPProblem(404, "Not found", f"no route {path}; see /openapi.json")
 
     def take(self, route: _Route, limit: RateLimit, who: str) -> tuple[float, int]:
         key = (route.plugin, route.spec.method, route.spec.path, who if limit.per_source else "")
         bucket = self._buckets.bucket(key, limit)
         return bucket.take(), bucket.remaining()
+
+
+def method_not_allowed(method: str, path: str, allowed: list[str]) -> HTTPProblem:
+    """The 405 for ``method`` at ``path``, its ``Allow`` header listing ``allowed``."""
+    usable = [name for name in allowed if name not in ("HEAD", "OPTIONS")] or allowed
+    return HTTPProblem(
+        405,
+        "Method not allowed",
+        f"{method} is not allowed on {path}; use {', '.join(usable)}",
+        headers={"Allow": ", ".join(allowed)},
+    )
 
 
 @blueprint.route("/<path:subpath>", methods=_METHODS, strict_slashes=False)

@@ -24,28 +24,115 @@ from cws_actors import (
 
 from .._auth import Principal
 from .._daemon import Daemon
-from ._problems import HTTPProblem, from_error
-from ._requests import current_daemon, guarded, json_body, principal
+from ._problems import PROBLEM_TYPE, HTTPProblem, from_error
+from ._requests import current_daemon, guarded, principal
+from ._routes import (
+    MULTIPART,
+    Access,
+    Body,
+    Reply,
+    Route,
+    checked_body,
+    path,
+    query,
+    query_value,
+    route,
+)
+from ._shapes import BOOLEAN, DISCOVERY, INTEGER, PLUGIN, REFUSED, STRING, array, obj
 from ._views import plugin_view
 
 blueprint = Blueprint("plugins", __name__)
+
+PLUGIN_NAME = {
+    "type": "string",
+    "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$",
+    "description": "a plugin's name: lowercase letters, digits, '_' and '-' (at most 63)",
+}
+"""What a plugin may be named (its manifest's rule)."""
+PLUGIN_ERRORS = (404, 409, 429, 502, 503, 504)
+"""What the host's and the runtime's errors become (``_problems.from_error``)."""
+MANAGE = ("plugins:manage",)
+NAME = path("name", "the plugin's name", PLUGIN_NAME)
+GRANTS_TEXT = (
+    "comma-separated grants: all, a kind (filesystem, network, exec, secrets, apis) or a"
+    " request such as secrets:aws_key or network:*:443; granting secrets or all needs admin,"
+    " apis:SCOPE needs SCOPE (a 400 names a grant that is not one, a 403 the scope missing)"
+)
+REFUSED_REPLY = Reply(
+    409,
+    "Refused (a problem document): the plugin's state forbids it, or its sandbox asks for"
+    " what is not granted (SandboxNotGranted: `ungranted` and `requests` say what)",
+    REFUSED,
+    PROBLEM_TYPE,
+)
+"""A 409: ``PluginRefused``, and ``SandboxNotGranted`` naming what to grant."""
+ARCHIVE = Body(
+    {
+        "type": "object",
+        "required": ["archive"],
+        "properties": {
+            "archive": {"type": "string", "format": "binary",
+                        "description": "the .cwsplugin archive (a zip file)"},
+            "signature": {"type": "string", "format": "binary",
+                          "description": "its minisign signature (.minisig)"},
+            "grant": {"type": "string", "default": "",
+                      "description": f"what its sandbox is granted: {GRANTS_TEXT}"},
+        },
+    },
+    MULTIPART,
+)  # fmt: skip
+"""An uploaded plugin archive (``install``, ``update``)."""
+UPDATE = Body(
+    ARCHIVE.schema
+    | {
+        "properties": ARCHIVE.schema["properties"]
+        | {
+            "allow_downgrade": {
+                "type": "string",
+                "pattern": r"^\s*(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|[Yy][Ee][Ss]|[Nn][Oo]"
+                r"|1|0)\s*$",
+                "default": "false",
+                "description": "true or false (also yes/no, 1/0; any case): install a lower"
+                " version than the one installed",
+            },
+        }
+    },
+    MULTIPART,
+)
+"""An update's upload: the archive, and whether it may lower the version."""
+GRANTS = Body(
+    obj(["grants"], grants={
+        "type": ["string", "array"], "items": STRING,
+        "description": f"{GRANTS_TEXT}; or a list of them",
+    }),
+    examples=({"grants": "network,secrets:aws_key"},
+              {"grants": ["network", "apis:events:publish"]}),
+)  # fmt: skip
+"""``grant`` and ``revoke``: what to grant or take back."""
 
 _MAX_FILENAME_BYTES = 255
 """The longest upload file name (in UTF-8) that is staged: what most file systems take."""
 
 OPERATIONS = ("load", "unload", "enable", "disable", "reload")
 """``POST /api/v1/plugins/<name>/<operation>``: the host's methods of those names
-(``update`` is an upload)."""
+(``update`` is an upload; ``grant`` and ``revoke`` take a JSON body)."""
 
 
-@blueprint.get("/api/v1/plugins")
+@route(blueprint, Route(
+    "get", "/api/v1/plugins", "Every discovered plugin and its status",
+    (Reply(200, "The plugins", obj(["plugins", "count"], plugins=array(PLUGIN),
+                                    count=INTEGER)),),
+))  # fmt: skip
 async def plugins() -> Any:
     host = current_daemon().host
     views = [plugin_view(host, status) for status in await host.statuses()]
     return {"plugins": views, "count": len(views)}
 
 
-@blueprint.get("/api/v1/plugins/discover")
+@route(blueprint, Route(
+    "get", "/api/v1/plugins/discover", "Scan the plugin sources again",
+    (Reply(200, "What the sources hold, loaded or not", DISCOVERY),),
+))  # fmt: skip
 async def discover() -> Any:
     return await discovery(current_daemon())
 
@@ -71,7 +158,12 @@ async def discovery(daemon: Daemon) -> dict[str, Any]:
     }
 
 
-@blueprint.get("/api/v1/plugins/<name>")
+@route(blueprint, Route(
+    "get", "/api/v1/plugins/{name}", "One plugin: status, history, its own status",
+    (Reply(200, "The plugin", PLUGIN),),
+    params=(NAME,),
+    problems=(404,),
+))  # fmt: skip
 async def plugin(name: str) -> Any:
     host = current_daemon().host
     status = await guarded(host.status(name))
@@ -88,30 +180,14 @@ async def plugin(name: str) -> Any:
     return view
 
 
-@blueprint.post("/api/v1/plugins/<name>/<operation>")
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/{operation}", "Load, unload, enable, disable or reload",
+    (Reply(200, "The plugin, after the operation", PLUGIN), REFUSED_REPLY),
+    Access.TOKEN, MANAGE,
+    params=(NAME, path("operation", "what to do", {"type": "string", "enum": list(OPERATIONS)})),
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
 async def plugin_operation(name: str, operation: str) -> Any:
-    who = await principal("plugins:manage")
-    if operation == "update":
-        return await upload(name)
-    if operation in ("grant", "revoke"):
-        body = await json_body()
-        value = body.get("grants") if isinstance(body, dict) else None
-        if not isinstance(value, str | list):
-            raise HTTPProblem(
-                400, "Bad request",
-                'the body is {"grants": "network,secrets:aws_key"} (or a list of grants)',
-            )  # fmt: skip
-        grants = grants_of(value)
-        if operation == "grant":
-            may_grant(who, grants)
-        host = current_daemon().host
-        try:
-            await getattr(host, operation)(name, grants)
-        except ValueError as exc:
-            raise HTTPProblem(400, "Bad request", str(exc)) from None
-        except (ActorError, PluginError) as exc:
-            raise from_error(exc, plugin=name) from None
-        return plugin_view(host, await guarded(host.status(name)))
     if operation not in OPERATIONS:
         raise HTTPProblem(
             404,
@@ -125,16 +201,83 @@ async def plugin_operation(name: str, operation: str) -> Any:
     return plugin_view(host, await guarded(host.status(name)))
 
 
-@blueprint.post("/api/v1/plugins/install")
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/grant",
+    "Grant what a plugin's sandbox asks for (granting secrets or all needs admin,"
+    " apis:SCOPE needs SCOPE: a token cannot give a plugin more than it holds)",
+    (Reply(200, "The plugin, its `sandbox` after the grant", PLUGIN),),
+    Access.TOKEN, MANAGE,
+    params=(NAME,),
+    body=GRANTS,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
+async def grant(name: str) -> Any:
+    return await change_grants(name, "grant")
+
+
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/revoke",
+    "Take back what a plugin was granted (its API tokens are revoked at once)",
+    (Reply(200, "The plugin, its `sandbox` after the revocation", PLUGIN),),
+    Access.TOKEN, MANAGE,
+    params=(NAME,),
+    body=GRANTS,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
+async def revoke(name: str) -> Any:
+    return await change_grants(name, "revoke")
+
+
+async def change_grants(name: str, operation: str) -> Any:
+    """``grant`` or ``revoke`` the checked body's ``grants``: a 400 names a grant that is
+    not one, or one that covers nothing the plugin asks for (or holds)."""
+    grants = grants_of(checked_body()["grants"])
+    if operation == "grant":
+        may_grant(await principal(), grants)
+    host = current_daemon().host
+    try:
+        await getattr(host, operation)(name, grants)
+    except ValueError as exc:
+        raise HTTPProblem(400, "Bad request", str(exc)) from None
+    except (ActorError, PluginError) as exc:
+        raise from_error(exc, plugin=name) from None
+    return plugin_view(host, await guarded(host.status(name)))
+
+
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/{name}/update", "Update a plugin from an uploaded archive",
+    (Reply(200, "The plugin, updated", PLUGIN), REFUSED_REPLY),
+    Access.TOKEN, MANAGE,
+    params=(NAME,),
+    body=UPDATE,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
+async def update(name: str) -> Any:
+    return await upload(name)
+
+
+@route(blueprint, Route(
+    "post", "/api/v1/plugins/install", "Install a .cwsplugin archive",
+    (Reply(201, "The plugin, installed", PLUGIN), REFUSED_REPLY),
+    Access.TOKEN, MANAGE,
+    body=ARCHIVE,
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
 async def install() -> Any:
-    await principal("plugins:manage")
     return await upload(None)
 
 
-@blueprint.delete("/api/v1/plugins/<name>")
+@route(blueprint, Route(
+    "delete", "/api/v1/plugins/{name}", "Remove a user plugin",
+    (Reply(200, "Removed", obj(["removed", "purged_data"], removed=STRING,
+                               purged_data=BOOLEAN)),),
+    Access.TOKEN, MANAGE,
+    params=(NAME, query("purge_data", {"type": "boolean", "default": False},
+                        "also delete the plugin's data folder")),
+    problems=PLUGIN_ERRORS,
+))  # fmt: skip
 async def remove(name: str) -> Any:
-    await principal("plugins:manage")
-    purge = request.args.get("purge_data", "false").lower() in ("1", "true", "yes")
+    purge = bool(query_value("purge_data"))
     await guarded(current_daemon().host.remove(name, purge_data=purge), plugin=name)
     return {"removed": name, "purged_data": purge}
 
@@ -149,8 +292,7 @@ async def upload(name: str | None) -> Any:
             "send the plugin as multipart/form-data with an 'archive' file"
             " (a .cwsplugin zip) and optionally a 'signature' file (its .minisig)",
         )
-    form = await request.form
-    grants = grants_of(form.get("grant", ""))
+    grants = grants_of((await request.form).get("grant", ""))
     may_grant(await principal(), grants)
     allow_downgrade = False
     if name is not None:

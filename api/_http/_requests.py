@@ -70,6 +70,49 @@ async def open_or_token() -> None:
     await principal()
 
 
+async def open_events_or_token(*scopes: str) -> None:
+    """The event stream: a token holding ``scopes`` (``events:read``), unless ``[api]
+    open_events`` and the caller is on loopback without a token (a token presented
+    anyway has been checked by ``refuse_an_invalid_token``)."""
+    daemon = current_daemon()
+    loopback = (request.remote_addr or "").startswith(("127.", "::1"))
+    if daemon.config.open_events and loopback and not request.headers.get("Authorization"):
+        return
+    await principal(*scopes)
+
+
+async def body_key_caller(body: dict[str, Any], *scopes: str) -> None:
+    """With ``[api] snoozebot_body_auth``: the caller is the token in the body's
+    ``api_key`` (or, without one, in the ``Authorization`` header) and needs ``scopes``.
+
+    Raises:
+        HTTPProblem: 401 for an invalid key, 403 without a scope, 400 when ``api_key`` is
+            not a string or names another token than the header.
+    """
+    key = body.get("api_key")
+    if key is None or key == "":
+        await principal(*scopes)
+        return
+    if not isinstance(key, str):
+        raise HTTPProblem(400, "Bad request", f"'api_key' must be str, got {key!r}")
+    try:
+        daemon = current_daemon()
+        who = await authenticate(daemon.host.state, f"Bearer {key}", daemon.plugin_tokens)
+    except AuthError as exc:
+        raise HTTPProblem(401, "Unauthorized", f"api_key: {exc}") from None
+    header_caller = g.get("principal")  # a presented header was checked by the hooks
+    if header_caller is not None and header_caller.token_id != who.token_id:
+        raise HTTPProblem(
+            400, "Bad request", "the Authorization header and 'api_key' are different"
+            " tokens; send one of them",
+        )  # fmt: skip
+    g.principal = who
+    try:
+        require(who, *scopes)
+    except AuthError as exc:
+        raise HTTPProblem(403, "Forbidden", f"api_key: {exc}") from None
+
+
 async def json_body(*, required: bool = True) -> Any:
     """The request's JSON body (None when it is empty and not ``required``), read as it
     streams in and refused as soon as it passes ``max_body_bytes``

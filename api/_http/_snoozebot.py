@@ -4,6 +4,9 @@ that its clients keep working: list, discover, one plugin, load (one deadline, a
 of tries) and unload. The README's "Snoozebot's routes" table lists each route and
 where we differ on purpose (errors are problem documents; an unknown plugin is a 404).
 
+Each route is declared once (:mod:`api._http._routes`): its request and every answer
+it gives, as /openapi.json shows them and as requests are checked before a handler runs.
+
 Snoozebot's provider name and version are, for us, the plugin's name and version.
 """
 
@@ -13,13 +16,14 @@ import time
 from typing import Any
 
 import trio
-from quart import Blueprint, g, redirect, request
+from quart import Blueprint, redirect, request
 
 from cws_actors import ActorError, PluginError, PluginNotFound, PluginRefused
 
-from .._auth import AuthError, authenticate, require
-from ._problems import HTTPProblem, from_error
-from ._requests import current_daemon, guarded, json_body, principal
+from ._problems import PROBLEM_TYPE, HTTPProblem, from_error
+from ._requests import current_daemon, guarded, principal
+from ._routes import Access, Body, Reply, Route, checked_body, path, query, route
+from ._shapes import BOOLEAN, INTEGER, STRING, array, obj
 
 blueprint = Blueprint("snoozebot", __name__)
 
@@ -39,8 +43,162 @@ AUTOLOAD_TIMEOUT = 10
 _REFUSED_FOR_GOOD = ("disabled",)
 """Refusals a retry cannot change: the operator's choice."""
 
+# The routes' declarations (``_routes``): the document's operations and the checks made
+# before each handler runs; the README's table "Snoozebot's routes" row by row.
+MANAGE = ("plugins:manage",)
 
-@blueprint.get("/api/plugins")
+
+def _exact(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with no other members: Snoozebot's Go structs have these and no more."""
+    return schema | {"additionalProperties": False}
+
+
+def _maybe(kind: str, **bounds: Any) -> dict[str, Any]:
+    """A Go field's JSON: its type, or null (Go decodes null as the zero value)."""
+    return {"type": [kind, "null"], **bounds}
+
+
+_ACTIVE = {"type": "string", "enum": ["active"]}
+LIST_ITEM = _exact(obj(
+    ["name", "provider", "version", "status"],
+    name=STRING, provider=STRING, version=STRING,
+    status={"type": "string", "enum": ["active", "error"],
+            "description": "error: loaded, but its actor is not running (no provider, no"
+            " version)"},
+))  # fmt: skip
+DISCOVER_ITEM = _exact(obj(
+    ["name", "loaded"], name=STRING, loaded=BOOLEAN,
+    provider={**STRING, "description": "only when loaded (Go's omitempty)"},
+    version={**STRING, "description": "only when loaded (Go's omitempty)"},
+))  # fmt: skip
+ONE = _exact(obj(
+    ["name", "provider", "version", "status", "path"],
+    name=STRING, provider=STRING, version=STRING, status=_ACTIVE,
+    path={**STRING, "description": "the plugin folder and the name"},
+))  # fmt: skip
+_LOADED_FIELDS = {
+    "success": {"type": "boolean", "enum": [True]}, "plugin_name": STRING,
+    "provider_name": STRING, "provider_version": STRING,
+}  # fmt: skip
+LOADED = {
+    "oneOf": [
+        _exact(obj(["success", "plugin_name", "provider_name", "provider_version",
+                    "attempts"], **_LOADED_FIELDS,
+                   attempts={**INTEGER, "minimum": 1, "description": "the tries it took"})),
+        _exact(obj(["success", "plugin_name", "provider_name", "provider_version",
+                    "already_loaded"], **_LOADED_FIELDS,
+                   already_loaded={"type": "boolean", "enum": [True]})),
+    ]
+}  # fmt: skip
+LOAD_FAILED = obj(
+    ["type", "title", "status", "detail", "attempts", "plugin_name"],
+    type=STRING, title=STRING, status=INTEGER,
+    detail={**STRING, "description": "Failed to load plugin after N attempts: why"},
+    attempts=INTEGER, plugin_name=STRING,
+)  # fmt: skip
+UNLOADED = {
+    "oneOf": [
+        _exact(obj(
+            ["success", "plugin_name", "provider_name", "provider_version", "status",
+             "duration_ms"],
+            success={"type": "boolean", "enum": [True]}, plugin_name=STRING,
+            provider_name=STRING, provider_version=STRING,
+            status={"type": "string", "enum": ["unloaded"]},
+            duration_ms={**INTEGER, "minimum": 0},
+        )),
+        _exact(obj(
+            ["success", "plugin_name", "status", "message"],
+            success={"type": "boolean", "enum": [True]}, plugin_name=STRING,
+            status={"type": "string", "enum": ["not_loaded"]}, message=STRING,
+        )),
+    ]
+}  # fmt: skip
+
+_GIVEN = {
+    "type": "string", "minLength": 1,
+    "description": "the plugin's name in 'plugin_name' or 'plugin', not empty (null or \"\""
+    " is missing)",
+}  # fmt: skip
+_NAME_GIVEN = {
+    # plugin_name, or the seed's plugin: null or "" is missing, as in Go.
+    "anyOf": [
+        {"required": ["plugin_name"], "properties": {"plugin_name": _GIVEN}},
+        {"required": ["plugin"], "properties": {"plugin": _GIVEN}},
+    ],
+    "description": "a JSON object naming the plugin in 'plugin_name' (or 'plugin'), not empty",
+}
+_NAMES = {
+    "plugin_name": _maybe("string", description="the plugin's name"),
+    "plugin": _maybe("string", description="the plugin's name (the seed's field)"),
+    "api_key": _maybe(
+        "string", description="a cws token holding plugins:manage, read with [api]"
+        " snoozebot_body_auth only (as if sent as Authorization: Bearer)",
+    ),
+}  # fmt: skip
+
+SNOOZEBOT_LIST = Route(
+    "get", "/api/plugins", "Snoozebot: the loaded plugins",
+    (Reply(200, "The loaded plugins", _exact(obj(["plugins", "count"],
+                                                 plugins=array(LIST_ITEM), count=INTEGER))),),
+)  # fmt: skip
+SNOOZEBOT_SLASH = Route(
+    "get", "/api/plugins/", "Snoozebot: a redirect to /api/plugins",
+    (Reply(302, "Found: see /api/plugins", {"type": "string"}, "text/html",
+           headers={"Location": "/api/plugins"}),),
+)  # fmt: skip
+SNOOZEBOT_DISCOVER = Route(
+    "get", "/api/plugins/discover", "Snoozebot: the discovered plugins",
+    (Reply(200, "What the sources hold, loaded or not", _exact(obj(
+        ["plugins", "count", "directory"], plugins=array(DISCOVER_ITEM), count=INTEGER,
+        directory=STRING))),),
+    params=(query("autoload", {
+        "type": "string",
+        "description": "exactly 'true' (as in Snoozebot): load each plugin that is not"
+        " loaded, 10 s each, which needs plugins:manage; any other value does not",
+    }, "'true' loads what is not loaded"),),
+    problems=(403,),
+)  # fmt: skip
+SNOOZEBOT_PLUGIN = Route(
+    "get", "/api/plugins/{name}", "Snoozebot: one loaded plugin",
+    (Reply(200, "The plugin", ONE),),
+    params=(path("name", "the plugin's name"),),
+    problems=(404,),
+)  # fmt: skip
+SNOOZEBOT_LOAD = Route(
+    "post", "/api/plugins/load", "Snoozebot: load a plugin (one deadline, a number of tries)",
+    (Reply(200, "Loaded, or already loaded", LOADED),
+     Reply(500, "Failed to load plugin after N attempts (a timeout included): a problem"
+           " document with attempts and plugin_name", LOAD_FAILED, PROBLEM_TYPE)),
+    Access.BODY_KEY, MANAGE,
+    body=Body(_NAME_GIVEN | {
+        "type": "object",
+        "properties": _NAMES | {
+            "timeout_seconds": _maybe("integer", maximum=MAX_TIMEOUT, description=(
+                f"a whole number of seconds for every try together, at most {MAX_TIMEOUT}"
+                f" (absent, null, 0 or less: {DEFAULT_TIMEOUT})")),
+            "retries": _maybe("integer", maximum=MAX_TRIES, description=(
+                f"a whole number of tries in all, at most {MAX_TRIES} (absent, null, 0 or"
+                f" less: {DEFAULT_TRIES}); {RETRY_DELAY} s between two")),
+        },
+    }, examples=({"plugin_name": "my-plugin", "timeout_seconds": 30, "retries": 3},)),
+    problems=(404, 409),
+)  # fmt: skip
+SNOOZEBOT_UNLOAD = Route(
+    "post", "/api/plugins/unload", "Snoozebot: unload a plugin",
+    (Reply(200, "Unloaded; or, with force, it was not loaded", UNLOADED),),
+    Access.BODY_KEY, MANAGE,
+    body=Body(_NAME_GIVEN | {
+        "type": "object",
+        "properties": _NAMES | {
+            "force": _maybe("boolean", description="true or false: true makes a plugin that"
+                            " is not loaded a 200 not_loaded (not a 400), and kills a"
+                            " subprocess plugin at once"),
+        },
+    }, examples=({"plugin_name": "my-plugin", "force": True},)),
+)  # fmt: skip
+
+
+@route(blueprint, SNOOZEBOT_LIST)
 async def snoozebot_list() -> Any:
     host = current_daemon().host
     plugins = []
@@ -59,12 +217,12 @@ async def snoozebot_list() -> Any:
     return {"plugins": plugins, "count": len(plugins)}
 
 
-@blueprint.get("/api/plugins/")
+@route(blueprint, SNOOZEBOT_SLASH)
 async def snoozebot_slash() -> Any:
     return redirect("/api/plugins", 302)
 
 
-@blueprint.get("/api/plugins/discover")
+@route(blueprint, SNOOZEBOT_DISCOVER)
 async def snoozebot_discover() -> Any:
     daemon = current_daemon()
     host = daemon.host
@@ -89,14 +247,10 @@ async def snoozebot_discover() -> Any:
     return {"plugins": plugins, "count": len(plugins), "directory": str(host.user_dir)}
 
 
-@blueprint.get("/api/plugins/<name>")
+@route(blueprint, SNOOZEBOT_PLUGIN)
 async def snoozebot_plugin(name: str) -> Any:
-    if name in ("load", "unload"):
-        # Snoozebot routes every method of these paths to their POST handlers.
-        raise HTTPProblem(
-            405, "Method not allowed", f"{request.method} is not allowed on {request.path};"
-            " use POST", headers={"Allow": "POST"},
-        )  # fmt: skip
+    # GET /api/plugins/load and /unload: 405, Allow: POST (``_routes``: the concrete
+    # path is its own resource, as Snoozebot routes every method of it to POST).
     host = current_daemon().host
     if name not in host.loaded_names():
         raise HTTPProblem(404, "Not found", f"Plugin {name!r} is not loaded")
@@ -110,9 +264,9 @@ async def snoozebot_plugin(name: str) -> Any:
     }
 
 
-@blueprint.post("/api/plugins/load")
+@route(blueprint, SNOOZEBOT_LOAD)
 async def snoozebot_load() -> Any:
-    body = await _authenticated_body()
+    body: dict[str, Any] = checked_body()
     name = _plugin_name(body)
     timeout = _whole(body, "timeout_seconds", MAX_TIMEOUT) or DEFAULT_TIMEOUT
     tries = _whole(body, "retries", MAX_TRIES) or DEFAULT_TRIES
@@ -146,9 +300,9 @@ async def snoozebot_load() -> Any:
     )  # fmt: skip
 
 
-@blueprint.post("/api/plugins/unload")
+@route(blueprint, SNOOZEBOT_UNLOAD)
 async def snoozebot_unload() -> Any:
-    body = await _authenticated_body()
+    body: dict[str, Any] = checked_body()
     name = _plugin_name(body)
     force = body.get("force")
     if force is not None and not isinstance(force, bool):
@@ -182,21 +336,6 @@ async def snoozebot_unload() -> Any:
     }
 
 
-async def _authenticated_body() -> dict[str, Any]:
-    """The JSON object of a request whose caller holds ``plugins:manage``: checked on
-    the request's head (the ``Authorization`` header) before a byte of the body is read,
-    unless ``[api] snoozebot_body_auth`` lets the body's ``api_key`` stand for it."""
-    body_auth = current_daemon().config.snoozebot_body_auth
-    if not body_auth:
-        await principal("plugins:manage")
-    body = await json_body()
-    if not isinstance(body, dict):
-        raise HTTPProblem(400, "Bad request", "the body must be a JSON object")
-    if body_auth:
-        await _body_caller(body)
-    return body
-
-
 def _plugin_name(body: dict[str, Any]) -> str:
     """``plugin_name`` (or the seed's ``plugin``); null or "" is missing, as in Go."""
     for key in ("plugin_name", "plugin"):
@@ -211,10 +350,13 @@ def _plugin_name(body: dict[str, Any]) -> str:
 
 def _whole(body: dict[str, Any], key: str, most: int) -> int:
     """A whole number of ``body[key]``: absent, null, 0 and below are 0 (the default);
-    Snoozebot's Go int refuses fractions and strings, and we refuse above ``most``."""
+    Snoozebot's Go int refuses fractions and strings, and we refuse above ``most``.
+    ``30.0`` is 30, as JSON Schema reads it (the document's ``integer``; Go refuses it)."""
     value = body.get(key)
     if value is None:
         return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise HTTPProblem(
             400, "Bad request", f"{key!r} must be a finite whole number (0 or less for the"
@@ -223,30 +365,3 @@ def _whole(body: dict[str, Any], key: str, most: int) -> int:
     if value > most:
         raise HTTPProblem(400, "Bad request", f"{key!r} is at most {most}, got {value}")
     return max(value, 0)
-
-
-async def _body_caller(body: dict[str, Any]) -> None:
-    """With ``[api] snoozebot_body_auth``: the caller is the token in ``api_key`` (or,
-    without one, in the ``Authorization`` header) and needs ``plugins:manage``."""
-    key = body.get("api_key")
-    if key is None or key == "":
-        await principal("plugins:manage")
-        return
-    if not isinstance(key, str):
-        raise HTTPProblem(400, "Bad request", f"'api_key' must be str, got {key!r}")
-    try:
-        daemon = current_daemon()
-        who = await authenticate(daemon.host.state, f"Bearer {key}", daemon.plugin_tokens)
-    except AuthError as exc:
-        raise HTTPProblem(401, "Unauthorized", f"api_key: {exc}") from None
-    header_caller = g.get("principal")  # a presented header was checked by the hooks
-    if header_caller is not None and header_caller.token_id != who.token_id:
-        raise HTTPProblem(
-            400, "Bad request", "the Authorization header and 'api_key' are different"
-            " tokens; send one of them",
-        )  # fmt: skip
-    g.principal = who
-    try:
-        require(who, "plugins:manage")
-    except AuthError as exc:
-        raise HTTPProblem(403, "Forbidden", f"api_key: {exc}") from None

@@ -528,8 +528,9 @@ async def events_publish(topic: str, payload: Any, as_json: bool) -> None:
 
 
 @click.command("dead-letters")
-@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True,
-              help="The latest N dead letters.")  # fmt: skip
+@click.option("--limit", type=click.IntRange(min=0, max=10_000), default=100,
+              show_default=True, help="The latest N dead letters (at most 10000, as the"
+              " daemon keeps).")  # fmt: skip
 @remote_options
 @json_option
 async def dead_letters(limit: int, as_json: bool) -> None:

@@ -10,7 +10,9 @@ resilience-testing aids of :mod:`cws_actors`):
   ``clear(target=...)``, ``clear()`` and ``firings()`` (a :class:`FaultFiring` log).
 - :class:`FaultSpec`, :class:`FaultKind`, :func:`parse_fault_list`: what a fault does
   from and to a dict or the compact string syntax (:func:`parse_duration` reads its
-  durations); :func:`compile_target` turns a target into a predicate on paths.
+  durations); :func:`compile_target` turns a target into a predicate on paths (at most
+  :data:`MAX_TARGET_LENGTH` characters and :data:`MAX_TARGET_SEGMENTS` segments);
+  :data:`LATENCY_DISTRIBUTIONS` names a latency's distributions.
 - :class:`FaultRecord` (with its :class:`FaultState`): an injected fault, its id, target,
   spec, times and firing statistics, frozen at the moment it was asked for.
 - :class:`InjectedFault`: the exception a ``crash`` or ``error_rate`` fault raises.
@@ -74,10 +76,13 @@ from ._injector import FaultInjector as FaultInjector
 from ._records import FaultFiring as FaultFiring
 from ._records import FaultRecord as FaultRecord
 from ._records import FaultState as FaultState
+from ._spec import LATENCY_DISTRIBUTIONS as LATENCY_DISTRIBUTIONS
 from ._spec import FaultKind as FaultKind
 from ._spec import FaultSpec as FaultSpec
 from ._spec import parse_duration as parse_duration
 from ._spec import parse_fault_list as parse_fault_list
+from ._targets import MAX_TARGET_LENGTH as MAX_TARGET_LENGTH
+from ._targets import MAX_TARGET_SEGMENTS as MAX_TARGET_SEGMENTS
 from ._targets import compile_target as compile_target
 
 __all__ = [
@@ -96,6 +101,9 @@ __all__ = [
     "FaultState",
     "FaultTargetError",
     "InjectedFault",
+    "LATENCY_DISTRIBUTIONS",
+    "MAX_TARGET_LENGTH",
+    "MAX_TARGET_SEGMENTS",
     "compile_target",
     "parse_duration",
     "parse_fault_list",

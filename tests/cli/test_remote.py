@@ -183,7 +183,7 @@ async def test_published_events_that_cannot_be_delivered_are_dead_letters(
     bad_json = await cws("events", "publish", "instance.started", "{n: 1}", env=env)
     expect(bad_json, 2, err="must be JSON")
     wildcard = await cws("events", "publish", "instance.*", "1", env=env)
-    expect(wildcard, 1, err="error: Bad request: a topic is")
+    expect(wildcard, 1, err="without wildcards")
 
 
 async def unread(process: trio.Process) -> bytes:

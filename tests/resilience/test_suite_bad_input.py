@@ -572,9 +572,10 @@ async def test_an_oversize_upload_is_a_413_and_nothing_changes(tmp_path: Path) -
     [
         ({"retries": 10**6}, 400, "'retries' is at most 100"),
         ({"retries": 3}, 404, "no-such-plugin"),
+        ({"timeout_seconds": 1}, 404, "no-such-plugin"),
         ({"timeout_seconds": 1e-9}, 400, "whole number"),
     ],
-    ids=["huge-retries", "retries", "tiny-timeout"],
+    ids=["huge-retries", "retries", "short-timeout", "tiny-timeout"],
 )
 async def test_loading_an_unknown_plugin_is_a_prompt_answer_whatever_the_options(
     tmp_path: Path, extra: dict[str, Any], status: int, says: str
