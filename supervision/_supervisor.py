@@ -43,6 +43,7 @@ from ._stats import (
     ChildInfo,
     ChildState,
     ChildStatistics,
+    ChildView,
     ExitKind,
     ExitReason,
     SupervisorState,
@@ -318,6 +319,16 @@ class Supervisor:
         """
         child = self._get(child_id)
         return child.state, child.ready
+
+    def child_view(self, child_id: str) -> ChildView:
+        """A live view of the child's state and ready flag, for a hot path that checks
+        them per message (an actor router): it follows the child through its restarts
+        while the child stays in this supervisor; once removed, it reads ``stopped``.
+
+        Raises:
+            ChildNotFound: no such child.
+        """
+        return self._get(child_id)
 
     def which_children(self) -> tuple[ChildInfo, ...]:
         """Every child in start order, with the value it passed to started()."""
@@ -730,6 +741,7 @@ class Supervisor:
     def _remove(self, child: _Child) -> None:
         if self._children.get(child.spec.id) is child:
             del self._children[child.spec.id]
+        child.state, child.ready = ChildState.STOPPED, False  # what its views read now
         self._notify(child)
 
     @staticmethod

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import trio
@@ -62,6 +63,10 @@ class Offer(enum.Enum):
     DROPPED_NEWEST = "dropped_newest"
 
 
+ACCEPTED: tuple[Offer, None] = (Offer.ACCEPTED, None)
+"""What ``Mailbox.offer`` returns for a plain accept (always this very tuple)."""
+
+
 @attrs.define(eq=False)
 class Mailbox:
     """Messages waiting for one actor; it outlives the actor's restarts.
@@ -80,6 +85,9 @@ class Mailbox:
     _delivered: int = attrs.field(default=0, init=False)
     _dropped: dict[str, int] = attrs.field(factory=dict, init=False)
 
+    _capacity: int = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.config.capacity, takes_self=True)
+    )
     held: int = attrs.field(default=0, init=False)
     """Messages taken out by a concurrent actor's loop that wait for a free handler of
     their group: they still count against the capacity."""
@@ -94,6 +102,18 @@ class Mailbox:
     def offer(self, envelope: Envelope) -> tuple[Offer, Envelope | None]:
         """Queue ``envelope`` if the policy allows; return what happened and, for
         DROP_OLDEST, the evicted envelope."""
+        queue = self._queue
+        depth = len(queue) + self.held
+        if depth < self._capacity:  # the common case, first and short
+            queue.append(envelope)
+            if depth >= self._high_water:
+                self._high_water = depth + 1
+            if self._reader is not None:
+                self._wake_reader()
+            return ACCEPTED
+        return self._overflow(envelope)
+
+    def _overflow(self, envelope: Envelope) -> tuple[Offer, Envelope | None]:
         queue = self._queue
         evicted = None
         if len(queue) + self.held >= self.config.capacity:
@@ -180,6 +200,13 @@ class Mailbox:
             return
         self._reader = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+
+    def park_reader(self) -> Callable[[Any], trio.lowlevel.Abort]:
+        """Make the current task the reader woken by the next envelope, and return the
+        abort function to give ``trio.lowlevel.wait_task_rescheduled``: ``wait()``
+        without a coroutine of its own, for an actor loop that found both lanes empty."""
+        self._reader = trio.lowlevel.current_task()
+        return self._abort_wait
 
     def _abort_wait(self, raise_cancel: object) -> trio.lowlevel.Abort:
         self._reader = None
