@@ -21,7 +21,8 @@ import contextvars
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -56,14 +57,22 @@ at ERROR. Each record's ``extra`` carries ``supervisor`` (its name) and ``child`
 child's id), and what the event is about (``reason``, ``backoff``, ``state``...)."""
 
 
+_NO_TRACKERS: Mapping[ProbeKind, ProbeTracker] = MappingProxyType({})
+
+
 @attrs.define(eq=False)
 class _Run:
     """One run of a child: from its start function being called to its exit."""
 
     number: int
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    probe_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
+    probe_scope: trio.CancelScope | None = None
+    """Made by the probe task, if the child has probes (most have none)."""
+    probes_off: bool = False
+    finished: bool = False
+    """The run's task has exited (``exit`` is set)."""
+    _done: trio.Event | None = None
+    """Made when someone waits for the exit: an idle child carries no Event."""
     task: trio.lowlevel.Task | None = None
     started: bool = False
     started_at: float | None = None
@@ -74,6 +83,23 @@ class _Run:
     """Whoever cancelled it records the exit and decides what follows."""
     exit: ExitReason | None = None
     abandoned: bool = False
+
+    def cancel_probes(self) -> None:
+        self.probes_off = True
+        if self.probe_scope is not None:
+            self.probe_scope.cancel()
+
+    def mark_finished(self) -> None:
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
+
+    async def wait_finished(self) -> None:
+        if self._done is None:
+            self._done = trio.Event()
+            if self.finished:
+                self._done.set()
+        await self._done.wait()
 
 
 @attrs.define(eq=False)
@@ -96,8 +122,9 @@ class _Child:
     backoff: float = 0.0
     last_exit: ExitReason | None = None
     ready: bool = False
-    trackers: dict[ProbeKind, ProbeTracker] = attrs.field(factory=dict)
-    changed: trio.Event = attrs.field(factory=trio.Event)
+    trackers: Mapping[ProbeKind, ProbeTracker] = _NO_TRACKERS
+    changed: trio.Event | None = None
+    """Made by a waiter (``wait_ready``); set and dropped by the next change."""
     pending: _Plan | None = None
     last_restart_at: float | None = None
 
@@ -119,13 +146,17 @@ class _ChildTaskStatus:
     _supervisor: Supervisor
     _child: _Child
     _run: _Run
-    _outer: trio.TaskStatus[Any]
+    _outer: trio.TaskStatus[Any] | None
 
     def started(self, value: Any = None) -> None:
-        if self._run.started:
+        outer = self._outer
+        if self._run.started or outer is None:
             raise RuntimeError("called 'started' twice on the same task status")
         self._supervisor._child_started(self._child, self._run, value)
-        self._outer.started(value)
+        # Let go of nursery.start's status, which holds its temporary nursery: a child
+        # keeps this object as long as it runs, and an idle one should not keep that.
+        self._outer = None
+        outer.started(value)
 
 
 def _reason_for(exc: BaseException) -> ExitReason:
@@ -309,6 +340,8 @@ class Supervisor:
                 raise ChildQuarantined(child_id)
             if self._state is not SupervisorState.RUNNING:
                 raise self._closed_error()
+            if child.changed is None:
+                child.changed = trio.Event()
             await child.changed.wait()
 
     def child_status(self, child_id: str) -> tuple[ChildState, bool]:
@@ -367,10 +400,10 @@ class Supervisor:
         child.run = run
         child.state = ChildState.STARTING
         child.ready = False
-        child.trackers = {}
+        child.trackers = _NO_TRACKERS
         self._notify(child)
         try:
-            return await self._host.start(self._run_child, child, run)
+            return await self._host.start(self._run_child, child, run, name=child.spec.id)
         except Exception as exc:
             reason = _reason_for(exc)
             if isinstance(exc, _ReturnedBeforeStarted):
@@ -395,12 +428,17 @@ class Supervisor:
         self, child: _Child, run: _Run, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
         run.task = trio.lowlevel.current_task()
-        status = _ChildTaskStatus(self, child, run, task_status)
         reason: ExitReason | None = None
         try:
             with run.scope:
                 try:
-                    await child.spec.start(task_status=status)
+                    # Only the child holds its status (no local here), and the status lets
+                    # go of nursery.start's once started: an idle child keeps neither.
+                    child_run = child.spec.start(
+                        task_status=_ChildTaskStatus(self, child, run, task_status)
+                    )
+                    del task_status
+                    await child_run
                 except trio.Cancelled:
                     raise
                 except BaseException as exc:
@@ -419,9 +457,9 @@ class Supervisor:
             if reason is None:  # our cancellation ended it
                 reason = run.kill or self._cancel_reason("cancelled")
         finally:
-            run.probe_scope.cancel()
+            run.cancel_probes()
             run.exit = reason
-            run.done.set()
+            run.mark_finished()
         if run.abandoned:
             self._abandoned -= 1
             return
@@ -436,7 +474,8 @@ class Supervisor:
         run.value = value
         run.started_at = trio.current_time()
         child.state = ChildState.RUNNING
-        child.trackers = {probe.kind: ProbeTracker(probe) for probe in child.spec.probes}
+        if child.spec.probes:
+            child.trackers = {probe.kind: ProbeTracker(probe) for probe in child.spec.probes}
         # Ready at once unless a startup or readiness probe has a say (Kubernetes).
         child.ready = not (
             ProbeKind.STARTUP in child.trackers or ProbeKind.READINESS in child.trackers
@@ -454,20 +493,22 @@ class Supervisor:
         async def failed(kind: ProbeKind, message: str) -> None:
             await self._probe_failed(child, run, message)
 
-        with run.probe_scope:
+        with trio.CancelScope() as run.probe_scope:
+            if run.probes_off:
+                return  # the run ended before this task began
             await run_probes(child.trackers, ProbeCallbacks(set_ready=set_ready, failed=failed))
 
     async def _probe_failed(self, child: _Child, run: _Run, message: str) -> None:
         """A startup or liveness probe failed: cancel the run; its tail restarts it. If it
         ignores the cancellation past its shutdown deadline, abandon it and restart."""
-        if run.kill is not None or run.done.is_set():
+        if run.kill is not None or run.finished:
             return
         run.kill = ExitReason(ExitKind.LIVENESS, trio.current_time(), None, message)
         child.ready = False
         self._notify(child)
         run.scope.cancel()
         with trio.move_on_after(child.spec.shutdown):
-            await run.done.wait()  # its tail cancels this probe task
+            await run.wait_finished()  # its tail cancels this probe task
             return
         run.abandoned = True
         self._abandoned += 1
@@ -647,10 +688,10 @@ class Supervisor:
         child.ready = False
         self._notify(child)
         run.scope.cancel()
-        run.probe_scope.cancel()
+        run.cancel_probes()
         with trio.CancelScope(shield=True), trio.move_on_after(child.spec.shutdown):
-            await run.done.wait()
-        if run.done.is_set():
+            await run.wait_finished()
+        if run.finished:
             final = run.exit or reason
         else:
             run.abandoned = True
@@ -746,8 +787,9 @@ class Supervisor:
 
     @staticmethod
     def _notify(child: _Child) -> None:
-        child.changed.set()
-        child.changed = trio.Event()
+        if child.changed is not None:
+            child.changed.set()
+            child.changed = None
 
     @staticmethod
     def _cancel_reason(message: str) -> ExitReason:

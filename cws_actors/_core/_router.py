@@ -174,10 +174,10 @@ class Router:
         if event.durable:
             cell = self.cells.get(path)
             if cell is not None:
-                if event.id in cell.queued_durable:
+                if cell.durable_queued(event.id):
                     return  # the store's redelivery was quicker: it is queued already
                 # Marked before routing: a dead letter for it (below) takes the mark off.
-                cell.queued_durable.add(event.id)
+                cell.mark_durable_queued(event.id)
         try:
             self._route(envelope)
         except ActorError as error:
@@ -211,7 +211,7 @@ class Router:
                 if reason == "mailbox_full":  # refused, dropped or evicted
                     cell.redeliver_later(event.id)
                 else:
-                    cell.queued_durable.discard(event.id)
+                    cell.unmark_durable_queued(event.id)
         letter = self.dead_letters.record(envelope, reason, detail)
         if self.on_dead_letter is not None:
             self.on_dead_letter(letter)
