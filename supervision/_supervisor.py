@@ -21,8 +21,8 @@ import contextvars
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from types import MappingProxyType
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import attrs
@@ -157,6 +157,33 @@ class _ChildTaskStatus:
         # keeps this object as long as it runs, and an idle one should not keep that.
         self._outer = None
         outer.started(value)
+
+
+class _Operation:
+    """A supervisor's operation: a cancel scope that closing or failing the supervisor
+    cancels (a class rather than a generator context manager: every restart has one)."""
+
+    __slots__ = ("_scope", "_supervisor")
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._scope = trio.CancelScope()
+
+    def __enter__(self) -> trio.CancelScope:
+        scope = self._scope.__enter__()
+        if self._supervisor._state is not SupervisorState.RUNNING:
+            scope.cancel()
+        self._supervisor._ops.add(scope)
+        return scope
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self._supervisor._ops.discard(self._scope)
+        return self._scope.__exit__(kind, error, traceback)
 
 
 def _reason_for(exc: BaseException) -> ExitReason:
@@ -527,7 +554,13 @@ class Supervisor:
     async def _handle_exit(self, child: _Child, run: _Run, reason: ExitReason) -> None:
         plan = None
         with self._operation():
-            async with self._lock:
+            # The lock without a checkpoint when it is free: this task is the crashed
+            # child's tail, and a restart is one scheduling round shorter for it.
+            if self._lock.locked():
+                await self._lock.acquire()
+            else:
+                self._lock.acquire_nowait()
+            try:
                 if child.run is not run or run.stopper_handles:
                     return  # stale: someone else already dealt with this run
                 self._log_exit(child, reason, "crashed")
@@ -538,6 +571,11 @@ class Supervisor:
                     return
                 self._settle_exit(child, reason)
                 plan = await self._plan_restart(child, run)
+                # No backoff: start it again now, under this same acquisition.
+                while plan is not None and plan.delay <= 0:
+                    plan = await self._start_planned(plan)
+            finally:
+                self._lock.release()
         if plan is not None:
             await self._carry_out(plan)
 
@@ -603,6 +641,8 @@ class Supervisor:
         return plan
 
     def _log_restart(self, child: _Child, plan: _Plan) -> None:
+        if not _log.isEnabledFor(logging.WARNING):
+            return  # its fields are not free to build
         others = [self._where(target) for target in plan.children if target is not child]
         group = f" with {', '.join(others)} ({self.strategy.value})" if others else ""
         _log.warning(
@@ -757,16 +797,8 @@ class Supervisor:
         assert self._host_nursery is not None, "open supervisors with open_supervisor()"
         return self._host_nursery
 
-    @contextlib.contextmanager
-    def _operation(self) -> Iterator[trio.CancelScope]:
-        with trio.CancelScope() as scope:
-            if self._state is not SupervisorState.RUNNING:
-                scope.cancel()
-            self._ops.add(scope)
-            try:
-                yield scope
-            finally:
-                self._ops.discard(scope)
+    def _operation(self) -> _Operation:
+        return _Operation(self)
 
     def _cancel_operations(self) -> None:
         for scope in self._ops:
