@@ -83,6 +83,8 @@ class _Run:
     """Whoever cancelled it records the exit and decides what follows."""
     exit: ExitReason | None = None
     abandoned: bool = False
+    detached: bool = False
+    """Started without a starter waiting (a restart): its tail reports a failed start."""
 
     def cancel_probes(self) -> None:
         self.probes_off = True
@@ -137,6 +139,9 @@ class _StartError(Exception):
 
 class _ReturnedBeforeStarted(Exception):
     pass
+
+
+_RETURNED_BEFORE_STARTED = "start function returned before calling task_status.started()"
 
 
 @attrs.define(eq=False)
@@ -420,8 +425,7 @@ class Supervisor:
 
     # ------------------------------------------------------------ running children
 
-    async def _start(self, child: _Child) -> Any:
-        """Start one run of the child (lock held). Raises _StartError."""
+    def _new_run(self, child: _Child) -> _Run:
         run = _Run(number=child.runs + 1)
         child.runs += 1
         child.run = run
@@ -429,16 +433,25 @@ class Supervisor:
         child.ready = False
         child.trackers = _NO_TRACKERS
         self._notify(child)
+        return run
+
+    def _start_detached(self, child: _Child) -> None:
+        """Start one run of the child in its own task without waiting for it to call
+        started() (lock held): a restart, whose caller wants no value. The run's own
+        tail reports a failure to start, as it reports a crash."""
+        run = self._new_run(child)
+        run.detached = True
+        self._host.start_soon(self._run_child, child, run, name=child.spec.id)
+
+    async def _start(self, child: _Child) -> Any:
+        """Start one run of the child (lock held). Raises _StartError."""
+        run = self._new_run(child)
         try:
             return await self._host.start(self._run_child, child, run, name=child.spec.id)
         except Exception as exc:
             reason = _reason_for(exc)
             if isinstance(exc, _ReturnedBeforeStarted):
-                reason = attrs.evolve(
-                    reason,
-                    exception_type=None,
-                    message="start function returned before calling task_status.started()",
-                )
+                reason = attrs.evolve(reason, exception_type=None, message=_RETURNED_BEFORE_STARTED)
             self._settle_exit(child, reason)
             raise _StartError(reason) from exc
         except BaseException:
@@ -474,13 +487,21 @@ class Supervisor:
                         if rest is None:
                             raise  # only cancellations: let the cancel scopes take them
                         exc = rest
-                    if not run.started:
+                    if not run.started and not run.detached:
                         raise  # nursery.start hands it to the starter
                     reason = _reason_for(exc)
                 else:
-                    if not run.started:
+                    if not run.started and not run.detached:
                         raise _ReturnedBeforeStarted
-                    reason = ExitReason(ExitKind.NORMAL, trio.current_time())
+                    reason = (
+                        ExitReason(ExitKind.NORMAL, trio.current_time())
+                        if run.started
+                        else attrs.evolve(
+                            _reason_for(_ReturnedBeforeStarted()),
+                            exception_type=None,
+                            message=_RETURNED_BEFORE_STARTED,
+                        )
+                    )
             if reason is None:  # our cancellation ended it
                 reason = run.kill or self._cancel_reason("cancelled")
         finally:
@@ -563,14 +584,14 @@ class Supervisor:
             try:
                 if child.run is not run or run.stopper_handles:
                     return  # stale: someone else already dealt with this run
-                self._log_exit(child, reason, "crashed")
+                self._log_exit(child, reason, "crashed" if run.started else "failed to start")
                 if not self._restarts_after(child.spec.restart, reason):
                     self._settle_exit(child, reason)
                     if child.spec.restart is Restart.TEMPORARY:
                         self._remove(child)
                     return
                 self._settle_exit(child, reason)
-                plan = await self._plan_restart(child, run)
+                plan = await self._plan_restart(child, run if run.started else None)
                 # No backoff: start it again now, under this same acquisition.
                 while plan is not None and plan.delay <= 0:
                     plan = await self._start_planned(plan)
@@ -701,6 +722,11 @@ class Supervisor:
             if child.pending is not plan or self._children.get(child.spec.id) is not child:
                 continue  # terminated, deleted or re-planned meanwhile
             child.pending = None
+            if len(plan.children) == 1:
+                # Alone, it need not be waited for (a group starts in order, each once
+                # the one before it has started): the lock is free again at once.
+                self._start_detached(child)
+                return None
             try:
                 await self._start(child)
             except _StartError as err:

@@ -184,9 +184,9 @@ class Router:
             self.dead_letter(envelope, error.reason, str(error))
 
     def expired(self, envelope: Envelope) -> None:
-        """An envelope whose deadline passed in the mailbox."""
-        if envelope.reply is not None:
-            envelope.reply.set_error(DeadlineExceeded(envelope.target))
+        """An envelope whose deadline passed in the mailbox. An ask's asker is told by
+        its timer (AskTimeout), at that same moment: whichever of the two ran first, the
+        asker would otherwise get one error or the other by the scheduler's whim."""
         self.dead_letter(envelope, "expired", "deadline passed in the mailbox")
 
     def answered_late(self, envelope: Envelope) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import resource
 import select
@@ -34,6 +35,7 @@ from .._plugins._model import PLUGIN_API_VERSION, Plugin, PluginContext
 from ._protocol import (
     PROTOCOL_VERSION,
     FrameReader,
+    FrameWriter,
     decode_event,
     decode_request,
     encode_capabilities,
@@ -83,12 +85,17 @@ class Runner:
             publish=self.publish,
         )
         self.started = False
-        self.send_lock = trio.Lock()  # frames from concurrent handlers never interleave
+        self.writer = FrameWriter(self.out)  # concurrent handlers' frames never interleave
         self.calls: dict[Any, trio.CancelScope] = {}
+        # Requests handed to worker tasks, which stay for the next one: a call costs a
+        # hand-over to a waiting worker, not a task of its own (a new worker only when
+        # all are busy, so there are as many as calls ever ran at once).
+        self.to_workers, self.for_workers = trio.open_memory_channel[
+            tuple[dict[str, Any], trio.CancelScope]
+        ](math.inf)
 
     async def send(self, message: dict[str, Any]) -> None:
-        async with self.send_lock:
-            await send_frame(self.out, message)
+        await self.writer.send(message)
 
     async def publish(self, topic: str, payload: Any = None) -> None:
         await self.send({"type": "publish", "topic": topic, "payload": payload})
@@ -126,7 +133,9 @@ class Runner:
                         await self.send(await self._answer(request))
                     else:  # calls, health, readiness, status: side by side
                         call = self.calls[request.get("id")] = trio.CancelScope()
-                        nursery.start_soon(self._answer_in_task, request, call)
+                        if not self.to_workers.statistics().tasks_waiting_receive:
+                            nursery.start_soon(self._work)  # every worker is busy
+                        self.to_workers.send_nowait((request, call))
             finally:
                 with trio.CancelScope(shield=True):
                     await self._stop()
@@ -142,6 +151,10 @@ class Runner:
         if self.started:
             self.started = False
             await self.plugin.stop(self.ctx)
+
+    async def _work(self) -> None:
+        async for request, scope in self.for_workers:
+            await self._answer_in_task(request, scope)
 
     async def _answer_in_task(self, request: dict[str, Any], scope: trio.CancelScope) -> None:
         request_id = request.get("id")
