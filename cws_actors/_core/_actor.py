@@ -184,9 +184,7 @@ class ActorRef:
         Raises:
             ActorError: the router refused it (the subclass says why).
         """
-        self._router.tell(
-            self.path, message, source=source, correlation_id=correlation_id, timeout=timeout
-        )
+        self._router.tell(self.path, message, source, correlation_id, timeout)
 
     def send(
         self,
@@ -200,9 +198,7 @@ class ActorRef:
         coroutine, to await."""
         # The router's coroutine itself, not one wrapped in another: one frame less on
         # every message's way.
-        return self._router.send(
-            self.path, message, source=source, correlation_id=correlation_id, timeout=timeout
-        )
+        return self._router.send(self.path, message, source, correlation_id, timeout)
 
     def ask(
         self,
@@ -220,6 +216,4 @@ class ActorRef:
             HandlerFailed: the handler raised (its exception is chained).
             ActorError: the router refused the message (the subclass says why).
         """
-        return self._router.ask(
-            self.path, message, timeout=timeout, source=source, correlation_id=correlation_id
-        )
+        return self._router.ask(self.path, message, timeout, source, correlation_id)

@@ -71,6 +71,7 @@ class _Lane:
 _BATCH = 64
 _INF = math.inf
 _RUNNING = ChildState.RUNNING
+_BUS = Source.BUS
 _NO_NURSERY: contextlib.nullcontext[None] = contextlib.nullcontext()
 # Unacknowledged durable events are read from the store this many at a time at most.
 _REDELIVERY_PAGE = 256
@@ -281,7 +282,7 @@ class ActorCell:
                             await self._control(actor, envelope)
                         elif (
                             self.hooks is None
-                            and envelope.source is not Source.BUS
+                            and envelope.source is not _BUS
                             and (
                                 envelope.deadline == _INF or envelope.deadline > trio.current_time()
                             )
