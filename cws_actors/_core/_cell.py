@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import outcome
 import trio
 from trio.lowlevel import wait_task_rescheduled
 
@@ -65,6 +66,30 @@ class _Lane:
     limit: int
     running: int = 0
     pending: deque[Envelope] = attrs.field(factory=deque)
+    idle: list[trio.lowlevel.Task] = attrs.field(factory=list)
+    """Handler tasks that finished and wait for the lane's next message: handing one a
+    message costs a wake-up, not a new task (at most ``_IDLE_HANDLERS`` wait)."""
+
+    def _forget_idle(self, task: trio.lowlevel.Task) -> Callable[[Any], trio.lowlevel.Abort]:
+        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+            self.idle.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return abort
+
+    async def next_message(self) -> Envelope:
+        """Wait, as an idle handler task, for the next message of this lane."""
+        task = trio.lowlevel.current_task()
+        self.idle.append(task)
+        envelope: Envelope = await wait_task_rescheduled(self._forget_idle(task))
+        return envelope
+
+    def hand_over(self, envelope: Envelope) -> bool:
+        """Give ``envelope`` to an idle handler task, if one waits."""
+        if not self.idle:
+            return False
+        trio.lowlevel.reschedule(self.idle.pop(), outcome.Value(envelope))
+        return True
 
 
 # Yield to the scheduler at least this often when the mailbox never runs dry.
@@ -73,6 +98,8 @@ _INF = math.inf
 _RUNNING = ChildState.RUNNING
 _BUS = Source.BUS
 _NO_NURSERY: contextlib.nullcontext[None] = contextlib.nullcontext()
+# Handler tasks of a concurrent actor that wait, idle, for the next message of a group.
+_IDLE_HANDLERS = 16
 # Unacknowledged durable events are read from the store this many at a time at most.
 _REDELIVERY_PAGE = 256
 
@@ -401,13 +428,17 @@ class ActorCell:
                     if reply is not None:
                         reply.handler_scope = scope
                     await self._handle(actor, envelope)
-                if not lane.pending:
-                    lane.running -= 1
-                    if parked is not None:
-                        mailbox.wake()
+                if lane.pending:
+                    envelope = lane.pending.popleft()
+                    mailbox.release_held()
+                    continue
+                lane.running -= 1
+                if parked is not None:
+                    mailbox.wake()
                     return
-                envelope = lane.pending.popleft()
-                mailbox.release_held()
+                if len(lane.idle) >= _IDLE_HANDLERS:
+                    return
+                envelope = await lane.next_message()  # `running` was counted for it
 
         try:
             async with trio.open_nursery() as nursery:
@@ -450,7 +481,8 @@ class ActorCell:
                         raise
                     if lane.running < lane.limit:
                         lane.running += 1
-                        nursery.start_soon(run, lane, envelope)
+                        if not lane.hand_over(envelope):
+                            nursery.start_soon(run, lane, envelope)
                     else:
                         lane.pending.append(envelope)
                         mailbox.hold()
