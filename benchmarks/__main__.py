@@ -1,5 +1,6 @@
 """Run every benchmark and print one table: ``python -m benchmarks [--quick]
-[--only actors,supervision,plugins,ratelimit,http,connections,startup,attacks] [--output DIR]``.
+[--only actors,supervision,plugins,concurrency,ratelimit,http,connections,startup,
+attacks] [--output DIR]``.
 
 A missed target is printed, not an error: the exit code is 1 only when a benchmark
 itself failed to run, so CI can run ``--quick`` to keep them working without timing

@@ -75,7 +75,8 @@ async def main(url, seconds, connections):
         elapsed = time.perf_counter() - began
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99)] * 1000 if latencies else 0.0
-    print(json.dumps({"rps": len(latencies) / elapsed, "p99_ms": p99, "errors": errors}))
+    print(json.dumps({"rps": len(latencies) / elapsed, "p99_ms": p99, "errors": errors,
+                      "requests": len(latencies)}))
 trio.run(main, sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))
 """
 
@@ -119,7 +120,9 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
     p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return {"rps": rps, "p99_ms": p99, "errors": float(errors[1]) if errors else 0.0}
+    requests = float(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
+    return {"rps": rps, "p99_ms": p99, "errors": float(errors[1]) if errors else 0.0,
+            "requests": requests}  # fmt: skip
 
 
 async def main(

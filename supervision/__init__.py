@@ -31,6 +31,7 @@ from ._spec import Strategy as Strategy
 from ._stats import ChildInfo as ChildInfo
 from ._stats import ChildState as ChildState
 from ._stats import ChildStatistics as ChildStatistics
+from ._stats import ChildView as ChildView
 from ._stats import ExitKind as ExitKind
 from ._stats import ExitReason as ExitReason
 from ._stats import SupervisorState as SupervisorState
@@ -48,6 +49,7 @@ __all__ = [
     "ChildStartFailed",
     "ChildState",
     "ChildStatistics",
+    "ChildView",
     "DuplicateChild",
     "ExitKind",
     "ExitReason",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -155,7 +155,7 @@ class ProbeCallbacks:
     failed: Callable[[ProbeKind, str], Awaitable[None]]
 
 
-async def run_probes(trackers: dict[ProbeKind, ProbeTracker], report: ProbeCallbacks) -> None:
+async def run_probes(trackers: Mapping[ProbeKind, ProbeTracker], report: ProbeCallbacks) -> None:
     """Drive a child's probes for one run of it, until cancelled or until a startup or
     liveness probe fails (then ``report.failed`` is awaited)."""
     startup = trackers.get(ProbeKind.STARTUP)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -33,6 +33,17 @@ class ChildState(enum.Enum):
     """Not running and not scheduled to run (terminated, or exited and not restarted)."""
     QUARANTINED = "quarantined"
     """It exhausted its own restart budget; ``clear_quarantine()`` starts it again."""
+
+
+class ChildView(Protocol):
+    """A live, read-only view of one child's state and ready flag
+    (``Supervisor.child_view``): reading it costs two attribute reads, no call."""
+
+    @property
+    def state(self) -> ChildState: ...
+
+    @property
+    def ready(self) -> bool: ...
 
 
 class ExitKind(enum.Enum):

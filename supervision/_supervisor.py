@@ -21,7 +21,8 @@ import contextvars
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 import attrs
@@ -43,6 +44,7 @@ from ._stats import (
     ChildInfo,
     ChildState,
     ChildStatistics,
+    ChildView,
     ExitKind,
     ExitReason,
     SupervisorState,
@@ -55,14 +57,22 @@ at ERROR. Each record's ``extra`` carries ``supervisor`` (its name) and ``child`
 child's id), and what the event is about (``reason``, ``backoff``, ``state``...)."""
 
 
+_NO_TRACKERS: Mapping[ProbeKind, ProbeTracker] = MappingProxyType({})
+
+
 @attrs.define(eq=False)
 class _Run:
     """One run of a child: from its start function being called to its exit."""
 
     number: int
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    probe_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
+    probe_scope: trio.CancelScope | None = None
+    """Made by the probe task, if the child has probes (most have none)."""
+    probes_off: bool = False
+    finished: bool = False
+    """The run's task has exited (``exit`` is set)."""
+    _done: trio.Event | None = None
+    """Made when someone waits for the exit: an idle child carries no Event."""
     task: trio.lowlevel.Task | None = None
     started: bool = False
     started_at: float | None = None
@@ -73,6 +83,25 @@ class _Run:
     """Whoever cancelled it records the exit and decides what follows."""
     exit: ExitReason | None = None
     abandoned: bool = False
+    detached: bool = False
+    """Started without a starter waiting (a restart): its tail reports a failed start."""
+
+    def cancel_probes(self) -> None:
+        self.probes_off = True
+        if self.probe_scope is not None:
+            self.probe_scope.cancel()
+
+    def mark_finished(self) -> None:
+        self.finished = True
+        if self._done is not None:
+            self._done.set()
+
+    async def wait_finished(self) -> None:
+        if self._done is None:
+            self._done = trio.Event()
+            if self.finished:
+                self._done.set()
+        await self._done.wait()
 
 
 @attrs.define(eq=False)
@@ -95,8 +124,9 @@ class _Child:
     backoff: float = 0.0
     last_exit: ExitReason | None = None
     ready: bool = False
-    trackers: dict[ProbeKind, ProbeTracker] = attrs.field(factory=dict)
-    changed: trio.Event = attrs.field(factory=trio.Event)
+    trackers: Mapping[ProbeKind, ProbeTracker] = _NO_TRACKERS
+    changed: trio.Event | None = None
+    """Made by a waiter (``wait_ready``); set and dropped by the next change."""
     pending: _Plan | None = None
     last_restart_at: float | None = None
 
@@ -111,6 +141,9 @@ class _ReturnedBeforeStarted(Exception):
     pass
 
 
+_RETURNED_BEFORE_STARTED = "start function returned before calling task_status.started()"
+
+
 @attrs.define(eq=False)
 class _ChildTaskStatus:
     """The ``task_status`` a child's start function gets: it tells the supervisor too."""
@@ -118,13 +151,44 @@ class _ChildTaskStatus:
     _supervisor: Supervisor
     _child: _Child
     _run: _Run
-    _outer: trio.TaskStatus[Any]
+    _outer: trio.TaskStatus[Any] | None
 
     def started(self, value: Any = None) -> None:
-        if self._run.started:
+        outer = self._outer
+        if self._run.started or outer is None:
             raise RuntimeError("called 'started' twice on the same task status")
         self._supervisor._child_started(self._child, self._run, value)
-        self._outer.started(value)
+        # Let go of nursery.start's status, which holds its temporary nursery: a child
+        # keeps this object as long as it runs, and an idle one should not keep that.
+        self._outer = None
+        outer.started(value)
+
+
+class _Operation:
+    """A supervisor's operation: a cancel scope that closing or failing the supervisor
+    cancels (a class rather than a generator context manager: every restart has one)."""
+
+    __slots__ = ("_scope", "_supervisor")
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._scope = trio.CancelScope()
+
+    def __enter__(self) -> trio.CancelScope:
+        scope = self._scope.__enter__()
+        if self._supervisor._state is not SupervisorState.RUNNING:
+            scope.cancel()
+        self._supervisor._ops.add(scope)
+        return scope
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self._supervisor._ops.discard(self._scope)
+        return self._scope.__exit__(kind, error, traceback)
 
 
 def _reason_for(exc: BaseException) -> ExitReason:
@@ -308,6 +372,8 @@ class Supervisor:
                 raise ChildQuarantined(child_id)
             if self._state is not SupervisorState.RUNNING:
                 raise self._closed_error()
+            if child.changed is None:
+                child.changed = trio.Event()
             await child.changed.wait()
 
     def child_status(self, child_id: str) -> tuple[ChildState, bool]:
@@ -318,6 +384,16 @@ class Supervisor:
         """
         child = self._get(child_id)
         return child.state, child.ready
+
+    def child_view(self, child_id: str) -> ChildView:
+        """A live view of the child's state and ready flag, for a hot path that checks
+        them per message (an actor router): it follows the child through its restarts
+        while the child stays in this supervisor; once removed, it reads ``stopped``.
+
+        Raises:
+            ChildNotFound: no such child.
+        """
+        return self._get(child_id)
 
     def which_children(self) -> tuple[ChildInfo, ...]:
         """Every child in start order, with the value it passed to started()."""
@@ -349,25 +425,33 @@ class Supervisor:
 
     # ------------------------------------------------------------ running children
 
-    async def _start(self, child: _Child) -> Any:
-        """Start one run of the child (lock held). Raises _StartError."""
+    def _new_run(self, child: _Child) -> _Run:
         run = _Run(number=child.runs + 1)
         child.runs += 1
         child.run = run
         child.state = ChildState.STARTING
         child.ready = False
-        child.trackers = {}
+        child.trackers = _NO_TRACKERS
         self._notify(child)
+        return run
+
+    def _start_detached(self, child: _Child) -> None:
+        """Start one run of the child in its own task without waiting for it to call
+        started() (lock held): a restart, whose caller wants no value. The run's own
+        tail reports a failure to start, as it reports a crash."""
+        run = self._new_run(child)
+        run.detached = True
+        self._host.start_soon(self._run_child, child, run, name=child.spec.id)
+
+    async def _start(self, child: _Child) -> Any:
+        """Start one run of the child (lock held). Raises _StartError."""
+        run = self._new_run(child)
         try:
-            return await self._host.start(self._run_child, child, run)
+            return await self._host.start(self._run_child, child, run, name=child.spec.id)
         except Exception as exc:
             reason = _reason_for(exc)
             if isinstance(exc, _ReturnedBeforeStarted):
-                reason = attrs.evolve(
-                    reason,
-                    exception_type=None,
-                    message="start function returned before calling task_status.started()",
-                )
+                reason = attrs.evolve(reason, exception_type=None, message=_RETURNED_BEFORE_STARTED)
             self._settle_exit(child, reason)
             raise _StartError(reason) from exc
         except BaseException:
@@ -384,12 +468,17 @@ class Supervisor:
         self, child: _Child, run: _Run, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
     ) -> None:
         run.task = trio.lowlevel.current_task()
-        status = _ChildTaskStatus(self, child, run, task_status)
         reason: ExitReason | None = None
         try:
             with run.scope:
                 try:
-                    await child.spec.start(task_status=status)
+                    # Only the child holds its status (no local here), and the status lets
+                    # go of nursery.start's once started: an idle child keeps neither.
+                    child_run = child.spec.start(
+                        task_status=_ChildTaskStatus(self, child, run, task_status)
+                    )
+                    del task_status
+                    await child_run
                 except trio.Cancelled:
                     raise
                 except BaseException as exc:
@@ -398,19 +487,27 @@ class Supervisor:
                         if rest is None:
                             raise  # only cancellations: let the cancel scopes take them
                         exc = rest
-                    if not run.started:
+                    if not run.started and not run.detached:
                         raise  # nursery.start hands it to the starter
                     reason = _reason_for(exc)
                 else:
-                    if not run.started:
+                    if not run.started and not run.detached:
                         raise _ReturnedBeforeStarted
-                    reason = ExitReason(ExitKind.NORMAL, trio.current_time())
+                    reason = (
+                        ExitReason(ExitKind.NORMAL, trio.current_time())
+                        if run.started
+                        else attrs.evolve(
+                            _reason_for(_ReturnedBeforeStarted()),
+                            exception_type=None,
+                            message=_RETURNED_BEFORE_STARTED,
+                        )
+                    )
             if reason is None:  # our cancellation ended it
                 reason = run.kill or self._cancel_reason("cancelled")
         finally:
-            run.probe_scope.cancel()
+            run.cancel_probes()
             run.exit = reason
-            run.done.set()
+            run.mark_finished()
         if run.abandoned:
             self._abandoned -= 1
             return
@@ -425,7 +522,8 @@ class Supervisor:
         run.value = value
         run.started_at = trio.current_time()
         child.state = ChildState.RUNNING
-        child.trackers = {probe.kind: ProbeTracker(probe) for probe in child.spec.probes}
+        if child.spec.probes:
+            child.trackers = {probe.kind: ProbeTracker(probe) for probe in child.spec.probes}
         # Ready at once unless a startup or readiness probe has a say (Kubernetes).
         child.ready = not (
             ProbeKind.STARTUP in child.trackers or ProbeKind.READINESS in child.trackers
@@ -443,20 +541,22 @@ class Supervisor:
         async def failed(kind: ProbeKind, message: str) -> None:
             await self._probe_failed(child, run, message)
 
-        with run.probe_scope:
+        with trio.CancelScope() as run.probe_scope:
+            if run.probes_off:
+                return  # the run ended before this task began
             await run_probes(child.trackers, ProbeCallbacks(set_ready=set_ready, failed=failed))
 
     async def _probe_failed(self, child: _Child, run: _Run, message: str) -> None:
         """A startup or liveness probe failed: cancel the run; its tail restarts it. If it
         ignores the cancellation past its shutdown deadline, abandon it and restart."""
-        if run.kill is not None or run.done.is_set():
+        if run.kill is not None or run.finished:
             return
         run.kill = ExitReason(ExitKind.LIVENESS, trio.current_time(), None, message)
         child.ready = False
         self._notify(child)
         run.scope.cancel()
         with trio.move_on_after(child.spec.shutdown):
-            await run.done.wait()  # its tail cancels this probe task
+            await run.wait_finished()  # its tail cancels this probe task
             return
         run.abandoned = True
         self._abandoned += 1
@@ -475,17 +575,28 @@ class Supervisor:
     async def _handle_exit(self, child: _Child, run: _Run, reason: ExitReason) -> None:
         plan = None
         with self._operation():
-            async with self._lock:
+            # The lock without a checkpoint when it is free: this task is the crashed
+            # child's tail, and a restart is one scheduling round shorter for it.
+            if self._lock.locked():
+                await self._lock.acquire()
+            else:
+                self._lock.acquire_nowait()
+            try:
                 if child.run is not run or run.stopper_handles:
                     return  # stale: someone else already dealt with this run
-                self._log_exit(child, reason, "crashed")
+                self._log_exit(child, reason, "crashed" if run.started else "failed to start")
                 if not self._restarts_after(child.spec.restart, reason):
                     self._settle_exit(child, reason)
                     if child.spec.restart is Restart.TEMPORARY:
                         self._remove(child)
                     return
                 self._settle_exit(child, reason)
-                plan = await self._plan_restart(child, run)
+                plan = await self._plan_restart(child, run if run.started else None)
+                # No backoff: start it again now, under this same acquisition.
+                while plan is not None and plan.delay <= 0:
+                    plan = await self._start_planned(plan)
+            finally:
+                self._lock.release()
         if plan is not None:
             await self._carry_out(plan)
 
@@ -551,6 +662,8 @@ class Supervisor:
         return plan
 
     def _log_restart(self, child: _Child, plan: _Plan) -> None:
+        if not _log.isEnabledFor(logging.WARNING):
+            return  # its fields are not free to build
         others = [self._where(target) for target in plan.children if target is not child]
         group = f" with {', '.join(others)} ({self.strategy.value})" if others else ""
         _log.warning(
@@ -609,6 +722,11 @@ class Supervisor:
             if child.pending is not plan or self._children.get(child.spec.id) is not child:
                 continue  # terminated, deleted or re-planned meanwhile
             child.pending = None
+            if len(plan.children) == 1:
+                # Alone, it need not be waited for (a group starts in order, each once
+                # the one before it has started): the lock is free again at once.
+                self._start_detached(child)
+                return None
             try:
                 await self._start(child)
             except _StartError as err:
@@ -636,10 +754,10 @@ class Supervisor:
         child.ready = False
         self._notify(child)
         run.scope.cancel()
-        run.probe_scope.cancel()
+        run.cancel_probes()
         with trio.CancelScope(shield=True), trio.move_on_after(child.spec.shutdown):
-            await run.done.wait()
-        if run.done.is_set():
+            await run.wait_finished()
+        if run.finished:
             final = run.exit or reason
         else:
             run.abandoned = True
@@ -705,16 +823,8 @@ class Supervisor:
         assert self._host_nursery is not None, "open supervisors with open_supervisor()"
         return self._host_nursery
 
-    @contextlib.contextmanager
-    def _operation(self) -> Iterator[trio.CancelScope]:
-        with trio.CancelScope() as scope:
-            if self._state is not SupervisorState.RUNNING:
-                scope.cancel()
-            self._ops.add(scope)
-            try:
-                yield scope
-            finally:
-                self._ops.discard(scope)
+    def _operation(self) -> _Operation:
+        return _Operation(self)
 
     def _cancel_operations(self) -> None:
         for scope in self._ops:
@@ -730,12 +840,14 @@ class Supervisor:
     def _remove(self, child: _Child) -> None:
         if self._children.get(child.spec.id) is child:
             del self._children[child.spec.id]
+        child.state, child.ready = ChildState.STOPPED, False  # what its views read now
         self._notify(child)
 
     @staticmethod
     def _notify(child: _Child) -> None:
-        child.changed.set()
-        child.changed = trio.Event()
+        if child.changed is not None:
+            child.changed.set()
+            child.changed = None
 
     @staticmethod
     def _cancel_reason(message: str) -> ExitReason:

@@ -8,7 +8,6 @@ import itertools
 import math
 from typing import Any
 
-import attrs
 import trio
 
 
@@ -79,29 +78,48 @@ class Reply:
         return self._value
 
 
-_ids = itertools.count(1)
+next_id = itertools.count(1).__next__
+"""The next envelope id (ids are unique within the process)."""
 
 
-def next_id() -> int:
-    return next(_ids)
-
-
-@attrs.frozen
 class Envelope:
     """A message on its way to an actor.
 
     ``deadline`` is on Trio's clock (``math.inf`` for none); ``reply`` is set for an ask.
+    Built once per message and never changed (treat it as read-only): a plain class with
+    ``__slots__`` and no validation, because it is on every message's path.
     """
 
-    id: int
-    source: Source
-    target: str
-    payload: Any
-    reply: Reply | None = None
-    deadline: float = math.inf
-    correlation_id: str | None = None
-    sender: str | None = None
-    control: bool = False
+    __slots__ = (
+        "control", "correlation_id", "deadline", "id", "payload", "reply", "sender", "source",
+        "target",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        id: int,
+        source: Source,
+        target: str,
+        payload: Any,
+        reply: Reply | None = None,
+        deadline: float = math.inf,
+        correlation_id: str | None = None,
+        sender: str | None = None,
+        control: bool = False,
+    ) -> None:
+        self.id = id
+        self.source = source
+        self.target = target
+        self.payload = payload
+        self.reply = reply
+        self.deadline = deadline
+        self.correlation_id = correlation_id
+        self.sender = sender
+        self.control = control
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"Envelope({fields})"
 
     def time_left(self) -> float:
         """Seconds until the deadline (``math.inf`` when there is none; 0 when passed)."""
@@ -110,6 +128,12 @@ class Envelope:
     @property
     def expired(self) -> bool:
         return self.deadline <= trio.current_time()
+
+
+_FIELDS = (
+    "id", "source", "target", "payload", "reply", "deadline", "correlation_id", "sender",
+    "control",
+)  # fmt: skip
 
 
 _current: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
 import trio
@@ -62,6 +63,10 @@ class Offer(enum.Enum):
     DROPPED_NEWEST = "dropped_newest"
 
 
+ACCEPTED: tuple[Offer, None] = (Offer.ACCEPTED, None)
+"""What ``Mailbox.offer`` returns for a plain accept (always this very tuple)."""
+
+
 @attrs.define(eq=False)
 class Mailbox:
     """Messages waiting for one actor; it outlives the actor's restarts.
@@ -72,29 +77,50 @@ class Mailbox:
     """
 
     config: MailboxConfig
-    _queue: deque[Envelope] = attrs.field(factory=deque, init=False)
-    _control: list[Envelope] = attrs.field(factory=list, init=False)
+    # The lanes and the drop counts are made when first used: an idle actor's mailbox
+    # holds no empty deque (600 bytes) nor list.
+    _queue: deque[Envelope] | None = attrs.field(default=None, init=False)
+    _control: list[Envelope] | None = attrs.field(default=None, init=False)
     _reader: trio.lowlevel.Task | None = attrs.field(default=None, init=False)
     _writers: trio.lowlevel.ParkingLot | None = attrs.field(default=None, init=False)
     _high_water: int = attrs.field(default=0, init=False)
     _delivered: int = attrs.field(default=0, init=False)
-    _dropped: dict[str, int] = attrs.field(factory=dict, init=False)
+    _dropped: dict[str, int] | None = attrs.field(default=None, init=False)
 
+    _capacity: int = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.config.capacity, takes_self=True)
+    )
     held: int = attrs.field(default=0, init=False)
     """Messages taken out by a concurrent actor's loop that wait for a free handler of
     their group: they still count against the capacity."""
 
     def __len__(self) -> int:
-        return len(self._queue) + self.held
+        queue = self._queue
+        return (len(queue) if queue is not None else 0) + self.held
 
     @property
     def full(self) -> bool:
-        return len(self._queue) + self.held >= self.config.capacity
+        return len(self) >= self._capacity
 
     def offer(self, envelope: Envelope) -> tuple[Offer, Envelope | None]:
         """Queue ``envelope`` if the policy allows; return what happened and, for
         DROP_OLDEST, the evicted envelope."""
         queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        depth = len(queue) + self.held
+        if depth < self._capacity:  # the common case, first and short
+            queue.append(envelope)
+            if depth >= self._high_water:
+                self._high_water = depth + 1
+            if self._reader is not None:
+                self._wake_reader()
+            return ACCEPTED
+        return self._overflow(envelope)
+
+    def _overflow(self, envelope: Envelope) -> tuple[Offer, Envelope | None]:
+        queue = self._queue
+        assert queue is not None  # made by offer()
         evicted = None
         if len(queue) + self.held >= self.config.capacity:
             overflow = self.config.overflow
@@ -119,6 +145,8 @@ class Mailbox:
         return Offer.ACCEPTED, evicted
 
     def put_control(self, envelope: Envelope) -> None:
+        if self._control is None:
+            self._control = []
         self._control.append(envelope)
         if self._reader is not None:
             self._wake_reader()
@@ -130,8 +158,9 @@ class Mailbox:
 
     def pop(self) -> Envelope | None:
         """The next envelope, control lane first; None when both lanes are empty."""
-        if self._control:
-            return self._control.pop(0)
+        control = self._control
+        if control:
+            return control.pop(0)
         queue = self._queue
         if queue:
             self._delivered += 1
@@ -143,8 +172,9 @@ class Mailbox:
     def pop_control(self) -> Envelope | None:
         """The next control envelope (probes, stops), or None: for a loop whose handler
         slots are all taken, which still answers the runtime at once."""
-        if self._control:
-            return self._control.pop(0)
+        control = self._control
+        if control:
+            return control.pop(0)
         return None
 
     def hold(self) -> None:
@@ -162,6 +192,8 @@ class Mailbox:
         end of a concurrent actor's run)."""
         envelopes = list(envelopes)
         self.held = max(0, self.held - len(envelopes))
+        if self._queue is None:
+            self._queue = deque()
         self._queue.extendleft(reversed(envelopes))
         if envelopes and self._reader is not None:
             self._wake_reader()
@@ -181,35 +213,43 @@ class Mailbox:
         self._reader = trio.lowlevel.current_task()
         await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
 
+    def park_reader(self) -> Callable[[Any], trio.lowlevel.Abort]:
+        """Make the current task the reader woken by the next envelope, and return the
+        abort function to give ``trio.lowlevel.wait_task_rescheduled``: ``wait()``
+        without a coroutine of its own, for an actor loop that found both lanes empty."""
+        self._reader = trio.lowlevel.current_task()
+        return self._abort_wait
+
     def _abort_wait(self, raise_cancel: object) -> trio.lowlevel.Abort:
         self._reader = None
         return trio.lowlevel.Abort.SUCCEEDED
 
     async def wait_for_room(self) -> None:
         """Wait until the backlog is below capacity (for the BLOCK policy)."""
-        while len(self._queue) + self.held >= self.config.capacity:
+        while len(self) >= self._capacity:
             if self._writers is None:
                 self._writers = trio.lowlevel.ParkingLot()
             await self._writers.park()
 
     def drain(self) -> list[Envelope]:
         """Empty both lanes and return what they held."""
-        drained = [*self._control, *self._queue]
-        self._control.clear()
-        self._queue.clear()
+        drained = [*(self._control or ()), *(self._queue or ())]
+        self._control = self._queue = None
         if self._writers is not None:
             self._writers.unpark_all()
         return drained
 
     def count_drop(self, reason: str) -> None:
+        if self._dropped is None:
+            self._dropped = {}
         self._dropped[reason] = self._dropped.get(reason, 0) + 1
 
     def statistics(self) -> MailboxStatistics:
         return MailboxStatistics(
-            depth=len(self._queue) + self.held,
-            control_depth=len(self._control),
+            depth=len(self),
+            control_depth=len(self._control or ()),
             capacity=self.config.capacity,
             high_water=self._high_water,
             delivered=self._delivered,
-            dropped=dict(self._dropped),
+            dropped=dict(self._dropped or {}),
         )

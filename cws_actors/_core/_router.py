@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from supervision import ChildNotFound, ChildState
+from supervision import ChildState
 
 from ._bus import Event
 from ._cell import ActorCell
@@ -30,6 +30,7 @@ from ._exceptions import (
     NotReady,
     RateLimited,
 )
+from ._mailbox import ACCEPTED as _ACCEPTED
 from ._mailbox import Offer, Overflow
 
 _RESTARTING = frozenset({ChildState.STARTING, ChildState.RESTARTING, ChildState.STOPPING})
@@ -37,6 +38,7 @@ _RESTARTING = frozenset({ChildState.STARTING, ChildState.RESTARTING, ChildState.
 # Retry-After for a NotReady refusal: readiness is re-checked on the probe's period,
 # which the router does not know; one second is the usual HTTP hint.
 _NOT_READY_RETRY = 1.0
+_INF = math.inf  # a module global: read on every message, one lookup less
 
 
 @attrs.frozen
@@ -74,52 +76,88 @@ class Router:
     late: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
     """Late answers per actor path, for the metrics."""
 
+    # tell, send and ask route inline (no helper calls on the way of a message to an
+    # open cell): they are every message's path.
+
     def tell(
         self,
         path: str,
         payload: Any,
-        *,
         source: Source = Source.ACTOR,
         correlation_id: str | None = None,
         timeout: float = math.inf,
     ) -> None:
-        deadline = math.inf if timeout == math.inf else _deadline(timeout)
+        deadline = _INF if timeout == _INF else _deadline(timeout)
         envelope = Envelope(next_id(), source, path, payload, None, deadline, correlation_id)
         if timeout == 0:
             self._refuse(envelope, DeadlineExceeded(path))
-        self._route(envelope)
+        cell = self.cells.get(path)
+        if cell is None:
+            self._missing(envelope)
+        if not cell.open:
+            self._admit(cell, envelope)
+        outcome = cell.mailbox.offer(envelope)
+        if outcome is _ACCEPTED:
+            cell.in_flight += 1
+            cell.routed += 1
+        else:
+            self._not_accepted(cell, envelope, outcome)
 
     async def send(
         self,
         path: str,
         payload: Any,
-        *,
         source: Source = Source.ACTOR,
         correlation_id: str | None = None,
         timeout: float = math.inf,
     ) -> None:
-        deadline = math.inf if timeout == math.inf else _deadline(timeout)
+        deadline = _INF if timeout == _INF else _deadline(timeout)
         envelope = Envelope(next_id(), source, path, payload, None, deadline, correlation_id)
         if timeout == 0:
             self._refuse(envelope, DeadlineExceeded(path))
-        await self._route_waiting(envelope)
+        cell = self.cells.get(path)
+        if cell is None:
+            self._missing(envelope)
+        if not cell.open:
+            self._admit(cell, envelope)
+        outcome = cell.mailbox.offer(envelope)
+        if outcome is _ACCEPTED:
+            cell.in_flight += 1
+            cell.routed += 1
+        elif outcome[0] is Offer.FULL and cell.mailbox.config.overflow is Overflow.BLOCK:
+            await self._queue_when_room(cell, envelope)
+            return
+        else:
+            self._not_accepted(cell, envelope, outcome)
+        await trio.lowlevel.checkpoint()
 
     async def ask(
         self,
         path: str,
         payload: Any,
-        *,
         timeout: float = 5.0,
         source: Source = Source.ACTOR,
         correlation_id: str | None = None,
     ) -> Any:
         reply = Reply()
-        deadline = math.inf if timeout == math.inf else _deadline(timeout)
+        deadline = _INF if timeout == _INF else _deadline(timeout)
         envelope = Envelope(next_id(), source, path, payload, reply, deadline, correlation_id)
         if timeout == 0:
             self._refuse(envelope, DeadlineExceeded(path))
-        await self._route_waiting(envelope, checkpoint=False)
-        if deadline != math.inf:
+        cell = self.cells.get(path)
+        if cell is None:
+            self._missing(envelope)
+        if not cell.open:
+            self._admit(cell, envelope)
+        outcome = cell.mailbox.offer(envelope)
+        if outcome is _ACCEPTED:
+            cell.in_flight += 1
+            cell.routed += 1
+        elif outcome[0] is Offer.FULL and cell.mailbox.config.overflow is Overflow.BLOCK:
+            await self._queue_when_room(cell, envelope)
+        else:
+            self._not_accepted(cell, envelope, outcome)
+        if deadline != _INF:
             self.timers.add(deadline, reply, path, timeout)
         return await reply.wait()
 
@@ -134,19 +172,19 @@ class Router:
         if event.durable:
             cell = self.cells.get(path)
             if cell is not None:
-                if event.id in cell.queued_durable:
+                if cell.durable_queued(event.id):
                     return  # the store's redelivery was quicker: it is queued already
                 # Marked before routing: a dead letter for it (below) takes the mark off.
-                cell.queued_durable.add(event.id)
+                cell.mark_durable_queued(event.id)
         try:
             self._route(envelope)
         except ActorError as error:
             self.dead_letter(envelope, error.reason, str(error))
 
     def expired(self, envelope: Envelope) -> None:
-        """An envelope whose deadline passed in the mailbox."""
-        if envelope.reply is not None:
-            envelope.reply.set_error(DeadlineExceeded(envelope.target))
+        """An envelope whose deadline passed in the mailbox. An ask's asker is told by
+        its timer (AskTimeout), at that same moment: whichever of the two ran first, the
+        asker would otherwise get one error or the other by the scheduler's whim."""
         self.dead_letter(envelope, "expired", "deadline passed in the mailbox")
 
     def answered_late(self, envelope: Envelope) -> None:
@@ -171,57 +209,45 @@ class Router:
                 if reason == "mailbox_full":  # refused, dropped or evicted
                     cell.redeliver_later(event.id)
                 else:
-                    cell.queued_durable.discard(event.id)
+                    cell.unmark_durable_queued(event.id)
         letter = self.dead_letters.record(envelope, reason, detail)
         if self.on_dead_letter is not None:
             self.on_dead_letter(letter)
 
     # ----------------------------------------------------------------- internals
 
-    async def _route_waiting(self, envelope: Envelope, *, checkpoint: bool = True) -> None:
-        """Route, waiting for mailbox room when its policy is BLOCK and it is full."""
-        cell = self._cell(envelope)
-        self._admit(cell, envelope)
+    async def _queue_when_room(self, cell: ActorCell, envelope: Envelope) -> None:
+        """Wait for room in a full BLOCK mailbox until the envelope's deadline."""
         mailbox = cell.mailbox
-        if mailbox.full and mailbox.config.overflow is Overflow.BLOCK:
-            with trio.move_on_at(envelope.deadline):
-                await mailbox.wait_for_room()
-                self._queue(cell, envelope)
-                return
-            self._refuse(envelope, MailboxFull(envelope.target, mailbox.config.capacity))
-        self._queue(cell, envelope)
-        if checkpoint:
-            await trio.lowlevel.checkpoint()
+        with trio.move_on_at(envelope.deadline):
+            await mailbox.wait_for_room()
+            self._queue(cell, envelope)
+            return
+        self._refuse(envelope, MailboxFull(envelope.target, mailbox.config.capacity))
 
     def _route(self, envelope: Envelope) -> ActorCell:
-        cell = self._cell(envelope)
-        self._admit(cell, envelope)
+        cell = self.cells.get(envelope.target)
+        if cell is None:
+            self._missing(envelope)
+        if not cell.open:
+            self._admit(cell, envelope)
         self._queue(cell, envelope)
         return cell
 
-    def _cell(self, envelope: Envelope) -> ActorCell:
-        cell = self.cells.get(envelope.target)
-        if cell is None:
-            if envelope.target in self.tombstones:
-                self._refuse(envelope, ActorStopped(envelope.target))
-            self._refuse(envelope, ActorNotFound(envelope.target))
-        return cell
+    def _missing(self, envelope: Envelope) -> NoReturn:
+        if envelope.target in self.tombstones:
+            self._refuse(envelope, ActorStopped(envelope.target))
+        self._refuse(envelope, ActorNotFound(envelope.target))
 
     def _admit(self, cell: ActorCell, envelope: Envelope) -> None:
+        """The checks of a cell that is not ``open`` (see :attr:`ActorCell.open`): an
+        open one, running and ready with no rate limit, is admitted without them."""
         # Every entry point builds its envelope fresh and refuses a zero timeout, so
         # the deadline is in the future here; expiry in the mailbox is the cell's check.
         path = envelope.target
         if cell.stopped:
             self._refuse(envelope, ActorStopped(path))
-        supervisor = cell.node.supervisor
-        try:
-            state, ready = (
-                supervisor.child_status(cell.name)
-                if supervisor is not None
-                else (ChildState.RESTARTING, False)
-            )
-        except ChildNotFound:
-            state, ready = ChildState.STOPPED, False
+        state, ready = cell.supervision_status()
         if state is ChildState.RUNNING:
             if not ready:
                 self._refuse(envelope, NotReady(path, _NOT_READY_RETRY))
@@ -246,17 +272,29 @@ class Router:
                 )
 
     def _queue(self, cell: ActorCell, envelope: Envelope) -> None:
-        outcome, evicted = cell.mailbox.offer(envelope)
+        outcome = cell.mailbox.offer(envelope)
+        if outcome is _ACCEPTED:
+            cell.in_flight += 1
+            cell.routed += 1
+        else:
+            self._not_accepted(cell, envelope, outcome)
+
+    def _not_accepted(
+        self, cell: ActorCell, envelope: Envelope, offered: tuple[Offer, Envelope | None]
+    ) -> None:
+        """What follows an offer other than a plain accept: a refusal (MailboxFull), a
+        drop of the newest (a dead letter), or an accept that evicted the oldest."""
+        outcome, evicted = offered
         if outcome is not Offer.ACCEPTED:
             if outcome is Offer.FULL:
                 self._refuse(envelope, MailboxFull(envelope.target, cell.mailbox.config.capacity))
             self.rejected[(envelope.target, "mailbox_full")] += 1
             self.dead_letter(envelope, "mailbox_full", "dropped newest")
             return
-        cell.in_flight += 1
         cell.routed += 1
-        if evicted is not None:
-            cell.in_flight -= 1
+        if evicted is None:
+            cell.in_flight += 1
+        else:  # the new one in, the oldest out: as many in flight as before
             if evicted.reply is not None:
                 evicted.reply.set_error(MailboxFull(evicted.target, cell.mailbox.config.capacity))
             self.dead_letter(evicted, "mailbox_full", "dropped oldest")

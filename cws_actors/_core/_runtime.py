@@ -46,6 +46,7 @@ from ._router import Router
 if TYPE_CHECKING:
     from ..faults import FaultInjector
 
+_DEFAULT_MAILBOX = MailboxConfig()  # frozen: one for every actor that takes the default
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 DEAD_LETTER_TOPIC = "system.dead_letter"
 
@@ -249,7 +250,7 @@ class Runtime:
             name=name,
             node=node,
             factory=factory,
-            mailbox=Mailbox(mailbox if mailbox is not None else MailboxConfig()),
+            mailbox=Mailbox(mailbox if mailbox is not None else _DEFAULT_MAILBOX),
             rate_limit=rate_limit,
             shutdown=shutdown,
             ref=ActorRef(self, path),

@@ -44,11 +44,11 @@ from ._protocol import (
     PROTOCOL_VERSION,
     RUNNER_REQUESTS,
     FrameReader,
+    FrameWriter,
     ProtocolError,
     decode_result,
     encode_event,
     encode_request,
-    send_frame,
 )
 
 
@@ -120,7 +120,7 @@ class SubprocessDriver:
     _nursery: trio.Nursery | None = None
     _process: trio.Process | ForkedProcess | None = None
     _reader: FrameReader | None = None
-    _send_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    _writer: FrameWriter | None = None
     _ids: Iterator[int] = attrs.field(factory=itertools.count)
     _pending: dict[int, Reply] = attrs.field(factory=dict)
     """Requests sent and not answered yet, by id (protocol 2 multiplexes them)."""
@@ -163,6 +163,8 @@ class SubprocessDriver:
         self.counters.kill = self.kill
         assert process.stdout is not None and process.stderr is not None
         self._reader = FrameReader(process.stdout)
+        assert process.stdin is not None
+        self._writer = FrameWriter(process.stdin)
         nursery.start_soon(self._log_stderr, process.stderr)
         nursery.start_soon(self._watch, process)
         hello = await self._receive_hello()
@@ -296,8 +298,8 @@ class SubprocessDriver:
         """Send ``message`` with an id of its own and wait for the answer with that id;
         other requests go and come meanwhile. Cancelled (the ask's deadline, the HTTP
         client gone), it tells the runner, which cancels the plugin's handler."""
-        process = self._process
-        assert process is not None and process.stdin is not None
+        process, writer = self._process, self._writer
+        assert process is not None and writer is not None
         if self._broken is not None:
             await self._unless_killed()
             raise PluginCrashed(self._broken)
@@ -308,8 +310,7 @@ class SubprocessDriver:
                 # Shielded: a frame cut in the middle would break every later one. It ends
                 # at the latest when the process does (the stop escalates to SIGKILL).
                 with trio.CancelScope(shield=True):
-                    async with self._send_lock:
-                        await send_frame(process.stdin, {**message, "id": request_id})
+                    await writer.send({**message, "id": request_id})
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 await self._unless_killed()
                 raise PluginCrashed(self._describe_exit("the pipe broke")) from exc
@@ -322,8 +323,7 @@ class SubprocessDriver:
                         trio.move_on_after(1),
                         contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
                     ):
-                        async with self._send_lock:
-                            await send_frame(process.stdin, {"type": "cancel", "id": request_id})
+                        await writer.send({"type": "cancel", "id": request_id})
                 raise
         finally:
             del self._pending[request_id]
@@ -385,15 +385,14 @@ class SubprocessDriver:
                 error_type="RuntimeError",
                 message=f"the daemon could not answer ({type(exc).__name__}; see its log)",
             )
-        process = self._process
-        if process is None or process.stdin is None or process.returncode is not None:
+        process, writer = self._process, self._writer
+        if process is None or writer is None or process.returncode is not None:
             return
         with (
             trio.CancelScope(shield=True),
             contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
         ):
-            async with self._send_lock:
-                await send_frame(process.stdin, answer)
+            await writer.send(answer)
 
     async def _read_answers(self) -> None:
         """Hand each answer to the request with its id, until the output ends; then

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import json
+import math
 import os
 import resource
 import select
@@ -36,6 +37,7 @@ from .._plugins._model import PLUGIN_API_VERSION, Plugin, PluginContext
 from ._protocol import (
     PROTOCOL_VERSION,
     FrameReader,
+    FrameWriter,
     decode_event,
     decode_request,
     encode_capabilities,
@@ -87,13 +89,18 @@ class Runner:
             api=PluginAPI(spec["name"], self.ask_token),
         )
         self.started = False
-        self.send_lock = trio.Lock()  # frames from concurrent handlers never interleave
+        self.writer = FrameWriter(self.out)  # concurrent handlers' frames never interleave
         self.calls: dict[Any, trio.CancelScope] = {}
         self.asked = HostRequests(self.send)
+        # Requests handed to worker tasks, which stay for the next one: a call costs a
+        # hand-over to a waiting worker, not a task of its own (a new worker only when
+        # all are busy, so there are as many as calls ever ran at once).
+        self.to_workers, self.for_workers = trio.open_memory_channel[
+            tuple[dict[str, Any], trio.CancelScope]
+        ](math.inf)
 
     async def send(self, message: dict[str, Any]) -> None:
-        async with self.send_lock:
-            await send_frame(self.out, message)
+        await self.writer.send(message)
 
     async def publish(self, topic: str, payload: Any = None) -> None:
         await self.send({"type": "publish", "topic": topic, "payload": payload})
@@ -140,7 +147,9 @@ class Runner:
                         await self.send(await self._answer(request))
                     else:  # calls, health, readiness, status: side by side
                         call = self.calls[request.get("id")] = trio.CancelScope()
-                        nursery.start_soon(self._answer_in_task, request, call)
+                        if not self.to_workers.statistics().tasks_waiting_receive:
+                            nursery.start_soon(self._work)  # every worker is busy
+                        self.to_workers.send_nowait((request, call))
             finally:
                 with trio.CancelScope(shield=True):
                     await self._stop()
@@ -156,6 +165,10 @@ class Runner:
         if self.started:
             self.started = False
             await self.plugin.stop(self.ctx)
+
+    async def _work(self) -> None:
+        async for request, scope in self.for_workers:
+            await self._answer_in_task(request, scope)
 
     async def _answer_in_task(self, request: dict[str, Any], scope: trio.CancelScope) -> None:
         request_id = request.get("id")

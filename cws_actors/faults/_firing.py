@@ -170,7 +170,7 @@ def _fail_reply(cell: ActorCell, envelope: Envelope, error: InjectedFault) -> No
 def _drop(cell: ActorCell, envelope: Envelope, fault: _Fault) -> None:
     payload = envelope.payload
     if isinstance(payload, Event) and payload.durable:
-        cell.queued_durable.discard(payload.id)  # unacknowledged: redelivered on restart
+        cell.unmark_durable_queued(payload.id)  # unacknowledged: redelivered on restart
     cell.router.dead_letter(envelope, "fault", f"dropped by fault {fault.id!r} ({fault.spec})")
     if envelope.reply is not None and envelope.deadline == math.inf:
         envelope.reply.set_error(AskTimeout(cell.path, math.inf))
