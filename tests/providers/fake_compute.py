@@ -93,6 +93,10 @@ class FakeCompute:
         """(operation, its status, its instance's status) at creation and at each poll."""
         self._failures: list[int | None] = []
         self._lock = threading.Lock()
+        self.operations_open = threading.Event()
+        """Cleared by ``hold_operations``: polls of an operation wait (up to 60 s) until
+        ``release_operations``, as a long cloud operation would keep them waiting."""
+        self.operations_open.set()
         self._ids = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -116,6 +120,12 @@ class FakeCompute:
         requests have been answered as usual (``after=1``: fail a listing's second page)."""
         with self._lock:
             self._failures.extend([None] * after + [status] * count)
+
+    def hold_operations(self) -> None:
+        self.operations_open.clear()
+
+    def release_operations(self) -> None:
+        self.operations_open.set()
 
     def start(self) -> None:
         fake = self
@@ -146,6 +156,8 @@ class FakeCompute:
     def handle(self, method: str, url: str) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(url)
         query = {key: values[0] for key, values in parse_qs(parts.query).items()}
+        if _OPERATION.match(parts.path):
+            self.operations_open.wait(timeout=60)  # outside the lock: others go on
         with self._lock:
             self.requests.append((method, parts.path))
             self.queries.append(query)

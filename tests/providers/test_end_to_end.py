@@ -168,3 +168,40 @@ async def test_stop_and_start_through_the_cli_are_billed_by_analytics(
         assert hours["europe-west4-b/cpu-1"]["provider"] == "gcp"
         assert all(row["hours"] > 0 for row in report["instances"])
         assert report["total_hours"] > 0
+
+
+async def test_a_start_that_waits_on_its_operation_never_delays_a_list(
+    tmp_path: Path, moto: str, compute: FakeCompute
+) -> None:
+    """The cloud providers handle calls side by side ([concurrency] max = 16, issue 17):
+    a `start --wait` polling a long operation holds one call, not the plugin."""
+    config = write_config(tmp_path / "cws.toml", moto, compute)
+    async with cws_daemon(
+        tmp_path / "home", config=config, CWS_FORK_SERVER="true", CWS_ENTRY_POINTS="true", **AWS_ENV
+    ) as daemon:
+        token = await create_token(daemon)
+        with trio.fail_after(120):
+            await cli(daemon, token, "instances", "list", "--provider", "gcp", "--json")
+            compute.hold_operations()
+            started: list[Any] = []
+
+            async def start() -> None:
+                started.append(await cli(daemon, token, "instances", "start", "gcp",
+                                         "europe-west4-b/cpu-1", "--wait", "--json"))  # fmt: skip
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(start)
+
+                async def polling() -> bool:
+                    return any(path.endswith("/cpu-1/start") for _, path in compute.requests)
+
+                while not await polling():  # noqa: ASYNC110 - the fake runs in threads
+                    await trio.sleep(0.05)
+                # The start is waiting on its operation; a list of the same provider answers.
+                listing = await cli(daemon, token, "instances", "list", "--provider", "gcp",
+                                    "--json")  # fmt: skip
+                assert started == []
+                names = {item["name"] for item in listing["instances"]}
+                assert {"gpu-1", "cpu-1"} <= names, listing
+                compute.release_operations()
+            assert started[0]["state"] == "running", started
