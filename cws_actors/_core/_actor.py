@@ -126,6 +126,13 @@ class Actor:
         limit is ``max_concurrency``). Called only when the actor has groups."""
         return None
 
+    def events_in_order(self, event: Event) -> bool:
+        """Whether ``event`` waits for the actor's earlier events (True: bus events reach
+        an actor one at a time, in publish order). An actor with ``max_concurrency``
+        above 1 may answer False for events it handles side by side, like direct
+        messages, in their concurrency group."""
+        return True
+
     async def on_start(self) -> None:
         """Called before the first message of each run."""
 

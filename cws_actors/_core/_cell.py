@@ -405,7 +405,12 @@ class ActorCell:
         handled = 0
 
         def lane_of(envelope: Envelope) -> _Lane:
-            if envelope.source is Source.BUS and isinstance(envelope.payload, Event):
+            payload = envelope.payload
+            if (
+                envelope.source is Source.BUS
+                and isinstance(payload, Event)
+                and actor.events_in_order(payload)
+            ):
                 return events
             if len(lanes) == 1:
                 return lanes[None]

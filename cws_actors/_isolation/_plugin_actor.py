@@ -54,6 +54,11 @@ class PluginActor(Actor):
         self._active: dict[int, int] = {}
         self._drained = trio.lowlevel.ParkingLot()
 
+    def events_in_order(self, event: Event) -> bool:
+        specs = self.launch.capabilities.event_handlers
+        matching = [spec for spec in specs if topic_matches(spec.event_type, event.topic)]
+        return not matching or any(spec.ordered for spec in matching)
+
     def concurrency_group(self, message: Any) -> str | None:
         if isinstance(message, PluginCall):
             return self._groups.get(message.handler)

@@ -189,6 +189,9 @@ class EventHandlerSpec:
 
     event_type: str = attrs.field()
     handler: str
+    ordered: bool = True
+    """False: with ``[concurrency] max`` above 1, these events are handled side by side
+    (in the default group) instead of one at a time in publish order."""
 
     @event_type.validator
     def _check_pattern(self, attribute: attrs.Attribute[str], value: str) -> None:

@@ -274,3 +274,20 @@ async def test_the_snapshot_shows_what_is_in_flight(autojump_clock) -> None:
             await trio.testing.wait_all_tasks_blocked()
         node = runtime.actors().find("/w")
         assert (node.handling, node.max_concurrency, node.mailbox.depth) == (4, 4, 2)
+
+
+class Unordered(Subscriber):
+    def events_in_order(self, event: Event) -> bool:
+        return False  # these may overlap: handled like direct messages
+
+
+async def test_events_an_actor_does_not_need_in_order_are_handled_side_by_side(
+    autojump_clock,
+) -> None:
+    Subscriber.seen = []
+    async with open_runtime() as runtime:
+        await runtime.spawn(Unordered, name="sub")
+        for i in range(1, 6):
+            await runtime.bus.publish("job.done", i)
+        await trio.sleep(10)
+    assert Subscriber.seen == [5, 4, 3, 2, 1]  # the quickest first: they overlapped
