@@ -4,6 +4,7 @@ letters. Every listing takes ``--json`` and then prints the API's JSON as it cam
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -496,11 +497,27 @@ async def events_tail(topics: tuple[str, ...]) -> None:
     def show(event: dict[str, Any]) -> None:
         click.echo(f"{event.get('topic')} {json.dumps(event.get('payload'))}")
 
-    try:
-        async with connect() as client:
-            await client.follow_events(list(topics), show, on_connected=connected)
-    except KeyboardInterrupt:
-        return  # Ctrl-C is how tail ends
+    # Ctrl-C is how tail ends: a signal receiver turns it into a cancellation, rather than
+    # Trio's KeyboardInterrupt, whose delivery to the waiting task was seen to stall.
+    failure: list[Exception] = []
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts, trio.CancelScope() as scope:
+
+        async def follow() -> None:
+            try:
+                async with connect() as client:
+                    await client.follow_events(list(topics), show, on_connected=connected)
+            except Exception as exc:  # noqa: BLE001 - raised below, as itself, not in a group
+                failure.append(exc)
+            finally:
+                scope.cancel()  # it ended without Ctrl-C: stop waiting for one
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow)
+            async for _ in interrupts:
+                nursery.cancel_scope.cancel()  # Ctrl-C
+                break
+    if failure:
+        raise failure[0]
 
 
 def _payload(ctx: click.Context, param: click.Parameter, value: str) -> Any:
