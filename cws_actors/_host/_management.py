@@ -86,7 +86,8 @@ class _Management(_Loading):
                     await trio.to_thread.run_sync(discard, target)  # a broken copy
                 staged.folder.rename(target)
             except BaseException:
-                await trio.to_thread.run_sync(discard, staged.folder)
+                with trio.CancelScope(shield=True):  # cancelled too: still clean up
+                    await trio.to_thread.run_sync(discard, staged.folder)
                 raise
             await self._record(staged, target)
             requests = staged.manifest.metadata.sandbox.requests()
