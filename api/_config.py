@@ -221,6 +221,9 @@ class DaemonConfig:
     )  # fmt: skip
     require_signed: bool = _setting("plugins", False, for_host=True)
     fork_server: bool = _setting("plugins", True, for_host=True)
+    allow_weaker_sandbox: bool = _setting("plugins", False, for_host=True)
+    """Run a subprocess plugin whose sandbox needs a control this machine cannot
+    enforce (it is refused by default, naming the control)."""
     entry_points: bool = _setting("plugins", True, for_host=True)
     max_restarts: int = _setting(
         "plugins", 10, rule=lambda v: v >= 1, expected=">= 1", for_host=True,

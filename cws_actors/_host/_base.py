@@ -80,6 +80,9 @@ class PluginStatus:
     path: str | None
     pid: int | None = None
     """The plugin's process (subprocess isolation), while it runs."""
+    sandbox: Mapping[str, str] | None = None
+    """Subprocess plugins: per control of its sandbox, ``enforced``, ``partially
+    enforced (why)`` or ``not available (why)`` on this machine."""
     last_restart_at: float | None = None
     """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
 
@@ -125,6 +128,12 @@ class HostConfig:
     restart_period: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
     """A plugin restarted more than ``max_restarts`` times within ``restart_period``
     seconds is quarantined (visible in the API, cleared by hand); the others go on."""
+    allow_weaker_sandbox: bool = False
+    """Run a plugin whose sandbox asks for a control this machine cannot enforce
+    (``[plugins] allow_weaker_sandbox``); by default such a plugin is refused."""
+    sandbox: bool = True
+    """Confine subprocess plugins (:mod:`cws_actors._isolation._kernel`); off only to
+    measure what the sandbox costs."""
     backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
     """The delay between a plugin's restarts when its manifest sets none: exponential
     from 100 ms, capped at 5 s, with full jitter, reset after a minute of running."""
@@ -188,6 +197,8 @@ class _HostBase:
     _starting: dict[str, trio.Event] = attrs.field(factory=dict)
     """Plugins whose actor is starting (outside the host lock), set when settled."""
     _starting_launches: dict[str, PluginLaunch] = attrs.field(factory=dict)
+    protected_ports: tuple[int, ...] = ()
+    """Set by the daemon: its own ports, which no plugin may reach."""
     route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
     """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
     core route or another plugin's), or None. A plugin with such an endpoint is refused

@@ -24,6 +24,13 @@ from .test_host import TIMEOUT, opened
 from .test_install import snapshot
 
 
+def _grant(folder: Path) -> str:
+    """A ``[sandbox]`` letting the plugin write in ``folder`` (its home excepted: so
+    only to what exists there, such as the marker, made here first)."""
+    (folder / "ran").touch()
+    return f'\n[sandbox]\nfilesystem = [{{path = "{folder}", access = "write"}}]\n'
+
+
 def _marking(marker: Path) -> str:
     """The echo plugin, with a module top level that appends its process id to
     ``marker``: where its code ran."""
@@ -81,7 +88,7 @@ async def test_installing_describes_an_in_process_plugin_in_another_process(
     """Validating an install imports the plugin in a describe process only; its code
     runs in the daemon when an allowed in-process plugin loads, not before."""
     home, marker = tmp_path / "home", tmp_path / "ran"
-    source = write_plugin(tmp_path / "src", "echo", code=_marking(marker))
+    source = write_plugin(tmp_path / "src", "echo", code=_marking(marker), extra=_grant(tmp_path))
     with trio.fail_after(TIMEOUT):
         async with opened(home, in_process_allowed={"echo"}) as host:
             await host.install(source)
@@ -96,7 +103,8 @@ async def test_a_folder_plugin_runs_in_process_only_when_the_operator_allows_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     home, marker = tmp_path / "home", tmp_path / "ran"
-    write_plugin(home / "plugins", "echo", code=_marking(marker))  # asks for in_process
+    # asks for in_process; its describe, sandboxed, may write the marker
+    write_plugin(home / "plugins", "echo", code=_marking(marker), extra=_grant(tmp_path))
     with trio.fail_after(TIMEOUT):
         async with opened(home, in_process_allowed=()) as host:
             status = await host.load("echo")
