@@ -21,6 +21,7 @@ from .._isolation._forkserver import ForkServer
 from .._isolation._launch import PluginCounters, PluginLaunch
 from .._packaging._archive import ArchiveLimits
 from .._plugins._manifest import Manifest
+from .._plugins._sandbox import Sandbox, parse_sandbox
 from .._plugins._model import (
     APIEndpointSpec,
     Concurrency,
@@ -85,6 +86,21 @@ class PluginStatus:
     enforced (why)`` or ``not available (why)`` on this machine."""
     last_restart_at: float | None = None
     """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
+
+
+def _sandbox_override(sandbox: Sandbox, table: Mapping[str, Any]) -> Sandbox:
+    """The operator's ``[plugins.overrides.NAME.sandbox]``: ``network`` and ``exec``
+    replace the plugin's, ``filesystem`` adds to it (a test pointing a cloud plugin at
+    a local fake says ``network = "loopback"``)."""
+    given = parse_sandbox(table)
+    changes: dict[str, Any] = {}
+    if "network" in table:
+        changes.update(network=given.network, endpoints=given.endpoints)
+    if "filesystem" in table:
+        changes["filesystem"] = (*sandbox.filesystem, *given.filesystem)
+    if "exec" in table:
+        changes["exec"] = given.exec
+    return attrs.evolve(sandbox, **changes)
 
 
 def _names(names: Iterable[str]) -> frozenset[str]:
@@ -228,6 +244,10 @@ class _HostBase:
         if "limits" in override:
             limits = attrs.evolve(metadata.limits, **override["limits"])
             metadata = attrs.evolve(metadata, limits=limits)
+        if "sandbox" in override:
+            metadata = attrs.evolve(
+                metadata, sandbox=_sandbox_override(metadata.sandbox, override["sandbox"])
+            )
         if "concurrency" in override:
             wanted = override["concurrency"]
             concurrency = Concurrency(

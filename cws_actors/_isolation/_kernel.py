@@ -200,13 +200,11 @@ def controls(metadata: PluginMetadata, kernel: KernelSupport | None = None) -> d
             "partially enforced (Landlock filters ports, not addresses: every port but"
             " the daemon's, on any host)"
         )
-    elif any(e.host for e in sandbox.endpoints):
+    else:
         report["network"] = (
             "partially enforced (Landlock filters ports, not addresses: the listed ports"
-            " on any host; UDP refused, DNS over TCP)"
+            " and 53 (DNS over TCP) on any host; UDP refused)"
         )
-    else:
-        report["network"] = ENFORCED
     if k.pid_namespace:
         report["process_group"] = ENFORCED
     else:
@@ -260,7 +258,7 @@ def sandbox_spec(
     for rule in sandbox.filesystem:
         (write if rule.access is PathAccess.WRITE else read).append(rule.path)
     ports = sorted({e.port for e in sandbox.endpoints})
-    if any(e.host for e in sandbox.endpoints):
+    if ports:
         ports = sorted({*ports, 53})  # the resolver, over TCP (RES_OPTIONS=use-vc)
     return {
         "folder": str(folder) if folder else None,
@@ -505,5 +503,5 @@ def confine(spec: Mapping[str, Any], limits: Mapping[str, int | None], keeper: A
         keeper.close()
     if spec.get("data"):
         os.environ["TMPDIR"] = spec["data"]
-    if spec["network"] == NetworkMode.LIST.value and 53 in spec["ports"]:
+    if spec["network"] != NetworkMode.NONE.value:
         os.environ["RES_OPTIONS"] = "use-vc"  # DNS over TCP: UDP is refused
