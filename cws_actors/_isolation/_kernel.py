@@ -386,6 +386,14 @@ def _file_rights() -> Any:
 
 
 _FILE_RIGHTS = _file_rights()
+def _loaders() -> list[str]:
+    import glob
+
+    patterns = ("/lib64/ld-*.so*", "/lib/ld-*.so*", "/lib/*-linux-*/ld-*.so*",
+                "/usr/lib/*-linux-*/ld-*.so*", "/usr/lib64/ld-*.so*")  # fmt: skip
+    return sorted({found for pattern in patterns for found in glob.glob(pattern)})
+
+
 _NET_RULESETS: dict[tuple[int, ...], Any] = {}
 
 
@@ -432,6 +440,10 @@ def landlock(spec: Mapping[str, Any]) -> None:
             _allow_except(rs, path, write_rights, home)
         for program in spec["exec"]:
             _allow_except(rs, program, read_rights | AccessFS.EXECUTE, home)
+        if spec["exec"]:
+            # The kernel opens a dynamic program's loader for execution too.
+            for loader in _loaders():
+                _allow_except(rs, loader, read_rights | AccessFS.EXECUTE, home)
         if spec.get("folder"):
             _allow_except(rs, spec["folder"], read_rights, [])
         if spec.get("data"):
