@@ -525,7 +525,8 @@ def _check_override(read: _FileRead, name: str, field: str, value: Any) -> None:
         "config": not isinstance(value, dict),
         "limits": not isinstance(value, dict),
         "concurrency": not isinstance(value, dict),
-        "sandbox": not isinstance(value, dict) or bool(set(value) - {"network", "filesystem", "exec"}),
+        "sandbox": not isinstance(value, dict)
+        or bool(set(value) - {"network", "filesystem", "exec"}),
     }[field]
     if not wrong and field == "sandbox":
         from cws_actors._plugins._sandbox import parse_sandbox

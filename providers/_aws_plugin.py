@@ -19,8 +19,15 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from cws_actors import Concurrency, Isolation, PluginMetadata
-from cws_actors import Endpoint, NetworkMode, PathRule, Sandbox
+from cws_actors import (
+    Concurrency,
+    Endpoint,
+    Isolation,
+    NetworkMode,
+    PathRule,
+    PluginMetadata,
+    Sandbox,
+)
 
 from ._base import CloudProvider, ProviderRequestError
 from ._plugin import PROVIDER_CONCURRENCY, ProviderPlugin
@@ -43,14 +50,14 @@ class AWSPlugin(ProviderPlugin):
         # network ([plugins.overrides.aws] sandbox = { network = "loopback" }).
         sandbox=Sandbox(
             filesystem=[
-            PathRule(path)
-            for path in (
-                os.environ.get("AWS_SHARED_CREDENTIALS_FILE"),
-                os.environ.get("AWS_CONFIG_FILE"),
-                os.path.join(os.path.expanduser("~"), ".aws"),
-            )
-            if path and os.path.isabs(path)
-        ],
+                PathRule(path)
+                for path in (
+                    os.environ.get("AWS_SHARED_CREDENTIALS_FILE"),
+                    os.environ.get("AWS_CONFIG_FILE"),
+                    os.path.join(os.path.expanduser("~"), ".aws"),
+                )
+                if path and os.path.isabs(path)
+            ],
             network=NetworkMode.LIST,
             endpoints=[Endpoint(None, 443)],
             declared=True,

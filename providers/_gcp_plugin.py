@@ -22,8 +22,15 @@ from typing import Any
 
 import trio
 
-from cws_actors import Concurrency, Isolation, PluginMetadata
-from cws_actors import Endpoint, NetworkMode, PathRule, Sandbox
+from cws_actors import (
+    Concurrency,
+    Endpoint,
+    Isolation,
+    NetworkMode,
+    PathRule,
+    PluginMetadata,
+    Sandbox,
+)
 
 from ._base import CloudProvider, ProviderNotConfigured
 from ._plugin import PROVIDER_CONCURRENCY, ProviderPlugin
@@ -46,13 +53,13 @@ class GCPPlugin(ProviderPlugin):
         # network ([plugins.overrides.gcp] sandbox = { network = "loopback" }).
         sandbox=Sandbox(
             filesystem=[
-            PathRule(path)
-            for path in (
-                os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
-                os.path.join(os.path.expanduser("~"), ".config", "gcloud"),
-            )
-            if path and os.path.isabs(path)
-        ],
+                PathRule(path)
+                for path in (
+                    os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
+                    os.path.join(os.path.expanduser("~"), ".config", "gcloud"),
+                )
+                if path and os.path.isabs(path)
+            ],
             network=NetworkMode.LIST,
             endpoints=[Endpoint(None, 443)],
             declared=True,

@@ -21,7 +21,6 @@ from .._isolation._forkserver import ForkServer
 from .._isolation._launch import PluginCounters, PluginLaunch
 from .._packaging._archive import ArchiveLimits
 from .._plugins._manifest import Manifest
-from .._plugins._sandbox import Sandbox, parse_sandbox
 from .._plugins._model import (
     APIEndpointSpec,
     Concurrency,
@@ -29,6 +28,7 @@ from .._plugins._model import (
     Plugin,
     PluginMetadata,
 )
+from .._plugins._sandbox import Sandbox, parse_sandbox
 from ._install import (
     TrustPolicy,
 )

@@ -21,9 +21,9 @@ from .._core._exceptions import (
     PluginRefused,
 )
 from .._isolation._describe import DescribeFailed, describe, describe_spec
-from .._isolation._kernel import controls, sandbox_spec, weaker
 from .._isolation._drivers import InProcessDriver, SubprocessDriver
 from .._isolation._forkserver import ForkServer
+from .._isolation._kernel import controls, sandbox_spec, weaker
 from .._isolation._launch import (
     ENV_ALLOWLIST,
     PluginCounters,

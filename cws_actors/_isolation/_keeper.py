@@ -35,9 +35,7 @@ from . import _kernel
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 
 
-def keep(
-    spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], None]
-) -> NoReturn:
+def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], None]) -> NoReturn:
     """Run ``confined(keeper_socket, in_namespace)`` in the runner process; this
     process keeps it until it exits, then exits as it did."""
     kernel = _kernel.support()
@@ -197,10 +195,9 @@ class _Keeper:
             ready = {fd for fd, _ in poller.poll()}
             if runner_fd in ready:
                 break
-            if listener is not None and listener in ready:
-                if not self._answer(listener):
-                    poller.unregister(listener)
-                    listener = None
+            if listener is not None and listener in ready and not self._answer(listener):
+                poller.unregister(listener)
+                listener = None
         told = os.read(self.status, 64)
         _, status = os.waitpid(self.runner, 0)
         if told:
@@ -274,6 +271,7 @@ class _Keeper:
             if count >= self.processes:
                 return errno.EAGAIN, f"{count} processes and threads of {self.processes}"
         return None
+
 
 def _children(pid: int) -> list[int]:
     found: list[int] = []

@@ -166,7 +166,10 @@ def _cgroup() -> tuple[str | None, str]:
     controllers = set(_read(str(path / "cgroup.controllers")).split())
     missing = {"memory", "cpu", "pids"} - controllers
     if missing:
-        return None, f"the daemon's cgroup {path} lacks the {', '.join(sorted(missing))} controllers"
+        return (
+            None,
+            f"the daemon's cgroup {path} lacks the {', '.join(sorted(missing))} controllers",
+        )
     if not os.access(path, os.W_OK):
         return None, f"the daemon's cgroup {path} is not delegated to it (not writable)"
     return str(path), ""
@@ -312,9 +315,8 @@ def drop_capabilities() -> None:
     outside a user namespace)."""
     last = int(_read("/proc/sys/kernel/cap_last_cap") or 40)
     for cap in range(last + 1):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
-            if ctypes.get_errno() == errno.EPERM:
-                break  # no CAP_SETPCAP: nothing to drop
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EPERM:
+            break  # no CAP_SETPCAP: nothing to drop
     header = _CapHeader(0x20080522, 0)
     data = (_CapData * 2)()
     if _libc.capset(ctypes.byref(header), data) != 0:
@@ -386,6 +388,8 @@ def _file_rights() -> Any:
 
 
 _FILE_RIGHTS = _file_rights()
+
+
 def _loaders() -> list[str]:
     import glob
 

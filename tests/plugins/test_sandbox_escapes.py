@@ -327,6 +327,7 @@ async def test_every_escape_fails_under_the_default_sandbox(
                 "environment secret": "absent",
             }
             assert not (world["outside_dir"] / "pwned").exists()
+
             # It keeps running, and the keeper logged the denials with its name.
             # (Its probes may have waited on its busy interpreter: ready again, never
             # restarted.)
