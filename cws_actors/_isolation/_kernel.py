@@ -215,7 +215,9 @@ def controls(metadata: PluginMetadata, kernel: KernelSupport | None = None) -> d
             f"partially enforced (no PID namespace: {k.pid_namespace_problem}; the keeper"
             " is a subreaper and ends the plugin's processes, unless it is SIGKILLed)"
         )
-    together = f"per process only: {k.cgroup_problem}"
+    # A delegated cgroup v2 is detected but not used yet: say so rather than nothing.
+    no_cgroup = k.cgroup_problem or f"cgroup v2 limits are not built yet ({k.cgroup} found)"
+    together = f"per process only: {no_cgroup}"
     if limits.memory_mb:
         report["memory"] = f"partially enforced (RLIMIT_AS {together})"
     if limits.cpu_seconds:
@@ -223,7 +225,7 @@ def controls(metadata: PluginMetadata, kernel: KernelSupport | None = None) -> d
     if limits.open_files:
         report["open_files"] = ENFORCED
     if limits.cpu_percent:
-        report["cpu_percent"] = f"not available (needs a delegated cgroup v2: {k.cgroup_problem})"
+        report["cpu_percent"] = f"not available (needs a delegated cgroup v2: {no_cgroup})"
     if limits.processes:
         if k.user_notification and sc:
             report["processes"] = ENFORCED
