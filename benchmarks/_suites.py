@@ -33,8 +33,10 @@ TARGETS: dict[str, Target] = {
         ">=", 0.7, "framing, handshake state and supervision cost at most ~30% over raw pipes"
     ),
     "sandbox.crash_p99": Target(
-        "<=", 1.1, "the sandbox (keeper, PID namespace, Landlock, seccomp) costs under 10%"
-        " of crash to ready p99 (issue 19)"
+        "<=",
+        1.1,
+        "the sandbox (keeper, PID namespace, Landlock, seccomp) costs under 10%"
+        " of crash to ready p99 (issue 19)",
     ),
     "sandbox.ask": Target(
         ">=", 0.9, "the sandbox costs under 10% of subprocess ask throughput (issue 19)"
