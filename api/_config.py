@@ -529,7 +529,7 @@ def _check_override(read: _FileRead, name: str, field: str, value: Any) -> None:
         or bool(set(value) - {"network", "filesystem", "exec"}),
     }[field]
     if not wrong and field == "sandbox":
-        from cws_actors._plugins._sandbox import parse_sandbox
+        from cws_actors import parse_sandbox
 
         try:
             parse_sandbox(value)

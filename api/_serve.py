@@ -25,7 +25,7 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from cws_actors._isolation._kernel import not_dumpable
+from cws_actors import not_dumpable
 
 from ._config import DaemonConfig
 from ._connections import OpenConnections, default_max_connections, serve_http

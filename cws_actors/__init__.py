@@ -81,6 +81,7 @@ from ._host._facade import open_plugin_host as open_plugin_host
 from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord
 from ._host._state import StateStore as StateStore
+from ._isolation._kernel import not_dumpable as not_dumpable
 from ._isolation._launch import PluginCall as PluginCall
 from ._packaging._archive import ARCHIVE_SUFFIX as ARCHIVE_SUFFIX
 from ._packaging._archive import ArchiveInfo as ArchiveInfo
@@ -114,6 +115,7 @@ from ._plugins._sandbox import NetworkMode as NetworkMode
 from ._plugins._sandbox import PathAccess as PathAccess
 from ._plugins._sandbox import PathRule as PathRule
 from ._plugins._sandbox import Sandbox as Sandbox
+from ._plugins._sandbox import parse_sandbox as parse_sandbox
 
 __all__ = [
     "APIEndpointSpec",
@@ -204,11 +206,13 @@ __all__ = [
     "current_envelope",
     "generate_keypair",
     "make_archive",
+    "not_dumpable",
     "on_event",
     "open_plugin_host",
     "open_runtime",
     "open_sqlite",
     "parse_duration",
+    "parse_sandbox",
     "routes_overlap",
     "secret_key_encrypted",
     "topic_matches",

@@ -52,7 +52,7 @@ async def daemon(
     """
     # Not dumpable: no process of the same user reads the daemon's environment
     # (tokens, cloud credentials) or memory through /proc.
-    from cws_actors._isolation._kernel import not_dumpable
+    from cws_actors import not_dumpable
 
     not_dumpable()
     # Imported here: hypercorn and the app are heavy, and only this command needs them.

@@ -61,6 +61,12 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if notify else (None, None)
     status_read, status_write = os.pipe()
     keeper = os.getpid()
+    # The runner's way to tell "the daemon let go" (its input closed, keeper alive)
+    # from "the plugin was killed" (the keeper is gone first): it skips the plugin's
+    # stop then, in the moment before the kernel ends it.
+    from . import _runner
+
+    _runner.KEEPER_PIDFD = os.pidfd_open(keeper)
     init = _fork_child()
     if init == 0:
         os.close(status_read)

@@ -46,6 +46,8 @@ EXIT_MEMORY = 3
 """Exit code when the plugin ran out of memory under its limit."""
 EXIT_IMPORT = 4
 """Exit code when the plugin could not be imported."""
+KEEPER_PIDFD: int | None = None
+"""A pidfd of this runner's keeper (sandboxed runs), readable once it has exited."""
 
 
 def apply_limits(limits: dict[str, int | None]) -> None:
@@ -104,6 +106,8 @@ class Runner:
                 while True:
                     request = await self.reader.receive()
                     if request is None:
+                        if _keeper_gone():
+                            os._exit(EXIT_ORPHANED)  # killed: no graceful stop
                         break  # the daemon is gone
                     kind = request["type"]
                     if kind == "stop":
@@ -193,6 +197,12 @@ class Runner:
         if kind == "memory_hog":
             hog_memory()  # its MemoryError exits the process with EXIT_MEMORY
         raise ValueError(f"unknown request type {kind!r}")
+
+
+def _keeper_gone() -> bool:
+    if KEEPER_PIDFD is None:
+        return False
+    return bool(select.select([KEEPER_PIDFD], [], [], 0)[0])
 
 
 def run(spec: dict[str, Any]) -> None:
