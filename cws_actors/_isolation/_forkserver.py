@@ -55,7 +55,9 @@ _log = logging.getLogger("cws.plugins")
 def serve(control: socket.socket, daemon: int) -> None:
     """The server's loop: fork on request, report every exit; return when the host's
     socket closes or the daemon process ``daemon`` is gone."""
-    from . import _runner  # noqa: F401 - imported once here, inherited by every child
+    from . import _kernel, _runner  # noqa: F401 - imported once here, inherited by every child
+
+    _kernel.support()  # probed once here too
 
     if os.getppid() != daemon:
         return  # the daemon died while this interpreter started

@@ -38,6 +38,12 @@ import attrs
 from .._plugins._model import PluginMetadata
 from .._plugins._sandbox import NetworkMode, PathAccess, Sandbox
 
+try:  # imported here once: the fork server's children inherit them ready
+    import landlockpy  # noqa: F401
+    import pyseccomp  # noqa: F401
+except (ImportError, OSError, RuntimeError):  # no libseccomp.so.2: reported, not fatal
+    pass
+
 ENFORCED = "enforced"
 
 _libc = ctypes.CDLL(None, use_errno=True)
