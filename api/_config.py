@@ -221,6 +221,9 @@ class DaemonConfig:
     )  # fmt: skip
     require_signed: bool = _setting("plugins", False, for_host=True)
     fork_server: bool = _setting("plugins", True, for_host=True)
+    allow_weaker_sandbox: bool = _setting("plugins", False, for_host=True)
+    """Run a subprocess plugin whose sandbox needs a control this machine cannot
+    enforce (it is refused by default, naming the control)."""
     entry_points: bool = _setting("plugins", True, for_host=True)
     max_restarts: int = _setting(
         "plugins", 10, rule=lambda v: v >= 1, expected=">= 1", for_host=True,
@@ -286,6 +289,8 @@ _OVERRIDE_KEYS = {
     " cpu_percent, disk_mb, processes)",
     "env": "an array of the environment variables the plugin's process may see",
     "concurrency": "a table with max (calls at once) and groups (a table of group limits)",
+    "sandbox": 'a table with network ("none", "loopback" or a list of ports and'
+    ' "host:port"), filesystem (a list of {path, access}) and exec (false or a list)',
 }
 _LIMITS = {"memory_mb": 16, "cpu_seconds": 1, "open_files": 16, "cpu_percent": 1,
            "disk_mb": 1, "processes": 1}  # fmt: skip
@@ -562,7 +567,17 @@ def _check_override(read: _FileRead, name: str, field: str, value: Any) -> None:
         "config": not isinstance(value, dict),
         "limits": not isinstance(value, dict),
         "concurrency": not isinstance(value, dict),
+        "sandbox": not isinstance(value, dict)
+        or bool(set(value) - {"network", "filesystem", "exec"}),
     }[field]
+    if not wrong and field == "sandbox":
+        from cws_actors import parse_sandbox
+
+        try:
+            parse_sandbox(value)
+        except ValueError as exc:
+            read.problem(key, f"{dotted}: {exc}")
+            return
     if wrong:
         read.problem(key, f"{dotted} must be {_OVERRIDE_KEYS[field]}, got {_describe(value)}")
     elif field == "limits":

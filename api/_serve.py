@@ -25,6 +25,8 @@ from typing import Any
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from cws_actors import not_dumpable
+
 from ._config import DaemonConfig
 from ._connections import OpenConnections, default_max_connections, serve_http
 from ._daemon import Daemon, open_daemon, poll_providers
@@ -79,6 +81,7 @@ async def serve_daemon(
         HomeInUse: another daemon serves ``config.home``.
         AddressInUse: the port is taken.
     """
+    not_dumpable()  # no same-user process reads our environment or memory in /proc
     with hold_home(config.home) as home_lock:
         listener = bind_listener(config.host, config.port)
         try:
@@ -97,6 +100,7 @@ async def _serve(
     task_status: trio.TaskStatus[Daemon],
 ) -> None:
     async with open_daemon(config, config_path=config_path) as daemon:
+        daemon.host.protected_ports = (listener.getsockname()[1],)  # out of plugins' reach
         app = create_app(daemon)  # first: it guards the core routes from plugins
         hyper = HypercornConfig()
         hyper.graceful_timeout = config.shutdown_grace

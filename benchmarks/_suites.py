@@ -43,6 +43,15 @@ TARGETS: dict[str, Target] = {
         0.85,
         "issue 17: framing, the actor and supervision cost at most ~15% over raw pipes",
     ),
+    "sandbox.crash_p99": Target(
+        "<=",
+        1.1,
+        "the sandbox (keeper, PID namespace, Landlock, seccomp) costs under 10%"
+        " of crash to ready p99 (issue 19)",
+    ),
+    "sandbox.ask": Target(
+        ">=", 0.9, "the sandbox costs under 10% of subprocess ask throughput (issue 19)"
+    ),
     "ratelimit.neighbour_p50": Target(
         "<=",
         1.5,
@@ -198,6 +207,23 @@ def plugins_rows(f: dict[str, Any]) -> list[Row]:
         row("plugins", "crash_p99", "crash to ready p99 (fork server)", "ms",
             f["crash_to_ready_p99_ms"], reference=f["fresh_python_crash_to_ready_p99_ms"],
             reference_name="fresh interpreter"),
+    ]  # fmt: skip
+
+
+def run_sandbox(params: dict[str, Any]) -> dict[str, Any]:
+    from . import bench_sandbox
+
+    return trio.run(bench_sandbox.main, params["crashes"], params["asks"], params["rounds"])
+
+
+def sandbox_rows(f: dict[str, Any]) -> list[Row]:
+    return [
+        row("sandbox", "crash_p99", "crash to ready p99, sandbox on", "ms",
+            f["on_crash_to_ready_p99_ms"], reference=f["off_crash_to_ready_p99_ms"],
+            reference_name="sandbox off"),
+        row("sandbox", "ask", "subprocess plugin ask, sandbox on", "asks/s",
+            f["on_ask_sequential_per_s"], reference=f["off_ask_sequential_per_s"],
+            reference_name="sandbox off"),
     ]  # fmt: skip
 
 
@@ -435,6 +461,13 @@ SUITES: dict[str, Suite] = {
             full=dict(seconds=5, rounds=4),
             run=run_concurrency,
             rows=concurrency_rows,
+        ),
+        Suite(
+            "sandbox",
+            quick=dict(crashes=10, asks=500, rounds=2),
+            full=dict(crashes=50, asks=5_000, rounds=2),
+            run=run_sandbox,
+            rows=sandbox_rows,
         ),
         Suite(
             "ratelimit",

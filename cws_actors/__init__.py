@@ -86,6 +86,7 @@ from ._host._secrets import SecretStore as SecretStore
 from ._host._state import HistoryEntry as HistoryEntry
 from ._host._state import PluginRecord as PluginRecord
 from ._host._state import StateStore as StateStore
+from ._isolation._kernel import not_dumpable as not_dumpable
 from ._isolation._launch import PluginCall as PluginCall
 from ._packaging._archive import ARCHIVE_SUFFIX as ARCHIVE_SUFFIX
 from ._packaging._archive import ArchiveInfo as ArchiveInfo
@@ -122,6 +123,7 @@ from ._plugins._sandbox import PathAccess as PathAccess
 from ._plugins._sandbox import PathRule as PathRule
 from ._plugins._sandbox import Sandbox as Sandbox
 from ._plugins._sandbox import parse_grants as parse_grants
+from ._plugins._sandbox import parse_sandbox as parse_sandbox
 from ._plugins._sandbox import ungranted as ungranted
 
 __all__ = [
@@ -220,12 +222,14 @@ __all__ = [
     "current_envelope",
     "generate_keypair",
     "make_archive",
+    "not_dumpable",
     "on_event",
     "open_plugin_host",
     "open_runtime",
     "open_sqlite",
     "parse_duration",
     "parse_grants",
+    "parse_sandbox",
     "routes_overlap",
     "secret_key_encrypted",
     "topic_matches",

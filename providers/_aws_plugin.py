@@ -15,10 +15,19 @@ The plugin process sees only the daemon's allow-listed environment (HOME, so
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from collections.abc import Mapping
 from typing import Any
 
-from cws_actors import Concurrency, Isolation, PluginMetadata
+from cws_actors import (
+    Concurrency,
+    Endpoint,
+    Isolation,
+    NetworkMode,
+    PathRule,
+    PluginMetadata,
+    Sandbox,
+)
 
 from ._base import CloudProvider, ProviderRequestError
 from ._plugin import PROVIDER_CONCURRENCY, ProviderPlugin
@@ -36,6 +45,23 @@ class AWSPlugin(ProviderPlugin):
         # Calls of different instances run side by side: a `start --wait` polling its
         # operation never delays a list (the SDK's calls run in worker threads).
         concurrency=Concurrency(max=PROVIDER_CONCURRENCY),
+        # Its sandbox: HTTPS to the cloud's API (Landlock filters ports, not hosts) and
+        # its credentials files, read. A test pointing it at a local fake overrides the
+        # network ([plugins.overrides.aws] sandbox = { network = "loopback" }).
+        sandbox=Sandbox(
+            filesystem=[
+                PathRule(path)
+                for path in (
+                    os.environ.get("AWS_SHARED_CREDENTIALS_FILE"),
+                    os.environ.get("AWS_CONFIG_FILE"),
+                    os.path.join(os.path.expanduser("~"), ".aws"),
+                )
+                if path and os.path.isabs(path)
+            ],
+            network=NetworkMode.LIST,
+            endpoints=[Endpoint(None, 443)],
+            declared=True,
+        ),
     )
 
     async def make_provider(self, config: Mapping[str, Any]) -> CloudProvider:

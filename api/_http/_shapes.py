@@ -40,11 +40,15 @@ SANDBOX = obj(
     ["requests", "granted", "ungranted", "stored", "defaults", "entry_point"],
     requests=array(STRING), granted=array(STRING), ungranted=array(STRING),
     stored=array(STRING), defaults=array(STRING), entry_point=BOOLEAN,
+    controls={"type": ["object", "null"], "additionalProperties": STRING},
 )  # fmt: skip
 """What a plugin's sandbox asks for (``requests``) and the operator's answer:
 ``granted`` and ``ungranted`` split the requests; ``stored`` is what was granted it
 (install ``grant``, ``POST .../grant``), ``defaults`` what ``[plugins] default_grants``
-grants it; ``entry_point``: granted what it asks for because pip installed it."""
+grants it; ``entry_point``: granted what it asks for because pip installed it;
+``controls``: for a subprocess plugin, each control of its sandbox and whether this
+machine enforces it (``enforced``, ``partially enforced (why)``, ``not available
+(why)``), null for a plugin that runs in the daemon."""
 
 PLUGIN = obj(
     ["name", "version", "source", "isolation", "enabled", "loaded", "state", "ready",

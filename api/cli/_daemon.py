@@ -50,6 +50,11 @@ async def daemon(
     stops it gracefully (exit code 0); SIGHUP reloads the configuration and rescans
     plugins.
     """
+    # Not dumpable: no process of the same user reads the daemon's environment
+    # (tokens, cloud credentials) or memory through /proc.
+    from cws_actors import not_dumpable
+
+    not_dumpable()
     # Imported here: hypercorn and the app are heavy, and only this command needs them.
     from .._home_lock import HomeInUse
     from .._serve import AddressInUse

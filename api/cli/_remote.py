@@ -100,13 +100,17 @@ def _status_lines(view: dict[str, Any]) -> Iterator[tuple[str, str]]:
     usage = [
         f"{label} {extra.pop(key)}{unit}"
         for key, label, unit in (("pid", "pid", ""), ("memory_rss_kb", "memory", " kB"),
-                                 ("cpu_seconds", "cpu", " s"))
+                                 ("cpu_seconds", "cpu", " s"), ("processes", "processes", ""),
+                                 ("data_bytes", "data", " bytes"))
         if key in extra
     ]  # fmt: skip
     if usage:
         yield "resources", ", ".join(usage)
     if extra:
         yield "plugin status", json.dumps(extra, sort_keys=True)
+    for control, state in ((view.get("sandbox") or {}).get("controls") or {}).items():
+        colour = "green" if state == "enforced" else "red" if state.startswith("not ") else "yellow"
+        yield f"sandbox {control}", click.style(state, fg=colour)
 
 
 def _sandbox_lines(view: dict[str, Any]) -> Iterator[tuple[str, str]]:

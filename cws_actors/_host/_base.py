@@ -29,7 +29,7 @@ from .._plugins._model import (
     Plugin,
     PluginMetadata,
 )
-from .._plugins._sandbox import parse_grants
+from .._plugins._sandbox import Sandbox, parse_grants, parse_sandbox
 from ._install import (
     TrustPolicy,
 )
@@ -114,6 +114,24 @@ class SandboxGrants:
     stored: tuple[str, ...] = ()
     defaults: tuple[str, ...] = ()
     entry_point: bool = False
+    controls: Mapping[str, str] | None = None
+    """Subprocess plugins: per control of its sandbox, ``enforced``, ``partially
+    enforced (why)`` or ``not available (why)`` on this machine; None in the daemon."""
+
+
+def _sandbox_override(sandbox: Sandbox, table: Mapping[str, Any]) -> Sandbox:
+    """The operator's ``[plugins.overrides.NAME.sandbox]``: ``network`` and ``exec``
+    replace the plugin's, ``filesystem`` adds to it (a test pointing a cloud plugin at
+    a local fake says ``network = "loopback"``)."""
+    given = parse_sandbox(table)
+    changes: dict[str, Any] = {}
+    if "network" in table:
+        changes.update(network=given.network, endpoints=given.endpoints)
+    if "filesystem" in table:
+        changes["filesystem"] = (*sandbox.filesystem, *given.filesystem)
+    if "exec" in table:
+        changes["exec"] = given.exec
+    return attrs.evolve(sandbox, **changes)
 
 
 def _names(names: Iterable[str]) -> frozenset[str]:
@@ -175,6 +193,12 @@ class HostConfig:
     )
     """What the operator grants without asking, by plugin name (``"*"``: every plugin):
     grants as ``--grant`` takes them (``all``, a kind, or a request)."""
+    allow_weaker_sandbox: bool = False
+    """Run a plugin whose sandbox asks for a control this machine cannot enforce
+    (``[plugins] allow_weaker_sandbox``); by default such a plugin is refused."""
+    sandbox: bool = True
+    """Confine subprocess plugins (:mod:`cws_actors._isolation._kernel`); off only to
+    measure what the sandbox costs."""
     backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
     """The delay between a plugin's restarts when its manifest sets none: exponential
     from 100 ms, capped at 5 s, with full jitter, reset after a minute of running."""
@@ -240,6 +264,9 @@ class _HostBase:
     _starting_launches: dict[str, PluginLaunch] = attrs.field(factory=dict)
     token_broker: TokenBroker | None = None
     """Set by the daemon: mints plugins' tokens for its API (``ctx.api``)."""
+    protected_ports: tuple[int, ...] = ()
+    """Set by the daemon: its own ports, which no plugin may reach unless its sandbox
+    grants ``apis`` (then only the daemon's port, for ``ctx.api``)."""
     _secret_store: SecretStore | None = None
     route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
     """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
@@ -277,6 +304,10 @@ class _HostBase:
         if "limits" in override:
             limits = attrs.evolve(metadata.limits, **override["limits"])
             metadata = attrs.evolve(metadata, limits=limits)
+        if "sandbox" in override:
+            metadata = attrs.evolve(
+                metadata, sandbox=_sandbox_override(metadata.sandbox, override["sandbox"])
+            )
         if "concurrency" in override:
             wanted = override["concurrency"]
             concurrency = Concurrency(

@@ -27,6 +27,7 @@ import attrs
 
 from .._core._exceptions import ArchiveError, ManifestError
 from .._isolation._describe import DescribeFailed, describe_spec, describe_sync
+from .._isolation._kernel import sandbox_spec
 from .._isolation._launch import allowed_environment
 from .._packaging._archive import ArchiveLimits, plugin_tree, unpack_archive
 from .._packaging._removal import remove_tree
@@ -183,6 +184,7 @@ def _check(
         # Its module's top level is plugin code: never run it in the daemon, even for an
         # in-process plugin (which may yet be refused, or run as a subprocess).
         spec = describe_spec(metadata.name, manifest.entry, staging, attrs.asdict(metadata.limits))
+        spec["sandbox"] = sandbox_spec(metadata, staging, None, None)
         describe_sync(spec, allowed_environment(metadata.name), timeout=timeout)
     except DescribeFailed as exc:
         raise InstallRefused(f"its code is broken: {exc}") from None

@@ -23,6 +23,7 @@ from .._core._exceptions import (
 from .._isolation._describe import DescribeFailed, describe, describe_spec
 from .._isolation._drivers import InProcessDriver, SubprocessDriver
 from .._isolation._forkserver import ForkServer
+from .._isolation._kernel import controls, sandbox_spec, weaker
 from .._isolation._launch import (
     ENV_ALLOWLIST,
     PluginCounters,
@@ -35,6 +36,7 @@ from .._plugins._loader import PluginImportError, load_plugin_class
 from .._plugins._manifest import Manifest
 from .._plugins._model import (
     Isolation,
+    PluginMetadata,
 )
 from .._plugins._routes import routes_overlap
 from ._base import (
@@ -379,6 +381,7 @@ class _Loading(_Status):
                 extra={"plugin": discovered.name, "isolation": metadata.isolation.value},
             )  # fmt: skip
         folder = Path(discovered.location) if discovered.source != "entry_point" else None
+        self._check_sandbox(metadata)
         plugin_class = discovered.plugin_class
         # What the operator lets through of the daemon's environment (cloud credentials).
         allowlist = ENV_ALLOWLIST + tuple(override.get("env", ()))
@@ -390,6 +393,12 @@ class _Loading(_Status):
                 spec = describe_spec(
                     metadata.name, manifest.entry, folder, attrs.asdict(metadata.limits)
                 )
+                if self.config.sandbox:
+                    # Its import is its code: confined as its runs will be, but with
+                    # nothing to write.
+                    spec["sandbox"] = sandbox_spec(
+                        metadata, folder, None, self.config.home, self.protected_ports
+                    )
                 env = allowed_environment(metadata.name, allowlist)
                 capabilities = await describe(spec, env, timeout=self.config.start_timeout)
         except DescribeFailed as exc:
@@ -407,8 +416,30 @@ class _Loading(_Status):
             plugin_class=plugin_class,
             start_timeout=self.config.start_timeout,
             env_allowlist=allowlist,
+            sandboxed=self.config.sandbox,
+            home=self.config.home,
+            protected_ports=self.protected_ports,
         )
         return launch, manifest
+
+    def _check_sandbox(self, metadata: PluginMetadata) -> None:
+        """Refuse a subprocess plugin whose sandbox needs a control this machine lacks,
+        unless the operator allows weaker sandboxes."""
+        if metadata.isolation is not Isolation.SUBPROCESS or not self.config.sandbox:
+            return
+        missing = weaker(controls(metadata))
+        if missing and not self.config.allow_weaker_sandbox:
+            raise PluginRefused(
+                metadata.name,
+                "its sandbox needs what this machine cannot enforce ("
+                + "; ".join(missing)
+                + "); set [plugins] allow_weaker_sandbox = true to run it anyway",
+            )
+        for problem in missing:
+            _log.warning(
+                "plugin %s runs with a weaker sandbox: %s", metadata.name, problem,
+                extra={"plugin": metadata.name},
+            )  # fmt: skip
 
     async def unload(self, name: str, *, force: bool = False) -> None:
         """Stop the plugin's actor; queued calls get ActorStopped. The handler in flight

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from supervision import ChildState
 
 from .._core._envelope import Source
@@ -11,7 +13,9 @@ from .._core._exceptions import (
     PluginError,
     PluginNotFound,
 )
+from .._isolation._kernel import controls
 from .._isolation._launch import PluginCall, PluginCounters
+from .._plugins._model import Isolation
 from ._base import _LIFECYCLE, PluginStatus
 from ._grants import _Grants
 
@@ -59,8 +63,27 @@ class _Status(_Grants):
             path=loaded.path if loaded is not None else None,
             pid=counters.pid if state == ChildState.RUNNING.value else None,
             last_restart_at=last_restart_at,
-            sandbox=await self.sandbox_grants(discovered),
+            sandbox=attrs.evolve(
+                await self.sandbox_grants(discovered),
+                controls=self._sandbox_report(discovered, loaded),
+            ),
         )
+
+    def _sandbox_report(self, discovered: Any, loaded: Any) -> dict[str, str] | None:
+        if loaded is not None:
+            launch = loaded.launch
+            if launch.metadata.isolation is not Isolation.SUBPROCESS:
+                return None
+            if not launch.sandboxed:
+                return {"sandbox": "not available (turned off in the host's configuration)"}
+            return controls(launch.metadata)
+        manifest = getattr(discovered, "manifest", None)
+        if manifest is None:
+            return None
+        metadata = self._effective(manifest.metadata, discovered.source)
+        if metadata.isolation is not Isolation.SUBPROCESS:
+            return None
+        return controls(metadata)
 
     async def statuses(self) -> list[PluginStatus]:
         return [await self.status(name) for name in sorted(self._discovered)]

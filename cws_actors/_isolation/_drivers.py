@@ -148,6 +148,7 @@ class SubprocessDriver:
             # Set when it may call the daemon's API: the sandbox lets it reach this port.
             # (Its token comes in the init frame, over the pipe, never in argv or env.)
             "daemon_port": self.services.daemon_port,
+            "sandbox": launch.sandbox_spec(self.services.daemon_port),
         }
         env = plugin_environment(launch)
         process: trio.Process | ForkedProcess
@@ -230,6 +231,13 @@ class SubprocessDriver:
             return False
         if self._closing and signum != signal.SIGCONT:
             return False
+        if signum == signal.SIGSTOP and self.launch.sandboxed:
+            # The keeper cannot pass SIGSTOP on (nobody catches it): stop the runner,
+            # its child, too. SIGCONT it passes on itself.
+            for task in _listdir(f"/proc/{process.pid}/task"):
+                for child in _read(f"/proc/{process.pid}/task/{task}/children").split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(child), signal.SIGSTOP)
         process.send_signal(signum)
         return True
 
@@ -461,17 +469,54 @@ class SubprocessDriver:
             log.close()
 
     def _process_usage(self) -> dict[str, Any]:
+        """The plugin's processes together (its keeper, runner and their children):
+        memory, CPU seconds, how many; and its data folder's size."""
         process = self._process
         if process is None or process.returncode is not None:
             return {}
         usage: dict[str, Any] = {"pid": process.pid}
-        try:
-            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    usage["memory_rss_kb"] = int(line.split()[1])
-            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks = os.sysconf("SC_CLK_TCK")
-            usage["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / ticks
-        except (OSError, ValueError, IndexError):
-            pass  # the process is exiting; its usage is no longer there to read
+        rss, ticks, count, stack = 0, 0, 0, [process.pid]
+        while stack:
+            pid = stack.pop()
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])
+                count += 1
+                for task in _listdir(f"/proc/{pid}/task"):
+                    stack += map(int, _read(f"/proc/{pid}/task/{task}/children").split())
+            except (OSError, ValueError, IndexError):
+                continue  # exiting; its usage is no longer there to read
+        usage["memory_rss_kb"] = rss
+        usage["cpu_seconds"] = ticks / os.sysconf("SC_CLK_TCK")
+        usage["processes"] = count
+        usage["data_bytes"] = _folder_size(self.launch.data_dir)
         return usage
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _folder_size(folder: Path) -> int:
+    """Bytes the files under ``folder`` take on disk (allocated blocks)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total

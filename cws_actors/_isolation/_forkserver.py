@@ -55,7 +55,9 @@ _log = logging.getLogger("cws.plugins")
 def serve(control: socket.socket, daemon: int) -> None:
     """The server's loop: fork on request, report every exit; return when the host's
     socket closes or the daemon process ``daemon`` is gone."""
-    from . import _runner  # noqa: F401 - imported once here, inherited by every child
+    from . import _kernel, _runner  # noqa: F401 - imported once here, inherited by every child
+
+    _kernel.support()  # probed once here too
 
     if os.getppid() != daemon:
         return  # the daemon died while this interpreter started
@@ -93,6 +95,7 @@ def serve(control: socket.socket, daemon: int) -> None:
             if not message:
                 return  # the host is gone
             request = json.loads(message)
+            _prepare_sandbox(request["spec"].get("sandbox"))
             pid = os.fork()
             if pid == 0:
                 _child(request, fds, control, server, (wake_read, wake_write, lifeline))
@@ -100,6 +103,16 @@ def serve(control: socket.socket, daemon: int) -> None:
                 os.close(fd)
             _send_forked(control, request["id"], pid)
         _reap(control)
+
+
+def _prepare_sandbox(sandbox: dict[str, Any] | None) -> None:
+    """Build here, once, what is costly to build in every child: the Landlock ruleset of
+    ``network = "loopback"`` (a rule per port), which the children inherit."""
+    if sandbox is not None and sandbox.get("network") == "loopback":
+        from ._kernel import loopback_ruleset, support
+
+        if support().landlock_abi >= 4:
+            loopback_ruleset(tuple(sandbox["protected_ports"]))
 
 
 def _open_lifeline(daemon: int) -> int | None:

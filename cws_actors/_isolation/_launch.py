@@ -113,6 +113,24 @@ class PluginLaunch:
     start_timeout: float = 30.0
     """How long a start (handshake, ``initialize`` and ``start``) may take; a start that
     takes longer fails as a crash."""
+    sandboxed: bool = True
+    """A subprocess plugin confines itself (:mod:`._kernel`) before its code runs."""
+    home: Path | None = None
+    """The daemon's home, never readable by a plugin (even below a path it may read)."""
+    protected_ports: tuple[int, ...] = ()
+    """The daemon's own ports, never reachable by a plugin (``network = "loopback"``)."""
+
+    def sandbox_spec(self, daemon_port: int | None = None) -> dict[str, Any] | None:
+        """What the runner needs to confine itself; None when unsandboxed.
+        ``daemon_port``: the daemon's port, when the plugin may call its API."""
+        if not self.sandboxed:
+            return None
+        from ._kernel import sandbox_spec
+
+        return sandbox_spec(
+            self.metadata, self.folder, self.data_dir, self.home, self.protected_ports,
+            daemon_port,
+        )  # fmt: skip
 
     @property
     def stop_budget(self) -> float:

@@ -34,6 +34,7 @@ import trio
 from .._plugins._api import APIToken, PluginAPI
 from .._plugins._loader import load_plugin_class
 from .._plugins._model import PLUGIN_API_VERSION, Plugin, PluginContext
+from . import _kernel
 from ._protocol import (
     PROTOCOL_VERSION,
     FrameReader,
@@ -49,18 +50,13 @@ EXIT_MEMORY = 3
 """Exit code when the plugin ran out of memory under its limit."""
 EXIT_IMPORT = 4
 """Exit code when the plugin could not be imported."""
+KEEPER_PIDFD: int | None = None
+"""A pidfd of this runner's keeper (sandboxed runs), readable once it has exited."""
 
 
 def apply_limits(limits: dict[str, int | None]) -> None:
-    if limits.get("memory_mb"):
-        size = int(limits["memory_mb"] or 0) * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (size, size))
-    if limits.get("cpu_seconds"):
-        seconds = int(limits["cpu_seconds"] or 0)
-        resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds + 1))
-    if limits.get("open_files"):
-        files = int(limits["open_files"] or 0)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
+    """The per-process limits alone (an unsandboxed run); see :mod:`._kernel`."""
+    _kernel.apply_limits({k: v for k, v in limits.items() if k != "processes"})
 
 
 def hog_memory() -> NoReturn:
@@ -129,6 +125,8 @@ class Runner:
                 while True:
                     request = await self.reader.receive()
                     if request is None:
+                        if _keeper_gone():
+                            os._exit(EXIT_ORPHANED)  # killed: no graceful stop
                         break  # the daemon is gone
                     kind = request["type"]
                     if kind == "stop":
@@ -267,12 +265,29 @@ class HostRequests:
             waiting[0].set()
 
 
+def _keeper_gone() -> bool:
+    if KEEPER_PIDFD is None:
+        return False
+    return bool(select.select([KEEPER_PIDFD], [], [], 0)[0])
+
+
 def run(spec: dict[str, Any]) -> None:
     """Run the plugin ``spec`` describes on fds 0, 1 and 2 until the host lets go.
 
     Called in a fresh interpreter (``main``) or in a child of the fork server, which
-    has this module and Trio imported already."""
-    plugin_class, protocol_out = _import_limited(spec)
+    has this module and Trio imported already. With a sandbox in ``spec`` this process
+    becomes the plugin's keeper (:mod:`._keeper`) and the runner is its child."""
+    _first(spec)
+    if spec.get("sandbox") is None:
+        _serve(spec, None, False)
+        return
+    from ._keeper import keep
+
+    keep(spec, lambda keeper, namespace: _serve(spec, keeper, namespace))
+
+
+def _serve(spec: dict[str, Any], keeper: Any, namespace: bool) -> None:
+    plugin_class, protocol_out = _import_limited(spec, keeper, namespace)
     try:
         trio.run(Runner(spec, plugin_class, protocol_out).serve)
     except MemoryError:
@@ -281,7 +296,17 @@ def run(spec: dict[str, Any]) -> None:
 
 def describe(spec: dict[str, Any]) -> None:
     """Import the plugin ``spec`` names and write its capabilities to stdout as JSON."""
-    plugin_class, protocol_out = _import_limited(spec)
+    _first(spec)
+    if spec.get("sandbox") is None:
+        _describe(spec, None, False)
+        return
+    from ._keeper import keep
+
+    keep(spec, lambda keeper, namespace: _describe(spec, keeper, namespace))
+
+
+def _describe(spec: dict[str, Any], keeper: Any, namespace: bool) -> None:
+    plugin_class, protocol_out = _import_limited(spec, keeper, namespace)
     try:
         data = json.dumps(encode_capabilities(plugin_class.capabilities)).encode()
     except TypeError as exc:
@@ -289,6 +314,14 @@ def describe(spec: dict[str, Any]) -> None:
         sys.exit(EXIT_IMPORT)
     with os.fdopen(protocol_out, "wb") as out:
         out.write(data)
+
+
+def _first(spec: dict[str, Any]) -> None:
+    exit_with_parent(spec.get("parent_pid"))
+    # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon
+    # decides when its plugins stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _kernel.not_dumpable()
 
 
 EXIT_ORPHANED = 5
@@ -353,15 +386,23 @@ def set_parent_death_signal() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _import_limited(spec: dict[str, Any]) -> tuple[type[Plugin], int]:
-    """Limits first, then the protocol moved off stdout, then the plugin's import; the
+def _import_limited(
+    spec: dict[str, Any], keeper: Any = None, namespace: bool = False
+) -> tuple[type[Plugin], int]:
+    """Limits and the sandbox first (:func:`._kernel.confine`), then the protocol moved
+    off stdout, then the plugin's import: no code of the plugin runs unconfined. The
     plugin class and the protocol's file descriptor. Exits with EXIT_IMPORT if the
     import fails."""
-    exit_with_parent(spec.get("parent_pid"))
-    # Ctrl-C in the daemon's terminal reaches the whole process group; the daemon
-    # decides when its plugins stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    apply_limits(spec.get("limits", {}))
+    limits = dict(spec.get("limits", {}))
+    sandbox = spec.get("sandbox")
+    if sandbox is None:
+        apply_limits(limits)
+    else:
+        if not namespace or os.geteuid() == 0 or keeper is not None:
+            # RLIMIT_NPROC counts every process of the user (root: ignored); a keeper
+            # counts the plugin's own, and so does the kernel in a user namespace.
+            limits.pop("processes", None)
+        _kernel.confine(sandbox, limits, keeper)
     protocol_out = os.dup(1)
     os.dup2(2, 1)  # a plugin's print() must not corrupt the protocol
     try:

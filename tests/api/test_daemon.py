@@ -95,7 +95,7 @@ def _slow(marker: Path) -> str:
 
 async def test_sigterm_lets_requests_in_flight_finish_then_stops(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    in_handler = tmp_path / "in-handler"
+    in_handler = home / "plugin-data" / "web" / "in-handler"  # its sandbox lets it write there
     write_web_plugin(home / "plugins", code=_slow(in_handler))
     answers: list[int] = []
     with trio.fail_after(TIMEOUT):

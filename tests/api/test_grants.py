@@ -91,6 +91,17 @@ async def test_a_token_cannot_grant_more_than_it_holds(tmp_path: Path) -> None:
                 assert allowed.status_code == 200
 
 
+def _family(pid: int) -> list[int]:
+    """``pid`` and its descendants, from ``/proc``."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            todo.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
 async def test_secrets_reach_only_the_plugins_granted_them(tmp_path: Path) -> None:
     write_sandboxed(tmp_path / "plugins")
     value = "AKIA-not-a-real-key-0123456789"
@@ -129,9 +140,12 @@ async def test_secrets_reach_only_the_plugins_granted_them(tmp_path: Path) -> No
                 # Never in the plugin's environment (its process's environ, as the kernel
                 # holds it), whatever it is granted.
                 _, pid = await run(daemon, "sbx", "pid")
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
-                assert value.encode() not in environ
-                assert b"aws_key" not in environ
+                processes = _family(int(pid))
+                assert len(processes) >= 2  # its keeper and the plugin, in its namespace
+                for process in processes:
+                    environ = Path(f"/proc/{process}/environ").read_bytes()
+                    assert value.encode() not in environ
+                    assert b"aws_key" not in environ
 
                 # Revoked: the running plugin is refused at its next read.
                 revoked = await http.post("/api/v1/plugins/sbx/revoke", json={"grants": "secrets"})

@@ -105,7 +105,8 @@ async def test_plugin_list_is_a_table_or_the_apis_json(daemon: Daemon, tmp_path:
     detail = json.loads((await cws("plugin", "status", "echo", "--json", env=env)).out)
     assert detail["plugin_status"]["greeting"] == "hello"
     assert detail["plugin_status"]["pid"] == detail["pid"]
-    assert set(detail["plugin_status"]) <= {"greeting", "pid", "memory_rss_kb", "cpu_seconds"}
+    usage = {"greeting", "pid", "memory_rss_kb", "cpu_seconds", "processes", "data_bytes"}
+    assert set(detail["plugin_status"]) <= usage
     discovered = json.loads((await cws("plugin", "discover", "--json", env=env)).out)
     assert [(p["name"], p["loaded"]) for p in discovered["plugins"]] == [("echo", True)]
 

@@ -85,13 +85,16 @@ async def test_healthz_at_once_and_readyz_names_the_plugins_still_loading(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
-    slow = write_plugin(home / "plugins", "slow", isolation="subprocess")
+    marks = tmp_path / "marks"  # its sandbox lets it write (and read) there
+    marks.mkdir()
+    grant = f'\n[sandbox]\nfilesystem = [{{path = "{marks}", access = "write"}}]\n'
+    slow = write_plugin(home / "plugins", "slow", isolation="subprocess", extra=grant)
     (slow / "echo_plugin.py").write_text(textwrap.dedent(SLOW_PLUGIN))
     (slow / "plugin.toml").write_text(
         (slow / "plugin.toml").read_text().replace("EchoPlugin", "Slow")
     )
     write_plugin(home / "plugins", "quick")
-    gate = tmp_path / "gate"
+    gate = marks / "gate"
     config = tmp_path / "cws.toml"
     config.write_text('[plugins.overrides.slow]\nenv = ["CWS_TEST_GATE"]\n')
     env = cws_env(home, CWS_TEST_GATE=str(gate))

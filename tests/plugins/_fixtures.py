@@ -11,6 +11,10 @@ import signal
 
 import trio
 
+# The pid the host shows for this plugin (a sandboxed runner is pid 2 of its own PID
+# namespace; the host tracks its keeper).
+PID = int(os.environ.get("CWS_PLUGIN_PID", os.getpid()))
+
 from cws_actors import (
     APIEndpointSpec, APIResult, Capabilities, CLICommandSpec, CLIFlagSpec, CommandResult,
     EventHandlerSpec, Health, HealthStatus, Plugin,
@@ -45,17 +49,17 @@ class EchoPlugin(Plugin):
 
     async def start(self, ctx):
         with (ctx.data_dir / "starts").open("a") as log:
-            log.write(f"{os.getpid()}\\n")
+            log.write(f"{PID}\\n")
 
     async def stop(self, ctx):
         with (ctx.data_dir / "stops").open("a") as log:
-            log.write(f"{os.getpid()}\\n")
+            log.write(f"{PID}\\n")
 
     async def echo(self, args):
         return CommandResult(" ".join([self.greeting, *[args["text"]] * args["times"]]))
 
     async def http_echo(self, request):
-        return APIResult(200, {"query": dict(request.query), "pid": os.getpid()})
+        return APIResult(200, {"query": dict(request.query), "pid": PID})
 
     async def on_instance(self, event):
         with (self.ctx.data_dir / "events").open("a") as log:
@@ -84,7 +88,7 @@ class EchoPlugin(Plugin):
         return CommandResult(str(len(handles)))
 
     async def announce(self, args):
-        await self.ctx.publish("echo.announced", {"pid": os.getpid()})
+        await self.ctx.publish("echo.announced", {"pid": PID})
         return CommandResult("announced")
 
     async def env(self, args):
@@ -142,7 +146,9 @@ def write_plugin(
     isolation: str = "in_process",
     code: str = PLUGIN_CODE,
     limits: str = "memory_mb = 200",
+    extra: str = "",
 ) -> Path:
+    """A plugin folder; ``extra`` is added to its manifest (a ``[sandbox]`` table)."""
     plugin_dir = folder / name
     plugin_dir.mkdir(parents=True)
     (plugin_dir / "plugin.toml").write_text(
@@ -150,6 +156,7 @@ def write_plugin(
             MANIFEST.format(name=name, version=version, api_version=api_version,
                             isolation=isolation, limits=limits)
         )
+        + extra
     )  # fmt: skip
     (plugin_dir / "echo_plugin.py").write_text(code)
     return plugin_dir

@@ -53,7 +53,8 @@ class SandboxedPlugin(Plugin):
         return CommandResult(self.ctx.api._token.token if self.ctx.api._token else "none")
 
     async def pid(self, args):
-        return CommandResult(str(os.getpid()))
+        # As the daemon sees it: in a PID namespace os.getpid() is the namespace's.
+        return CommandResult(os.environ.get("CWS_PLUGIN_PID", str(os.getpid())))
 """
 
 MANIFEST = """

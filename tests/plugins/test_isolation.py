@@ -40,13 +40,15 @@ async def test_a_subprocess_plugins_code_never_runs_in_the_daemon(
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
     marker = tmp_path / "ran-here"
+    marker.touch()
     source = write_plugin(
-        tmp_path / "src", "echo", isolation="subprocess", code=spying_code(marker)
-    )
+        tmp_path / "src", "echo", isolation="subprocess", code=spying_code(marker),
+        extra=f'\n[sandbox]\nfilesystem = [{{path = "{marker}", access = "write"}}]\n',
+    )  # fmt: skip
     home = tmp_path / "home"
     with trio.fail_after(TIMEOUT):
         async with opened(home) as host:
-            await host.install(source)  # checks its code
+            await host.install(source, grants=["filesystem"])  # checks its code
             await host.load("echo")  # reads its capabilities, then runs it
             assert (await host.execute_cli(["echo", "--text", "x"])).output == "hello x"
             assert [spec.name for _, spec in host.cli_commands()][:1] == ["echo"]

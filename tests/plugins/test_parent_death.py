@@ -48,7 +48,8 @@ import os
 import time
 from pathlib import Path
 
-Path(os.environ["CWS_TEST_MARKER"]).write_text(str(os.getpid()))
+# The pid the host knows (a sandboxed import runs as pid 2 of its own namespace).
+Path(os.environ["CWS_TEST_MARKER"]).write_text(os.environ.get("CWS_PLUGIN_PID", str(os.getpid())))
 time.sleep(600)  # an import that takes its time
 
 from cws_actors import Plugin
@@ -81,13 +82,21 @@ async def test_sigkill_of_the_daemon_ends_every_plugin_process_within_a_second(
     (spinner / "plugin.toml").write_text(
         (spinner / "plugin.toml").read_text().replace("EchoPlugin", "Spinner")
     )
-    slow = write_plugin(plugins, "slow", isolation="subprocess")
+    # Its import writes the marker: its sandbox asks for that folder (the home in it
+    # stays out of reach).
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    grant = f'\n[sandbox]\nfilesystem = [{{path = "{marks}", access = "write"}}]\n'
+    slow = write_plugin(plugins, "slow", isolation="subprocess", extra=grant)
     (slow / "echo_plugin.py").write_text(textwrap.dedent(SLOW_IMPORT))
-    marker = tmp_path / "importing"
+    marker = marks / "importing"
     env = cws_env(home, CWS_FORK_SERVER=fork_server, CWS_TEST_MARKER=str(marker))
     # The slow plugin's import needs its marker variable: let it through the allowlist.
     config = tmp_path / "cws.toml"
-    config.write_text('[plugins.overrides.slow]\nenv = ["CWS_TEST_MARKER"]\n')
+    config.write_text(
+        '[plugins]\ndefault_grants = { slow = ["filesystem"] }\n'
+        '[plugins.overrides.slow]\nenv = ["CWS_TEST_MARKER"]\n'
+    )
     log = tmp_path / "daemon.log"
     with log.open("wb") as log_file:
         daemon = await trio.lowlevel.open_process(

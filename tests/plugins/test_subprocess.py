@@ -141,7 +141,7 @@ async def test_secrets_in_the_daemon_environment_do_not_leak(
             seen = set((await host.execute_cli(["echo", "env"])).output.split())
             assert "CWS_PLUGIN_NAME" in seen
             assert "AWS_SECRET_ACCESS_KEY" not in seen
-            assert seen <= {*ENV_ALLOWLIST, "CWS_PLUGIN_NAME"}
+            assert seen <= {*ENV_ALLOWLIST, "CWS_PLUGIN_NAME", "CWS_PLUGIN_PID"}
 
 
 async def test_plugin_output_goes_to_the_log_not_the_protocol(

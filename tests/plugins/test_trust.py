@@ -24,6 +24,13 @@ from .test_host import TIMEOUT, opened
 from .test_install import snapshot
 
 
+def _grant(folder: Path) -> str:
+    """A ``[sandbox]`` letting the plugin write in ``folder`` (its home excepted: so
+    only to what exists there, such as the marker, made here first)."""
+    (folder / "ran").touch()
+    return f'\n[sandbox]\nfilesystem = [{{path = "{folder}", access = "write"}}]\n'
+
+
 def _marking(marker: Path) -> str:
     """The echo plugin, with a module top level that appends its process id to
     ``marker``: where its code ran."""
@@ -81,10 +88,10 @@ async def test_installing_describes_an_in_process_plugin_in_another_process(
     """Validating an install imports the plugin in a describe process only; its code
     runs in the daemon when an allowed in-process plugin loads, not before."""
     home, marker = tmp_path / "home", tmp_path / "ran"
-    source = write_plugin(tmp_path / "src", "echo", code=_marking(marker))
+    source = write_plugin(tmp_path / "src", "echo", code=_marking(marker), extra=_grant(tmp_path))
     with trio.fail_after(TIMEOUT):
         async with opened(home, in_process_allowed={"echo"}) as host:
-            await host.install(source)
+            await host.install(source, grants=["filesystem"])
             assert _pids(marker)  # it was described...
             assert os.getpid() not in _pids(marker)  # ...in another process
             status = await host.load("echo")
@@ -96,9 +103,11 @@ async def test_a_folder_plugin_runs_in_process_only_when_the_operator_allows_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     home, marker = tmp_path / "home", tmp_path / "ran"
-    write_plugin(home / "plugins", "echo", code=_marking(marker))  # asks for in_process
+    # asks for in_process; its describe, sandboxed, may write the marker
+    write_plugin(home / "plugins", "echo", code=_marking(marker), extra=_grant(tmp_path))
     with trio.fail_after(TIMEOUT):
-        async with opened(home, in_process_allowed=()) as host:
+        grants = {"default_grants": {"echo": ("filesystem",)}}
+        async with opened(home, in_process_allowed=(), **grants) as host:
             status = await host.load("echo")
             assert (status.isolation, status.state) == ("subprocess", "running")
             assert status.pid not in (None, os.getpid())
@@ -110,7 +119,7 @@ async def test_a_folder_plugin_runs_in_process_only_when_the_operator_allows_it(
     )
     # The operator's override decides too.
     async with opened(
-        home, in_process_allowed=(), overrides={"echo": {"isolation": "in_process"}}
+        home, in_process_allowed=(), overrides={"echo": {"isolation": "in_process"}}, **grants
     ) as host:
         with trio.fail_after(TIMEOUT):
             assert (await host.load("echo")).isolation == "in_process"

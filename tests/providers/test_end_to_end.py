@@ -82,10 +82,12 @@ entry_points = true
 [plugins.overrides.aws]
 config = {{ region = "eu-west-1", endpoint_url = "{moto}", wait_delay = 0.1, resilience = {FAST} }}
 env = [{env_names}]
+sandbox = {{ network = "loopback" }}
 
 [plugins.overrides.gcp]
 config = {{ project = "research", api_endpoint = "{compute.endpoint}", \
 poll_interval = 0.05, resilience = {FAST} }}
+sandbox = {{ network = "loopback" }}
 
 [plugins.overrides.research-analytics]
 config = {{ prices = {{ "t3.micro" = 0.0104, "a2-highgpu-1g" = 3.67 }} }}

@@ -111,6 +111,8 @@ import trio
 
 from cws_actors import Capabilities, EventHandlerSpec, Plugin
 
+# The pid the daemon shows for it (a sandboxed runner is pid 2 of its PID namespace).
+PID = int(os.environ.get("CWS_PLUGIN_PID", os.getpid()))
 
 class Sink(Plugin):
     capabilities = Capabilities(
@@ -124,7 +126,7 @@ class Sink(Plugin):
     async def on_event(self, event):
         # On disk before the handler returns, that is before the daemon acknowledges it.
         with (self.ctx.data_dir / "deliveries").open("a") as log:
-            log.write(f"{os.getpid()} {event.id} {event.payload['n']}\\n")
+            log.write(f"{PID} {event.id} {event.payload['n']}\\n")
             log.flush()
             os.fsync(log.fileno())
         if event.payload["n"] == self.block_at:
@@ -284,7 +286,7 @@ from pathlib import Path
 
 # The install checks a subprocess plugin's code by importing it in a describe process:
 # say so, then wait for the test's gate (bounded, so that nothing can linger for long).
-Path({mark!r}).write_text(str(os.getpid()))
+Path({mark!r}).write_text(os.environ.get("CWS_PLUGIN_PID", str(os.getpid())))
 _deadline = time.monotonic() + {linger}
 while not Path({gate!r}).exists() and time.monotonic() < _deadline:
     time.sleep(0.01)
@@ -306,6 +308,9 @@ version = "1.0.0"
 api_version = "1.0"
 isolation = "subprocess"
 entry = "slow_plugin:Slow"
+
+[sandbox]
+filesystem = [{{path = "{marks}", access = "write"}}]
 """
 
 
@@ -313,9 +318,11 @@ def write_slow(root: Path, *, linger: float) -> tuple[Path, Path, Path]:
     """The plugin's source folder, its marker file and its gate file."""
     folder = root / "slow"
     folder.mkdir(parents=True)
-    mark, gate = root / "importing", root / "gate"
+    marks = root / "marks"  # its sandbox lets it write there
+    marks.mkdir()
+    mark, gate = marks / "importing", marks / "gate"
     code = SLOW_CODE.format(mark=str(mark), gate=str(gate), linger=linger)
-    (folder / "plugin.toml").write_text(textwrap.dedent(SLOW_MANIFEST))
+    (folder / "plugin.toml").write_text(textwrap.dedent(SLOW_MANIFEST).format(marks=marks))
     (folder / "slow_plugin.py").write_text(code)
     return folder, mark, gate
 

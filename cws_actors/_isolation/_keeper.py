@@ -1,0 +1,303 @@
+"""The keeper: the process the daemon (or its fork server) starts for a plugin, which
+runs none of the plugin's code and holds the plugin's processes together.
+
+It makes a PID namespace (as root, or inside an unprivileged user namespace) and forks
+the runner into it as its PID 1. The kernel ends every process of a namespace when its
+PID 1 dies, and the runner dies with the keeper (``PR_SET_PDEATHSIG``, exact: the
+keeper forks it from its only thread), so unload, SIGKILL and daemon exit take every
+child of the plugin along, double-forked and ``setsid`` ones included. Without a PID
+namespace the keeper is a child subreaper instead: orphans of the plugin become its
+children and it kills them when the runner exits (a SIGKILLed keeper leaves them).
+
+The runner hands the keeper its seccomp listener; the keeper then answers, one at a
+time: each new process or thread (``clone``/``fork``, refused with EAGAIN past the
+plugin's ``processes`` limit, and with EPERM if it asks for namespaces) and each call
+the sandbox refuses (EPERM), which it logs on stderr, so the daemon logs it under the
+plugin's name. It forwards SIGTERM to the runner and exits as the runner did (same
+code, or killed by the same signal), so the host sees the runner's exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from . import _kernel
+
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+
+
+def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], None]) -> NoReturn:
+    """Run ``confined(keeper_socket, in_namespace)`` in the runner process; this
+    process keeps it until it exits, then exits as it did."""
+    kernel = _kernel.support()
+    _kernel.not_dumpable()
+    # Every process of the plugin carries its per-process limits, this one included.
+    limits = {k: v for k, v in spec.get("limits", {}).items() if k != "processes"}
+    _kernel.apply_limits(limits)
+    name = spec.get("name", "?")
+    namespace = False
+    if kernel.pid_namespace:
+        flags = _kernel.CLONE_NEWPID | (0 if kernel.root else _kernel.CLONE_NEWUSER)
+        uid, gid = os.getuid(), os.getgid()
+        try:
+            _kernel.unshare(flags)
+            if not kernel.root:
+                _write("/proc/self/setgroups", "deny")
+                _write("/proc/self/uid_map", f"{uid} {uid} 1")
+                _write("/proc/self/gid_map", f"{gid} {gid} 1")
+            namespace = True
+        except OSError as exc:
+            print(f"cws-sandbox: no PID namespace ({exc}); a subreaper instead", file=sys.stderr)
+    notify = kernel.user_notification and kernel.seccomp
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) if notify else (None, None)
+    status_read, status_write = os.pipe()
+    keeper = os.getpid()
+    # The runner's way to tell "the daemon let go" (its input closed, keeper alive)
+    # from "the plugin was killed" (the keeper is gone first): it skips the plugin's
+    # stop then, in the moment before the kernel ends it.
+    from . import _runner
+
+    _runner.KEEPER_PIDFD = os.pidfd_open(keeper)
+    init = _fork_child()
+    if init == 0:
+        os.close(status_read)
+        if ours is not None:
+            ours.close()
+        _init(keeper, status_write, lambda: confined(theirs, namespace), namespace, theirs)
+    os.close(status_write)
+    if theirs is not None:
+        theirs.close()
+    # The runner owns the protocol pipes: the host must see them close when it exits.
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    processes = spec.get("limits", {}).get("processes")
+    _Keeper(name, init, processes, status_read).serve(ours)
+
+
+def _fork_child() -> int:
+    """Fork; in the child, die with this process (exact: it forks from its only
+    thread that matters, the main one, which lives as long as it does)."""
+    parent = os.pidfd_open(os.getpid())
+    pid = os.fork()
+    if pid == 0:
+        _kernel.prctl(_kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if select.select([parent], [], [], 0)[0]:
+            os._exit(_orphaned())  # the parent died before the signal was armed
+    os.close(parent)
+    return pid
+
+
+def _init(
+    keeper: int,
+    status_out: int,
+    confined: Callable[[], None],
+    namespace: bool,
+    listener_socket: socket.socket | None,
+) -> NoReturn:
+    """PID 1 of the plugin's namespace (or a subreaper): fork the runner, reap every
+    orphan, pass SIGTERM on, and when the runner exits tell the keeper how, then exit
+    (the kernel ends what is left in the namespace; a subreaper kills it itself)."""
+    if not namespace:
+        _kernel.prctl(_kernel.PR_SET_CHILD_SUBREAPER, 1)
+    os.environ["CWS_PLUGIN_PID"] = str(keeper)
+    runner = _fork_child()
+    if runner == 0:
+        os.close(status_out)
+        code = 1
+        try:
+            confined()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except BaseException:  # noqa: BLE001 - never return into the keeper's code
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    if listener_socket is not None:
+        listener_socket.close()  # the keeper must see it close if the runner dies
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+
+    def forward(signum: int, frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(runner, signum)
+
+    for forwarded in (signal.SIGTERM, signal.SIGCONT, signal.SIGHUP):
+        signal.signal(forwarded, forward)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(1)
+        if pid == runner:
+            break
+    os.write(status_out, str(status).encode())
+    if not namespace:
+        _end_orphans()
+    os._exit(0)
+
+
+def _orphaned() -> int:
+    from ._runner import EXIT_ORPHANED
+
+    return EXIT_ORPHANED
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as file:
+        file.write(text)
+
+
+def _end_orphans() -> None:
+    """Subreaper mode: kill what the runner left behind and reap it."""
+    for _ in range(100):
+        children = _children(os.getpid())
+        if not children:
+            return
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, 0):
+                pass
+
+
+class _Keeper:
+    def __init__(self, name: str, init: int, processes: int | None, status: int) -> None:
+        self.name = name
+        self.runner = init
+        """The plugin's init (its processes are those below it)."""
+        self.processes = processes
+        self.status = status
+
+    def serve(self, sock: socket.socket | None) -> NoReturn:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for forwarded in (signal.SIGTERM, signal.SIGCONT, signal.SIGHUP):
+            signal.signal(forwarded, self._forward)
+        runner_fd = os.pidfd_open(self.runner)
+        listener = self._listener(sock)
+        poller = select.poll()
+        poller.register(runner_fd, select.POLLIN)
+        if listener is not None:
+            poller.register(listener, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if runner_fd in ready:
+                break
+            if listener is not None and listener in ready and not self._answer(listener):
+                poller.unregister(listener)
+                listener = None
+        told = os.read(self.status, 64)
+        _, status = os.waitpid(self.runner, 0)
+        if told:
+            status = int(told)  # how the runner ended, which its init saw
+        sys.stderr.flush()
+        code = os.waitstatus_to_exitcode(status)
+        if code < 0:
+            if -code not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+        os._exit(code)
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        try:
+            os.kill(self.runner, signum)
+        except ProcessLookupError:
+            pass
+
+    def _listener(self, sock: socket.socket | None) -> int | None:
+        if sock is None:
+            return None
+        try:
+            _, fds, _, _ = socket.recv_fds(sock, 64, 1)
+        except OSError:
+            fds = []
+        sock.close()
+        return fds[0] if fds else None
+
+    def _answer(self, listener: int) -> bool:
+        """Answer one notification; False once the listener is dead."""
+        import pyseccomp as sc
+
+        lib = sc._libseccomp
+        request = ctypes.POINTER(sc._Notif)()
+        response = ctypes.POINTER(sc._NotifResp)()
+        if lib.seccomp_notify_alloc(ctypes.byref(request), ctypes.byref(response)) != 0:
+            return False
+        try:
+            if lib.seccomp_notify_receive(listener, request) != 0:
+                # ENOENT: the caller went away meanwhile (a signal); anything else: gone.
+                return os.path.exists(f"/proc/{self.runner}")
+            note = request.contents
+            name = sc.resolve_syscall(note.data.arch, note.data.nr).decode()
+            answer = response.contents
+            answer.id, answer.val, answer.error, answer.flags = note.id, 0, 0, 0
+            refusal = self._judge(name, note)
+            if refusal is None:
+                answer.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE
+            else:
+                answer.error = -refusal[0]
+                print(
+                    f"cws-sandbox: plugin {self.name!r} denied {name}"
+                    f" ({errno.errorcode[refusal[0]]}): {refusal[1]}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            lib.seccomp_notify_respond(listener, response)
+            return True
+        finally:
+            lib.seccomp_notify_free(request, response)
+
+    def _judge(self, name: str, note: Any) -> tuple[int, str] | None:
+        """None to let the call go on, or (errno, why)."""
+        if name not in ("clone", "fork", "vfork"):
+            return errno.EPERM, "the sandbox refuses it"
+        flags = note.data.args[0] if name == "clone" else 0
+        if flags & _kernel.CLONE_NAMESPACES:
+            return errno.EPERM, "new namespaces are refused"
+        if self.processes is not None:
+            count = _count_tasks(self.runner) - 1  # not the init
+            if count >= self.processes:
+                return errno.EAGAIN, f"{count} processes and threads of {self.processes}"
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                found += [int(child) for child in file.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def _count_tasks(root: int) -> int:
+    """Threads of ``root`` and of all its descendants."""
+    count, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            count += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            continue
+        stack += _children(pid)
+    return count
