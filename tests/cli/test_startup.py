@@ -96,7 +96,10 @@ async def test_healthz_at_once_and_readyz_names_the_plugins_still_loading(
     write_plugin(home / "plugins", "quick")
     gate = marks / "gate"
     config = tmp_path / "cws.toml"
-    config.write_text('[plugins.overrides.slow]\nenv = ["CWS_TEST_GATE"]\n')
+    config.write_text(
+        '[plugins]\ndefault_grants = { slow = ["filesystem"] }\n'
+        '[plugins.overrides.slow]\nenv = ["CWS_TEST_GATE"]\n'
+    )
     env = cws_env(home, CWS_TEST_GATE=str(gate))
     process = await trio.lowlevel.open_process(
         [CWS, "daemon", "--port", "0", "--config", str(config)],

@@ -338,7 +338,7 @@ async def kill_mid_install(home: Path, source: Path, mark: Path) -> int:
         env = daemon.env | {"CWS_TOKEN": await create_cli_token(daemon, "plugins:manage")}
         with trio.fail_after(TIMEOUT):
             installer = await trio.lowlevel.open_process(
-                [CWS, "plugin", "install", str(source)],
+                [CWS, "plugin", "install", str(source), "--grant", "filesystem"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 env=env,
             )  # fmt: skip
@@ -388,7 +388,7 @@ async def test_a_daemon_killed_mid_install_leaves_no_half_installed_plugin(
         plugins = plugins["plugins"] if isinstance(plugins, dict) else plugins
         assert [(p["name"], p["state"]) for p in plugins] == [("sink", "running")]
         # Nothing half done stands in the way: the same install now goes through.
-        again = await cws("plugin", "install", str(source), env=env)
+        again = await cws("plugin", "install", str(source), "--grant", "filesystem", env=env)
         assert again.code == 0, again
         loaded = await cws("plugin", "load", "slow", env=env)
         assert loaded.code == 0, loaded
