@@ -372,7 +372,25 @@ def python_paths(home: str | None) -> list[str]:
         if not entry or entry == "/" or (entry == cwd and here != Path(cwd)):
             continue
         found.add(entry)
+    found.update(editable_packages())
     return sorted(found)
+
+
+def editable_packages() -> set[str]:
+    """The package folders that editable installs (``pip install -e``) map outside
+    ``sys.path``: setuptools' finders on ``sys.meta_path`` hold them in ``MAPPING`` (a
+    package name to its folder) and ``NAMESPACES``. Without them a plugin installed so,
+    ours included, could not import its own code."""
+    found: set[str] = set()
+    for finder in sys.meta_path:
+        module = sys.modules.get(getattr(finder, "__module__", "") or "")
+        mapping = getattr(module, "MAPPING", None)
+        if not isinstance(mapping, dict) or not module.__name__.startswith("__editable__"):
+            continue
+        found.update(str(folder) for folder in mapping.values())
+        for folders in (getattr(module, "NAMESPACES", None) or {}).values():
+            found.update(str(folder) for folder in folders)
+    return found
 
 
 def _allow_except(ruleset: Any, path: str, access: Any, excluded: list[Path]) -> None:
