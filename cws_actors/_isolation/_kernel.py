@@ -383,9 +383,10 @@ def editable_packages() -> set[str]:
     ours included, could not import its own code."""
     found: set[str] = set()
     for finder in sys.meta_path:
-        module = sys.modules.get(getattr(finder, "__module__", "") or "")
+        name = getattr(finder, "__module__", "") or ""
+        module = sys.modules.get(name)
         mapping = getattr(module, "MAPPING", None)
-        if not isinstance(mapping, dict) or not module.__name__.startswith("__editable__"):
+        if not name.startswith("__editable__") or not isinstance(mapping, dict):
             continue
         found.update(str(folder) for folder in mapping.values())
         for folders in (getattr(module, "NAMESPACES", None) or {}).values():
