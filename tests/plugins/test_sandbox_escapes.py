@@ -212,6 +212,14 @@ class EchoPlugin(Plugin):
 LIMITS = "memory_mb = 300\ncpu_seconds = 2\nprocesses = 4\ndisk_mb = 2"
 
 
+def patient(plugin: Path) -> None:
+    """Probes a minute apart: its attack runs in its event loop for seconds on a loaded
+    machine, and liveness probes waiting behind it would restart it (this test is about
+    the sandbox, not about liveness)."""
+    manifest = plugin / "plugin.toml"
+    manifest.write_text(manifest.read_text().replace("probe_period = 1.0", "probe_period = 60.0"))
+
+
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     """The daemon's secrets and sockets the plugin goes after."""
@@ -293,7 +301,8 @@ async def test_every_escape_fails_under_the_default_sandbox(
     world: dict[str, Any], fork_server: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     home = world["home"]
-    write_plugin(home / "plugins", "evil", isolation="subprocess", code=HOSTILE, limits=LIMITS)
+    patient(write_plugin(home / "plugins", "evil", isolation="subprocess", code=HOSTILE,
+                         limits=LIMITS))  # fmt: skip
     write_plugin(home / "plugins", "other", isolation="subprocess")
     with trio.fail_after(TIMEOUT):
         async with opened(home, fork_server=fork_server) as host:
@@ -375,8 +384,8 @@ async def test_the_same_plugin_with_matching_requests_succeeds(world: dict[str, 
     secret = home / "plugin-data" / "other" / "secret"
     grants = GRANTS.format(outside=world["outside_dir"], secret=secret)
     limits = "memory_mb = 300\ncpu_seconds = 2\nprocesses = 64\ndisk_mb = 64"
-    write_plugin(home / "plugins", "evil", isolation="subprocess", code=HOSTILE,
-                 limits=limits, extra=grants)  # fmt: skip
+    patient(write_plugin(home / "plugins", "evil", isolation="subprocess", code=HOSTILE,
+                         limits=limits, extra=grants))  # fmt: skip
     write_plugin(home / "plugins", "other", isolation="subprocess")
     overrides = {"evil": {"env": ["AWS_SECRET_ACCESS_KEY"]}}
     with trio.fail_after(TIMEOUT):
