@@ -1,5 +1,7 @@
 """Rows and targets, the machine's description, and the table, JSON and markdown made
-from them. Nothing here runs a benchmark; ``_suites.py`` does."""
+from them; and what the HTTP benchmarks share: a plugin's folder, a daemon's config, and
+a daemon served by hypercorn beside bare quart-trio routes. Nothing here runs a
+benchmark; ``_suites.py`` does."""
 
 from __future__ import annotations
 
@@ -11,11 +13,16 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    from api import DaemonConfig
 
 PACKAGES = ("trio", "quart-trio", "hypercorn", "httpx", "pykka", "thespian")
 
@@ -225,3 +232,81 @@ def write_markdown(path: Path, report: dict[str, Any], rows: Sequence[Row]) -> N
     lines += [f"- {row.metric}: {row.target}: {row.target.why}"
               for row in targets.values() if row.target]  # fmt: skip
     path.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------ HTTP benchmarks' daemon
+# `api` and hypercorn are imported where used: `python -m benchmarks --only actors` does
+# not pay for them.
+
+HELLO_PLUGIN = """
+from cws_actors import APIEndpointSpec, APIResult, Capabilities, Plugin
+
+class Hello(Plugin):
+    capabilities = Capabilities(
+        api_endpoints=[APIEndpointSpec("{path}", handler="hello", protected=False)]
+    )
+
+    async def hello(self, request):
+        return APIResult(200, {{"hello": "world"}})
+"""
+"""A plugin (class ``Hello``) whose one unprotected endpoint, ``path``, answers 200
+``{"hello": "world"}``: ``HELLO_PLUGIN.format(path=...)``."""
+
+MANIFEST = """
+[plugin]
+name = "{name}"
+version = "1.0.0"
+api_version = "1.0"
+entry = "{name}_plugin:{entry_class}"
+"""
+
+
+def write_plugin(
+    folder: Path, name: str, source: str, entry_class: str, settings: str = ""
+) -> None:
+    """The plugin ``name`` in ``folder/name``: its module ``NAME_plugin.py`` holds
+    ``source`` and its plugin.toml names ``entry_class`` there. ``settings`` is TOML that
+    follows the ``[plugin]`` table's keys (more of its keys, then other tables)."""
+    plugin_dir = folder / name
+    plugin_dir.mkdir(parents=True)
+    manifest = MANIFEST.format(name=name, entry_class=entry_class) + textwrap.dedent(settings)
+    (plugin_dir / "plugin.toml").write_text(textwrap.dedent(manifest))
+    (plugin_dir / f"{name}_plugin.py").write_text(textwrap.dedent(source))
+
+
+def daemon_config(home: Path) -> DaemonConfig:
+    """A daemon's config for a benchmark: ``home`` (its plugins in ``home/plugins``), port
+    0, no entry-point plugins, reads open."""
+    from api import load_config
+
+    return load_config(None, env={}, home=home, port=0, entry_points=False,
+                       system_dir=home / "system", open_reads=True)  # fmt: skip
+
+
+@asynccontextmanager
+async def served_daemon(
+    home: Path, bare_routes: Mapping[str, Callable[[], Awaitable[Any]]]
+) -> AsyncIterator[str]:
+    """A daemon with ``home``'s plugins loaded, its app served by hypercorn on 127.0.0.1
+    with the bare quart-trio GET ``bare_routes`` (path: view) beside its own routes, the
+    references its figures are measured against; yields its base URL."""
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from api import create_app, open_daemon
+
+    async with open_daemon(daemon_config(home)) as daemon:
+        app = create_app(daemon)
+        for path, view in bare_routes.items():
+            app.get(path)(view)
+        await daemon.load_plugins()
+        hyper = Config()
+        hyper.bind = ["127.0.0.1:0"]
+        hyper.accesslog = None
+        hyper.errorlog = None  # no "Running on ..." line in the middle of a report
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve, app, hyper)
+            daemon.url = binds[0]
+            yield binds[0]
+            nursery.cancel_scope.cancel()

@@ -21,17 +21,14 @@ import argparse
 import json
 import statistics
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
-from api import create_app, load_config, open_daemon
+from benchmarks._harness import HELLO_PLUGIN, served_daemon, write_plugin
 from benchmarks.bench_http import choose_load_generator, load
 
 CLIENTS = 50
@@ -62,40 +59,17 @@ class Waits(Plugin):
         return APIResult(200, {{"waited": 0}})
 """
 
-MANIFEST = """
-[plugin]
-name = "waits"
-version = "1.0.0"
-api_version = "1.0"
+WAITS_SETTINGS = f"""
 isolation = "subprocess"
-entry = "waits_plugin:Waits"
 
 [mailbox]
 capacity = 10000
 
 [concurrency]
-max = {clients}
+max = {CLIENTS}
 """
 
-LIMITED = """
-from cws_actors import APIEndpointSpec, APIResult, Capabilities, Plugin
-
-class Limited(Plugin):
-    capabilities = Capabilities(
-        api_endpoints=[APIEndpointSpec("/bench/limited", handler="hello", protected=False)]
-    )
-
-    async def hello(self, request):
-        return APIResult(200, {"hello": "world"})
-"""
-
-LIMITED_MANIFEST = """
-[plugin]
-name = "limited"
-version = "1.0.0"
-api_version = "1.0"
-entry = "limited_plugin:Limited"
-
+LIMITED_SETTINGS = """
 [rate_limit]
 rate = 1.0
 burst = 1
@@ -103,13 +77,10 @@ burst = 1
 
 
 def write_plugins(folder: Path) -> None:
-    waits, limited = folder / "waits", folder / "limited"
-    waits.mkdir(parents=True)
-    limited.mkdir(parents=True)
-    (waits / "plugin.toml").write_text(textwrap.dedent(MANIFEST.format(clients=CLIENTS)))
-    (waits / "waits_plugin.py").write_text(PLUGIN.format(handler_s=HANDLER_S, slow_s=SLOW_S))
-    (limited / "plugin.toml").write_text(textwrap.dedent(LIMITED_MANIFEST))
-    (limited / "limited_plugin.py").write_text(LIMITED)
+    source = PLUGIN.format(handler_s=HANDLER_S, slow_s=SLOW_S)
+    write_plugin(folder, "waits", source, "Waits", WAITS_SETTINGS)
+    limited = HELLO_PLUGIN.format(path="/bench/limited")
+    write_plugin(folder, "limited", limited, "Hello", LIMITED_SETTINGS)
 
 
 async def timed_get(client: httpx.AsyncClient, url: str) -> float:
@@ -165,41 +136,28 @@ async def main(seconds: int, rounds: int, *, load_generator: str = "auto") -> di
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
         write_plugins(home / "plugins")
-        config = load_config(None, env={}, home=home, port=0, entry_points=False,
-                             system_dir=home / "system", open_reads=True)  # fmt: skip
-        async with open_daemon(config) as daemon:
-            app = create_app(daemon)
 
-            @app.get("/bench/bare")
-            async def bare() -> Any:
-                return {"hello": "world"}
+        async def bare() -> Any:
+            return {"hello": "world"}
 
-            @app.get("/bench/bare-wait")
-            async def bare_wait() -> Any:
-                await trio.sleep(HANDLER_S)
-                return {"waited": HANDLER_S}
+        async def bare_wait() -> Any:
+            await trio.sleep(HANDLER_S)
+            return {"waited": HANDLER_S}
 
-            await daemon.load_plugins()
-            hyper = Config()
-            hyper.bind = ["127.0.0.1:0"]
-            hyper.accesslog = None
-            hyper.errorlog = None
-            async with trio.open_nursery() as nursery:
-                base = (await nursery.start(serve, app, hyper))[0]
-                daemon.url = base
-                figures: dict[str, Any] = {"load_generator": generator}
-                await load(generator, f"{base}/bench/wait", 1, CLIENTS)  # warm
-                plugin = await load(generator, f"{base}/bench/wait", seconds, CLIENTS)
-                bare_wait_load = await load(generator, f"{base}/bench/bare-wait", seconds, CLIENTS)
-                figures |= {
-                    "wait_plugin_rps": plugin["rps"],
-                    "wait_plugin_errors": plugin["errors"],
-                    "wait_bare_rps": bare_wait_load["rps"],
-                    "wait_ideal_rps": CLIENTS / HANDLER_S,
-                }
-                figures |= await fast_behind_slow(base, rounds)
-                figures |= await refusals(generator, base, seconds, 32)
-                nursery.cancel_scope.cancel()
+        routes = {"/bench/bare": bare, "/bench/bare-wait": bare_wait}
+        async with served_daemon(home, routes) as base:
+            figures: dict[str, Any] = {"load_generator": generator}
+            await load(generator, f"{base}/bench/wait", 1, CLIENTS)  # warm
+            plugin = await load(generator, f"{base}/bench/wait", seconds, CLIENTS)
+            bare_wait_load = await load(generator, f"{base}/bench/bare-wait", seconds, CLIENTS)
+            figures |= {
+                "wait_plugin_rps": plugin["rps"],
+                "wait_plugin_errors": plugin["errors"],
+                "wait_bare_rps": bare_wait_load["rps"],
+                "wait_ideal_rps": CLIENTS / HANDLER_S,
+            }
+            figures |= await fast_behind_slow(base, rounds)
+            figures |= await refusals(generator, base, seconds, 32)
     return figures | {"seconds": seconds, "rounds": rounds, "clients": CLIENTS}
 
 

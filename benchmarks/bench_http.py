@@ -6,7 +6,7 @@ Without wrk (``--load-generator auto`` on a machine without it, as in CI), an ht
 client in its own Python process drives both routes instead. Both routes still see the
 same load, but a Python client can be the bottleneck, so its ratio leans towards 1.
 
-Run: ``.venv/bin/python benchmarks/bench_http.py [--seconds 10] [--connections 32] [--json]``
+Run: ``.venv/bin/python -m benchmarks.bench_http [--seconds 10] [--connections 32] [--json]``
 """
 
 from __future__ import annotations
@@ -19,39 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
-from api import create_app, load_config, open_daemon
-
-PLUGIN = """
-from cws_actors import APIEndpointSpec, APIResult, Capabilities, Plugin
-
-class Bench(Plugin):
-    capabilities = Capabilities(
-        api_endpoints=[APIEndpointSpec("/bench/plugin", handler="hello", protected=False)]
-    )
-
-    async def hello(self, request):
-        return APIResult(200, {"hello": "world"})
-"""
-
-MANIFEST = """
-[plugin]
-name = "bench"
-version = "1.0.0"
-api_version = "1.0"
-entry = "bench_plugin:Bench"
-
-[mailbox]
-capacity = 10000
-"""
-
+from benchmarks._harness import HELLO_PLUGIN, served_daemon, write_plugin
 
 # The fallback load generator: its own process, so it does not share the server's loop.
 HTTPX_LOAD = """
@@ -131,34 +104,18 @@ async def main(
     generator = choose_load_generator(load_generator)
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
-        plugin_dir = home / "plugins" / "bench"
-        plugin_dir.mkdir(parents=True)
-        (plugin_dir / "plugin.toml").write_text(textwrap.dedent(MANIFEST))
-        (plugin_dir / "bench_plugin.py").write_text(textwrap.dedent(PLUGIN))
-        config = load_config(None, env={}, home=home, port=0, entry_points=False,
-                             system_dir=home / "system", open_reads=True)  # fmt: skip
-        async with open_daemon(config) as daemon:
-            app = create_app(daemon)
+        source = HELLO_PLUGIN.format(path="/bench/plugin")
+        write_plugin(home / "plugins", "bench", source, "Hello", "[mailbox]\ncapacity = 10000")
 
-            @app.get("/bench/bare")
-            async def bare() -> Any:
-                return {"hello": "world"}
+        async def bare() -> Any:
+            return {"hello": "world"}
 
-            await daemon.load_plugins()
-            hyper = Config()
-            hyper.bind = ["127.0.0.1:0"]
-            hyper.accesslog = None
-            hyper.errorlog = None  # no "Running on ..." line in the middle of a report
-            async with trio.open_nursery() as nursery:
-                binds = await nursery.start(serve, app, hyper)
-                base = binds[0]
-                daemon.url = base
-                results = {}
-                for name, path in (("bare", "/bench/bare"), ("plugin", "/bench/plugin")):
-                    if warmup:
-                        await load(generator, f"{base}{path}", warmup, connections)
-                    results[name] = await load(generator, f"{base}{path}", seconds, connections)
-                nursery.cancel_scope.cancel()
+        async with served_daemon(home, {"/bench/bare": bare}) as base:
+            results = {}
+            for name, path in (("bare", "/bench/bare"), ("plugin", "/bench/plugin")):
+                if warmup:
+                    await load(generator, f"{base}{path}", warmup, connections)
+                results[name] = await load(generator, f"{base}{path}", seconds, connections)
     return {
         "bare_rps": results["bare"]["rps"],
         "bare_p99_ms": results["bare"]["p99_ms"],

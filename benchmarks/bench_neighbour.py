@@ -6,7 +6,7 @@ The load is open-loop (each request leaves at its scheduled time whether or not 
 earlier ones have been answered, so slow replies show up as latency instead of hiding
 as a lower rate) and comes from an httpx client in its own process.
 
-Run: ``.venv/bin/python benchmarks/bench_neighbour.py [--seconds 5] [--json]``
+Run: ``.venv/bin/python -m benchmarks.bench_neighbour [--seconds 5] [--json]``
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import functools
 import json
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from api import Daemon, load_config, serve_daemon
+from api import Daemon, serve_daemon
+from benchmarks._harness import daemon_config, write_plugin
 
 LIMIT = 50.0  # the hot plugin's rate limit, requests a second (burst the same)
 STORM = 10  # how many times its limit it is driven at
@@ -38,15 +38,6 @@ class Ping(Plugin):
 
     async def ping(self, request):
         return APIResult(200, {{"plugin": "{name}"}})
-"""
-
-MANIFEST = """
-[plugin]
-name = "{name}"
-version = "1.0.0"
-api_version = "1.0"
-entry = "ping_plugin:Ping"
-{limit}
 """
 
 # The load generator, in its own process: open-loop streams, one per (path, rate).
@@ -94,21 +85,15 @@ async def load(base: str, seconds: float, streams: list[tuple[str, float]]) -> d
     return figures
 
 
-def write_plugin(folder: Path, name: str, limit: str = "") -> None:
-    plugin_dir = folder / name
-    plugin_dir.mkdir(parents=True)
-    manifest = MANIFEST.format(name=name, limit=limit)
-    (plugin_dir / "plugin.toml").write_text(textwrap.dedent(manifest))
-    (plugin_dir / "ping_plugin.py").write_text(PLUGIN.format(name=name))
-
-
 async def main(seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
-        write_plugin(home / "plugins", "hot", f"[rate_limit]\nrate = {LIMIT}\nburst = {LIMIT:.0f}")
-        write_plugin(home / "plugins", "calm")
-        config = load_config(None, env={}, home=home, port=0, entry_points=False,
-                             system_dir=home / "system", open_reads=True)  # fmt: skip
+        for name, settings in (
+            ("hot", f"[rate_limit]\nrate = {LIMIT}\nburst = {LIMIT:.0f}"),
+            ("calm", ""),
+        ):
+            write_plugin(home / "plugins", name, PLUGIN.format(name=name), "Ping", settings)
+        config = daemon_config(home)
         async with trio.open_nursery() as nursery:
             daemon: Daemon = await nursery.start(
                 functools.partial(serve_daemon, config, on_url=lambda url: None)

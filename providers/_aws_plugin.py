@@ -14,53 +14,24 @@ The plugin process sees only the daemon's allow-listed environment (HOME, so
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections.abc import Mapping
 from typing import Any
 
-from cws_actors import (
-    Concurrency,
-    Endpoint,
-    Isolation,
-    NetworkMode,
-    PathRule,
-    PluginMetadata,
-    Sandbox,
-)
-
 from ._base import CloudProvider, ProviderRequestError
-from ._plugin import PROVIDER_CONCURRENCY, ProviderPlugin
+from ._plugin import ProviderPlugin, provider_metadata
 
 
 class AWSPlugin(ProviderPlugin):
     """Amazon EC2 as the ``aws`` cloud provider."""
 
-    metadata = PluginMetadata(
-        name="aws",
-        version=importlib.metadata.version("cws-actors"),
-        description="Amazon EC2 instances: list, show, start, stop, and their events",
-        author="cws-actors developers",
-        isolation=Isolation.SUBPROCESS,
-        # Calls of different instances run side by side: a `start --wait` polling its
-        # operation never delays a list (the SDK's calls run in worker threads).
-        concurrency=Concurrency(max=PROVIDER_CONCURRENCY),
-        # Its sandbox: HTTPS to the cloud's API (Landlock filters ports, not hosts) and
-        # its credentials files, read. A test pointing it at a local fake overrides the
-        # network ([plugins.overrides.aws] sandbox = { network = "loopback" }).
-        sandbox=Sandbox(
-            filesystem=[
-                PathRule(path)
-                for path in (
-                    os.environ.get("AWS_SHARED_CREDENTIALS_FILE"),
-                    os.environ.get("AWS_CONFIG_FILE"),
-                    os.path.join(os.path.expanduser("~"), ".aws"),
-                )
-                if path and os.path.isabs(path)
-            ],
-            network=NetworkMode.LIST,
-            endpoints=[Endpoint(None, 443)],
-            declared=True,
+    metadata = provider_metadata(
+        "aws",
+        "Amazon EC2 instances: list, show, start, stop, and their events",
+        credentials=(
+            os.environ.get("AWS_SHARED_CREDENTIALS_FILE"),
+            os.environ.get("AWS_CONFIG_FILE"),
+            os.path.join(os.path.expanduser("~"), ".aws"),
         ),
     )
 

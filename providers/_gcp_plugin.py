@@ -15,54 +15,25 @@ Without ``project`` the plugin stays loaded but answers every call with 503
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
-from cws_actors import (
-    Concurrency,
-    Endpoint,
-    Isolation,
-    NetworkMode,
-    PathRule,
-    PluginMetadata,
-    Sandbox,
-)
-
 from ._base import CloudProvider, ProviderNotConfigured
-from ._plugin import PROVIDER_CONCURRENCY, ProviderPlugin
+from ._plugin import ProviderPlugin, provider_metadata
 
 
 class GCPPlugin(ProviderPlugin):
     """Google Compute Engine as the ``gcp`` cloud provider."""
 
-    metadata = PluginMetadata(
-        name="gcp",
-        version=importlib.metadata.version("cws-actors"),
-        description="Google Compute Engine instances: list, show, start, stop, and their events",
-        author="cws-actors developers",
-        isolation=Isolation.SUBPROCESS,
-        # Calls of different instances run side by side: a `start --wait` polling its
-        # operation never delays a list (the SDK's calls run in worker threads).
-        concurrency=Concurrency(max=PROVIDER_CONCURRENCY),
-        # Its sandbox: HTTPS to the cloud's API (Landlock filters ports, not hosts) and
-        # its credentials files, read. A test pointing it at a local fake overrides the
-        # network ([plugins.overrides.gcp] sandbox = { network = "loopback" }).
-        sandbox=Sandbox(
-            filesystem=[
-                PathRule(path)
-                for path in (
-                    os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
-                    os.path.join(os.path.expanduser("~"), ".config", "gcloud"),
-                )
-                if path and os.path.isabs(path)
-            ],
-            network=NetworkMode.LIST,
-            endpoints=[Endpoint(None, 443)],
-            declared=True,
+    metadata = provider_metadata(
+        "gcp",
+        "Google Compute Engine instances: list, show, start, stop, and their events",
+        credentials=(
+            os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"),
+            os.path.join(os.path.expanduser("~"), ".config", "gcloud"),
         ),
     )
 

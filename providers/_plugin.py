@@ -13,13 +13,28 @@ so its routes answer 503 and its events become dead letters; it comes back by it
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import itertools
-from collections.abc import Awaitable, Callable, Mapping
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import trio
 
-from cws_actors import Capabilities, Health, HealthStatus, Plugin, PluginContext
+from cws_actors import (
+    Capabilities,
+    Concurrency,
+    Endpoint,
+    Health,
+    HealthStatus,
+    Isolation,
+    NetworkMode,
+    PathRule,
+    Plugin,
+    PluginContext,
+    PluginMetadata,
+    Sandbox,
+)
 
 from ._base import (
     BreakerState,
@@ -42,6 +57,33 @@ _EVENTS = {
 PROVIDER_CONCURRENCY = 16
 """Calls a cloud provider plugin handles at once (its ``[concurrency] max``; the
 operator's ``[plugins.overrides.NAME.concurrency]`` wins)."""
+
+
+def provider_metadata(
+    name: str, description: str, *, credentials: Iterable[str | None]
+) -> PluginMetadata:
+    """The metadata of the cloud-provider plugin ``name``: a process of its own, up to
+    ``PROVIDER_CONCURRENCY`` calls at once, and a sandbox that reads ``credentials``
+    (the absolute paths among them: files or folders) and reaches HTTPS."""
+    return PluginMetadata(
+        name=name,
+        version=importlib.metadata.version("cws-actors"),
+        description=description,
+        author="cws-actors developers",
+        isolation=Isolation.SUBPROCESS,
+        # Calls of different instances run side by side: a `start --wait` polling its
+        # operation never delays a list (the SDK's calls run in worker threads).
+        concurrency=Concurrency(max=PROVIDER_CONCURRENCY),
+        # Its sandbox: HTTPS to the cloud's API (Landlock filters ports, not hosts) and
+        # its credentials files, read. A test pointing it at a local fake overrides the
+        # network ([plugins.overrides.NAME] sandbox = { network = "loopback" }).
+        sandbox=Sandbox(
+            filesystem=[PathRule(path) for path in credentials if path and os.path.isabs(path)],
+            network=NetworkMode.LIST,
+            endpoints=[Endpoint(None, 443)],
+            declared=True,
+        ),
+    )
 
 
 class ProviderPlugin(Plugin):

@@ -3,6 +3,7 @@ which need ``admin``) and ``/api/v1/dead-letters``."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Blueprint
@@ -50,9 +51,7 @@ async def actor(path: str) -> Any:
     Access.TOKEN, ("admin",), params=(_PATH,), problems=_ERRORS,
 ))  # fmt: skip
 async def restart(path: str) -> Any:
-    runtime = current_daemon().runtime
-    await guarded(runtime.restart("/" + path.strip("/")))
-    return actor_view(runtime.actors().find("/" + path.strip("/")))
+    return await _act_on(path, current_daemon().runtime.restart)
 
 
 @route(blueprint, Route(
@@ -60,9 +59,14 @@ async def restart(path: str) -> Any:
     (_ACTOR,), Access.TOKEN, ("admin",), params=(_PATH,), problems=_ERRORS,
 ))  # fmt: skip
 async def clear_quarantine(path: str) -> Any:
-    runtime = current_daemon().runtime
-    await guarded(runtime.clear_quarantine("/" + path.strip("/")))
-    return actor_view(runtime.actors().find("/" + path.strip("/")))
+    return await _act_on(path, current_daemon().runtime.clear_quarantine)
+
+
+async def _act_on(path: str, act: Callable[[str], Awaitable[None]]) -> Any:
+    """``act`` (a runtime operation) on the actor at ``path``, then answer its view."""
+    path = "/" + path.strip("/")
+    await guarded(act(path))
+    return actor_view(current_daemon().runtime.actors().find(path))
 
 
 @route(blueprint, Route(

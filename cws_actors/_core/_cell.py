@@ -291,11 +291,10 @@ class ActorCell:
                     capacity = mailbox.config.capacity
                     handled = 0
                     while True:
-                        # Below a quarter full, page the backlog in up to half: a few
-                        # reads of hundreds of events each, not one per event handled.
+                        # Below a quarter full, page the backlog in (the test inline:
+                        # no coroutine per message while there is nothing to page).
                         if self.redelivery_pending and len(mailbox) * 4 < capacity:
-                            while self.redelivery_pending and len(mailbox) * 2 < capacity:
-                                await self._redeliver_page()
+                            await self._page_in()
                         envelope = mailbox.pop()
                         if envelope is None:  # both lanes empty: park until one comes
                             await wait_task_rescheduled(mailbox.park_reader())
@@ -347,6 +346,15 @@ class ActorCell:
             if rest is not None and len({type(e) for e in rest.exceptions}) == 1:
                 raise rest.exceptions[0] from None
             raise
+
+    async def _page_in(self) -> None:
+        """Page the durable backlog in up to half the mailbox: a few reads of hundreds of
+        events each, not one per event handled. The loops call it when the mailbox is
+        below a quarter full."""
+        mailbox = self.mailbox
+        capacity = mailbox.config.capacity
+        while self.redelivery_pending and len(mailbox) * 2 < capacity:
+            await self._redeliver_page()
 
     async def _redeliver_page(self) -> None:
         """Queue the next page of this actor's unacknowledged durable events (left by a
@@ -456,8 +464,7 @@ class ActorCell:
                         envelope = mailbox.pop_control()
                     else:
                         if self.redelivery_pending and len(mailbox) * 4 < capacity:
-                            while self.redelivery_pending and len(mailbox) * 2 < capacity:
-                                await self._redeliver_page()
+                            await self._page_in()  # below a quarter full, as in `run`
                         envelope = mailbox.pop()
                     if envelope is None:
                         await mailbox.wait(control_only=parked is not None)

@@ -3,10 +3,12 @@ real subprocess plugin whose sandbox asks for a port, a secret and a daemon scop
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -25,6 +27,17 @@ async def run(daemon: Daemon, *argv: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@contextlib.asynccontextmanager
+async def sbx_and_an_admin(tmp_path: Path) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+    """A daemon whose plugins folder holds ``sbx``, put there by hand (nothing granted),
+    and a client holding an admin token."""
+    write_sandboxed(tmp_path / "plugins")
+    async with running_daemon(tmp_path) as daemon:
+        admin = await token(daemon, "admin")
+        async with client(daemon, admin) as http:
+            yield daemon, http
+
+
 def archive_of(folder: Path) -> bytes:
     data = io.BytesIO()
     with zipfile.ZipFile(data, "w") as archive:
@@ -36,45 +49,42 @@ def archive_of(folder: Path) -> bytes:
 async def test_a_plugin_put_in_the_folder_by_hand_has_no_grants_until_granted(
     tmp_path: Path,
 ) -> None:
-    write_sandboxed(tmp_path / "plugins")
     with trio.fail_after(TIMEOUT):
-        async with running_daemon(tmp_path) as daemon:
-            admin = await token(daemon, "admin")
-            async with client(daemon, admin) as http:
-                view = (await http.get("/api/v1/plugins/sbx")).json()
-                assert view["loaded"] is False
-                assert view["sandbox"]["requests"] == ASKS
-                assert view["sandbox"]["ungranted"] == ASKS
-                refused = await http.post("/api/v1/plugins/sbx/load")
-                assert refused.status_code == 409
-                problem = refused.json()
-                assert problem["ungranted"] == ASKS
-                assert (
-                    "its sandbox asks for network:*:443, secrets:aws_key, apis:events:publish,"
-                    " which the operator has not granted; grant it with `cws plugin grant sbx"
-                    " network:*:443,secrets:aws_key,apis:events:publish`" in problem["detail"]
-                )
-                # A grant it does not ask for is a 400 naming what it asks for.
-                wrong = await http.post("/api/v1/plugins/sbx/grant", json={"grants": "exec"})
-                assert wrong.status_code == 400
-                assert "does not ask for 'exec'" in wrong.json()["detail"]
-                bad = await http.post("/api/v1/plugins/sbx/grant", json={"grants": "root"})
-                assert bad.status_code == 400
-                assert "'root' is not a grant" in bad.json()["detail"]
-                # Granting a part: the rest is still named at load.
-                part = await http.post("/api/v1/plugins/sbx/grant", json={"grants": ["network"]})
-                assert part.json()["sandbox"]["stored"] == ["network:*:443"]
-                again = await http.post("/api/v1/plugins/sbx/load")
-                assert again.json()["ungranted"] == ["secrets:aws_key", "apis:events:publish"]
-                done = await http.post(
-                    "/api/v1/plugins/sbx/grant", json={"grants": "secrets,apis:events:publish"}
-                )
-                assert done.json()["sandbox"]["ungranted"] == []
-                loaded = await http.post("/api/v1/plugins/sbx/load")
-                assert loaded.status_code == 200, loaded.text
-                assert loaded.json()["state"] == "running"
-                history = (await http.get("/api/v1/plugins/sbx")).json()["history"]
-                assert [e["event"] for e in history].count("granted") == 2
+        async with sbx_and_an_admin(tmp_path) as (_, http):
+            view = (await http.get("/api/v1/plugins/sbx")).json()
+            assert view["loaded"] is False
+            assert view["sandbox"]["requests"] == ASKS
+            assert view["sandbox"]["ungranted"] == ASKS
+            refused = await http.post("/api/v1/plugins/sbx/load")
+            assert refused.status_code == 409
+            problem = refused.json()
+            assert problem["ungranted"] == ASKS
+            assert (
+                "its sandbox asks for network:*:443, secrets:aws_key, apis:events:publish,"
+                " which the operator has not granted; grant it with `cws plugin grant sbx"
+                " network:*:443,secrets:aws_key,apis:events:publish`" in problem["detail"]
+            )
+            # A grant it does not ask for is a 400 naming what it asks for.
+            wrong = await http.post("/api/v1/plugins/sbx/grant", json={"grants": "exec"})
+            assert wrong.status_code == 400
+            assert "does not ask for 'exec'" in wrong.json()["detail"]
+            bad = await http.post("/api/v1/plugins/sbx/grant", json={"grants": "root"})
+            assert bad.status_code == 400
+            assert "'root' is not a grant" in bad.json()["detail"]
+            # Granting a part: the rest is still named at load.
+            part = await http.post("/api/v1/plugins/sbx/grant", json={"grants": ["network"]})
+            assert part.json()["sandbox"]["stored"] == ["network:*:443"]
+            again = await http.post("/api/v1/plugins/sbx/load")
+            assert again.json()["ungranted"] == ["secrets:aws_key", "apis:events:publish"]
+            done = await http.post(
+                "/api/v1/plugins/sbx/grant", json={"grants": "secrets,apis:events:publish"}
+            )
+            assert done.json()["sandbox"]["ungranted"] == []
+            loaded = await http.post("/api/v1/plugins/sbx/load")
+            assert loaded.status_code == 200, loaded.text
+            assert loaded.json()["state"] == "running"
+            history = (await http.get("/api/v1/plugins/sbx")).json()["history"]
+            assert [e["event"] for e in history].count("granted") == 2
 
 
 async def test_a_token_cannot_grant_more_than_it_holds(tmp_path: Path) -> None:
@@ -171,68 +181,65 @@ async def test_secrets_reach_only_the_plugins_granted_them(tmp_path: Path) -> No
 async def test_ctx_api_has_exactly_the_granted_scopes_and_its_token_dies_with_the_run(
     tmp_path: Path,
 ) -> None:
-    write_sandboxed(tmp_path / "plugins")
     with trio.fail_after(TIMEOUT):
-        async with running_daemon(tmp_path) as daemon:
-            admin = await token(daemon, "admin")
-            async with client(daemon, admin) as http:
-                await http.post("/api/v1/plugins/sbx/grant", json={"grants": "all"})
-                assert (await http.post("/api/v1/plugins/sbx/load")).status_code == 200
-                body = '{"topic": "sbx.hello", "payload": {"n": 1}}'
-                code, said = await run(
-                    daemon, "sbx", "call", "--method", "POST", "--path", "/api/v1/events",
-                    "--body", body,
-                )  # fmt: skip
-                assert code == 0, said
-                assert said.startswith("202 "), said
-                # Not granted: a write that needs another scope, and the daemon's reads.
-                code, said = await run(
-                    daemon, "sbx", "call", "--method", "POST", "--path", "/api/v1/faults",
-                    "--body", '{"target": "/plugins/sbx", "spec": "crash:1"}',
-                )  # fmt: skip
-                assert said.startswith("403 "), said
-                assert "faults:inject" in said, said
-                code, said = await run(daemon, "sbx", "call", "--path", "/api/v1/plugins")
-                assert said.startswith("403 "), said
-                assert "api:read" in said, said
-                assert (await http.get("/api/v1/faults")).status_code == 200  # an operator reads
+        async with sbx_and_an_admin(tmp_path) as (daemon, http):
+            await http.post("/api/v1/plugins/sbx/grant", json={"grants": "all"})
+            assert (await http.post("/api/v1/plugins/sbx/load")).status_code == 200
+            body = '{"topic": "sbx.hello", "payload": {"n": 1}}'
+            code, said = await run(
+                daemon, "sbx", "call", "--method", "POST", "--path", "/api/v1/events",
+                "--body", body,
+            )  # fmt: skip
+            assert code == 0, said
+            assert said.startswith("202 "), said
+            # Not granted: a write that needs another scope, and the daemon's reads.
+            code, said = await run(
+                daemon, "sbx", "call", "--method", "POST", "--path", "/api/v1/faults",
+                "--body", '{"target": "/plugins/sbx", "spec": "crash:1"}',
+            )  # fmt: skip
+            assert said.startswith("403 "), said
+            assert "faults:inject" in said, said
+            code, said = await run(daemon, "sbx", "call", "--path", "/api/v1/plugins")
+            assert said.startswith("403 "), said
+            assert "api:read" in said, said
+            assert (await http.get("/api/v1/faults")).status_code == 200  # an operator reads
 
-                # The minted token: in memory, never in the state database or token file.
-                _, minted = await run(daemon, "sbx", "token")
-                assert minted.startswith("cws_")
-                assert daemon.plugin_tokens.active("sbx") == 1
-                assert minted[4:20] not in (tmp_path / "state.db").read_bytes().decode("latin-1")
-                async with client(daemon, minted) as as_plugin:
-                    answer = await as_plugin.post(
+            # The minted token: in memory, never in the state database or token file.
+            _, minted = await run(daemon, "sbx", "token")
+            assert minted.startswith("cws_")
+            assert daemon.plugin_tokens.active("sbx") == 1
+            assert minted[4:20] not in (tmp_path / "state.db").read_bytes().decode("latin-1")
+            async with client(daemon, minted) as as_plugin:
+                answer = await as_plugin.post(
+                    "/api/v1/events", json={"topic": "sbx.direct", "payload": None}
+                )
+                assert answer.status_code == 202
+                # Expired (the daemon's clock two hours on): 401; the plugin renews.
+                real = daemon.plugin_tokens.clock
+                daemon.plugin_tokens.clock = lambda: real() + 7200
+                try:
+                    expired = await as_plugin.post(
                         "/api/v1/events", json={"topic": "sbx.direct", "payload": None}
                     )
-                    assert answer.status_code == 202
-                    # Expired (the daemon's clock two hours on): 401; the plugin renews.
-                    real = daemon.plugin_tokens.clock
-                    daemon.plugin_tokens.clock = lambda: real() + 7200
-                    try:
-                        expired = await as_plugin.post(
-                            "/api/v1/events", json={"topic": "sbx.direct", "payload": None}
-                        )
-                        assert expired.status_code == 401
-                        assert "has expired" in expired.json()["detail"]
-                        code, said = await run(
-                            daemon, "sbx", "call", "--method", "POST", "--path",
-                            "/api/v1/events", "--body", body,
-                        )  # fmt: skip
-                        assert said.startswith("202 "), said
-                    finally:
-                        daemon.plugin_tokens.clock = real
-                    _, renewed = await run(daemon, "sbx", "token")
-                    assert renewed != minted
-                    # Unloaded: every token of its run is revoked.
-                    assert (await http.post("/api/v1/plugins/sbx/unload")).status_code == 200
-                    assert daemon.plugin_tokens.active("sbx") == 0
-                    async with client(daemon, renewed) as stale:
-                        gone = await stale.post(
-                            "/api/v1/events", json={"topic": "sbx.direct", "payload": None}
-                        )
-                        assert gone.status_code == 401
+                    assert expired.status_code == 401
+                    assert "has expired" in expired.json()["detail"]
+                    code, said = await run(
+                        daemon, "sbx", "call", "--method", "POST", "--path",
+                        "/api/v1/events", "--body", body,
+                    )  # fmt: skip
+                    assert said.startswith("202 "), said
+                finally:
+                    daemon.plugin_tokens.clock = real
+                _, renewed = await run(daemon, "sbx", "token")
+                assert renewed != minted
+                # Unloaded: every token of its run is revoked.
+                assert (await http.post("/api/v1/plugins/sbx/unload")).status_code == 200
+                assert daemon.plugin_tokens.active("sbx") == 0
+                async with client(daemon, renewed) as stale:
+                    gone = await stale.post(
+                        "/api/v1/events", json={"topic": "sbx.direct", "payload": None}
+                    )
+                    assert gone.status_code == 401
 
 
 async def test_a_plugin_without_apis_gets_a_client_that_refuses(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -205,14 +207,21 @@ def _version(source_root: Path, version: str, greeting: str, *, start_fails: boo
     return write_plugin(source_root / version, "echo", version=version, code=code)
 
 
+@asynccontextmanager
+async def echo_v1_loaded(tmp_path: Path, isolation: str) -> AsyncIterator[PluginHost]:
+    """A host whose home is ``tmp_path/home``, with echo 1.0.0 (it answers ``v1 TEXT``)
+    installed and loaded in ``isolation``."""
+    async with opened(tmp_path / "home", overrides={"echo": {"isolation": isolation}}) as host:
+        await host.install(_version(tmp_path, "1.0.0", "v1"))
+        await host.load("echo")
+        yield host
+
+
 @pytest.mark.parametrize("isolation", ["in_process", "subprocess"])
 async def test_update_hot_reloads_without_losing_a_message(tmp_path: Path, isolation: str) -> None:
     home = tmp_path / "home"
-    overrides = {"echo": {"isolation": isolation}}
     with trio.fail_after(TIMEOUT):
-        async with opened(home, overrides=overrides) as host:
-            await host.install(_version(tmp_path, "1.0.0", "v1"))
-            await host.load("echo")
+        async with echo_v1_loaded(tmp_path, isolation) as host:
             old_pid = host._loaded["echo"].counters.pid
             answers: list[str] = []
             updated = trio.Event()
@@ -242,11 +251,8 @@ async def test_update_hot_reloads_without_losing_a_message(tmp_path: Path, isola
 @pytest.mark.parametrize("isolation", ["in_process", "subprocess"])
 async def test_a_failed_update_rolls_back(tmp_path: Path, isolation: str) -> None:
     home = tmp_path / "home"
-    overrides = {"echo": {"isolation": isolation}}
     with trio.fail_after(TIMEOUT):
-        async with opened(home, overrides=overrides) as host:
-            await host.install(_version(tmp_path, "1.0.0", "v1"))
-            await host.load("echo")
+        async with echo_v1_loaded(tmp_path, isolation) as host:
             before = snapshot(home)
             broken = _version(tmp_path, "2.0.0", "v2", start_fails=True)
             with pytest.raises(PluginRefused, match=r"2\.0\.0 failed to start .*v2 cannot start"):
