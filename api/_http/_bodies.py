@@ -334,6 +334,8 @@ def parse_json(raw: bytes) -> Any:
         JSONRefused: nesting too deep, a number too long, ``NaN`` or an infinity.
         json.JSONDecodeError, UnicodeDecodeError: it is not JSON.
     """
+    if _opens_deeper_than(raw, MAX_JSON_DEPTH):
+        raise _too_deep()  # before the recursive parser goes down every level
     try:
         value = json.loads(
             raw,
@@ -353,6 +355,17 @@ def _too_deep() -> JSONRefused:
         f"arrays and objects nest deeper than {MAX_JSON_DEPTH} levels; at most"
         f" {MAX_JSON_DEPTH} are allowed"
     )
+
+
+def _opens_deeper_than(raw: bytes, limit: int) -> bool:
+    """Whether ``raw`` opens more than ``limit`` arrays or objects before anything else
+    (``[[[[...``, the usual shape of a body meant to exhaust a recursive parser):
+    only that leading run is looked at, in C, so that such a body is refused without
+    the parser descending a thousand levels. Any other too-deep body is caught by
+    :func:`_nests_deeper_than` once it has parsed."""
+    opened = raw[: 4 * (limit + 1)].translate(None, b" \t\r\n")
+    head = len(opened) - len(opened.lstrip(b"[{"))
+    return head > limit
 
 
 def _nests_deeper_than(raw: bytes, limit: int) -> bool:
