@@ -180,6 +180,20 @@ class OpenConnections:
             )  # fmt: skip
 
 
+BULK_READ = 1024 * 1024
+"""Bytes a connection's read may take at once (hypercorn asks for 64 KiB)."""
+BULK_SIZE = 8 * 1024
+"""A read at least this large means a body is streaming in: the next read waits
+:data:`BULK_PAUSE` first, so that the bytes gather and are taken in one read."""
+BULK_PAUSE = 0.002
+"""Seconds a streaming connection waits before each read. While a client streams a big
+body as fast as it can (issue 16, item 3), every chunk read costs the event loop a pass
+through hypercorn, h11 and quart, and every other request waits behind those passes:
+reading what gathered every 2 ms takes the same bytes in far fewer passes (about 20 KiB
+a read became 200 KiB here), and holds one connection's stream to what its socket
+buffer gathers in that time (about 100 MiB/s on loopback here)."""
+
+
 def _peer(address: Any) -> _Peer:
     """``(host, port)``: how hypercorn's ``scope["client"]`` names a TCP peer."""
     return tuple(address[:2])
@@ -193,6 +207,7 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
         self.transport_stream = stream
         self.socket = stream.socket
         self._forget = forget
+        self._bulk = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport_stream.send_all(data)
@@ -204,7 +219,12 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
         await self.transport_stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.transport_stream.receive_some(max_bytes)
+        if self._bulk:
+            # A body is streaming in: let it gather, then take it in one read.
+            await trio.sleep(BULK_PAUSE)
+        data = await self.transport_stream.receive_some(BULK_READ)
+        self._bulk = len(data) >= BULK_SIZE
+        return data
 
     async def aclose(self) -> None:
         self._forget()

@@ -198,6 +198,29 @@ def environment(home: Path) -> dict[str, str]:
     return env | {"CWS_HOME": str(home)}
 
 
+def _cpus() -> tuple[set[int], set[int]]:
+    """The daemon's and the prober's CPUs, and the attacker's. The attack stands for
+    clients on other machines: on a machine with two CPUs or more the attacker (this
+    process) runs on CPUs of its own, so that what it spends to send its bytes is not
+    counted against the daemon; the idle reference is measured with the same split."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(usable) < 2:
+        return set(usable), set(usable)
+    half = len(usable) // 2
+    return set(usable[:half]), set(usable[half:])
+
+
+DAEMON_CPUS, ATTACKER_CPUS = _cpus()
+
+
+def pin(cpus: set[int]) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that keeps a child (and the threads and processes it starts) on
+    ``cpus``; None where there is nothing to split."""
+    if not cpus or DAEMON_CPUS == ATTACKER_CPUS:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def start_daemon(home: Path, log: Path) -> Daemon:
     """``cws daemon --port 0`` with ``NOFILE`` descriptors (soft), ready."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -207,6 +230,7 @@ def start_daemon(home: Path, log: Path) -> Daemon:
             process = subprocess.Popen(
                 [CWS, "daemon", "--port", "0", "--home", str(home)],
                 env=environment(home), stdout=subprocess.PIPE, stderr=log_file,
+                preexec_fn=pin(DAEMON_CPUS),
             )  # fmt: skip
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -253,7 +277,7 @@ def probe_while(
     prober = subprocess.Popen(
         [sys.executable, "-c", PROBE, daemon.host, str(daemon.port), str(PROBE_INTERVAL),
          str(timeout)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=pin(DAEMON_CPUS),
     )  # fmt: skip
     assert prober.stdin is not None and prober.stdout is not None
     try:
@@ -703,6 +727,20 @@ def main(idle_seconds: float = 10.0, attack_seconds: float = 10.0, upload_mib: i
     if soft != resource.RLIM_INFINITY and soft < connections + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, connections + 256), hard))
     figures: dict[str, Any] = {"nofile": NOFILE}
+    figures["cpus"] = {"daemon_and_prober": sorted(DAEMON_CPUS),
+                       "attacker": sorted(ATTACKER_CPUS)}  # fmt: skip
+    split = DAEMON_CPUS != ATTACKER_CPUS
+    original = os.sched_getaffinity(0) if split else set()
+    if split:  # the attacker: this process, until the attacks end
+        os.sched_setaffinity(0, ATTACKER_CPUS)
+    try:
+        return _attacks(params, figures)
+    finally:
+        if split:
+            os.sched_setaffinity(0, original)
+
+
+def _attacks(params: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cws-bench-attacks-") as folder:
         home = Path(folder) / "home"
         write_inbox(home / "plugins")

@@ -66,7 +66,9 @@ def create_app(daemon: Daemon) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = daemon.config.max_upload_bytes
     # Every body is held to its route's limit as it streams in, whatever its framing.
     app.request_class = bounded_request_class(
-        body_limit=daemon.config.max_body_bytes, upload_limit=daemon.config.max_upload_bytes
+        body_limit=daemon.config.max_body_bytes,
+        upload_limit=daemon.config.max_upload_bytes,
+        spool_dir=daemon.config.home / "uploads",  # as the plugin routes stage them
     )
     app.config["RESPONSE_TIMEOUT"] = None  # event streams stay open
     attach_daemon(app, daemon)

@@ -12,7 +12,7 @@ from quart import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from .._metrics import method_label
-from ._bodies import BoundedBody
+from ._bodies import BoundedBody, BoundedRequest
 from ._hosts import allowed_names, host_allowed, host_name
 from ._plugin_endpoints import PLUGIN_ENDPOINTS, PluginEndpoints, method_not_allowed
 from ._problems import HTTPProblem, problem_response
@@ -186,3 +186,11 @@ async def count(response: Response) -> Response:
         method=method_label(request.method), route=route_name(), status=str(response.status_code)
     ).inc()
     return response
+
+
+@blueprint.teardown_app_request
+async def close_spooled_uploads(_error: BaseException | None) -> None:
+    # An upload's parts were spooled to anonymous files: once the request is answered
+    # (or failed), their space is given back now, not when the request is collected.
+    if isinstance(request, BoundedRequest):
+        request.close_spooled()

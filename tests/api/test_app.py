@@ -3,7 +3,9 @@ the plugin routes, and the 400/401/403/404/405/413/429/502/503 paths."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -390,6 +392,124 @@ async def test_install_update_and_remove_by_upload(tmp_path: Path) -> None:
             assert removed.json() == {"removed": "echo", "purged_data": True}
             assert not (home / "plugins/echo").exists()
             assert not any((home / "uploads").iterdir())  # uploads are cleaned up
+
+
+def spooled_in(uploads: Path) -> list[str]:
+    """The files this process (the daemon runs in it) holds open in ``uploads``: an
+    upload is spooled to anonymous files there, seen only through its descriptors."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(str(uploads)):
+            held.append(target)
+    return held
+
+
+async def test_an_upload_is_spooled_and_nothing_of_it_is_kept(tmp_path: Path) -> None:
+    """A multipart upload is written to an anonymous file by a worker thread and parsed
+    by another, off the event loop: a legitimate archive (larger than what stays in
+    memory, so spooled to disk, and with a form field beside it) still installs; a
+    malformed form is a 400 that says what is expected, an oversized one a 413 (with a
+    Content-Length or chunked), a client gone mid-upload is forgotten; and none of them
+    leaves a file behind, open or in the folder."""
+    home = tmp_path / "home"
+    uploads = home / "uploads"
+    limit = 2 * 1024 * 1024
+    source = write_plugin(tmp_path / "src", "bulky")
+    (source / "blob.bin").write_bytes(os.urandom(limit // 2))  # incompressible
+    archive = make_archive(source, tmp_path / "bulky.cwsplugin").read_bytes()
+    assert 512 * 1024 < len(archive) < limit
+    boundary = "spool-boundary"
+    part = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=archive;"
+        ' filename="bulky.cwsplugin"\r\nContent-Type: application/zip\r\n\r\n'
+    ).encode()
+    multipart = f"multipart/form-data; boundary={boundary}"
+    async with running_daemon(home, max_upload_bytes=limit) as daemon:
+        admin = await token(daemon, "admin")
+        host, port = daemon.url.removeprefix("http://").rsplit(":", 1)  # type: ignore[union-attr]
+
+        async def raw_upload(
+            body: bytes, *, chunked: bool = True, close_after: bool = False
+        ) -> bytes:
+            """POST ``body`` over a raw socket (chunked, or with a ``Content-Length``
+            declaring the whole body); the answer, unless the client goes away after
+            sending ``body`` (``close_after``)."""
+            framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                head = (
+                    "POST /api/v1/plugins/install HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {admin}\r\nContent-Type: {multipart}\r\n"
+                    f"{framing}\r\n\r\n"
+                ).encode()
+                if chunked:
+                    body = b"%x\r\n%s\r\n" % (len(body), body)
+                    if not close_after:
+                        body += b"0\r\n\r\n"
+                if close_after:
+                    await stream.send_all(head + body)
+                    return b""
+
+                async def send() -> None:
+                    with contextlib.suppress(trio.BrokenResourceError):
+                        await stream.send_all(head + body)  # a 413 may close it first
+
+                answer = b""
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(send)  # the answer is read while the body goes
+                    while not answer.rstrip().endswith(b"}"):
+                        chunk = await stream.receive_some()
+                        if not chunk:
+                            break
+                        answer += chunk
+                    nursery.cancel_scope.cancel()
+                return answer
+
+        async def nothing_kept() -> bool:
+            return spooled_in(uploads) == [] and not any(uploads.iterdir())
+
+        with trio.fail_after(TIMEOUT):
+            async with client(daemon, admin) as http:
+                files = {"archive": ("bulky.cwsplugin", archive, "application/zip")}
+                installed = await http.post(
+                    "/api/v1/plugins/install", files=files, data={"grant": ""}
+                )
+                assert installed.status_code == 201, installed.text
+                assert (installed.json()["name"], installed.json()["version"]) == (
+                    "bulky", "1.0.0",
+                )  # fmt: skip
+                assert (home / "plugins/bulky/blob.bin").stat().st_size == limit // 2
+                assert await nothing_kept()
+
+                malformed = [
+                    part + archive[:1000],  # no closing boundary: cut short
+                    b"--" + boundary.encode() + b"\r\nContent-Type: x\r\n\r\nno name",
+                ]
+                for body in malformed:
+                    answer = await http.post(
+                        "/api/v1/plugins/install", content=body,
+                        headers={"Content-Type": multipart},
+                    )  # fmt: skip
+                    assert_problem(answer, 400, "send the plugin as multipart/form-data")
+                    assert await nothing_kept()
+
+            # Over the limit, declared or counted as it streams (over a raw socket: httpx
+            # would leave its body's generator unfinished after an early 413).
+            for chunked in (False, True):
+                answer = await raw_upload(part + bytes(limit), chunked=chunked)
+                assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+                assert f"over the limit of {limit} bytes".encode() in answer
+                assert await nothing_kept()
+
+            await raw_upload(part + archive[: limit // 4], close_after=True)
+            await wait_until(nothing_kept)
+
+            async with client(daemon, admin) as http:
+                listed = (await http.get("/api/v1/plugins")).json()["plugins"]
+                assert sorted(plugin["name"] for plugin in listed) == ["bulky"]
 
 
 async def test_openapi_lists_core_and_plugin_routes(daemon: Daemon) -> None:

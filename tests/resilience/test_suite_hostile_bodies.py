@@ -254,6 +254,10 @@ DEEP = b"[" * 1000 + b"]" * 1000
 LONG_NUMBER = b'{"args": ' + b"9" * 5000 + b"}"
 BAD_JSON = [
     ("deep", DEEP, f"nest deeper than {MAX_JSON_DEPTH} levels"),
+    # One level past the limit, refused from its leading brackets; and a deep body
+    # whose brackets are spread over lines, which the parser sees first.
+    ("just-too-deep", b"[ " * 65 + b"]" * 65, f"nest deeper than {MAX_JSON_DEPTH} levels"),
+    ("deep-lines", b"[\n" * 1000 + b"]\n" * 1000, f"nest deeper than {MAX_JSON_DEPTH} levels"),
     ("deep-object", b'{"a":' * 200 + b"1" + b"}" * 200, f"at most {MAX_JSON_DEPTH}"),
     ("long-number", LONG_NUMBER, f"5000 characters; at most {MAX_NUMBER_CHARS}"),
     ("long-float", b'{"x": 0.' + b"1" * 5000 + b"}", f"at most {MAX_NUMBER_CHARS}"),
