@@ -268,18 +268,31 @@ class SubprocessDriver:
         steps = [(process.kill, KILL_WAIT)]
         if not self._killed:
             steps.insert(0, (process.terminate, TERMINATE_GRACE))
-            with trio.move_on_after(self.launch.stop_timeout):
-                try:
-                    await self._request({"type": "stop"})
-                except (PluginCrashed, PluginCallFailed, trio.BrokenResourceError):
-                    pass  # it is going anyway; the escalation below makes sure
-                await process.wait()
+            with trio.move_on_after(self.launch.stop_timeout) as waited:
+                async with trio.open_nursery() as waiting:
+                    waiting.start_soon(self._ask_to_stop)
+                    # Its exit, not the answer, ends the wait: the runner exits once it
+                    # has answered, and when the actor's stop has cancelled the task
+                    # that reads answers (with the actor's other tasks), none is read.
+                    await process.wait()
+                    waiting.cancel_scope.cancel()
+            if waited.cancelled_caught:
+                logging.getLogger(f"cws.plugin.{self.launch.metadata.name}").warning(
+                    "plugin %r did not stop within %g s; terminating its process",
+                    self.launch.metadata.name, self.launch.stop_timeout,
+                )  # fmt: skip
         for signal_it, grace in steps:
             if process.returncode is not None:
                 return
             signal_it()
             with trio.move_on_after(grace):
                 await process.wait()
+
+    async def _ask_to_stop(self) -> None:
+        try:
+            await self._request({"type": "stop"})
+        except (PluginCrashed, PluginCallFailed, trio.BrokenResourceError):
+            pass  # it is going anyway; the escalation in _close makes sure
 
     async def call(self, handler: str, payload: Any) -> Any:
         message: dict[str, Any] = {"type": "call", "handler": handler}
