@@ -670,7 +670,7 @@ def _build(spec: Mapping[str, Any], notify: bool, program: bool = True) -> Prepa
     return Prepared(rulesets, witness, compiled, notify, own)
 
 
-def prepare(spec: Mapping[str, Any], notify: bool) -> None:
+def prepare(spec: Mapping[str, Any], notify: bool) -> Prepared:
     """Make (or check) ``spec``'s rulesets and filter here, before forking: the fork
     server's children confine themselves with them (:func:`confine`). A cached one is
     rebuilt when any path it was built from changed (an update, a new data folder)."""
@@ -685,6 +685,7 @@ def prepare(spec: Mapping[str, Any], notify: bool) -> None:
         while len(_PREPARED) >= _MAX_PREPARED:
             _PREPARED.pop(next(iter(_PREPARED))).close()
     _PREPARED[key] = found  # the most recent last
+    return found
 
 
 def keep_only(spec: Mapping[str, Any] | None, notify: bool) -> None:
