@@ -31,6 +31,11 @@ async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
         plugin_dir.mkdir(parents=True)
         (plugin_dir / "plugin.toml").write_text(textwrap.dedent(bench_plugins.MANIFEST))
         (plugin_dir / "echo_plugin.py").write_text(textwrap.dedent(bench_plugins.PLUGIN))
+        # plugin_figures asks echo10 too (the same plugin with [concurrency] max = 10).
+        plugin_10 = home / "plugins" / "echo10"
+        plugin_10.mkdir(parents=True)
+        (plugin_10 / "plugin.toml").write_text(textwrap.dedent(bench_plugins.MANIFEST_10))
+        (plugin_10 / "echo_plugin.py").write_text(textwrap.dedent(bench_plugins.PLUGIN))
         for _ in range(rounds):
             for sandbox in (False, True):
                 figures = await bench_plugins.plugin_figures(

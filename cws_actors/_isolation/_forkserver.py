@@ -55,7 +55,7 @@ _log = logging.getLogger("cws.plugins")
 def serve(control: socket.socket, daemon: int) -> None:
     """The server's loop: fork on request, report every exit; return when the host's
     socket closes or the daemon process ``daemon`` is gone."""
-    from . import _kernel, _runner  # noqa: F401 - imported once here, inherited by every child
+    from . import _keeper, _kernel, _runner  # noqa: F401 - imported once here, inherited by every child
 
     _kernel.support()  # probed once here too
 
@@ -106,13 +106,18 @@ def serve(control: socket.socket, daemon: int) -> None:
 
 
 def _prepare_sandbox(sandbox: dict[str, Any] | None) -> None:
-    """Build here, once, what is costly to build in every child: the Landlock ruleset of
-    ``network = "loopback"`` (a rule per port), which the children inherit."""
-    if sandbox is not None and sandbox.get("network") == "loopback":
-        from ._kernel import loopback_ruleset, support
+    """Build here, once per sandbox spec, what is costly to build in every child: the
+    Landlock rulesets (fds, which the children inherit; the loopback ruleset has a rule
+    per port) and the compiled seccomp filter. A child then only enforces them."""
+    if sandbox is None:
+        return
+    from ._kernel import prepare, support
 
-        if support().landlock_abi >= 4:
-            loopback_ruleset(tuple(sandbox["protected_ports"]))
+    kernel = support()
+    try:
+        prepare(sandbox, notify=kernel.user_notification and kernel.seccomp)
+    except Exception as exc:  # noqa: BLE001 - the child builds them itself, and says why not
+        print(f"cws-forkserver: cannot prepare a sandbox: {exc!r}", file=sys.stderr)
 
 
 def _open_lifeline(daemon: int) -> int | None:
@@ -176,6 +181,10 @@ def _child(
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         control.close()
+        from ._kernel import keep_only, support
+
+        kernel = support()
+        keep_only(request["spec"].get("sandbox"), kernel.user_notification and kernel.seccomp)
         for fd in private:  # the server's wake-up pipe and its pidfd of the daemon
             if fd is not None:
                 os.close(fd)

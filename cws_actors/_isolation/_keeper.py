@@ -74,6 +74,7 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
             ours.close()
         _init(keeper, status_write, lambda: confined(theirs, namespace), namespace, theirs)
     os.close(status_write)
+    _kernel.forget_prepared()  # the runner's to enforce, not ours
     if theirs is not None:
         theirs.close()
     # The runner owns the protocol pipes: the host must see them close when it exits.
@@ -128,6 +129,7 @@ def _init(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+    _kernel.forget_prepared()  # the runner's to enforce, not ours
     if listener_socket is not None:
         listener_socket.close()  # the keeper must see it close if the runner dies
     null = os.open(os.devnull, os.O_RDWR)

@@ -24,10 +24,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import json
 import os
 import resource
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -329,11 +331,15 @@ class _CapData(ctypes.Structure):
     ]
 
 
+@functools.cache
+def _last_cap() -> int:
+    return int(_read("/proc/sys/kernel/cap_last_cap") or 40)
+
+
 def drop_capabilities() -> None:
     """Empty the bounding set and every capability set (a no-op for a non-root daemon
     outside a user namespace)."""
-    last = int(_read("/proc/sys/kernel/cap_last_cap") or 40)
-    for cap in range(last + 1):
+    for cap in range(_last_cap() + 1):
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == errno.EPERM:
             break  # no CAP_SETPCAP: nothing to drop
     header = _CapHeader(0x20080522, 0)
@@ -394,27 +400,66 @@ def editable_packages() -> set[str]:
     return found
 
 
-def _allow_except(ruleset: Any, path: str, access: Any, excluded: list[Path]) -> None:
+Witness = list[tuple[str, str, Any]]
+"""What a Landlock ruleset was built from: per path allowed, ``("path", path, (device,
+inode, is a folder))`` (None: missing); per folder walked into, ``("folder", path, its
+sorted entries)``. Landlock rules name inodes, not paths, and a ruleset holds its inodes
+(their numbers cannot be reused meanwhile): while all of these still read the same, the
+ruleset is exactly the one a fresh build would make."""
+_CHANGED = object()  # a path that changed while its rule was added: never the same again
+
+
+def _identity(path: str) -> tuple[int, int, bool] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, stat.S_ISDIR(found.st_mode)
+
+
+def _entries(path: str) -> tuple[str, ...] | None:
+    try:
+        return tuple(sorted(os.listdir(path)))
+    except OSError:
+        return None
+
+
+def _allow_except(
+    ruleset: Any, path: str, access: Any, excluded: list[Path], seen: Witness
+) -> None:
     """Allow ``access`` under ``path`` but not under any of ``excluded`` inside it:
-    Landlock only adds rights, so allow each sibling on the way down instead."""
+    Landlock only adds rights, so allow each sibling on the way down instead. What it
+    looked at goes to ``seen``."""
     target = Path(path)
     inside = [e for e in excluded if e == target or target in e.parents]
     if not inside:
-        if not target.is_dir():
+        identity = _identity(path)
+        if identity is None:
+            seen.append(("path", path, None))
+            return  # it does not exist: nothing to allow
+        if not identity[2]:
             access &= _FILE_RIGHTS  # directory rights on a file: EINVAL
         try:
             ruleset.allow_path(path, access)
         except OSError:
-            pass  # it does not exist (or vanished): nothing to allow
+            pass  # it vanished meanwhile
+        changed = _identity(path) != identity  # swapped while we looked: rebuild next time
+        seen.append(("path", path, _CHANGED if changed else identity))
         return
     if any(e == target for e in inside):
         return
-    try:
-        children = list(target.iterdir())
-    except OSError:
-        return
-    for child in children:
-        _allow_except(ruleset, str(child), access, inside)
+    names = _entries(path)
+    seen.append(("folder", path, names))
+    for name in names or ():
+        _allow_except(ruleset, str(target / name), access, inside, seen)
+
+
+def _still(witness: Witness) -> bool:
+    """Whether every path of ``witness`` still reads the same."""
+    for kind, path, value in witness:
+        if (_identity(path) if kind == "path" else _entries(path)) != value:
+            return False
+    return True
 
 
 def _file_rights() -> Any:
@@ -456,7 +501,9 @@ def loopback_ruleset(protected: tuple[int, ...]) -> Any:
     return ruleset
 
 
-def landlock(spec: Mapping[str, Any]) -> None:
+def landlock_ruleset(spec: Mapping[str, Any]) -> tuple[Any, Witness]:
+    """The plugin's own ruleset (files, bind, connect but in loopback mode, scopes),
+    not enforced, and what it was built from."""
     from landlockpy import AccessFS, AccessNet, Ruleset, Scope
 
     kernel = support()
@@ -471,32 +518,45 @@ def landlock(spec: Mapping[str, Any]) -> None:
     daemon_port = spec.get("daemon_port")
     handled_net = AccessNet.BIND_TCP | AccessNet.CONNECT_TCP
     if network == NetworkMode.LOOPBACK.value and kernel.landlock_abi >= 4:
-        # Any port but the daemon's for connect; that layer stacks under this one.
-        loopback_ruleset(tuple(spec["protected_ports"])).restrict()
-        handled_net = AccessNet.BIND_TCP
-    with Ruleset(handled_net=handled_net, scoped=Scope.SIGNAL | Scope.ABSTRACT_UNIX_SOCKET) as rs:
+        handled_net = AccessNet.BIND_TCP  # connect: the loopback ruleset, stacked under
+    seen: Witness = []
+    rs = Ruleset(handled_net=handled_net, scoped=Scope.SIGNAL | Scope.ABSTRACT_UNIX_SOCKET)
+    try:
         # $CWS_HOME stays out of reach even below a path granted or needed by Python;
         # only the plugin's own folder and data folder inside it are allowed.
         for path in (*SYSTEM_READ, *python_paths(spec.get("home")), *spec["read"]):
-            _allow_except(rs, path, read_rights, home)
+            _allow_except(rs, path, read_rights, home, seen)
         for path in (*spec["write"], *SYSTEM_WRITE):
-            _allow_except(rs, path, write_rights, home)
+            _allow_except(rs, path, write_rights, home, seen)
         for program in spec["exec"]:
-            _allow_except(rs, program, read_rights | AccessFS.EXECUTE, home)
+            _allow_except(rs, program, read_rights | AccessFS.EXECUTE, home, seen)
         if spec["exec"]:
             # The kernel opens a dynamic program's loader for execution too.
             for loader in _loaders():
-                _allow_except(rs, loader, read_rights | AccessFS.EXECUTE, home)
+                _allow_except(rs, loader, read_rights | AccessFS.EXECUTE, home, seen)
         if spec.get("folder"):
-            _allow_except(rs, spec["folder"], read_rights, [])
+            _allow_except(rs, spec["folder"], read_rights, [], seen)
         if spec.get("data"):
-            _allow_except(rs, spec["data"], write_rights, [])
+            _allow_except(rs, spec["data"], write_rights, [], seen)
         if network == NetworkMode.LIST.value:
             for port in spec["ports"]:
                 rs.allow_port(port, AccessNet.CONNECT_TCP)
         if daemon_port and network != NetworkMode.LOOPBACK.value:
             rs.allow_port(daemon_port, AccessNet.CONNECT_TCP)  # ctx.api
-        rs.restrict()
+    except BaseException:
+        rs.close()
+        raise
+    return rs, seen
+
+
+def landlock(spec: Mapping[str, Any]) -> None:
+    """Build the plugin's rulesets and enforce them (what :func:`confine` does with a
+    prepared sandbox, in one go)."""
+    prepared = _build(spec, notify=False, program=False)
+    try:
+        prepared.restrict()
+    finally:
+        prepared.close()
 
 
 def seccomp_filter(spec: Mapping[str, Any], notify: bool) -> Any:
@@ -536,26 +596,164 @@ def seccomp_filter(spec: Mapping[str, Any], notify: bool) -> Any:
     return rules
 
 
+# ---------------------------------------------------------------------- prepared once
+
+
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+@functools.cache
+def _seccomp_number() -> int:
+    import pyseccomp as sc
+
+    return int(sc.resolve_syscall(sc.system_arch(), "seccomp"))
+
+
+def seccomp_program(spec: Mapping[str, Any], notify: bool) -> bytes:
+    """:func:`seccomp_filter` compiled to classic BPF (what ``seccomp_load`` would
+    hand the kernel), loadable with :func:`load_seccomp` in any process."""
+    rules = seccomp_filter(spec, notify)
+    with os.fdopen(os.memfd_create("cws-seccomp", os.MFD_CLOEXEC), "w+b") as out:
+        rules.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def load_seccomp(program: bytes, notify: bool) -> int | None:
+    """Load a compiled filter on this thread (no new privileges must be set already):
+    the one ``seccomp(2)`` call ``seccomp_load`` makes. The listener's fd when
+    ``notify``."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    flags = SECCOMP_FILTER_FLAG_NEW_LISTENER if notify else 0
+    result = _libc.syscall(
+        ctypes.c_long(_seccomp_number()),
+        ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+        ctypes.c_long(flags),
+        ctypes.byref(fprog),
+    )
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp: {os.strerror(err)}")
+    return int(result) if notify else None
+
+
+@attrs.define(eq=False)
+class Prepared:
+    """A sandbox spec's Landlock rulesets (built, not enforced: fds, which a fork
+    inherits) and compiled seccomp filter. The fork server prepares them once per spec
+    (:func:`prepare`), so a plugin's restart only enforces them."""
+
+    rulesets: list[Any]
+    """Enforced in this order (the loopback ruleset, shared, then the plugin's own)."""
+    witness: Witness
+    program: bytes | None
+    notify: bool
+    own: Any = None
+    """The ruleset this one owns (closed with it; the loopback one is shared)."""
+
+    def restrict(self) -> None:
+        for ruleset in self.rulesets:
+            ruleset.restrict()
+
+    def close(self) -> None:
+        if self.own is not None:
+            self.own.close()
+
+
+_PREPARED: dict[str, Prepared] = {}
+_MAX_PREPARED = 64
+
+
+def _key(spec: Mapping[str, Any], notify: bool) -> str:
+    return json.dumps([spec, notify], sort_keys=True)
+
+
+def _build(spec: Mapping[str, Any], notify: bool, program: bool = True) -> Prepared:
+    kernel = support()
+    rulesets: list[Any] = []
+    own: Any = None
+    witness: Witness = []
+    if kernel.landlock_abi >= 1:
+        if spec["network"] == NetworkMode.LOOPBACK.value and kernel.landlock_abi >= 4:
+            # Any port but the daemon's for connect; the plugin's own layer stacks on it.
+            rulesets.append(loopback_ruleset(tuple(spec["protected_ports"])))
+        own, witness = landlock_ruleset(spec)
+        rulesets.append(own)
+    compiled = seccomp_program(spec, notify) if program and kernel.seccomp else None
+    return Prepared(rulesets, witness, compiled, notify, own)
+
+
+def prepare(spec: Mapping[str, Any], notify: bool) -> Prepared:
+    """Make (or check) ``spec``'s rulesets and filter here, before forking: the fork
+    server's children confine themselves with them (:func:`confine`). A cached one is
+    rebuilt when any path it was built from changed (an update, a new data folder)."""
+    _last_cap()
+    key = _key(spec, notify)
+    found = _PREPARED.pop(key, None)
+    if found is not None and not _still(found.witness):
+        found.close()
+        found = None
+    if found is None:
+        found = _build(spec, notify)
+        while len(_PREPARED) >= _MAX_PREPARED:
+            _PREPARED.pop(next(iter(_PREPARED))).close()
+    _PREPARED[key] = found  # the most recent last
+    return found
+
+
+def keep_only(spec: Mapping[str, Any] | None, notify: bool) -> None:
+    """In a child of the fork server: close what was prepared for other plugins (their
+    rulesets' fds), keeping ``spec``'s."""
+    key = _key(spec, notify) if spec is not None else None
+    for other in [k for k in _PREPARED if k != key]:
+        _PREPARED.pop(other).close()
+    keep = {id(r) for p in _PREPARED.values() for r in p.rulesets}
+    for ports in [p for p, r in _NET_RULESETS.items() if id(r) not in keep]:
+        _NET_RULESETS.pop(ports).close()
+
+
+def forget_prepared() -> None:
+    """Close every prepared ruleset's fd (once enforced, or in a process that does not
+    enforce them)."""
+    for prepared in _PREPARED.values():
+        prepared.close()
+    _PREPARED.clear()
+    for ruleset in _NET_RULESETS.values():
+        ruleset.close()
+    _NET_RULESETS.clear()
+
+
 def confine(spec: Mapping[str, Any], limits: Mapping[str, int | None], keeper: Any) -> None:
     """Confine this process (the runner) before any plugin code runs; ``keeper`` is the
-    socket to send seccomp's listener to (None: no keeper, or no user notification)."""
+    socket to send seccomp's listener to (None: no keeper, or no user notification).
+    Uses what the fork server prepared for ``spec``, else builds it now."""
     kernel = support()
-    not_dumpable()
-    prctl(PR_SET_NO_NEW_PRIVS, 1)
-    if kernel.root or os.geteuid() == 0:
-        drop_capabilities()
-    apply_limits(limits)
-    if kernel.landlock_abi >= 1:
-        landlock(spec)
-    if kernel.seccomp:
-        rules = seccomp_filter(spec, notify=keeper is not None)
-        rules.load()
-        if keeper is not None:
-            import pyseccomp as sc
-
-            listener = sc._libseccomp.seccomp_notify_fd(rules._filter)
-            socket.send_fds(keeper, [b"listener"], [listener])
-            os.close(listener)
+    notify = keeper is not None
+    prepared = _PREPARED.get(_key(spec, notify))
+    try:
+        not_dumpable()
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if kernel.root or os.geteuid() == 0:
+            drop_capabilities()
+        apply_limits(limits)
+        if prepared is None:
+            prepared = _build(spec, notify)
+        prepared.restrict()
+        if prepared.program is not None:
+            listener = load_seccomp(prepared.program, notify)
+            if listener is not None:
+                socket.send_fds(keeper, [b"listener"], [listener])
+                os.close(listener)
+    finally:
+        if prepared is not None:
+            prepared.close()
+        forget_prepared()
     if keeper is not None:
         keeper.close()
     if spec.get("data"):
