@@ -30,6 +30,7 @@ from .._plugins._model import (
     Plugin,
     PluginContext,
 )
+from ._cgroup import usage as cgroup_usage
 from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
 from ._launch import (
     KILL_WAIT,
@@ -150,6 +151,8 @@ class SubprocessDriver:
             "daemon_port": self.services.daemon_port,
             "sandbox": launch.sandbox_spec(self.services.daemon_port),
         }
+        if spec["sandbox"] is not None and launch.cgroups is not None:
+            spec["cgroup"] = launch.cgroups.spec()  # the keeper makes its run's own
         env = plugin_environment(launch)
         process: trio.Process | ForkedProcess
         if self.fork_server is not None and self.fork_server.running:
@@ -260,6 +263,23 @@ class SubprocessDriver:
             await self._close()
         finally:
             self.services.release()  # its API tokens die with the run
+            with trio.CancelScope(shield=True):
+                await self._remove_cgroup()
+
+    async def _remove_cgroup(self) -> None:
+        """Remove the run's cgroup once its processes are gone: the keeper is, and the
+        kernel ends the rest of its PID namespace within moments (a leftover is
+        removed at the daemon's next start)."""
+        cgroups, process = self.launch.cgroups, self._process
+        if cgroups is None or process is None or process.returncode is None:
+            return
+        if not self.launch.sandboxed:
+            return
+        name = self.launch.metadata.name
+        with trio.move_on_after(KILL_WAIT):
+            # The kernel's state, outside Trio's view: poll it, bounded (rmdir takes µs).
+            while not cgroups.remove(name, process.pid):  # noqa: ASYNC110
+                await trio.sleep(0.01)
 
     async def _close(self) -> None:
         process = self._process
@@ -428,6 +448,7 @@ class SubprocessDriver:
             # process kills it): never signal it again.
             if self.counters.kill == self.kill:
                 self.counters.kill = None
+        await self._remove_cgroup()
         if self._opened and not self._closing:
             raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
 
@@ -493,6 +514,8 @@ class SubprocessDriver:
         usage["cpu_seconds"] = ticks / os.sysconf("SC_CLK_TCK")
         usage["processes"] = count
         usage["data_bytes"] = _folder_size(self.launch.data_dir)
+        if self.launch.cgroups is not None and self.launch.sandboxed:
+            usage |= cgroup_usage(self.launch.cgroups, self.launch.metadata.name, process.pid)
         return usage
 
 

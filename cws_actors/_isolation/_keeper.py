@@ -44,6 +44,19 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     limits = {k: v for k, v in spec.get("limits", {}).items() if k != "processes"}
     _kernel.apply_limits(limits)
     name = spec.get("name", "?")
+    if spec.get("cgroup"):
+        # Before the init is forked: every process of the plugin is born inside.
+        from . import _cgroup
+
+        try:
+            _cgroup.enter(spec["cgroup"], name, spec.get("limits", {}))
+        except OSError as exc:
+            print(
+                f"cws-sandbox: plugin {name!r} runs without its cgroup ({exc}): its memory"
+                " and CPU limits hold per process only",
+                file=sys.stderr,
+                flush=True,
+            )
     namespace = False
     if kernel.pid_namespace:
         flags = _kernel.CLONE_NEWPID | (0 if kernel.root else _kernel.CLONE_NEWUSER)

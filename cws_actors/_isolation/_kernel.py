@@ -98,9 +98,12 @@ class KernelSupport:
     """How a plugin gets a PID namespace: ``root`` or ``user namespace``; None: cannot."""
     pid_namespace_problem: str
     cgroup: str | None
-    """Where a delegated cgroup v2 would be; None with ``cgroup_problem``."""
+    """The cgroup backend for plugin runs (``cgroup v1 ...``, ``cgroup v2 delegated
+    (...)``, see :mod:`._cgroup`); None with ``cgroup_problem``."""
     cgroup_problem: str
     root: bool
+    cgroup_controllers: frozenset[str] = frozenset({"memory", "cpu", "pids"})
+    """What the backend limits, when there is one."""
 
 
 @functools.cache
@@ -159,26 +162,12 @@ def _pid_namespace(root: bool) -> tuple[str | None, str]:
 
 
 def _cgroup() -> tuple[str | None, str]:
-    own = [line for line in _read("/proc/self/cgroup").splitlines() if line.startswith("0::")]
-    base = Path("/sys/fs/cgroup")
-    if not (base / "cgroup.controllers").exists():
-        hybrid = " (a hybrid v1 hierarchy; v2 only at /sys/fs/cgroup/unified)"
-        return None, "/sys/fs/cgroup is not a cgroup v2 mount" + (
-            hybrid if (base / "unified").exists() else ""
-        )
-    if not own:
-        return None, "this process is in no cgroup v2"
-    path = base / own[0][3:].lstrip("/")
-    controllers = set(_read(str(path / "cgroup.controllers")).split())
-    missing = {"memory", "cpu", "pids"} - controllers
-    if missing:
-        return (
-            None,
-            f"the daemon's cgroup {path} lacks the {', '.join(sorted(missing))} controllers",
-        )
-    if not os.access(path, os.W_OK):
-        return None, f"the daemon's cgroup {path} is not delegated to it (not writable)"
-    return str(path), ""
+    from . import _cgroup
+
+    found = _cgroup.probe()
+    if found.kind is None:
+        return None, found.problem
+    return _cgroup.describe(found.kind, found.bases), ""
 
 
 # ---------------------------------------------------------------------- the honesty report
@@ -228,20 +217,34 @@ def controls(metadata: PluginMetadata, kernel: KernelSupport | None = None) -> d
             f"partially enforced (no PID namespace: {k.pid_namespace_problem}; the keeper"
             " is a subreaper and ends the plugin's processes, unless it is SIGKILLed)"
         )
-    # A delegated cgroup v2 is detected but not used yet: say so rather than nothing.
-    no_cgroup = k.cgroup_problem or f"cgroup v2 limits are not built yet ({k.cgroup} found)"
-    together = f"per process only: {no_cgroup}"
+    group = k.cgroup_controllers if k.cgroup else frozenset()
     if limits.memory_mb:
-        report["memory"] = f"partially enforced (RLIMIT_AS {together})"
+        if "memory" in group:
+            report["memory"] = (
+                f"enforced ({k.cgroup} memory controller: its processes together; RLIMIT_AS"
+                " per process too)"
+            )
+        else:
+            report["memory"] = (
+                f"partially enforced (RLIMIT_AS per process only: {k.cgroup_problem})"
+            )
     if limits.cpu_seconds:
-        report["cpu_seconds"] = f"partially enforced (RLIMIT_CPU {together})"
+        report["cpu_seconds"] = (
+            "partially enforced (RLIMIT_CPU per process only: a cgroup limits the rate"
+            " (cpu_percent), not the total)"
+        )
     if limits.open_files:
         report["open_files"] = ENFORCED
     if limits.cpu_percent:
-        report["cpu_percent"] = f"not available (needs a delegated cgroup v2: {no_cgroup})"
+        if "cpu" in group:
+            report["cpu_percent"] = f"enforced ({k.cgroup} cpu controller: a CPU bandwidth quota)"
+        else:
+            report["cpu_percent"] = f"not available (needs a cgroup: {k.cgroup_problem})"
     if limits.processes:
         if k.user_notification and sc:
             report["processes"] = ENFORCED
+        elif "pids" in group:
+            report["processes"] = f"enforced ({k.cgroup} pids controller)"
         elif not k.root:
             report["processes"] = "partially enforced (RLIMIT_NPROC counts the whole user)"
         else:
