@@ -133,7 +133,9 @@ async def test_children_together_over_memory_mb_are_stopped(tmp_path: Path, cgro
     home = tmp_path / "home"
     _group(home, "memory_mb = 300\nprocesses = 16")
     with trio.fail_after(TIMEOUT):
-        async with opened(home, cgroups=cgroups) as host:
+        # Probes far apart: a group at its memory limit reclaims the runner's pages too,
+        # which may slow its answers on a loaded machine (not what is tested here).
+        async with opened(home, cgroups=cgroups, probe_period=60.0) as host:
             status = await host.load("group")
             report = status.sandbox.controls
             assert report is not None
