@@ -134,6 +134,7 @@ class SubprocessDriver:
     _opened: bool = False
     """Until the handshake and init succeed, a dying process fails ``open`` instead of
     crashing the actor (so that a hot reload can roll back)."""
+    _cgroup_removed: bool = False
 
     async def open(self, nursery: trio.Nursery) -> None:
         launch = self.launch
@@ -263,23 +264,30 @@ class SubprocessDriver:
             await self._close()
         finally:
             self.services.release()  # its API tokens die with the run
-            with trio.CancelScope(shield=True):
-                await self._remove_cgroup()
+            self._remove_cgroup_soon()
 
-    async def _remove_cgroup(self) -> None:
+    def _remove_cgroup_soon(self) -> None:
         """Remove the run's cgroup once its processes are gone: the keeper is, and the
-        kernel ends the rest of its PID namespace within moments (a leftover is
-        removed at the daemon's next start)."""
+        kernel ends the rest of its PID namespace within moments. Now if it is empty,
+        else from a task of its own (the restart or the stop need not wait for it; a
+        leftover is removed when the host closes, or at the daemon's next start)."""
         cgroups, process = self.launch.cgroups, self._process
         if cgroups is None or process is None or process.returncode is None:
             return
-        if not self.launch.sandboxed:
+        if not self.launch.sandboxed or self._cgroup_removed:
             return
-        name = self.launch.metadata.name
-        with trio.move_on_after(KILL_WAIT):
-            # The kernel's state, outside Trio's view: poll it, bounded (rmdir takes µs).
-            while not cgroups.remove(name, process.pid):  # noqa: ASYNC110
-                await trio.sleep(0.01)
+        self._cgroup_removed = True
+        name, pid = self.launch.metadata.name, process.pid
+        if cgroups.remove(name, pid):  # rmdir: microseconds
+            return
+
+        async def remove_later() -> None:
+            with trio.move_on_after(KILL_WAIT):
+                # The kernel's state, outside Trio's view: poll it, bounded.
+                while not cgroups.remove(name, pid):  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+
+        trio.lowlevel.spawn_system_task(remove_later)
 
     async def _close(self) -> None:
         process = self._process
@@ -448,7 +456,7 @@ class SubprocessDriver:
             # process kills it): never signal it again.
             if self.counters.kill == self.kill:
                 self.counters.kill = None
-        await self._remove_cgroup()
+        self._remove_cgroup_soon()
         if self._opened and not self._closing:
             raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
 
@@ -514,6 +522,8 @@ class SubprocessDriver:
         usage["cpu_seconds"] = ticks / os.sysconf("SC_CLK_TCK")
         usage["processes"] = count
         usage["data_bytes"] = _folder_size(self.launch.data_dir)
+        if self.launch.metadata.limits.disk_mb:
+            usage["data_limit_bytes"] = self.launch.metadata.limits.disk_mb * 1024 * 1024
         if self.launch.cgroups is not None and self.launch.sandboxed:
             usage |= cgroup_usage(self.launch.cgroups, self.launch.metadata.name, process.pid)
         return usage

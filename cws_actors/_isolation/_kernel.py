@@ -250,10 +250,17 @@ def controls(metadata: PluginMetadata, kernel: KernelSupport | None = None) -> d
         else:
             report["processes"] = "not available (root ignores RLIMIT_NPROC; no seccomp notify)"
     if limits.disk_mb:
-        report["disk"] = (
-            "partially enforced (RLIMIT_FSIZE caps each file; the data folder's total is"
-            " measured in status, not refused)"
-        )
+        if k.user_notification and sc:
+            report["disk"] = (
+                "partially enforced (a file that may write is not opened, ENOSPC, while the"
+                " data folder is at disk_mb; a file open already grows up to RLIMIT_FSIZE,"
+                " disk_mb per file)"
+            )
+        else:
+            report["disk"] = (
+                "partially enforced (RLIMIT_FSIZE caps each file; the data folder's total"
+                " is measured in status, not refused: no seccomp user notification)"
+            )
     return report
 
 
@@ -483,9 +490,15 @@ def landlock(spec: Mapping[str, Any]) -> None:
         rs.restrict()
 
 
-def seccomp_filter(spec: Mapping[str, Any], notify: bool) -> Any:
+WRITE_OPEN_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
+"""An open with any of these may write: the keeper sees it when a disk quota is set."""
+
+
+def seccomp_filter(spec: Mapping[str, Any], notify: bool, disk: bool = False) -> Any:
     """The filter (not loaded): denials answered by the keeper when ``notify``, else
-    EPERM straight from the kernel."""
+    EPERM straight from the kernel. ``disk`` (with ``notify``): opens that may write,
+    and ``fallocate``, go to the keeper, which refuses them (ENOSPC) while the data
+    folder is at its ``disk_mb``; reads never do."""
     import pyseccomp as sc
 
     deny = sc.NOTIFY if notify else sc.ERRNO(errno.EPERM)
@@ -499,6 +512,14 @@ def seccomp_filter(spec: Mapping[str, Any], notify: bool) -> Any:
     # clone3 passes its flags in memory, which seccomp cannot read: ENOSYS makes the C
     # library fall back to clone, whose flags it can.
     rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    if notify and disk:
+        # openat2's flags are in memory too: the C library falls back to openat.
+        rules.add_rule(sc.ERRNO(errno.ENOSYS), "openat2")
+        for flag in WRITE_OPEN_FLAGS:  # one rule per bit: any of them (rules OR)
+            rules.add_rule(sc.NOTIFY, "openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
+            rules.add_rule(sc.NOTIFY, "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
+        rules.add_rule(sc.NOTIFY, "creat")
+        rules.add_rule(sc.NOTIFY, "fallocate")
     if notify:  # the keeper counts processes and refuses namespaces
         for name in ("clone", "fork", "vfork"):
             rules.add_rule(sc.NOTIFY, name)
@@ -532,7 +553,8 @@ def confine(spec: Mapping[str, Any], limits: Mapping[str, int | None], keeper: A
     if kernel.landlock_abi >= 1:
         landlock(spec)
     if kernel.seccomp:
-        rules = seccomp_filter(spec, notify=keeper is not None)
+        disk = bool(limits.get("disk_mb")) and bool(spec.get("data"))
+        rules = seccomp_filter(spec, notify=keeper is not None, disk=disk)
         rules.load()
         if keeper is not None:
             import pyseccomp as sc
