@@ -190,13 +190,20 @@ async def ask_figures(runtime: Runtime, asks: int) -> dict[str, float]:
 
 
 async def plugin_figures(
-    home: Path, crashes: int, asks: int, *, fork_server: bool, sandbox: bool = True
+    home: Path,
+    crashes: int,
+    asks: int,
+    *,
+    fork_server: bool,
+    sandbox: bool = True,
+    cgroups: bool = True,
 ) -> dict[str, Any]:
     # Crash to ready is the machinery's cost: no backoff, and a budget that fits every
     # crash (the daemon's defaults would back off, then quarantine a crash loop).
     config = HostConfig(
         home=home, system_dir=home / "system", entry_points=False, fork_server=fork_server,
         max_restarts=crashes + 1, backoff=Backoff(0.0, 0.0), sandbox=sandbox,
+        cgroups=cgroups, allow_weaker_sandbox=True,  # cpu_percent without a cgroup
     )  # fmt: skip
     async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
         await host.load("echo")

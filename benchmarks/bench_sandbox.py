@@ -24,42 +24,51 @@ except ImportError:  # run as a script
 
 
 async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
-    runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+    # Sandbox off, on, and on without the run's cgroup (what the cgroup itself costs).
+    variants = {"off": (False, False), "on": (True, True), "on_nocg": (True, False)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    # Limits the cgroup holds (not cpu_percent: it would slow what is measured).
+    limits = "\n[limits]\nmemory_mb = 512\nprocesses = 64\n"
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
-        plugin_dir = home / "plugins" / "echo"
-        plugin_dir.mkdir(parents=True)
-        (plugin_dir / "plugin.toml").write_text(textwrap.dedent(bench_plugins.MANIFEST))
-        (plugin_dir / "echo_plugin.py").write_text(textwrap.dedent(bench_plugins.PLUGIN))
-        # plugin_figures asks echo10 too (the same plugin with [concurrency] max = 10).
-        plugin_10 = home / "plugins" / "echo10"
-        plugin_10.mkdir(parents=True)
-        (plugin_10 / "plugin.toml").write_text(textwrap.dedent(bench_plugins.MANIFEST_10))
-        (plugin_10 / "echo_plugin.py").write_text(textwrap.dedent(bench_plugins.PLUGIN))
+        for name, manifest in (("echo", bench_plugins.MANIFEST),
+                               ("echo10", bench_plugins.MANIFEST_10)):  # fmt: skip
+            plugin_dir = home / "plugins" / name
+            plugin_dir.mkdir(parents=True)
+            (plugin_dir / "plugin.toml").write_text(textwrap.dedent(manifest) + limits)
+            (plugin_dir / "echo_plugin.py").write_text(textwrap.dedent(bench_plugins.PLUGIN))
         for _ in range(rounds):
-            for sandbox in (False, True):
+            for name, (sandbox, cgroups) in variants.items():
                 figures = await bench_plugins.plugin_figures(
-                    home, crashes, asks, fork_server=True, sandbox=sandbox
-                )
-                runs[sandbox].append(figures)
+                    home, crashes, asks if name != "on_nocg" else 0, fork_server=True,
+                    sandbox=sandbox, cgroups=cgroups,
+                )  # fmt: skip
+                runs[name].append(figures)
 
-    def pooled(sandbox: bool, key: str, worst: bool) -> float:
-        values = [run[key] for run in runs[sandbox]]
+    def pooled(name: str, key: str, worst: bool) -> float:
+        values = [run[key] for run in runs[name]]
         return max(values) if worst else sum(values) / len(values)
 
     return {
-        f"{name}_{key}": pooled(sandbox, key, worst)
-        for name, sandbox in (("on", True), ("off", False))
+        f"{name}_{key}": pooled(name, key, worst)
+        for name in variants
         for key, worst in (("crash_to_ready_p99_ms", True), ("crash_to_ready_p50_ms", False),
                            ("ask_sequential_per_s", False))
+        if name != "on_nocg" or key != "ask_sequential_per_s"
     } | {"crashes": crashes * rounds, "asks": asks * rounds}  # fmt: skip
 
 
 def report(result: dict[str, Any]) -> str:
     on, off = result["on_crash_to_ready_p99_ms"], result["off_crash_to_ready_p99_ms"]
     ask_on, ask_off = result["on_ask_sequential_per_s"], result["off_ask_sequential_per_s"]
+    nocg = result["on_nocg_crash_to_ready_p99_ms"]
     return "\n".join([
         f"crash to ready p99: sandbox on {on:.1f} ms, off {off:.1f} ms ({on / off:.2f}x)",
+        f"crash to ready p99, sandbox on without the run's cgroup: {nocg:.1f} ms",
+        "crash to ready p50: on {:.1f} ms, without the cgroup {:.1f} ms, off {:.1f} ms".format(
+            result["on_crash_to_ready_p50_ms"], result["on_nocg_crash_to_ready_p50_ms"],
+            result["off_crash_to_ready_p50_ms"],
+        ),
         f"ask: sandbox on {ask_on:.0f}/s, off {ask_off:.0f}/s ({ask_on / ask_off:.2f}x)",
     ])  # fmt: skip
 

@@ -101,7 +101,13 @@ def _status_lines(view: dict[str, Any]) -> Iterator[tuple[str, str]]:
         f"{label} {extra.pop(key)}{unit}"
         for key, label, unit in (("pid", "pid", ""), ("memory_rss_kb", "memory", " kB"),
                                  ("cpu_seconds", "cpu", " s"), ("processes", "processes", ""),
-                                 ("data_bytes", "data", " bytes"))
+                                 ("data_bytes", "data", " bytes"),
+                                 ("data_limit_bytes", "data limit", " bytes"),
+                                 ("cgroup", "in", ""),
+                                 ("cgroup_memory_bytes", "group memory", " bytes"),
+                                 ("cgroup_memory_peak_bytes", "group peak", " bytes"),
+                                 ("cgroup_oom_kills", "OOM kills", ""),
+                                 ("cgroup_cpu_throttled", "CPU throttled", " times"))
         if key in extra
     ]  # fmt: skip
     if usage:

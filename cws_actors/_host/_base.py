@@ -17,7 +17,9 @@ from .._core._exceptions import (
     PluginRefused,
 )
 from .._core._runtime import Runtime
+from .._isolation._cgroup import Cgroups
 from .._isolation._forkserver import ForkServer
+from .._isolation._kernel import KernelSupport, support
 from .._isolation._launch import PluginCounters, PluginLaunch
 from .._packaging._archive import ArchiveLimits
 from .._plugins._api import APIToken
@@ -199,6 +201,10 @@ class HostConfig:
     sandbox: bool = True
     """Confine subprocess plugins (:mod:`cws_actors._isolation._kernel`); off only to
     measure what the sandbox costs."""
+    cgroups: bool = True
+    """Put each sandboxed run in a cgroup of its own where the machine allows it
+    (:mod:`cws_actors._isolation._cgroup`); off only to measure what it costs or to see
+    the report without it."""
     backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
     """The delay between a plugin's restarts when its manifest sets none: exponential
     from 100 ms, capped at 5 s, with full jitter, reset after a minute of running."""
@@ -268,10 +274,25 @@ class _HostBase:
     """Set by the daemon: its own ports, which no plugin may reach unless its sandbox
     grants ``apis`` (then only the daemon's port, for ``ctx.api``)."""
     _secret_store: SecretStore | None = None
+    cgroups: Cgroups | None = None
+    """This daemon's cgroups for plugin runs (set when the host opens), or None."""
+    cgroup_problem: str = "the host has not opened yet"
+    """Why ``cgroups`` is None."""
     route_guard: Callable[[str, APIEndpointSpec], str | None] | None = None
     """Set by the daemon: why a plugin's endpoint may not be mounted (it would shadow a
     core route or another plugin's), or None. A plugin with such an endpoint is refused
     at load."""
+
+    @property
+    def kernel(self) -> KernelSupport:
+        """What this machine enforces, with this host's cgroups as they were set up."""
+        found = support()
+        if self.cgroups is not None:
+            return attrs.evolve(
+                found, cgroup=self.cgroups.description,
+                cgroup_controllers=frozenset(self.cgroups.parents), cgroup_problem="",
+            )  # fmt: skip
+        return attrs.evolve(found, cgroup=None, cgroup_problem=self.cgroup_problem)
 
     @property
     def user_dir(self) -> Path:

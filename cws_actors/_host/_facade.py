@@ -17,6 +17,7 @@ from .._core._exceptions import (
     PluginError,
 )
 from .._core._runtime import Runtime
+from .._isolation._cgroup import prepare as prepare_cgroups
 from .._isolation._launch import PluginCall
 from .._plugins._model import (
     APIEndpointSpec,
@@ -167,11 +168,22 @@ async def open_plugin_host(
     for step in await trio.to_thread.run_sync(recover, config.home / "plugins"):
         _log.warning("%s", step)
     state = await StateStore.open(config.home / "state.db")
+    host: PluginHost | None = None
     try:
         await runtime.spawn_supervisor(
             "plugins", max_restarts=config.max_restarts, period=config.restart_period
         )
         host = PluginHost(runtime, config, state)
+        if config.sandbox and config.cgroups:
+            # Before the fork server exists: a delegated cgroup v2 moves the daemon and
+            # its children into a leaf first.
+            host.cgroups, host.cgroup_problem = await trio.to_thread.run_sync(
+                prepare_cgroups, config.home
+            )
+        else:
+            host.cgroup_problem = "turned off in the host's configuration"
+        if host.cgroups is None and config.sandbox:
+            _log.info("plugins run without cgroups: %s", host.cgroup_problem)
         if discover:
             await host.discover()
         async with trio.open_nursery() as nursery:
@@ -189,3 +201,5 @@ async def open_plugin_host(
     finally:
         with trio.CancelScope(shield=True):
             await state.aclose()
+            if host is not None and host.cgroups is not None:
+                await trio.to_thread.run_sync(host.cgroups.close)

@@ -417,6 +417,7 @@ class _Loading(_Status):
             start_timeout=self.config.start_timeout,
             env_allowlist=allowlist,
             sandboxed=self.config.sandbox,
+            cgroups=self.cgroups if self.config.sandbox else None,
             home=self.config.home,
             protected_ports=self.protected_ports,
         )
@@ -427,7 +428,7 @@ class _Loading(_Status):
         unless the operator allows weaker sandboxes."""
         if metadata.isolation is not Isolation.SUBPROCESS or not self.config.sandbox:
             return
-        missing = weaker(controls(metadata))
+        missing = weaker(controls(metadata, self.kernel))
         if missing and not self.config.allow_weaker_sandbox:
             raise PluginRefused(
                 metadata.name,

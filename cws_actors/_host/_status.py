@@ -76,14 +76,14 @@ class _Status(_Grants):
                 return None
             if not launch.sandboxed:
                 return {"sandbox": "not available (turned off in the host's configuration)"}
-            return controls(launch.metadata)
+            return controls(launch.metadata, self.kernel)
         manifest = getattr(discovered, "manifest", None)
         if manifest is None:
             return None
         metadata = self._effective(manifest.metadata, discovered.source)
         if metadata.isolation is not Isolation.SUBPROCESS:
             return None
-        return controls(metadata)
+        return controls(metadata, self.kernel)
 
     async def statuses(self) -> list[PluginStatus]:
         return [await self.status(name) for name in sorted(self._discovered)]

@@ -30,6 +30,7 @@ from .._plugins._model import (
     Plugin,
     PluginContext,
 )
+from ._cgroup import usage as cgroup_usage
 from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
 from ._launch import (
     KILL_WAIT,
@@ -133,6 +134,7 @@ class SubprocessDriver:
     _opened: bool = False
     """Until the handshake and init succeed, a dying process fails ``open`` instead of
     crashing the actor (so that a hot reload can roll back)."""
+    _cgroup_removed: bool = False
 
     async def open(self, nursery: trio.Nursery) -> None:
         launch = self.launch
@@ -150,6 +152,8 @@ class SubprocessDriver:
             "daemon_port": self.services.daemon_port,
             "sandbox": launch.sandbox_spec(self.services.daemon_port),
         }
+        if spec["sandbox"] is not None and launch.cgroups is not None:
+            spec["cgroup"] = launch.cgroups.spec()  # the keeper makes its run's own
         env = plugin_environment(launch)
         process: trio.Process | ForkedProcess
         if self.fork_server is not None and self.fork_server.running:
@@ -260,6 +264,30 @@ class SubprocessDriver:
             await self._close()
         finally:
             self.services.release()  # its API tokens die with the run
+            self._remove_cgroup_soon()
+
+    def _remove_cgroup_soon(self) -> None:
+        """Remove the run's cgroup once its processes are gone: the keeper is, and the
+        kernel ends the rest of its PID namespace within moments. Now if it is empty,
+        else from a task of its own (the restart or the stop need not wait for it; a
+        leftover is removed when the host closes, or at the daemon's next start)."""
+        cgroups, process = self.launch.cgroups, self._process
+        if cgroups is None or process is None or process.returncode is None:
+            return
+        if not self.launch.sandboxed or self._cgroup_removed:
+            return
+        self._cgroup_removed = True
+        name, pid = self.launch.metadata.name, process.pid
+        if cgroups.remove(name, pid):  # rmdir: microseconds
+            return
+
+        async def remove_later() -> None:
+            with trio.move_on_after(KILL_WAIT):
+                # The kernel's state, outside Trio's view: poll it, bounded.
+                while not cgroups.remove(name, pid):  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+
+        trio.lowlevel.spawn_system_task(remove_later)
 
     async def _close(self) -> None:
         process = self._process
@@ -441,6 +469,7 @@ class SubprocessDriver:
             # process kills it): never signal it again.
             if self.counters.kill == self.kill:
                 self.counters.kill = None
+        self._remove_cgroup_soon()
         if self._opened and not self._closing:
             raise PluginCrashed(self._describe_exit("it exited unexpectedly"))
 
@@ -506,6 +535,10 @@ class SubprocessDriver:
         usage["cpu_seconds"] = ticks / os.sysconf("SC_CLK_TCK")
         usage["processes"] = count
         usage["data_bytes"] = _folder_size(self.launch.data_dir)
+        if self.launch.metadata.limits.disk_mb:
+            usage["data_limit_bytes"] = self.launch.metadata.limits.disk_mb * 1024 * 1024
+        if self.launch.cgroups is not None and self.launch.sandboxed:
+            usage |= cgroup_usage(self.launch.cgroups, self.launch.metadata.name, process.pid)
         return usage
 
 

@@ -27,6 +27,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -44,6 +45,24 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     limits = {k: v for k, v in spec.get("limits", {}).items() if k != "processes"}
     _kernel.apply_limits(limits)
     name = spec.get("name", "?")
+    if spec.get("cgroup"):
+        # Before the init is forked: every process of the plugin is born inside.
+        from . import _cgroup
+
+        limits = dict(spec.get("limits", {}))
+        if kernel.user_notification and kernel.seccomp:
+            # This keeper counts them and says so; a pids.max at the same count also
+            # refuses the runner's own threads mid-call (seen: probes time out).
+            limits.pop("processes", None)
+        try:
+            _cgroup.enter(spec["cgroup"], name, limits)
+        except OSError as exc:
+            print(
+                f"cws-sandbox: plugin {name!r} runs without its cgroup ({exc}): its memory"
+                " and CPU limits hold per process only",
+                file=sys.stderr,
+                flush=True,
+            )
     namespace = False
     if kernel.pid_namespace:
         flags = _kernel.CLONE_NEWPID | (0 if kernel.root else _kernel.CLONE_NEWUSER)
@@ -83,7 +102,9 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     os.dup2(null, 1)
     os.close(null)
     processes = spec.get("limits", {}).get("processes")
-    _Keeper(name, init, processes, status_read).serve(ours)
+    disk_mb = spec.get("limits", {}).get("disk_mb")
+    quota = (spec["data_dir"], disk_mb * 1024 * 1024) if disk_mb and spec.get("data_dir") else None
+    _Keeper(name, init, processes, status_read, quota).serve(ours)
 
 
 def _fork_child() -> int:
@@ -181,13 +202,30 @@ def _end_orphans() -> None:
                 pass
 
 
+DISK_CALLS = ("open", "openat", "creat", "fallocate")
+"""What the filter sends here, when a disk quota is set, for :meth:`_Keeper._disk`."""
+
+
 class _Keeper:
-    def __init__(self, name: str, init: int, processes: int | None, status: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        init: int,
+        processes: int | None,
+        status: int,
+        quota: tuple[str, int] | None = None,
+    ) -> None:
         self.name = name
         self.runner = init
         """The plugin's init (its processes are those below it)."""
         self.processes = processes
         self.status = status
+        self.quota = quota
+        """(data folder, bytes it may hold): writable opens refused at or past it."""
+        self._used = 0
+        self._fresh_until = 0.0
+        self._disk_logged = -1.0
+        self._disk_quiet = 0
 
     def serve(self, sock: socket.socket | None) -> NoReturn:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -256,12 +294,13 @@ class _Keeper:
                 answer.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE
             else:
                 answer.error = -refusal[0]
-                print(
-                    f"cws-sandbox: plugin {self.name!r} denied {name}"
-                    f" ({errno.errorcode[refusal[0]]}): {refusal[1]}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                if refusal[0] != errno.ENOSPC or self._log_disk():
+                    print(
+                        f"cws-sandbox: plugin {self.name!r} denied {name}"
+                        f" ({errno.errorcode[refusal[0]]}): {refusal[1]}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             lib.seccomp_notify_respond(listener, response)
             return True
         finally:
@@ -269,6 +308,8 @@ class _Keeper:
 
     def _judge(self, name: str, note: Any) -> tuple[int, str] | None:
         """None to let the call go on, or (errno, why)."""
+        if name in DISK_CALLS and self.quota is not None:
+            return self._disk()
         if name not in ("clone", "fork", "vfork"):
             return errno.EPERM, "the sandbox refuses it"
         flags = note.data.args[0] if name == "clone" else 0
@@ -279,6 +320,53 @@ class _Keeper:
             if count >= self.processes:
                 return errno.EAGAIN, f"{count} processes and threads of {self.processes}"
         return None
+
+    def _disk(self) -> tuple[int, str] | None:
+        """ENOSPC while the data folder holds its quota or more. Its size is measured
+        again at each call, unless measuring takes long (a folder of many files): then
+        it is reused for ten times as long as it took, which bounds the cost."""
+        assert self.quota is not None
+        folder, limit = self.quota
+        now = time.monotonic()
+        if now >= self._fresh_until:
+            self._used = folder_size(folder)
+            took = time.monotonic() - now
+            self._fresh_until = now + (10 * took if took > 0.002 else 0.0)
+        if self._used >= limit:
+            return errno.ENOSPC, (
+                f"its data folder holds {self._used} bytes, at its disk_mb"
+                f" ({limit // (1024 * 1024)} MB)"
+            )
+        return None
+
+    def _log_disk(self) -> bool:
+        """Log a disk refusal at most once a second (a plugin may retry in a loop)."""
+        now = time.monotonic()
+        if now - self._disk_logged < 1.0 and self._disk_logged >= 0:
+            self._disk_quiet += 1
+            return False
+        if self._disk_quiet:
+            print(
+                f"cws-sandbox: plugin {self.name!r}: {self._disk_quiet} more writes refused"
+                " (ENOSPC) in the last second",
+                file=sys.stderr,
+                flush=True,
+            )
+            self._disk_quiet = 0
+        self._disk_logged = now
+        return True
+
+
+def folder_size(folder: str) -> int:
+    """Bytes the files under ``folder`` take on disk (allocated blocks)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 
 def _children(pid: int) -> list[int]:

@@ -100,9 +100,12 @@ class KernelSupport:
     """How a plugin gets a PID namespace: ``root`` or ``user namespace``; None: cannot."""
     pid_namespace_problem: str
     cgroup: str | None
-    """Where a delegated cgroup v2 would be; None with ``cgroup_problem``."""
+    """The cgroup backend for plugin runs (``cgroup v1 ...``, ``cgroup v2 delegated
+    (...)``, see :mod:`._cgroup`); None with ``cgroup_problem``."""
     cgroup_problem: str
     root: bool
+    cgroup_controllers: frozenset[str] = frozenset({"memory", "cpu", "pids"})
+    """What the backend limits, when there is one."""
 
 
 @functools.cache
@@ -161,26 +164,12 @@ def _pid_namespace(root: bool) -> tuple[str | None, str]:
 
 
 def _cgroup() -> tuple[str | None, str]:
-    own = [line for line in _read("/proc/self/cgroup").splitlines() if line.startswith("0::")]
-    base = Path("/sys/fs/cgroup")
-    if not (base / "cgroup.controllers").exists():
-        hybrid = " (a hybrid v1 hierarchy; v2 only at /sys/fs/cgroup/unified)"
-        return None, "/sys/fs/cgroup is not a cgroup v2 mount" + (
-            hybrid if (base / "unified").exists() else ""
-        )
-    if not own:
-        return None, "this process is in no cgroup v2"
-    path = base / own[0][3:].lstrip("/")
-    controllers = set(_read(str(path / "cgroup.controllers")).split())
-    missing = {"memory", "cpu", "pids"} - controllers
-    if missing:
-        return (
-            None,
-            f"the daemon's cgroup {path} lacks the {', '.join(sorted(missing))} controllers",
-        )
-    if not os.access(path, os.W_OK):
-        return None, f"the daemon's cgroup {path} is not delegated to it (not writable)"
-    return str(path), ""
+    from . import _cgroup
+
+    found = _cgroup.probe()
+    if found.kind is None:
+        return None, found.problem
+    return _cgroup.describe(found.kind, found.bases), ""
 
 
 # ---------------------------------------------------------------------- the honesty report
@@ -230,29 +219,50 @@ def controls(metadata: PluginMetadata, kernel: KernelSupport | None = None) -> d
             f"partially enforced (no PID namespace: {k.pid_namespace_problem}; the keeper"
             " is a subreaper and ends the plugin's processes, unless it is SIGKILLed)"
         )
-    # A delegated cgroup v2 is detected but not used yet: say so rather than nothing.
-    no_cgroup = k.cgroup_problem or f"cgroup v2 limits are not built yet ({k.cgroup} found)"
-    together = f"per process only: {no_cgroup}"
+    group = k.cgroup_controllers if k.cgroup else frozenset()
     if limits.memory_mb:
-        report["memory"] = f"partially enforced (RLIMIT_AS {together})"
+        if "memory" in group:
+            report["memory"] = (
+                f"enforced ({k.cgroup} memory controller: its processes together; RLIMIT_AS"
+                " per process too)"
+            )
+        else:
+            report["memory"] = (
+                f"partially enforced (RLIMIT_AS per process only: {k.cgroup_problem})"
+            )
     if limits.cpu_seconds:
-        report["cpu_seconds"] = f"partially enforced (RLIMIT_CPU {together})"
+        report["cpu_seconds"] = (
+            "partially enforced (RLIMIT_CPU per process only: a cgroup limits the rate"
+            " (cpu_percent), not the total)"
+        )
     if limits.open_files:
         report["open_files"] = ENFORCED
     if limits.cpu_percent:
-        report["cpu_percent"] = f"not available (needs a delegated cgroup v2: {no_cgroup})"
+        if "cpu" in group:
+            report["cpu_percent"] = f"enforced ({k.cgroup} cpu controller: a CPU bandwidth quota)"
+        else:
+            report["cpu_percent"] = f"not available (needs a cgroup: {k.cgroup_problem})"
     if limits.processes:
         if k.user_notification and sc:
             report["processes"] = ENFORCED
+        elif "pids" in group:
+            report["processes"] = f"enforced ({k.cgroup} pids controller)"
         elif not k.root:
             report["processes"] = "partially enforced (RLIMIT_NPROC counts the whole user)"
         else:
             report["processes"] = "not available (root ignores RLIMIT_NPROC; no seccomp notify)"
     if limits.disk_mb:
-        report["disk"] = (
-            "partially enforced (RLIMIT_FSIZE caps each file; the data folder's total is"
-            " measured in status, not refused)"
-        )
+        if k.user_notification and sc:
+            report["disk"] = (
+                "partially enforced (a file that may write is not opened, ENOSPC, while the"
+                " data folder is at disk_mb; a file open already grows up to RLIMIT_FSIZE,"
+                " disk_mb per file)"
+            )
+        else:
+            report["disk"] = (
+                "partially enforced (RLIMIT_FSIZE caps each file; the data folder's total"
+                " is measured in status, not refused: no seccomp user notification)"
+            )
     return report
 
 
@@ -293,6 +303,8 @@ def sandbox_spec(
         "ports": ports,
         "protected_ports": sorted(set(protected_ports) - {daemon_port}),
         "daemon_port": daemon_port,
+        # The data folder's total is checked by the keeper (``disk_mb``).
+        "disk": bool(metadata.limits.disk_mb) and data_dir is not None,
         "home": str(home) if home else None,
     }
 
@@ -559,10 +571,19 @@ def landlock(spec: Mapping[str, Any]) -> None:
         prepared.close()
 
 
-def seccomp_filter(spec: Mapping[str, Any], notify: bool) -> Any:
+WRITE_OPEN_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
+"""An open with any of these may write: the keeper sees it when a disk quota is set."""
+
+
+def seccomp_filter(spec: Mapping[str, Any], notify: bool, disk: bool | None = None) -> Any:
     """The filter (not loaded): denials answered by the keeper when ``notify``, else
-    EPERM straight from the kernel."""
+    EPERM straight from the kernel. ``disk`` (with ``notify``; by default the spec's
+    ``disk``): opens that may write, and ``fallocate``, go to the keeper, which refuses
+    them (ENOSPC) while the data folder is at its ``disk_mb``; reads never do."""
     import pyseccomp as sc
+
+    if disk is None:
+        disk = bool(spec.get("disk"))
 
     deny = sc.NOTIFY if notify else sc.ERRNO(errno.EPERM)
     rules = sc.SyscallFilter(sc.ALLOW)
@@ -575,6 +596,14 @@ def seccomp_filter(spec: Mapping[str, Any], notify: bool) -> Any:
     # clone3 passes its flags in memory, which seccomp cannot read: ENOSYS makes the C
     # library fall back to clone, whose flags it can.
     rules.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
+    if notify and disk:
+        # openat2's flags are in memory too: the C library falls back to openat.
+        rules.add_rule(sc.ERRNO(errno.ENOSYS), "openat2")
+        for flag in WRITE_OPEN_FLAGS:  # one rule per bit: any of them (rules OR)
+            rules.add_rule(sc.NOTIFY, "openat", sc.Arg(2, sc.MASKED_EQ, flag, flag))
+            rules.add_rule(sc.NOTIFY, "open", sc.Arg(1, sc.MASKED_EQ, flag, flag))
+        rules.add_rule(sc.NOTIFY, "creat")
+        rules.add_rule(sc.NOTIFY, "fallocate")
     if notify:  # the keeper counts processes and refuses namespaces
         for name in ("clone", "fork", "vfork"):
             rules.add_rule(sc.NOTIFY, name)

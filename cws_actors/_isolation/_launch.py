@@ -18,6 +18,7 @@ from .._plugins._model import (
     Plugin,
     PluginMetadata,
 )
+from ._cgroup import Cgroups
 
 ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH", "HOME")
 """Environment variables a subprocess plugin inherits; nothing else of the daemon's
@@ -119,6 +120,8 @@ class PluginLaunch:
     """The daemon's home, never readable by a plugin (even below a path it may read)."""
     protected_ports: tuple[int, ...] = ()
     """The daemon's own ports, never reachable by a plugin (``network = "loopback"``)."""
+    cgroups: Cgroups | None = None
+    """Where each sandboxed run gets a cgroup of its own (None: no usable cgroup)."""
 
     def sandbox_spec(self, daemon_port: int | None = None) -> dict[str, Any] | None:
         """What the runner needs to confine itself; None when unsandboxed.

@@ -105,7 +105,9 @@ async def test_plugin_list_is_a_table_or_the_apis_json(daemon: Daemon, tmp_path:
     detail = json.loads((await cws("plugin", "status", "echo", "--json", env=env)).out)
     assert detail["plugin_status"]["greeting"] == "hello"
     assert detail["plugin_status"]["pid"] == detail["pid"]
-    usage = {"greeting", "pid", "memory_rss_kb", "cpu_seconds", "processes", "data_bytes"}
+    usage = {"greeting", "pid", "memory_rss_kb", "cpu_seconds", "processes", "data_bytes",
+             "cgroup", "cgroup_memory_bytes", "cgroup_memory_peak_bytes", "cgroup_oom_kills",
+             "cgroup_cpu_throttled"}  # fmt: skip
     assert set(detail["plugin_status"]) <= usage
     discovered = json.loads((await cws("plugin", "discover", "--json", env=env)).out)
     assert [(p["name"], p["loaded"]) for p in discovered["plugins"]] == [("echo", True)]
