@@ -85,7 +85,12 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     # stop then, in the moment before the kernel ends it.
     from . import _runner
 
-    _runner.KEEPER_PIDFD = os.pidfd_open(keeper)
+    # Where the runner's code reads it: run with ``python -m``, that code is
+    # ``__main__``, and ``from . import _runner`` is a second copy of the module.
+    pidfd = os.pidfd_open(keeper)
+    for module in (_runner, sys.modules.get("__main__")):
+        if module is not None and hasattr(module, "KEEPER_PIDFD"):
+            module.KEEPER_PIDFD = pidfd
     init = _fork_child()
     if init == 0:
         os.close(status_read)
