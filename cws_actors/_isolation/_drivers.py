@@ -32,6 +32,7 @@ from .._plugins._model import (
 )
 from ._cgroup import usage as cgroup_usage
 from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
+from ._keeper import folder_size
 from ._launch import (
     KILL_WAIT,
     TERMINATE_GRACE,
@@ -534,7 +535,7 @@ class SubprocessDriver:
         usage["memory_rss_kb"] = rss
         usage["cpu_seconds"] = ticks / os.sysconf("SC_CLK_TCK")
         usage["processes"] = count
-        usage["data_bytes"] = _folder_size(self.launch.data_dir)
+        usage["data_bytes"] = folder_size(str(self.launch.data_dir))
         if self.launch.metadata.limits.disk_mb:
             usage["data_limit_bytes"] = self.launch.metadata.limits.disk_mb * 1024 * 1024
         if self.launch.cgroups is not None and self.launch.sandboxed:
@@ -554,15 +555,3 @@ def _read(path: str) -> str:
         return Path(path).read_text()
     except OSError:
         return ""
-
-
-def _folder_size(folder: Path) -> int:
-    """Bytes the files under ``folder`` take on disk (allocated blocks)."""
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                pass
-    return total

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -277,13 +278,19 @@ def run(spec: dict[str, Any]) -> None:
     Called in a fresh interpreter (``main``) or in a child of the fork server, which
     has this module and Trio imported already. With a sandbox in ``spec`` this process
     becomes the plugin's keeper (:mod:`._keeper`) and the runner is its child."""
+    _kept(spec, _serve)
+
+
+def _kept(spec: dict[str, Any], body: Callable[[dict[str, Any], Any, bool], None]) -> None:
+    """``body(spec, keeper, namespace)`` in this process, or, with a sandbox in
+    ``spec``, in the child of the keeper this process becomes."""
     _first(spec)
     if spec.get("sandbox") is None:
-        _serve(spec, None, False)
+        body(spec, None, False)
         return
     from ._keeper import keep
 
-    keep(spec, lambda keeper, namespace: _serve(spec, keeper, namespace))
+    keep(spec, lambda keeper, namespace: body(spec, keeper, namespace))
 
 
 def _serve(spec: dict[str, Any], keeper: Any, namespace: bool) -> None:
@@ -296,13 +303,7 @@ def _serve(spec: dict[str, Any], keeper: Any, namespace: bool) -> None:
 
 def describe(spec: dict[str, Any]) -> None:
     """Import the plugin ``spec`` names and write its capabilities to stdout as JSON."""
-    _first(spec)
-    if spec.get("sandbox") is None:
-        _describe(spec, None, False)
-        return
-    from ._keeper import keep
-
-    keep(spec, lambda keeper, namespace: _describe(spec, keeper, namespace))
+    _kept(spec, _describe)
 
 
 def _describe(spec: dict[str, Any], keeper: Any, namespace: bool) -> None:
