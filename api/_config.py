@@ -221,6 +221,9 @@ class DaemonConfig:
     )  # fmt: skip
     require_signed: bool = _setting("plugins", False, for_host=True)
     fork_server: bool = _setting("plugins", True, for_host=True)
+    warm_spares: bool = _setting("plugins", True, for_host=True)
+    """Keep each forked subprocess plugin's next run ready (forked and confined, its
+    module imported, a second after a run is up): a restart adopts it."""
     allow_weaker_sandbox: bool = _setting("plugins", False, for_host=True)
     """Run a subprocess plugin whose sandbox needs a control this machine cannot
     enforce (it is refused by default, naming the control)."""

@@ -1,7 +1,8 @@
 """What the plugin sandbox costs (issue 19): crash to ready p99 and subprocess ask
-throughput with the sandbox on (keeper, PID namespace, Landlock, seccomp with user
-notification, rlimits) beside the same plugin with it off, in the same run, alternating
-rounds so that the machine's drift falls on both.
+throughput with the sandbox on (keeper, PID namespace, cgroup, Landlock, seccomp with
+user notification, rlimits) beside the same plugin with it off, in the same run,
+alternating rounds so that the machine's drift falls on both. Restarts adopt the warm
+spare, as the daemon's do by default; the cold start (no spare) is measured beside.
 
 Run: ``.venv/bin/python benchmarks/bench_sandbox.py [--crashes 50] [--asks 5000] [--rounds 2]``
 """
@@ -24,8 +25,13 @@ except ImportError:  # run as a script
 
 
 async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
-    # Sandbox off, on, and on without the run's cgroup (what the cgroup itself costs).
-    variants = {"off": (False, False), "on": (True, True), "on_nocg": (True, False)}
+    # Sandbox off, on, and on without the run's cgroup (what the cgroup itself costs),
+    # each restart adopting the warm spare (the daemon's default); then off and on with
+    # no spare (a crash within a second of the last start finds none: the cold start).
+    variants = {
+        "off": (False, False, True), "on": (True, True, True), "on_nocg": (True, False, True),
+        "cold_off": (False, False, False), "cold_on": (True, True, False),
+    }  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     # Limits the cgroup holds (not cpu_percent: it would slow what is measured).
     limits = "\n[limits]\nmemory_mb = 512\nprocesses = 64\n"
@@ -38,10 +44,10 @@ async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
             (plugin_dir / "plugin.toml").write_text(textwrap.dedent(manifest) + limits)
             (plugin_dir / "echo_plugin.py").write_text(textwrap.dedent(bench_plugins.PLUGIN))
         for _ in range(rounds):
-            for name, (sandbox, cgroups) in variants.items():
+            for name, (sandbox, cgroups, spares) in variants.items():
                 figures = await bench_plugins.plugin_figures(
-                    home, crashes, asks if name != "on_nocg" else 0, fork_server=True,
-                    sandbox=sandbox, cgroups=cgroups,
+                    home, crashes, asks if name in ("on", "off") else 0, fork_server=True,
+                    sandbox=sandbox, cgroups=cgroups, spares=spares,
                 )  # fmt: skip
                 runs[name].append(figures)
 
@@ -54,7 +60,7 @@ async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
         for name in variants
         for key, worst in (("crash_to_ready_p99_ms", True), ("crash_to_ready_p50_ms", False),
                            ("ask_sequential_per_s", False))
-        if name != "on_nocg" or key != "ask_sequential_per_s"
+        if name in ("on", "off") or key != "ask_sequential_per_s"
     } | {"crashes": crashes * rounds, "asks": asks * rounds}  # fmt: skip
 
 
@@ -70,6 +76,12 @@ def report(result: dict[str, Any]) -> str:
             result["off_crash_to_ready_p50_ms"],
         ),
         f"ask: sandbox on {ask_on:.0f}/s, off {ask_off:.0f}/s ({ask_on / ask_off:.2f}x)",
+        "cold start (no warm spare) crash to ready p99: on {:.1f} ms, off {:.1f} ms ({:.2f}x);"
+        " p50 on {:.1f} ms, off {:.1f} ms".format(
+            result["cold_on_crash_to_ready_p99_ms"], result["cold_off_crash_to_ready_p99_ms"],
+            result["cold_on_crash_to_ready_p99_ms"] / result["cold_off_crash_to_ready_p99_ms"],
+            result["cold_on_crash_to_ready_p50_ms"], result["cold_off_crash_to_ready_p50_ms"],
+        ),
     ])  # fmt: skip
 
 

@@ -58,6 +58,7 @@ PLUGIN = obj(
     last_exit=nullable("string"), calls=INTEGER, errors=INTEGER, events=INTEGER,
     published=INTEGER, last_error=nullable("string"), problem=nullable("string"),
     path=nullable("string"), pid=nullable("integer"), last_restart_at=nullable("string"),
+    spare_pid=nullable("integer"),
     capabilities=obj(
         ["cli_commands", "api_endpoints", "event_handlers"],
         cli_commands=array(STRING), api_endpoints=array(STRING), event_handlers=array(STRING),

@@ -85,6 +85,8 @@ def _status_lines(view: dict[str, Any]) -> Iterator[tuple[str, str]]:
     yield "state", click.style(str(view["state"]), fg=state_colour(str(view["state"])))
     yield "ready", _yes(view.get("ready"))
     yield "restarts", str(view.get("restarts", 0))
+    if view.get("spare_pid"):
+        yield "warm spare", f"pid {view['spare_pid']} (its next run, waiting)"
     yield "calls", f"{view.get('calls', 0)} ({view.get('errors', 0)} errors)"
     yield "events", f"{view.get('events', 0)} handled, {view.get('published', 0)} published"
     yield "last error", str(view.get("last_error") or "-")

@@ -21,6 +21,7 @@ from .._isolation._cgroup import Cgroups
 from .._isolation._forkserver import ForkServer
 from .._isolation._kernel import KernelSupport, support
 from .._isolation._launch import PluginCounters, PluginLaunch
+from .._isolation._spare import WarmSpares
 from .._packaging._archive import ArchiveLimits
 from .._plugins._api import APIToken
 from .._plugins._manifest import Manifest
@@ -98,6 +99,8 @@ class PluginStatus:
     """The plugin's process (subprocess isolation), while it runs."""
     last_restart_at: float | None = None
     """``trio.current_time()`` of its actor's latest restart by its supervisor, or None."""
+    spare_pid: int | None = None
+    """The process of its warm spare (its next run, waiting to be adopted), if one waits."""
     sandbox: SandboxGrants = attrs.field(factory=lambda: SandboxGrants())
     """What its sandbox asks for and what of it is granted."""
 
@@ -205,6 +208,12 @@ class HostConfig:
     """Put each sandboxed run in a cgroup of its own where the machine allows it
     (:mod:`cws_actors._isolation._cgroup`); off only to measure what it costs or to see
     the report without it."""
+    warm_spares: bool = True
+    """Keep the next run's process of each forked subprocess plugin ready, forked
+    ``spare_delay`` seconds after a run is up (:mod:`cws_actors._isolation._spare`): a
+    restart adopts it instead of starting the sandbox's chain. It costs a waiting
+    process per plugin (its keeper, init and runner, with the plugin's module imported)."""
+    spare_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
     """The delay between a plugin's restarts when its manifest sets none: exponential
     from 100 ms, capped at 5 s, with full jitter, reset after a minute of running."""
@@ -237,6 +246,8 @@ class _Loaded:
     launch: PluginLaunch
     counters: PluginCounters
     path: str
+    spares: WarmSpares | None = None
+    """Its warm spare (forked subprocess plugins, unless ``warm_spares`` is off)."""
 
 
 @attrs.frozen

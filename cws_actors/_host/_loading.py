@@ -32,6 +32,7 @@ from .._isolation._launch import (
     allowed_environment,
 )
 from .._isolation._plugin_actor import PluginActor
+from .._isolation._spare import WarmSpares
 from .._plugins._loader import PluginImportError, load_plugin_class
 from .._plugins._manifest import Manifest
 from .._plugins._model import (
@@ -248,6 +249,12 @@ class _Loading(_Status):
             await self._start_fork_server()
         path = f"{PLUGINS_PATH}/{name}"
         loaded = _Loaded(discovered, launch, PluginCounters(), path)
+        if (
+            self.config.warm_spares
+            and launch.metadata.isolation is Isolation.SUBPROCESS
+            and self._nursery is not None
+        ):
+            loaded.spares = WarmSpares(name, self._nursery, self.config.spare_delay)
         period = self.config.probe_period or manifest.probe_period
         try:
             await self.runtime.spawn(
@@ -271,6 +278,8 @@ class _Loading(_Status):
                 ],
             )
         except Exception as exc:
+            if loaded.spares is not None:
+                loaded.spares.close()
             await self.state.log(name, "load_failed", str(exc))
             raise PluginRefused(name, f"it failed to start: {exc}") from exc
         self._loaded[name] = loaded
@@ -348,7 +357,7 @@ class _Loading(_Status):
             if launch.metadata.isolation is Isolation.SUBPROCESS:
                 return SubprocessDriver(
                     launch, self.runtime.publish, loaded.counters, self._fork_server,
-                    services=services,
+                    loaded.spares, services=services,
                 )  # fmt: skip
             return InProcessDriver(launch, self.runtime.publish, loaded.counters, services)
 
@@ -458,6 +467,8 @@ class _Loading(_Status):
         kill = loaded.counters.kill
         if force and kill is not None:
             kill()  # through the process's handle: never a pid that may be reused
+        if loaded.spares is not None:
+            loaded.spares.close()
         await self.runtime.stop(loaded.path, finish_handler=not force)
         if self.token_broker is not None:
             self.token_broker.revoke(name)  # each run revokes its own; this makes sure

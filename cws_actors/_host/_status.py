@@ -63,6 +63,7 @@ class _Status(_Grants):
             path=loaded.path if loaded is not None else None,
             pid=counters.pid if state == ChildState.RUNNING.value else None,
             last_restart_at=last_restart_at,
+            spare_pid=loaded.spares.pid if loaded is not None and loaded.spares else None,
             sandbox=attrs.evolve(
                 await self.sandbox_grants(discovered),
                 controls=self._sandbox_report(discovered, loaded),

@@ -40,6 +40,7 @@ from ._launch import (
     PluginLaunch,
     PluginServices,
     plugin_environment,
+    remove_cgroup_soon,
 )
 from ._log import StderrLog
 from ._protocol import (
@@ -52,6 +53,7 @@ from ._protocol import (
     encode_event,
     encode_request,
 )
+from ._spare import WarmSpares
 
 
 @attrs.define(eq=False)
@@ -118,6 +120,8 @@ class SubprocessDriver:
     counters: PluginCounters
     fork_server: ForkServer | None = None
     """Fork the process from this server (milliseconds) instead of starting Python."""
+    spares: WarmSpares | None = None
+    """Where the plugin's warm spare waits (adopted by this run if it matches)."""
     services: PluginServices = attrs.field(factory=PluginServices)
     _nursery: trio.Nursery | None = None
     _process: trio.Process | ForkedProcess | None = None
@@ -157,9 +161,13 @@ class SubprocessDriver:
             spec["cgroup"] = launch.cgroups.spec()  # the keeper makes its run's own
         env = plugin_environment(launch)
         process: trio.Process | ForkedProcess
-        if self.fork_server is not None and self.fork_server.running:
+        server = self.fork_server if self.fork_server and self.fork_server.running else None
+        spare = await self.spares.take(launch, spec, env) if self.spares and server else None
+        if spare is not None:
+            process = await nursery.start(self._own_forked, spare.process)
+        elif server is not None:
             try:
-                process = await nursery.start(self._run_forked, self.fork_server, spec, env)
+                process = await nursery.start(self._run_forked, server, spec, env)
             except ForkServerGone:
                 process = await self._start_python(nursery, spec, env)
         else:
@@ -168,12 +176,12 @@ class SubprocessDriver:
         self.counters.pid = process.pid
         self.counters.kill = self.kill
         assert process.stdout is not None and process.stderr is not None
-        self._reader = FrameReader(process.stdout)
+        self._reader = spare.reader if spare else FrameReader(process.stdout)
         assert process.stdin is not None
         self._writer = FrameWriter(process.stdin)
         nursery.start_soon(self._log_stderr, process.stderr)
         nursery.start_soon(self._watch, process)
-        hello = await self._receive_hello()
+        hello = spare.hello if spare else await self._receive_hello()
         if hello.get("type") != "hello" or hello.get("protocol") != PROTOCOL_VERSION:
             raise PluginCrashed(
                 f"plugin {launch.metadata.name!r} spoke protocol {hello.get('protocol')!r}"
@@ -189,6 +197,8 @@ class SubprocessDriver:
         token = await self.services.mint_token()  # minted at each start
         await self._request({"type": "init", "api_token": attrs.asdict(token) if token else None})
         self._opened = True
+        if self.spares is not None and server is not None:
+            self.spares.replenish(launch, server, spec, env)  # the next run's process
 
     async def _start_python(
         self, nursery: trio.Nursery, spec: dict[str, Any], env: dict[str, str]
@@ -217,6 +227,13 @@ class SubprocessDriver:
         """Own a forked process as ``trio.run_process`` owns its child: cancelled, it
         escalates from SIGTERM to SIGKILL, and it returns once the process is gone."""
         process = await server.spawn(spec, env)
+        await self._own_forked(process, task_status)
+
+    async def _own_forked(
+        self,
+        process: ForkedProcess,
+        task_status: trio.TaskStatus[ForkedProcess] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         task_status.started(process)
         try:
             await process.wait()
@@ -268,41 +285,12 @@ class SubprocessDriver:
             self._remove_cgroup_soon()
 
     def _remove_cgroup_soon(self) -> None:
-        """Remove the run's cgroup once its processes are gone: the keeper is, and the
-        kernel ends the rest of its PID namespace within moments. Now if it is empty,
-        else from a task of its own (the restart or the stop need not wait for it; a
-        leftover is removed when the host closes, or at the daemon's next start)."""
-        cgroups, process = self.launch.cgroups, self._process
-        if cgroups is None or process is None or process.returncode is None:
-            return
-        if not self.launch.sandboxed or self._cgroup_removed:
+        """Remove the run's cgroup once its processes are gone (:func:`remove_cgroup_soon`)."""
+        process = self._process
+        if process is None or process.returncode is None or self._cgroup_removed:
             return
         self._cgroup_removed = True
-        name, pid = self.launch.metadata.name, process.pid
-
-        def removed() -> bool:
-            """Gone (or beyond removing now: logged); False while a process dies in it.
-            Never raises: the retry below is a system task, whose error would end Trio."""
-            try:
-                return cgroups.remove(name, pid)  # rmdir: microseconds
-            except OSError as exc:
-                logging.getLogger(f"cws.plugin.{name}").warning(
-                    "the cgroup of plugin %r's run could not be removed (%s); the daemon"
-                    " removes what is left when it stops or starts", name, exc,
-                )  # fmt: skip
-                return True
-
-        if removed():
-            return
-
-        async def remove_later() -> None:
-            with trio.move_on_after(KILL_WAIT):
-                # The kernel's state, outside Trio's view (cgroup v1 has no event for
-                # "empty" that an unprivileged reader gets): poll it, bounded.
-                while not removed():  # noqa: ASYNC110
-                    await trio.sleep(0.005)
-
-        trio.lowlevel.spawn_system_task(remove_later)
+        remove_cgroup_soon(self.launch, process.pid)
 
     async def _close(self) -> None:
         process = self._process

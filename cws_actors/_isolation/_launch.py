@@ -3,6 +3,7 @@ environment), the messages it takes, its counters, and the driver interface."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -29,6 +30,40 @@ TERMINATE_GRACE = 1.0
 """After a plugin's graceful stop window: how long SIGTERM has before SIGKILL."""
 KILL_WAIT = 1.0
 """How long to wait for a process to go after SIGKILL (the kernel takes milliseconds)."""
+
+
+def remove_cgroup_soon(launch: PluginLaunch, pid: int) -> None:
+    """Remove the cgroup of the sandboxed run of ``launch`` whose keeper was ``pid``
+    (it has exited): the kernel ends the rest of its PID namespace within moments. From
+    a task of its own, so that a restart or a stop need not wait for it (a leftover is
+    removed when the host closes, or at the daemon's next start)."""
+    cgroups = launch.cgroups
+    if cgroups is None or not launch.sandboxed:
+        return
+    name = launch.metadata.name
+
+    def removed() -> bool:
+        """Gone (or beyond removing now: logged); False while a process dies in it.
+        Never raises: the retry below is a system task, whose error would end Trio."""
+        try:
+            return cgroups.remove(name, pid)
+        except OSError as exc:
+            logging.getLogger(f"cws.plugin.{name}").warning(
+                "the cgroup of plugin %r's run could not be removed (%s); the daemon"
+                " removes what is left when it stops or starts", name, exc,
+            )  # fmt: skip
+            return True
+
+    async def remove_later() -> None:
+        # rmdir of a cgroup v1 memory controller waits for the kernel (an RCU grace
+        # period: milliseconds), so it runs on a worker thread, never the event loop.
+        with trio.move_on_after(KILL_WAIT):
+            # The kernel's state, outside Trio's view (cgroup v1 has no event for
+            # "empty" that an unprivileged reader gets): poll it, bounded.
+            while not await trio.to_thread.run_sync(removed):  # noqa: ASYNC110
+                await trio.sleep(0.005)
+
+    trio.lowlevel.spawn_system_task(remove_later)
 
 
 def plugin_environment(launch: PluginLaunch) -> dict[str, str]:

@@ -1,0 +1,175 @@
+"""Warm spares with real processes: a restart adopts the next run's process, forked and
+confined ahead of time, whose plugin ran its module's top level but not its
+``initialize`` until then; unload, an update and a spare's own death leave nothing
+behind and never serve a stale version."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from cws_actors import PluginHost
+
+from ._fixtures import PLUGIN_CODE, write_plugin
+from .test_host import TIMEOUT, opened, wait_until
+from .test_subprocess import alive, plugin_pid, restarted
+
+# The test plugin, noting in its data folder which process imported its module and
+# which ran its initialize (the pid the host shows: a sandboxed run's keeper).
+CODE = PLUGIN_CODE.replace(
+    "class EchoPlugin(Plugin):",
+    'DATA = os.environ.get("CWS_TEST_DATA", "/nonexistent")\n'
+    "try:  # describing the plugin imports it with nothing writable\n"
+    "    with open(os.path.join(DATA, 'imports'), 'a') as log:\n"
+    "        log.write(f'{PID}\\n')\n"
+    "except OSError:\n"
+    "    pass\n\n\n"
+    "class EchoPlugin(Plugin):",
+).replace(
+    "        self.healthy = True\n",
+    "        self.healthy = True\n"
+    "        with (ctx.data_dir / 'initializes').open('a') as log:\n"
+    "            log.write(f'{PID}\\n')\n",
+)
+
+
+def noted(home: Path, what: str) -> list[int]:
+    path = home / "plugin-data/echo" / what
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+async def spare_ready(host: PluginHost) -> bool:
+    return (await host.status("echo")).spare_pid is not None
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    data = home / "plugin-data/echo"
+    data.mkdir(parents=True)
+    monkeypatch.setenv("CWS_TEST_DATA", str(data))
+    write_plugin(home / "plugins", "echo", isolation="subprocess", code=CODE)
+    return home
+
+
+@pytest.mark.parametrize("sandbox", [True, False], ids=["sandboxed", "unsandboxed"])
+async def test_a_restart_adopts_the_spare_which_initializes_only_then(
+    home: Path, sandbox: bool
+) -> None:
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, spare_delay=0.0, sandbox=sandbox, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            first = plugin_pid(host)
+            await wait_until(lambda: spare_ready(host))
+            spare = (await host.status("echo")).spare_pid
+            assert spare is not None
+            assert spare != first
+            assert alive(spare)
+            # The spare imported the plugin's module (confined, like any run)...
+            await wait_until(
+                lambda: trio.to_thread.run_sync(lambda: spare in noted(home, "imports"))
+            )
+            # ...and nothing more: its initialize waits for a run to adopt it.
+            assert noted(home, "initializes") == [first]
+            assert noted(home, "starts") == [first]
+
+            os.kill(first, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, first))
+            assert plugin_pid(host) == spare  # adopted, not started anew
+            assert noted(home, "initializes") == [first, spare]
+            assert (await host.execute_cli(["echo", "--text", "again"])).output == "hello again"
+            # The next spare is made once this run is up.
+            await wait_until(lambda: spare_ready(host))
+            assert (await host.status("echo")).spare_pid not in (first, spare)
+
+
+async def test_unload_ends_the_spare(home: Path) -> None:
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            await wait_until(lambda: spare_ready(host))
+            spare = (await host.status("echo")).spare_pid
+            assert spare is not None
+            await host.unload("echo")
+
+            async def gone() -> bool:
+                return not alive(spare)
+
+            await wait_until(gone)
+            assert (await host.status("echo")).spare_pid is None
+
+
+async def test_an_update_never_adopts_the_old_versions_spare(home: Path) -> None:
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            await wait_until(lambda: spare_ready(host))
+            old_spare = (await host.status("echo")).spare_pid
+            assert old_spare is not None
+            # A new version in place: a different greeting, so a stale process shows.
+            folder = home / "plugins/echo"
+            manifest = folder / "plugin.toml"
+            manifest.write_text(
+                manifest.read_text().replace('version = "1.0.0"', 'version = "1.1.0"')
+            )
+            code = folder / "echo_plugin.py"
+            code.write_text(code.read_text().replace("[self.greeting, *", '["bonjour", *'))
+            await host.reload("echo")
+            assert plugin_pid(host) != old_spare
+
+            async def old_spare_gone() -> bool:
+                return not alive(old_spare)
+
+            await wait_until(old_spare_gone)
+            assert (await host.execute_cli(["echo", "--text", "x"])).output == "bonjour x"
+            # A crash now adopts the new version's spare: still the new version.
+            await wait_until(lambda: spare_ready(host))
+            current = plugin_pid(host)
+            os.kill(current, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, current))
+            assert (await host.execute_cli(["echo", "--text", "y"])).output == "bonjour y"
+
+
+async def test_a_spare_that_dies_is_logged_and_the_restart_starts_its_own(
+    home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            await wait_until(lambda: spare_ready(host))
+            spare = (await host.status("echo")).spare_pid
+            assert spare is not None
+            with caplog.at_level(logging.WARNING, logger="cws.plugin.echo"):
+                os.kill(spare, signal.SIGKILL)
+
+                async def logged() -> bool:
+                    return any("warm spare" in r.getMessage() for r in caplog.records)
+
+                await wait_until(logged)
+            assert (await host.status("echo")).spare_pid is None
+            current = plugin_pid(host)
+            os.kill(current, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, current))
+            assert plugin_pid(host) != spare
+            assert (await host.execute_cli(["echo", "--text", "z"])).output == "hello z"
+
+
+async def test_warm_spares_can_be_turned_off(home: Path) -> None:
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, warm_spares=False, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            first = plugin_pid(host)
+            os.kill(first, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, first))
+            assert (await host.status("echo")).spare_pid is None
+            assert noted(home, "imports") == noted(home, "initializes")  # one per run
