@@ -162,7 +162,7 @@ class SubprocessDriver:
         env = plugin_environment(launch)
         process: trio.Process | ForkedProcess
         server = self.fork_server if self.fork_server and self.fork_server.running else None
-        spare = await self.spares.take(launch, spec, env) if self.spares and server else None
+        spare = self.spares.take(launch, spec, env) if self.spares and server else None
         if spare is not None:
             process = await nursery.start(self._own_forked, spare.process)
         elif server is not None:

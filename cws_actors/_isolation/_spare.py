@@ -9,11 +9,11 @@ for the ``init`` frame, which only the run that adopts it sends. Its plugin's
 ``initialize`` and ``start`` run only then: until adopted, the only plugin code it has
 run is its module's top level, confined.
 
-A spare is adopted only by a run of the same launch object (a restart; an update or a
-grant change makes a new launch) whose spec and environment are those it was forked
-with; any other run discards it (killed) and starts cold. A spare that dies while it
-waits is logged and not replaced until the next run is up; unload and the host's close
-kill it.
+A spare is adopted only once it has said hello, by a run of the same launch object (a
+restart; an update or a grant change makes a new launch) whose spec and environment are
+those it was forked with; any other run discards it (killed) and starts cold, and so
+does a run that finds its spare still starting. A spare that dies while it waits is
+logged and not replaced until the next run is up; unload and the host's close kill it.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ class _Spare:
     """Cancelled to discard it: its task kills it."""
     waiting: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     """Cancelled when a run adopts it: its task lets go of it."""
-    settled: trio.Event = attrs.field(factory=trio.Event)
-    """Its hello is read, or it will never be (``hello`` stays None)."""
     process: ForkedProcess | None = None
     reader: FrameReader | None = None
     hello: dict[str, Any] | None = None
@@ -99,29 +97,31 @@ class WarmSpares:
         spare = self._spare = _Spare(launch, key)
         self.nursery.start_soon(self._keep, spare, server, spec, env)
 
-    async def take(
+    def take(
         self, launch: PluginLaunch, spec: dict[str, Any], env: dict[str, str]
     ) -> SpareProcess | None:
         """The spare for a run of ``launch`` with ``spec`` and ``env``, now the caller's
-        to own (one still starting is waited for: it is ahead of a new one); None when
-        there is none to adopt (a spare that does not match is discarded)."""
+        to own; None when there is none ready to adopt. A spare that does not match is
+        discarded, and so is one still starting: nobody reads its stderr before it is
+        adopted, so one that writes much at import could wait for ever (and a start
+        from the fork server is as quick as what is left of its own)."""
         spare = self._spare
         if spare is None:
             return None
-        if spare.launch is not launch or spare.key != spare_key(spec, env) or not spare.process:
-            self._discard()  # stale, or still in its delay: a fresh start is as quick
+        process, reader, hello = spare.process, spare.reader, spare.hello
+        if (
+            spare.launch is not launch
+            or spare.key != spare_key(spec, env)
+            or process is None
+            or reader is None
+            or hello is None
+            or process.returncode is not None
+        ):
+            self._discard()
             return None
         spare.taken = True
         self._spare = None
-        spare.waiting.cancel()
-        await spare.settled.wait()
-        process, reader, hello = spare.process, spare.reader, spare.hello
-        if hello is None or reader is None:
-            return None  # it died starting: its task says why and cleans up
-        if process.returncode is not None:  # died just now: nobody else cleans up
-            process._close_pipes()
-            remove_cgroup_soon(spare.launch, process.pid)
-            return None
+        spare.waiting.cancel()  # its task lets go of it
         return SpareProcess(process, reader, hello)
 
     def close(self) -> None:
@@ -151,12 +151,10 @@ class WarmSpares:
                 spare.hello = await spare.reader.receive()
             except (ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-            finally:
-                spare.settled.set()
-            if spare.hello is not None and not spare.taken:
+            if spare.hello is not None:
                 with spare.waiting:
                     await process.wait()
-            if not spare.taken or spare.hello is None:
+            if not spare.taken:
                 said = b""
                 with trio.move_on_after(0.1):  # why it died, if it said
                     said = await process.stderr.receive_some(4096)
@@ -169,7 +167,7 @@ class WarmSpares:
                 )  # fmt: skip
         if self._spare is spare:
             self._spare = None
-        if spare.process is None or (spare.taken and spare.hello is not None):
+        if spare.process is None or spare.taken:
             return  # adopted: the run owns it now
         process = spare.process
         with trio.CancelScope(shield=True):

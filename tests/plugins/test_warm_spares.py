@@ -173,3 +173,37 @@ async def test_warm_spares_can_be_turned_off(home: Path) -> None:
             await wait_until(lambda: restarted(host, first))
             assert (await host.status("echo")).spare_pid is None
             assert noted(home, "imports") == noted(home, "initializes")  # one per run
+
+
+async def test_a_spare_still_starting_is_not_waited_for(home: Path) -> None:
+    """A plugin that writes much to stderr at import: nobody reads a spare's stderr
+    before it is adopted, so its spare waits at import for ever. A restart must not
+    wait for it: it starts a process of its own, and the stuck spare is killed."""
+    flood = CODE.replace(
+        "class EchoPlugin(Plugin):",
+        "import sys\nsys.stderr.write('x' * 200_000 + '\\n')\nsys.stderr.flush()\n\n\n"
+        "class EchoPlugin(Plugin):",
+    )
+    (home / "plugins/echo/echo_plugin.py").write_text(flood)
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            first = plugin_pid(host)
+
+            async def spare_imported() -> bool:
+                return len(noted(home, "imports")) == 2
+
+            await wait_until(spare_imported)
+            stuck = noted(home, "imports")[1]
+            assert stuck != first
+            assert (await host.status("echo")).spare_pid is None  # it never said hello
+            os.kill(first, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, first))
+            assert plugin_pid(host) != stuck
+            assert (await host.execute_cli(["echo", "--text", "x"])).output == "hello x"
+
+            async def stuck_gone() -> bool:
+                return not alive(stuck)
+
+            await wait_until(stuck_gone)
