@@ -528,7 +528,8 @@ class SubprocessDriver:
                     if line.startswith("VmRSS:"):
                         rss += int(line.split()[1])
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])
+                # Its own time and its waited-for children's: what cpu_seconds counts.
+                ticks += sum(int(field) for field in fields[11:15])
                 count += 1
                 for task in _listdir(f"/proc/{pid}/task"):
                     stack += map(int, _read(f"/proc/{pid}/task/{task}/children").split())

@@ -109,7 +109,8 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     processes = spec.get("limits", {}).get("processes")
     disk_mb = spec.get("limits", {}).get("disk_mb")
     quota = (spec["data_dir"], disk_mb * 1024 * 1024) if disk_mb and spec.get("data_dir") else None
-    _Keeper(name, init, processes, status_read, quota).serve(ours)
+    cpu_seconds = spec.get("limits", {}).get("cpu_seconds")
+    _Keeper(name, init, processes, status_read, quota, cpu_seconds).serve(ours)
 
 
 def _fork_child() -> int:
@@ -207,6 +208,11 @@ def _end_orphans() -> None:
                 pass
 
 
+CPU_CHECK = 0.5
+"""Seconds between two looks at the CPU time of a plugin's child processes (with
+``cpu_seconds``): together they may pass the limit by this much per CPU before they are
+told to end."""
+
 DISK_CALLS = ("open", "openat", "creat", "fallocate")
 """What the filter sends here, when a disk quota is set, for :meth:`_Keeper._disk`."""
 
@@ -219,8 +225,16 @@ class _Keeper:
         processes: int | None,
         status: int,
         quota: tuple[str, int] | None = None,
+        cpu_seconds: int | None = None,
     ) -> None:
         self.name = name
+        self.cpu_seconds = cpu_seconds
+        """CPU seconds the plugin's child processes may use together (each process of
+        it also has its RLIMIT_CPU): past it, the keeper ends them."""
+        self._ticks: dict[int, int] = {}
+        """The CPU ticks of each child process at the last look."""
+        self._told: set[int] = set()
+        """Children sent SIGXCPU at the last look."""
         self.runner = init
         """The plugin's init (its processes are those below it)."""
         self.processes = processes
@@ -242,13 +256,17 @@ class _Keeper:
         poller.register(runner_fd, select.POLLIN)
         if listener is not None:
             poller.register(listener, select.POLLIN)
+        # With cpu_seconds, the group's total is looked at every CPU_CHECK seconds.
+        period = int(CPU_CHECK * 1000) if self.cpu_seconds else None
         while True:
-            ready = {fd for fd, _ in poller.poll()}
+            ready = {fd for fd, _ in poller.poll(period)}
             if runner_fd in ready:
                 break
             if listener is not None and listener in ready and not self._answer(listener):
                 poller.unregister(listener)
                 listener = None
+            if self.cpu_seconds:
+                self._check_cpu()
         told = os.read(self.status, 64)
         _, status = os.waitpid(self.runner, 0)
         if told:
@@ -260,6 +278,34 @@ class _Keeper:
                 signal.signal(-code, signal.SIG_DFL)
             os.kill(os.getpid(), -code)
         os._exit(code)
+
+    def _check_cpu(self) -> None:
+        """Once the plugin's child processes (all but its init and runner, alive or
+        exited) used ``cpu_seconds`` together, end each of them that goes on using CPU:
+        SIGXCPU, as RLIMIT_CPU does, then SIGKILL if it still does at the next look.
+        Children that wait (a server's idle workers) are left alone; the runner goes on
+        (its own RLIMIT_CPU bounds it)."""
+        assert self.cpu_seconds is not None
+        used, children = children_cpu(self.runner)
+        before, self._ticks = self._ticks, children
+        if used < self.cpu_seconds:
+            return
+        busy = [pid for pid, ticks in children.items() if ticks > before.get(pid, ticks)]
+        if not busy:
+            return
+        told = [pid for pid in busy if pid in self._told]
+        print(
+            f"cws-sandbox: plugin {self.name!r}: its child processes used {used:.1f} CPU"
+            f" seconds together, its cpu_seconds is {self.cpu_seconds}: ending the"
+            f" {len(busy)} still using CPU"
+            + (f" ({len(told)} with SIGKILL: SIGXCPU did not end them)" if told else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        for pid in busy:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if pid in self._told else signal.SIGXCPU)
+        self._told = set(busy)
 
     def _forward(self, signum: int, frame: Any) -> None:
         try:
@@ -383,6 +429,54 @@ def _children(pid: int) -> list[int]:
     except OSError:
         pass
     return found
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and all its descendants."""
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack += _children(pid)
+    return found
+
+
+def _times(pid: int) -> tuple[int, int, int] | None:
+    """(own CPU ticks, its waited-for children's ticks, start time) of ``pid``."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            fields = file.read().rsplit(")", 1)[1].split()
+        return (
+            int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]), int(fields[19])
+        )  # fmt: skip
+    except (OSError, ValueError, IndexError):
+        return None  # gone meanwhile: its time is in its reaper's now
+
+
+def children_cpu(init: int) -> tuple[float, dict[int, int]]:
+    """CPU seconds used by the plugin's child processes (every process below its init
+    but the runner, the init's first child), alive or exited: theirs, and what the
+    runner and the init waited for (their ``cutime`` and ``cstime``: the children they
+    reaped, and their children; one not waited for yet is still in the tree, as a
+    zombie). And each live child's own CPU ticks."""
+    init_times = _times(init)
+    started = [(times[2], pid) for pid in _children(init) if (times := _times(pid))]
+    if init_times is None or not started:
+        return 0.0, {}
+    runner = min(started)[1]
+    ticks = init_times[1]  # orphans the init reaped (the runner is alive)
+    runner_times = _times(runner)
+    if runner_times is not None:
+        ticks += runner_times[1]
+    children = {}
+    for pid in _tree(init):
+        if pid in (init, runner):
+            continue
+        times = _times(pid)
+        if times is not None:
+            ticks += times[0] + times[1]
+            children[pid] = times[0]
+    return ticks / os.sysconf("SC_CLK_TCK"), children
 
 
 def _count_tasks(root: int) -> int:

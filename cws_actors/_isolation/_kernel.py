@@ -232,8 +232,8 @@ def controls(metadata: PluginMetadata, kernel: KernelSupport | None = None) -> d
             )
     if limits.cpu_seconds:
         report["cpu_seconds"] = (
-            "partially enforced (RLIMIT_CPU per process only: a cgroup limits the rate"
-            " (cpu_percent), not the total)"
+            "enforced (RLIMIT_CPU on each process, and the keeper ends the plugin's child"
+            " processes once together they used cpu_seconds)"
         )
     if limits.open_files:
         report["open_files"] = ENFORCED

@@ -54,6 +54,10 @@ class EchoPlugin(Plugin):
             CLIFlagSpec("size", type="int", required=True),
         ]),
         CLICommandSpec("spin", handler="spin", parent="group"),
+        CLICommandSpec("burn", handler="burn", parent="group", flags=[
+            CLIFlagSpec("count", type="int", required=True),
+            CLIFlagSpec("seconds", type="float", required=True),
+        ]),
         CLICommandSpec("fill", handler="fill", parent="group"),
         CLICommandSpec("read", handler="read", parent="group"),
     ])
@@ -119,6 +123,26 @@ class EchoPlugin(Plugin):
                 ended[pid] = "held"
         os.close(read_end)
         return CommandResult(json.dumps(sorted(ended.values())))
+
+    async def burn(self, args):
+        return await trio.to_thread.run_sync(self._burn, args)
+
+    def _burn(self, args):
+        """``count`` children at once, each using ``seconds`` of CPU then exiting; how
+        each ended."""
+        pids = []
+        for _ in range(args["count"]):
+            pid = os.fork()
+            if pid == 0:
+                while os.times().user + os.times().system < args["seconds"]:
+                    pass
+                os._exit(0)
+            pids.append(pid)
+        ended = []
+        for pid in pids:
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            ended.append(signal.Signals(-code).name if code < 0 else f"exit {code}")
+        return CommandResult(json.dumps(sorted(ended)))
 
     async def spin(self, args):
         threading.Thread(target=self._spin, daemon=True).start()
@@ -328,3 +352,38 @@ async def test_writes_past_disk_mb_are_refused_and_reads_go_on(
             denials = [r.getMessage() for r in caplog.records
                        if r.name == "cws.plugin.group" and "denied" in r.getMessage()]  # fmt: skip
             assert any("'group' denied openat (ENOSPC)" in line for line in denials), denials
+
+
+async def test_children_together_over_cpu_seconds_are_ended(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two children of 1.5 CPU seconds each under cpu_seconds = 2: each is below the
+    per-process limit (RLIMIT_CPU), together they pass it, and the keeper ends them; the
+    plugin's own process goes on. (A cgroup bounds the rate, not a total.)"""
+    home = tmp_path / "home"
+    _group(home, "memory_mb = 300\ncpu_seconds = 2\nprocesses = 16")
+    with trio.fail_after(TIMEOUT):
+        async with opened(home, probe_period=60.0) as host:
+            status = await host.load("group")
+            report = status.sandbox.controls
+            assert report is not None
+            assert report["cpu_seconds"].startswith("enforced (RLIMIT_CPU on each process")
+            # Alone, a child of 1.5 s is within both limits.
+            assert await _burn(host, 1, 1.5) == ["exit 0"]
+            # One more of 1.5 s passes 2 s for the children together: ended.
+            assert await _burn(host, 2, 1.5) == ["SIGXCPU", "SIGXCPU"]
+            assert (await host.execute_cli(["group"])).output == "group"
+            assert (await host.status("group")).restarts == 0
+            usage = await host.plugin_status("group")
+            assert usage["cpu_seconds"] >= 2, usage  # the children's time is counted
+    said = [r.getMessage() for r in caplog.records if "cpu_seconds is 2" in r.getMessage()]
+    assert said, "the keeper logs why it ended them, with the plugin's name"
+    assert "plugin 'group'" in said[0]
+
+
+async def _burn(host: PluginHost, count: int, seconds: float) -> list[str]:
+    result = await host.execute_cli(["group", "burn", "--count", str(count),
+                                     "--seconds", str(seconds)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ended: list[str] = json.loads(result.output)
+    return ended
