@@ -235,6 +235,9 @@ def sandbox_rows(f: dict[str, Any]) -> list[Row]:
         row("sandbox", "spare_crash_p99", "crash to ready p99, sandbox on", "ms",
             f["on_crash_to_ready_p99_ms"], reference=f["cold_on_crash_to_ready_p99_ms"],
             reference_name="sandbox on, no warm spare"),
+        row("sandbox", "gcp_crash_p50", "gcp plugin crash to ready p50 (its SDK preloaded)",
+            "ms", f["gcp_spare_crash_to_ready_p50_ms"],
+            reference=f["gcp_cold_crash_to_ready_p50_ms"], reference_name="no warm spare"),
     ]  # fmt: skip
 
 

@@ -25,6 +25,9 @@ from ._plugin import ProviderPlugin, provider_metadata
 class AWSPlugin(ProviderPlugin):
     """Amazon EC2 as the ``aws`` cloud provider."""
 
+    # Its SDK (boto3) in its process before initialize: a warm spare has it
+    # imported, so a restart does not wait for it (and the daemon never imports it).
+    preload = ("providers._aws",)
     metadata = provider_metadata(
         "aws",
         "Amazon EC2 instances: list, show, start, stop, and their events",

@@ -15,6 +15,7 @@ learns what a subprocess plugin offers without running its code itself.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import itertools
 import json
 import math
@@ -295,6 +296,16 @@ def _kept(spec: dict[str, Any], body: Callable[[dict[str, Any], Any, bool], None
 
 def _serve(spec: dict[str, Any], keeper: Any, namespace: bool) -> None:
     plugin_class, protocol_out = _import_limited(spec, keeper, namespace)
+    for module in plugin_class.preload:  # before hello: a warm spare has them imported
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - reported on stderr, then a distinct exit code
+            print(
+                f"cannot import {module!r}, a preload of plugin {spec['name']!r}:"
+                f" {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_IMPORT)
     try:
         trio.run(Runner(spec, plugin_class, protocol_out).serve)
     except MemoryError:

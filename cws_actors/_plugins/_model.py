@@ -311,6 +311,11 @@ class Plugin:
 
     metadata: ClassVar[PluginMetadata | None] = None
     capabilities: ClassVar[Capabilities] = Capabilities()
+    preload: ClassVar[tuple[str, ...]] = ()
+    """Modules a subprocess plugin's runs import before ``initialize`` (its heavy
+    dependencies, such as a cloud SDK). A run's warm spare imports them ahead of time,
+    so a restart does not wait for them; and an entry-point plugin, whose class the
+    daemon imports to read its capabilities, keeps them out of the daemon."""
 
     async def initialize(self, ctx: PluginContext, config: Mapping[str, Any]) -> None:
         """Called once per run, before ``start``."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from cws_actors import PluginHost
+from cws_actors import PluginHost, PluginRefused
 
 from ._fixtures import PLUGIN_CODE, write_plugin
 from .test_host import TIMEOUT, opened, wait_until
@@ -207,3 +207,53 @@ async def test_a_spare_still_starting_is_not_waited_for(home: Path) -> None:
                 return not alive(stuck)
 
             await wait_until(stuck_gone)
+
+
+async def test_a_spare_imports_the_plugins_preload_ahead_of_time(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``Plugin.preload``: the modules a run imports before ``initialize`` (a cloud
+    SDK). The spare imports them while it waits, so the restart that adopts it does
+    not; a preload that fails is the plugin's import failing."""
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    (deps / "cws_test_heavy_dep.py").write_text(
+        "import os\n"
+        "with open(os.path.join(os.environ['CWS_TEST_DATA'], 'preloads'), 'a') as log:\n"
+        "    log.write(os.environ.get('CWS_PLUGIN_PID', str(os.getpid())) + '\\n')\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{deps}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    code = CODE.replace(
+        "class EchoPlugin(Plugin):\n",
+        "class EchoPlugin(Plugin):\n    preload = ('cws_test_heavy_dep',)\n",
+    )
+    (home / "plugins/echo/echo_plugin.py").write_text(code)
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            first = plugin_pid(host)
+            assert noted(home, "preloads") == [first]  # before its initialize
+            await wait_until(lambda: spare_ready(host))
+            spare = (await host.status("echo")).spare_pid
+            assert noted(home, "preloads") == [first, spare]  # ahead of any crash
+            assert noted(home, "initializes") == [first]
+            os.kill(first, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, first))
+            assert plugin_pid(host) == spare
+            assert noted(home, "initializes") == [first, spare]
+
+    # A preload that cannot be imported: the plugin does not start, and says why.
+    (home / "plugins/echo/echo_plugin.py").write_text(
+        CODE.replace(
+            "class EchoPlugin(Plugin):\n",
+            "class EchoPlugin(Plugin):\n    preload = ('cws_no_such_module',)\n",
+        )
+    )
+    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT), pytest.raises(PluginRefused, match="could not be imported"):
+            await host.load("echo")
+    assert any(
+        "cannot import 'cws_no_such_module', a preload of plugin 'echo'" in r.getMessage()
+        for r in caplog.records
+    )
