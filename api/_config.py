@@ -38,6 +38,8 @@ from ._toml_lines import Key, key_lines, line_of
 FILE_NAME = "cws.toml"
 """The configuration file's name in the home folder."""
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SPARE_MODES = ("after-restart", "always", "never")
+"""``[plugins] warm_spares`` (the host's ``HostConfig.warm_spares``)."""
 LOG_FORMATS = ("text", "json")
 
 
@@ -221,9 +223,14 @@ class DaemonConfig:
     )  # fmt: skip
     require_signed: bool = _setting("plugins", False, for_host=True)
     fork_server: bool = _setting("plugins", True, for_host=True)
-    warm_spares: bool = _setting("plugins", True, for_host=True)
+    warm_spares: str = _setting(
+        "plugins", "after-restart", rule=SPARE_MODES.__contains__,
+        expected="one of after-restart, always, never", normalize=str.lower, for_host=True,
+        validator=_in(SPARE_MODES),
+    )  # fmt: skip
     """Keep each forked subprocess plugin's next run ready (forked and confined, its
-    module imported, a second after a run is up): a restart adopts it."""
+    module and preloads imported, a second after a run is up): a restart adopts it.
+    ``after-restart``: once the plugin has restarted; ``always``; ``never``."""
     allow_weaker_sandbox: bool = _setting("plugins", False, for_host=True)
     """Run a subprocess plugin whose sandbox needs a control this machine cannot
     enforce (it is refused by default, naming the control)."""

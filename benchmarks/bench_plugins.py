@@ -209,7 +209,7 @@ async def plugin_figures(
         # than a second (the default): after what is measured, as by default. Each
         # crash below waits for it, as a crash a second or more after the last start
         # finds it; spares=False measures the cold start.
-        warm_spares=spares, spare_delay=0.1,
+        warm_spares="always" if spares else "never", spare_delay=0.1,
     )  # fmt: skip
     async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:
         await host.load("echo")

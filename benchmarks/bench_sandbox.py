@@ -84,7 +84,8 @@ async def gcp_restarts(spares: bool, crashes: int) -> list[float]:
     with tempfile.TemporaryDirectory() as folder:
         home = Path(folder)
         config = HostConfig(
-            home=home, system_dir=home / "system", warm_spares=spares, spare_delay=0.1,
+            home=home, system_dir=home / "system", spare_delay=0.1,
+            warm_spares="always" if spares else "never",
             backoff=Backoff(0.0, 0.0), max_restarts=crashes + 1,
         )  # fmt: skip
         async with open_runtime() as runtime, open_plugin_host(runtime, config) as host:

@@ -156,6 +156,10 @@ def _default_grants(
     return table
 
 
+SPARE_MODES = ("after-restart", "always", "never")
+"""The values of ``warm_spares``."""
+
+
 @attrs.frozen
 class HostConfig:
     """Where plugins live and how the operator overrides them.
@@ -208,11 +212,15 @@ class HostConfig:
     """Put each sandboxed run in a cgroup of its own where the machine allows it
     (:mod:`cws_actors._isolation._cgroup`); off only to measure what it costs or to see
     the report without it."""
-    warm_spares: bool = True
-    """Keep the next run's process of each forked subprocess plugin ready, forked
-    ``spare_delay`` seconds after a run is up (:mod:`cws_actors._isolation._spare`): a
-    restart adopts it instead of starting the sandbox's chain. It costs a waiting
-    process per plugin (its keeper, init and runner, with the plugin's module imported)."""
+    warm_spares: str = attrs.field(
+        default="after-restart", validator=attrs.validators.in_(SPARE_MODES)
+    )
+    """Keep the next run's process of each forked subprocess plugin ready
+    (:mod:`cws_actors._isolation._spare`), forked ``spare_delay`` seconds after a run is
+    up: a restart adopts it instead of going through the sandbox's start chain and the
+    plugin's imports. ``after-restart`` (the default): once the plugin has restarted
+    (or been updated), so that a stable plugin costs no second process; ``always``: from
+    its first run; ``never``."""
     spare_delay: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     backoff: Backoff = attrs.field(factory=lambda: Backoff(0.1, 5.0))
     """The delay between a plugin's restarts when its manifest sets none: exponential

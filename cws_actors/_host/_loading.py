@@ -250,11 +250,14 @@ class _Loading(_Status):
         path = f"{PLUGINS_PATH}/{name}"
         loaded = _Loaded(discovered, launch, PluginCounters(), path)
         if (
-            self.config.warm_spares
+            self.config.warm_spares != "never"
             and launch.metadata.isolation is Isolation.SUBPROCESS
             and self._nursery is not None
         ):
-            loaded.spares = WarmSpares(name, self._nursery, self.config.spare_delay)
+            loaded.spares = WarmSpares(
+                name, self._nursery, self.config.spare_delay,
+                from_run=1 if self.config.warm_spares == "always" else 2,
+            )  # fmt: skip
         period = self.config.probe_period or manifest.probe_period
         try:
             await self.runtime.spawn(

@@ -67,6 +67,10 @@ class WarmSpares:
     """Where spares wait: the host's, so that a spare outlives the run that made it."""
     delay: float = 1.0
     """How long after a run is up its spare is forked."""
+    from_run: int = 1
+    """The first run after which a spare is kept: 1 from the first, 2 once the plugin
+    has restarted (or been updated), so that a stable plugin costs no second process."""
+    _runs: int = 0
     _spare: _Spare | None = None
     _closed: bool = False
 
@@ -85,8 +89,10 @@ class WarmSpares:
     def replenish(
         self, launch: PluginLaunch, server: ForkServer, spec: dict[str, Any], env: dict[str, str]
     ) -> None:
-        """Fork a spare for the next run of ``launch`` (unless one matching waits)."""
-        if self._closed or not server.running:
+        """Fork a spare for the next run of ``launch`` (unless one matching waits);
+        called once each run is up."""
+        self._runs += 1
+        if self._closed or not server.running or self._runs < self.from_run:
             return
         key = spare_key(spec, env)
         current = self._spare

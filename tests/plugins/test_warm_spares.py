@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from cws_actors import PluginHost, PluginRefused
 
@@ -62,7 +63,9 @@ async def test_a_restart_adopts_the_spare_which_initializes_only_then(
     home: Path, sandbox: bool
 ) -> None:
     overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, spare_delay=0.0, sandbox=sandbox, overrides=overrides) as host:
+    async with opened(
+        home, warm_spares="always", spare_delay=0.0, sandbox=sandbox, overrides=overrides
+    ) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -91,7 +94,7 @@ async def test_a_restart_adopts_the_spare_which_initializes_only_then(
 
 async def test_unload_ends_the_spare(home: Path) -> None:
     overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             await wait_until(lambda: spare_ready(host))
@@ -108,7 +111,7 @@ async def test_unload_ends_the_spare(home: Path) -> None:
 
 async def test_an_update_never_adopts_the_old_versions_spare(home: Path) -> None:
     overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             await wait_until(lambda: spare_ready(host))
@@ -142,7 +145,7 @@ async def test_a_spare_that_dies_is_logged_and_the_restart_starts_its_own(
     home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             await wait_until(lambda: spare_ready(host))
@@ -163,9 +166,31 @@ async def test_a_spare_that_dies_is_logged_and_the_restart_starts_its_own(
             assert (await host.execute_cli(["echo", "--text", "z"])).output == "hello z"
 
 
+async def test_by_default_a_plugin_gets_a_spare_once_it_has_restarted(home: Path) -> None:
+    """``after-restart``: a stable plugin costs no second process; one that crashed
+    gets a spare for its next restart."""
+    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
+    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+        with trio.fail_after(TIMEOUT):
+            await host.load("echo")
+            first = plugin_pid(host)
+            await host.execute_cli(["echo", "--text", "x"])  # up and serving
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await host.status("echo")).spare_pid is None
+            assert noted(home, "imports") == [first]  # no spare was forked
+            os.kill(first, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, first))
+            await wait_until(lambda: spare_ready(host))
+            second = plugin_pid(host)
+            spare = (await host.status("echo")).spare_pid
+            os.kill(second, signal.SIGKILL)
+            await wait_until(lambda: restarted(host, second))
+            assert plugin_pid(host) == spare
+
+
 async def test_warm_spares_can_be_turned_off(home: Path) -> None:
     overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, warm_spares=False, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="never", spare_delay=0.0, overrides=overrides) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -186,7 +211,7 @@ async def test_a_spare_still_starting_is_not_waited_for(home: Path) -> None:
     )
     (home / "plugins/echo/echo_plugin.py").write_text(flood)
     overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -229,7 +254,7 @@ async def test_a_spare_imports_the_plugins_preload_ahead_of_time(
     )
     (home / "plugins/echo/echo_plugin.py").write_text(code)
     overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -250,7 +275,7 @@ async def test_a_spare_imports_the_plugins_preload_ahead_of_time(
             "class EchoPlugin(Plugin):\n    preload = ('cws_no_such_module',)\n",
         )
     )
-    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
         with trio.fail_after(TIMEOUT), pytest.raises(PluginRefused, match="could not be imported"):
             await host.load("echo")
     assert any(
