@@ -32,6 +32,10 @@ KILL_WAIT = 1.0
 """How long to wait for a process to go after SIGKILL (the kernel takes milliseconds)."""
 
 
+CGROUP_REMOVAL_DELAY = 0.05
+"""Seconds after a run's end before its cgroup's removal starts."""
+
+
 def remove_cgroup_soon(launch: PluginLaunch, pid: int) -> None:
     """Remove the cgroup of the sandboxed run of ``launch`` whose keeper was ``pid``
     (it has exited): the kernel ends the rest of its PID namespace within moments. From
@@ -55,6 +59,9 @@ def remove_cgroup_soon(launch: PluginLaunch, pid: int) -> None:
             return True
 
     async def remove_later() -> None:
+        # Not at once: the kernel is still ending the run's processes (the first rmdir
+        # would fail), and a restart is starting the next run; the removal can wait.
+        await trio.sleep(CGROUP_REMOVAL_DELAY)
         # rmdir of a cgroup v1 memory controller waits for the kernel (an RCU grace
         # period: milliseconds), so it runs on a worker thread, never the event loop.
         with trio.move_on_after(KILL_WAIT):
