@@ -29,7 +29,10 @@ class _Discovery(_HostBase):
         The user folder wins over the system folder, both over entry points."""
         found: dict[str, DiscoveredPlugin] = {}
         if self.config.entry_points:
-            for plugin in _from_entry_points():
+            # On a worker thread: scanning the installed distributions and importing
+            # the plugins' classes takes a tenth of a second, which the event loop (a
+            # daemon starting to serve) should not wait for.
+            for plugin in await trio.to_thread.run_sync(_from_entry_points):
                 found[plugin.name] = plugin
         for source, folder in (("system", self.config.system_dir), ("user", self.user_dir)):
             for plugin in await trio.to_thread.run_sync(_from_folder, folder, source):
