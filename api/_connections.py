@@ -27,6 +27,18 @@ The workaround here, without patching hypercorn:
   connection idle the longest is closed before the next one is accepted, so a flood of
   idle connections cannot take the descriptors ``accept`` needs.
 
+Request bodies (issue 16, item 3): hypercorn reads a connection as fast as the client
+sends and hands every chunk to the app, whether or not the app will read the body, and
+every chunk costs the event loop a pass through hypercorn, h11 and quart. Two bounds keep
+a client's bulk body from taking the loop from everyone else:
+
+* a body is read from the socket only once the app asks for it (:data:`WANT_BODY`):
+  until then the bytes wait in the kernel, where TCP holds the client back, so a request
+  refused before its body is read (a 401 to an anonymous 99 MiB POST) costs the loop its
+  head and at most one read, not the megabytes the client had sent meanwhile;
+* the bodies the app reads are taken in at most ``[daemon] max_body_rate`` bytes a
+  second, all connections together (:class:`BodyIntake`), a fair share in turn.
+
 It uses hypercorn's ``TCPServer``, ``Lifespan`` and ``WorkerContext`` as 0.18 defines
 them; :func:`check_hypercorn` logs a warning at start on a newer hypercorn, which may have
 fixed the bug (re-run the reproduction in the README) or changed those classes.
@@ -96,11 +108,36 @@ class ConnectionStatistics:
 
 
 @attrs.define(eq=False)
+class _Body:
+    """The body of the request in flight on a connection."""
+
+    declared: bool
+    """The request has one (a ``Content-Length`` above 0, or ``Transfer-Encoding``)."""
+    wanted: bool = False
+    """The app asked for it: it is read as it streams in, within the intake bound."""
+    answered: bool = False
+    """The answer has started: what is left of the body is not the app's any more."""
+
+    @property
+    def held(self) -> bool:
+        """Left in the socket for now: declared, not asked for, not answered."""
+        return self.declared and not self.wanted and not self.answered
+
+
+@attrs.define(eq=False)
 class _Connection:
     stream: trio.SocketStream
     peer: _Peer
     requests: int = 0
     """Requests in flight (an ASGI app call that has not returned)."""
+    body: _Body | None = None
+    """The body of the latest request started on it (None: no request in flight)."""
+    changed: trio.Event = attrs.field(factory=trio.Event)
+    """Set when :attr:`body` changes (or the connection closes), then replaced."""
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
 
 @attrs.define(eq=False)
@@ -144,27 +181,43 @@ class OpenConnections:
             self._warn_full()
             await oldest.stream.aclose()  # hypercorn's reader sees ClosedResourceError
 
-    def opened(self, stream: trio.SocketStream) -> _TrackedStream:
+    def opened(self, stream: trio.SocketStream, intake: BodyIntake | None = None) -> _TrackedStream:
         peer = _peer(stream.socket.getpeername())
         connection = _Connection(stream, peer)
         self._open[peer] = self._idle[peer] = connection
-        return _TrackedStream(stream, functools.partial(self._forget, connection))
+        return _TrackedStream(
+            stream, connection, functools.partial(self._forget, connection), intake
+        )
 
-    def request_started(self, peer: _Peer | None) -> None:
+    def request_started(self, peer: _Peer | None, body: _Body | None = None) -> None:
+        """A request began on ``peer``'s connection; ``body`` is its body's state, which
+        the connection's reads follow (no body given: read as it comes)."""
         connection = self._open.get(_peer(peer)) if peer else None
         if connection is not None:
             connection.requests += 1
             self._idle.pop(connection.peer, None)
+            connection.body = body
+            connection.notify()
 
-    def request_ended(self, peer: _Peer | None) -> None:
+    def body_changed(self, peer: _Peer | None) -> None:
+        """The app wants the body of the request in flight, or has answered it."""
+        connection = self._open.get(_peer(peer)) if peer else None
+        if connection is not None:
+            connection.notify()
+
+    def request_ended(self, peer: _Peer | None, body: _Body | None = None) -> None:
         connection = self._open.get(_peer(peer)) if peer else None
         if connection is not None and connection.requests > 0:
             connection.requests -= 1
+            if connection.body is body:  # not the next request's, started meanwhile
+                connection.body = None
+                connection.notify()
             if connection.requests == 0:
                 self._idle[connection.peer] = connection  # the newest idle one
                 self._changed.set()
 
     def _forget(self, connection: _Connection) -> None:
+        connection.notify()  # a read waiting for its body to be wanted sees the close
         if self._open.get(connection.peer) is connection:
             del self._open[connection.peer]
             self._idle.pop(connection.peer, None)
@@ -180,8 +233,15 @@ class OpenConnections:
             )  # fmt: skip
 
 
+WANT_BODY = "cws.want_body"
+"""The scope key of the callable that says the app reads the request's body
+(:class:`ConnectionGuard` sets it, ``api._http._bodies.BoundedBody`` calls it): until
+then a declared body is left in the socket."""
+HEAD_READ = 64 * 1024
+"""Bytes a read takes when no body is being read (hypercorn's own figure): a request's
+head, a small body that came with it, the end of a connection."""
 BULK_READ = 1024 * 1024
-"""Bytes a connection's read may take at once (hypercorn asks for 64 KiB)."""
+"""Bytes a connection's read may take at once while the app reads a body."""
 BULK_SIZE = 8 * 1024
 """A read at least this large means a body is streaming in: the next read waits
 :data:`BULK_PAUSE` first, so that the bytes gather and are taken in one read."""
@@ -199,14 +259,75 @@ def _peer(address: Any) -> _Peer:
     return tuple(address[:2])
 
 
+@attrs.define(eq=False)
+class BodyIntake:
+    """How many bytes of request bodies the daemon reads a second, all connections
+    together (``[daemon] max_body_rate``): a token bucket of ``rate`` bytes a second that
+    holds at most ``burst``, taken in turn (a ``trio.Lock`` is first come, first
+    served), each turn at least ``least`` bytes (or what the read asks, if smaller).
+
+    A body read this way costs the event loop at most a bounded share of its time,
+    whoever sends it and however many connections send at once; the bytes not yet taken
+    wait in the sockets, and TCP holds the clients back."""
+
+    rate: float
+    burst: int = BULK_READ
+    least: int = 64 * 1024
+    _tokens: float = attrs.field(init=False, default=0.0)
+    _at: float | None = attrs.field(init=False, default=None)
+    _lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
+    taken: int = attrs.field(init=False, default=0)
+    """Bytes read under this bound so far."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.rate > 0:
+            raise ValueError(f"rate must be > 0, got {self.rate}")
+        self.least = min(self.least, self.burst)
+
+    async def take(self, most: int) -> int:
+        """Wait for this connection's turn and for ``least`` bytes (or ``most``, if
+        fewer) to be available; take and return up to ``most`` of them."""
+        async with self._lock:
+            need = min(self.least, most)
+            short = need - self._refill()
+            if short > 0:
+                await trio.sleep(short / self.rate)
+                self._refill()
+            granted = max(need, min(int(self._tokens), most))  # need: whatever the rounding
+            self._tokens -= granted
+            return granted
+
+    def give_back(self, unused: int) -> None:
+        """What a read was granted and did not get (the socket had less)."""
+        self._tokens = min(self.burst, self._tokens + unused)
+
+    def _refill(self) -> float:
+        now = trio.current_time()
+        if self._at is None:
+            self._tokens = self.burst
+        else:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return self._tokens
+
+
 class _TrackedStream(trio.abc.HalfCloseableStream):
-    """A plain TCP stream that leaves :class:`OpenConnections` when it is closed.
+    """A plain TCP stream that leaves :class:`OpenConnections` when it is closed, and
+    reads a request's body only once the app wants it, within ``intake``.
     (No ``do_handshake``: hypercorn takes an AttributeError there to mean "not TLS".)"""
 
-    def __init__(self, stream: trio.SocketStream, forget: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        connection: _Connection,
+        forget: Callable[[], None],
+        intake: BodyIntake | None = None,
+    ) -> None:
         self.transport_stream = stream
         self.socket = stream.socket
+        self._connection = connection
         self._forget = forget
+        self._intake = intake
         self._bulk = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -219,12 +340,38 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
         await self.transport_stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        connection = self._connection
+        while connection.body is not None and connection.body.held and not self._closed:
+            await connection.changed.wait()  # the app wants the body, answers, or ends
+        body = connection.body
+        if body is None or not body.wanted or self._closed:
+            self._bulk = False
+            return await self.transport_stream.receive_some(max_bytes or HEAD_READ)
         if self._bulk:
             # A body is streaming in: let it gather, then take it in one read.
             await trio.sleep(BULK_PAUSE)
-        data = await self.transport_stream.receive_some(BULK_READ)
+        if self._intake is None:
+            data = await self.transport_stream.receive_some(BULK_READ)
+        else:
+            # Tokens are taken once there is something to read, so that a connection
+            # waiting for its client holds none of them. (A socket closed meanwhile:
+            # the read below says so, as hypercorn expects.)
+            if not self._closed:
+                await trio.lowlevel.wait_readable(self.socket)
+            granted = await self._intake.take(BULK_READ)
+            try:
+                data = await self.transport_stream.receive_some(granted)
+            except BaseException:
+                self._intake.give_back(granted)
+                raise
+            self._intake.give_back(granted - len(data))
+            self._intake.taken += len(data)
         self._bulk = len(data) >= BULK_SIZE
         return data
+
+    @property
+    def _closed(self) -> bool:
+        return self.socket.fileno() < 0
 
     async def aclose(self) -> None:
         self._forget()
@@ -235,12 +382,13 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
 class _CappedListener(trio.abc.Listener[_TrackedStream]):
     listener: trio.SocketListener
     connections: OpenConnections
+    intake: BodyIntake | None = None
 
     async def accept(self) -> _TrackedStream:
         if self.connections.full:
             await trio.lowlevel.wait_readable(self.listener.socket)  # someone knocks: then
             await self.connections.make_room()
-        return self.connections.opened(await self.listener.accept())
+        return self.connections.opened(await self.listener.accept(), self.intake)
 
     async def aclose(self) -> None:
         await self.listener.aclose()
@@ -249,7 +397,9 @@ class _CappedListener(trio.abc.Listener[_TrackedStream]):
 @attrs.define(eq=False)
 class ConnectionGuard:
     """ASGI middleware: the app's ``send`` runs shielded from the app's own cancellation
-    (the upstream bug above), and each HTTP request marks its connection busy."""
+    (the upstream bug above), each HTTP request marks its connection busy, and a
+    request's body stays in the socket until the app calls ``scope[WANT_BODY]()`` or
+    starts its answer."""
 
     app: _ASGI
     connections: OpenConnections
@@ -258,16 +408,38 @@ class ConnectionGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        body = _Body(declared=_declares_body(scope["headers"]))
+        connection = self.connections
+
+        def want_body() -> None:
+            if not body.wanted:
+                body.wanted = True
+                connection.body_changed(scope.get("client"))
 
         async def shielded_send(message: dict[str, Any]) -> None:
+            if not body.answered and message["type"] == "http.response.start":
+                body.answered = True
+                connection.body_changed(scope.get("client"))
             with trio.CancelScope(shield=True):
                 await send(message)
 
-        self.connections.request_started(scope.get("client"))
+        scope[WANT_BODY] = want_body
+        connection.request_started(scope.get("client"), body)
         try:
             await self.app(scope, receive, shielded_send)
         finally:
-            self.connections.request_ended(scope.get("client"))
+            connection.request_ended(scope.get("client"), body)
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request's headers announce a body (RFC 9112, 6.3)."""
+    for name, value in headers:
+        name = name.lower()
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length":
+            return value.strip() != b"0"
+    return False
 
 
 async def serve_http(
@@ -276,11 +448,13 @@ async def serve_http(
     sock: socket.socket,
     connections: OpenConnections,
     *,
+    intake: BodyIntake | None = None,
     shutdown_trigger: Callable[[], Awaitable[Any]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the bound TCP socket ``sock`` until ``shutdown_trigger`` returns,
-    then let requests in flight finish within ``config.graceful_timeout``.
+    then let requests in flight finish within ``config.graceful_timeout``; the bodies
+    the app reads are taken in within ``intake`` (None: as fast as they come).
 
     hypercorn's ``worker_serve`` (0.18) for one plain-HTTP socket, with the app behind
     :class:`ConnectionGuard` and the listener behind ``connections``. ``sock`` is closed
@@ -299,7 +473,7 @@ async def serve_http(
         async with trio.open_nursery() as server_nursery:
             sock.listen(config.backlog)
             listener = _CappedListener(
-                trio.SocketListener(trio.socket.from_stdlib_socket(sock)), connections
+                trio.SocketListener(trio.socket.from_stdlib_socket(sock)), connections, intake
             )
             url = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
             await config.log.info(f"Running on {url}")
