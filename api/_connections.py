@@ -46,12 +46,16 @@ fixed the bug (re-run the reproduction in the README) or changed those classes.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import importlib.metadata
 import logging
 import math
 import resource
 import socket
+import sys
+import termios
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -105,6 +109,8 @@ class ConnectionStatistics:
     limit: int
     evicted: int
     """Idle connections closed so far to make room for new ones."""
+    received: int = 0
+    """Bytes read from clients so far (heads and bodies)."""
 
 
 @attrs.define(eq=False)
@@ -114,14 +120,14 @@ class _Body:
     declared: bool
     """The request has one (a ``Content-Length`` above 0, or ``Transfer-Encoding``)."""
     wanted: bool = False
-    """The app asked for it: it is read as it streams in, within the intake bound."""
-    answered: bool = False
-    """The answer has started: what is left of the body is not the app's any more."""
+    """The app asked for it: it is read as it streams in, within the intake bound.
+    Until then it stays in the socket, also once the app has answered without it: the
+    connection is closed after that answer (hypercorn does not read past a body)."""
 
     @property
     def held(self) -> bool:
-        """Left in the socket for now: declared, not asked for, not answered."""
-        return self.declared and not self.wanted and not self.answered
+        """Left in the socket for now: declared, not asked for."""
+        return self.declared and not self.wanted
 
 
 @attrs.define(eq=False)
@@ -155,6 +161,8 @@ class OpenConnections:
     _idle: dict[_Peer, _Connection] = attrs.field(factory=dict, init=False)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False)
     _evicted: int = attrs.field(default=0, init=False)
+    received: int = attrs.field(default=0, init=False)
+    """Bytes read from clients so far, every connection together."""
     _warned_at: float = attrs.field(default=-math.inf, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -162,7 +170,9 @@ class OpenConnections:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
     def statistics(self) -> ConnectionStatistics:
-        return ConnectionStatistics(len(self._open), len(self._idle), self.limit, self._evicted)
+        return ConnectionStatistics(
+            len(self._open), len(self._idle), self.limit, self._evicted, self.received
+        )
 
     @property
     def full(self) -> bool:
@@ -186,7 +196,7 @@ class OpenConnections:
         connection = _Connection(stream, peer)
         self._open[peer] = self._idle[peer] = connection
         return _TrackedStream(
-            stream, connection, functools.partial(self._forget, connection), intake
+            stream, connection, functools.partial(self._forget, connection), intake, self
         )
 
     def request_started(self, peer: _Peer | None, body: _Body | None = None) -> None:
@@ -199,8 +209,8 @@ class OpenConnections:
             connection.body = body
             connection.notify()
 
-    def body_changed(self, peer: _Peer | None) -> None:
-        """The app wants the body of the request in flight, or has answered it."""
+    def body_wanted(self, peer: _Peer | None) -> None:
+        """The app reads the body of the request in flight on ``peer``'s connection."""
         connection = self._open.get(_peer(peer)) if peer else None
         if connection is not None:
             connection.notify()
@@ -246,12 +256,22 @@ BULK_SIZE = 8 * 1024
 """A read at least this large means a body is streaming in: the next read waits
 :data:`BULK_PAUSE` first, so that the bytes gather and are taken in one read."""
 BULK_PAUSE = 0.002
-"""Seconds a streaming connection waits before each read. While a client streams a big
-body as fast as it can (issue 16, item 3), every chunk read costs the event loop a pass
-through hypercorn, h11 and quart, and every other request waits behind those passes:
-reading what gathered every 2 ms takes the same bytes in far fewer passes (about 20 KiB
-a read became 200 KiB here), and holds one connection's stream to what its socket
-buffer gathers in that time (about 100 MiB/s on loopback here)."""
+"""Seconds a streaming connection waits before each read when bodies are read without
+a bound (``max_body_rate = 0``; with one, :class:`BodyIntake`'s turns pace the reads).
+Every chunk read costs the event loop a pass through hypercorn, h11 and quart, and every
+other request waits behind those passes: reading what gathered every 2 ms takes the
+same bytes in far fewer passes (about 20 KiB a read became 200 KiB here)."""
+TURN = 512 * 1024
+"""Bytes a connection reading a body takes in one turn of :class:`BodyIntake` (when that
+many wait in its socket): at 64 MiB/s, one connection's turn comes every 8 ms. What a
+read costs the event loop is mostly per read, a pass through hypercorn, h11 and quart
+(a 100 MiB upload at 64 MiB/s took about 17% of the loop's core in 64 KiB turns, 8-12%
+in 512 KiB turns); per byte it is a few copies."""
+BODY_BUFFER = 2 * 1024 * 1024
+"""The socket receive buffer (``SO_RCVBUF``, which Linux doubles) of a connection whose
+body is read under :class:`BodyIntake`: room for a few turns, so that a turn finds its
+bytes waiting (the kernel's own tuning sizes the buffer to how fast the connection was
+read, which the bound holds back: reads 8 ms apart got 30 MiB/s, not 64)."""
 
 
 def _peer(address: Any) -> _Peer:
@@ -263,16 +283,17 @@ def _peer(address: Any) -> _Peer:
 class BodyIntake:
     """How many bytes of request bodies the daemon reads a second, all connections
     together (``[daemon] max_body_rate``): a token bucket of ``rate`` bytes a second that
-    holds at most ``burst``, taken in turn (a ``trio.Lock`` is first come, first
-    served), each turn at least ``least`` bytes (or what the read asks, if smaller).
+    holds at most ``burst``, taken in turns (a ``trio.Lock`` is first come, first
+    served: with N connections reading, each gets about 1/N), a turn waiting until
+    ``turn`` bytes are there (or fewer, if fewer are waiting in the socket).
 
-    A body read this way costs the event loop at most a bounded share of its time,
-    whoever sends it and however many connections send at once; the bytes not yet taken
-    wait in the sockets, and TCP holds the clients back."""
+    A body read this way costs the event loop a bounded share of its time, whoever sends
+    it and however many connections send at once; the bytes not yet taken wait in the
+    sockets, and TCP holds the clients back."""
 
     rate: float
+    turn: int = TURN
     burst: int = BULK_READ
-    least: int = 64 * 1024
     _tokens: float = attrs.field(init=False, default=0.0)
     _at: float | None = attrs.field(init=False, default=None)
     _lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
@@ -282,13 +303,15 @@ class BodyIntake:
     def __attrs_post_init__(self) -> None:
         if not self.rate > 0:
             raise ValueError(f"rate must be > 0, got {self.rate}")
-        self.least = min(self.least, self.burst)
+        if not 0 < self.turn <= self.burst:
+            raise ValueError(f"turn must be in 1..burst ({self.burst}), got {self.turn}")
 
-    async def take(self, most: int) -> int:
-        """Wait for this connection's turn and for ``least`` bytes (or ``most``, if
-        fewer) to be available; take and return up to ``most`` of them."""
+    async def take(self, waiting: int, most: int = BULK_READ) -> int:
+        """Wait for this connection's turn and for ``turn`` bytes (``waiting``, the
+        bytes in its socket, if fewer); take and return up to ``most`` of them (at
+        least 1)."""
         async with self._lock:
-            need = min(self.least, most)
+            need = max(1, min(self.turn, waiting, most))
             short = need - self._refill()
             if short > 0:
                 await trio.sleep(short / self.rate)
@@ -311,6 +334,15 @@ class BodyIntake:
         return self._tokens
 
 
+def _waiting(sock: Any) -> int:
+    """Bytes waiting in a TCP socket's receive queue (0 if it cannot say)."""
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(answer, sys.byteorder)
+
+
 class _TrackedStream(trio.abc.HalfCloseableStream):
     """A plain TCP stream that leaves :class:`OpenConnections` when it is closed, and
     reads a request's body only once the app wants it, within ``intake``.
@@ -322,6 +354,7 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
         connection: _Connection,
         forget: Callable[[], None],
         intake: BodyIntake | None = None,
+        counter: OpenConnections | None = None,
     ) -> None:
         self.transport_stream = stream
         self.socket = stream.socket
@@ -329,6 +362,8 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
         self._forget = forget
         self._intake = intake
         self._bulk = False
+        self._sized = False
+        self._counter = counter
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport_stream.send_all(data)
@@ -340,33 +375,49 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
         await self.transport_stream.send_eof()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._receive()
+        if self._counter is not None:
+            self._counter.received += len(data)
+        return data
+
+    async def _receive(self) -> bytes | bytearray:
         connection = self._connection
         while connection.body is not None and connection.body.held and not self._closed:
-            await connection.changed.wait()  # the app wants the body, answers, or ends
+            await connection.changed.wait()  # the app wants the body, or the request ends
         body = connection.body
         if body is None or not body.wanted or self._closed:
             self._bulk = False
-            return await self.transport_stream.receive_some(max_bytes or HEAD_READ)
-        if self._bulk:
-            # A body is streaming in: let it gather, then take it in one read.
-            await trio.sleep(BULK_PAUSE)
+            return await self.transport_stream.receive_some(HEAD_READ)
         if self._intake is None:
+            if self._bulk:
+                # A body is streaming in: let it gather, then take it in one read.
+                await trio.sleep(BULK_PAUSE)
             data = await self.transport_stream.receive_some(BULK_READ)
-        else:
-            # Tokens are taken once there is something to read, so that a connection
-            # waiting for its client holds none of them. (A socket closed meanwhile:
-            # the read below says so, as hypercorn expects.)
-            if not self._closed:
-                await trio.lowlevel.wait_readable(self.socket)
-            granted = await self._intake.take(BULK_READ)
-            try:
-                data = await self.transport_stream.receive_some(granted)
-            except BaseException:
-                self._intake.give_back(granted)
-                raise
-            self._intake.give_back(granted - len(data))
-            self._intake.taken += len(data)
-        self._bulk = len(data) >= BULK_SIZE
+            self._bulk = len(data) >= BULK_SIZE
+            return data
+        return await self._receive_within(self._intake)
+
+    async def _receive_within(self, intake: BodyIntake) -> bytes | bytearray:
+        """A body's next bytes, in this connection's turn of ``intake``."""
+        if not self._sized:
+            self._sized = True
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, BODY_BUFFER)
+        # A turn is taken once there is something to read, so that a connection waiting
+        # for its client holds no tokens. (A socket closed meanwhile: the read below
+        # raises ClosedResourceError, which hypercorn expects.)
+        waiting = _waiting(self.socket) if not self._closed else 1
+        if not waiting:
+            await trio.lowlevel.wait_readable(self.socket)
+            waiting = _waiting(self.socket) if not self._closed else 1
+        granted = await intake.take(waiting)
+        try:
+            data = await self.transport_stream.receive_some(granted)
+        except BaseException:
+            intake.give_back(granted)
+            raise
+        intake.give_back(granted - len(data))
+        intake.taken += len(data)
         return data
 
     @property
@@ -398,8 +449,7 @@ class _CappedListener(trio.abc.Listener[_TrackedStream]):
 class ConnectionGuard:
     """ASGI middleware: the app's ``send`` runs shielded from the app's own cancellation
     (the upstream bug above), each HTTP request marks its connection busy, and a
-    request's body stays in the socket until the app calls ``scope[WANT_BODY]()`` or
-    starts its answer."""
+    request's body stays in the socket until the app calls ``scope[WANT_BODY]()``."""
 
     app: _ASGI
     connections: OpenConnections
@@ -409,26 +459,23 @@ class ConnectionGuard:
             await self.app(scope, receive, send)
             return
         body = _Body(declared=_declares_body(scope["headers"]))
-        connection = self.connections
+        connections = self.connections
 
         def want_body() -> None:
             if not body.wanted:
                 body.wanted = True
-                connection.body_changed(scope.get("client"))
+                connections.body_wanted(scope.get("client"))
 
         async def shielded_send(message: dict[str, Any]) -> None:
-            if not body.answered and message["type"] == "http.response.start":
-                body.answered = True
-                connection.body_changed(scope.get("client"))
             with trio.CancelScope(shield=True):
                 await send(message)
 
         scope[WANT_BODY] = want_body
-        connection.request_started(scope.get("client"), body)
+        connections.request_started(scope.get("client"), body)
         try:
             await self.app(scope, receive, shielded_send)
         finally:
-            connection.request_ended(scope.get("client"), body)
+            connections.request_ended(scope.get("client"), body)
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
