@@ -182,6 +182,12 @@ class DaemonConfig:
     max_upload_bytes: int = _setting(
         "daemon", 100 * 1024 * 1024, rule=lambda v: v >= 1, expected=">= 1"
     )
+    max_body_rate: int = _setting(
+        "daemon", 64 * 1024 * 1024, rule=lambda v: v >= 0, expected=">= 0 (0: no bound)"
+    )
+    """Bytes of request bodies read a second, all connections together (a fair share in
+    turn): a bulk body takes at most a bounded share of the event loop. 64 MiB/s: a 100
+    MiB upload takes about 1.6 s. 0: as fast as clients send."""
     open_health: bool = _setting("daemon", True)
     loopback_is_one_source: bool = _setting(
         "daemon", True, validator=attrs.validators.instance_of(bool)

@@ -35,7 +35,7 @@ from ._config import FOR_HOST, DaemonConfig, load_config
 from ._metrics import Metrics
 
 if TYPE_CHECKING:
-    from ._connections import OpenConnections
+    from ._connections import BodyIntake, OpenConnections
 
 log = logging.getLogger("cws.daemon")
 
@@ -59,6 +59,8 @@ class Daemon:
     reloads: int = 0
     connections: OpenConnections | None = None
     """The HTTP connections being served (``statistics()``), once serving."""
+    body_intake: BodyIntake | None = None
+    """The bound on request bodies read a second (``[daemon] max_body_rate``)."""
     background: trio.Nursery | None = None
     """Where long requests (chaos runs) go on after their request has been answered."""
     chaos_runs: dict[str, Any] = attrs.field(factory=dict)

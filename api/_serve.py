@@ -28,7 +28,7 @@ from hypercorn.config import Config as HypercornConfig
 from cws_actors import not_dumpable
 
 from ._config import DaemonConfig
-from ._connections import OpenConnections, default_max_connections, serve_http
+from ._connections import BodyIntake, OpenConnections, default_max_connections, serve_http
 from ._daemon import Daemon, open_daemon, poll_providers
 from ._home_lock import hold_home
 from ._http import create_app
@@ -113,9 +113,11 @@ async def _serve(
             await nursery.start(_signals, daemon, stop)  # handlers in place before serving
             connections = OpenConnections(config.max_connections or default_max_connections())
             daemon.connections = connections
+            intake = BodyIntake(config.max_body_rate) if config.max_body_rate else None
+            daemon.body_intake = intake
             binds: list[str] = await nursery.start(
                 functools.partial(serve_http, app, hyper, listener, connections,
-                                  shutdown_trigger=stop.wait)
+                                  intake=intake, shutdown_trigger=stop.wait)
             )  # fmt: skip
             url = binds[0].replace("0.0.0.0", "127.0.0.1")
             daemon.serving(url)

@@ -22,7 +22,8 @@ requests got and the daemon's RSS (``/proc/PID/status``) before and after.
     by its body and a second request.
 
 Run: ``python -m benchmarks --only attacks [--quick]``, or alone:
-``python -m benchmarks.bench_attacks [--quick] [--json]``.
+``python -m benchmarks.bench_attacks [--quick] [--json] [--only bodies,...]
+[--idle-seconds N] [--attack-seconds N] [--upload-mib N]``.
 """
 
 from __future__ import annotations
@@ -718,7 +719,9 @@ def run_attack(daemon: Daemon, admin: str, params: dict[str, Any],
 
 def main(idle_seconds: float = 10.0, attack_seconds: float = 10.0, upload_mib: int = 1000,
          upload_rounds: int = 3, connections: int = 1000,
-         probe_timeout: float = 5.0) -> dict[str, Any]:  # fmt: skip
+         probe_timeout: float = 5.0,
+         only: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every attack of :data:`ATTACKS` (or those named in ``only``) against one daemon."""
     params = dict(idle_seconds=idle_seconds, attack_seconds=attack_seconds,
                   upload_mib=upload_mib, upload_rounds=upload_rounds, connections=connections,
                   probe_timeout=probe_timeout)  # fmt: skip
@@ -734,13 +737,13 @@ def main(idle_seconds: float = 10.0, attack_seconds: float = 10.0, upload_mib: i
     if split:  # the attacker: this process, until the attacks end
         os.sched_setaffinity(0, ATTACKER_CPUS)
     try:
-        return _attacks(params, figures)
+        return _attacks(params, figures, only or list(ATTACKS))
     finally:
         if split:
             os.sched_setaffinity(0, original)
 
 
-def _attacks(params: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
+def _attacks(params: dict[str, Any], figures: dict[str, Any], only: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cws-bench-attacks-") as folder:
         home = Path(folder) / "home"
         write_inbox(home / "plugins")
@@ -750,6 +753,8 @@ def _attacks(params: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
             figures["memory_at_start"] = memory(daemon.process.pid)
             figures["descriptors_at_start"] = descriptors(daemon.process.pid)
             for name, (_item, attack_function) in ATTACKS.items():
+                if name not in only:
+                    continue
                 print(f"  attack {name}...", file=sys.stderr, flush=True)
                 figures[name] = run_attack(daemon, admin, params, attack_function)
         finally:
@@ -765,7 +770,23 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--only", type=lambda text: text.split(","), metavar="NAME[,NAME]",
+        help=f"run only these attacks: {', '.join(ATTACKS)} (a JSON report: --json)",
+    )  # fmt: skip
+    for name in ("idle_seconds", "attack_seconds", "upload_mib"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, metavar="N",
+                            help="instead of the suite's figure")  # fmt: skip
     arguments = parser.parse_args()
+    if arguments.only and not set(arguments.only) <= ATTACKS.keys():
+        parser.error(f"--only: expected names from {', '.join(ATTACKS)}")
     suite = SUITES["attacks"]
-    figures = main(**(suite.quick if arguments.quick else suite.full))
-    print(json.dumps(figures, indent=2) if arguments.json else text_table(attacks_rows(figures)))
+    params = dict(suite.quick if arguments.quick else suite.full)
+    for name in ("idle_seconds", "attack_seconds", "upload_mib"):
+        if (value := getattr(arguments, name)) is not None:
+            params[name] = int(value) if name == "upload_mib" else value
+    figures = main(**params, only=arguments.only)
+    if arguments.json or arguments.only:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(text_table(attacks_rows(figures)))

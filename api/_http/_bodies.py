@@ -20,6 +20,7 @@ import math
 import re
 import shutil
 import tempfile
+from collections.abc import Callable, Generator
 from os import PathLike
 from pathlib import Path
 from tempfile import SpooledTemporaryFile
@@ -42,6 +43,8 @@ from werkzeug.sansio.multipart import (
     NeedData,
     State,
 )
+
+from .._connections import WANT_BODY
 
 MAX_JSON_DEPTH = 64
 """How deep arrays and objects may nest in a JSON body."""
@@ -70,6 +73,17 @@ class BoundedBody(TrioBody):
     limit: int | None = None
     received: int = 0
     _declared: int | None = None
+    _want: Callable[[], None] | None = None
+    """Tells the connection that the app reads this body (until then it stays in the
+    socket: ``api._connections``)."""
+
+    def wanted_by(self, want: Callable[[], None] | None) -> None:
+        self._want = want
+
+    def _wanted(self) -> None:
+        if self._want is not None:
+            self._want()
+            self._want = None
 
     def hold_to(self, limit: int, declared: int | None) -> None:
         """Hold the body to ``limit`` bytes; ``declared`` is its ``Content-Length``.
@@ -97,7 +111,12 @@ class BoundedBody(TrioBody):
             return
         super().append(data)
 
+    def __await__(self) -> Generator[Any, None, Any]:
+        self._wanted()
+        return super().__await__()
+
     async def __anext__(self) -> bytes:
+        self._wanted()
         # Quart's iterator ends (StopAsyncIteration) when the body is completed while it
         # waits, which is also how a refusal completes it: the multipart parser would
         # then see a truncated form instead of the refusal.
@@ -138,6 +157,8 @@ class BoundedRequest(TrioRequest):
         body = self.body
         assert isinstance(body, BoundedBody)  # the body_class above
         body.hold_to(limit, self.content_length)
+        want = self.scope.get(WANT_BODY)  # set by api._connections.ConnectionGuard
+        body.wanted_by(want if callable(want) else None)
         self._spooled = []
 
     async def _load_form_data(self) -> None:

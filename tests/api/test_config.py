@@ -105,7 +105,8 @@ def test_check_lists_every_problem_with_its_line_in_the_files_order(tmp_path: Pa
         f'{path}:5: daemon.log_level must be one of DEBUG, INFO, WARNING, ERROR, got "LOUD"',
         f"{path}:6: unknown key daemon.note; expected one of access_log, allowed_hosts, home,"
         " host, instance_poll_interval, keep_alive_seconds, log_format, log_level,"
-        " loopback_is_one_source, max_body_bytes, max_connections, max_upload_bytes,"
+        " loopback_is_one_source, max_body_bytes, max_body_rate, max_connections,"
+        " max_upload_bytes,"
         " open_health, open_reads, port, shutdown_grace",
         f"{path}:10: plugins.max_restarts must be >= 1, got 0",
         f"{path}:11: unknown key plugins.host; did you mean daemon.host?",
