@@ -179,8 +179,11 @@ class HostConfig:
     probe_period: float | None = None
     ready_timeout: float = 30.0
     start_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
-    """How long a plugin's start (its handshake, ``initialize`` and ``start``; and
-    reading a subprocess plugin's capabilities) may take before it fails as a crash."""
+    """How long a plugin's start (its handshake, ``initialize`` and ``start``) may take
+    before it fails as a crash."""
+    describe_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    """How long reading a folder plugin's capabilities (importing it in a process of its
+    own, at load, install and update) may take before it is refused."""
     fork_server: bool = True
     """Fork subprocess plugins from a process that has Python and Trio imported already
     (a restart in milliseconds); False starts a fresh interpreter for each run."""

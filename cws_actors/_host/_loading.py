@@ -120,7 +120,7 @@ class _Loading(_Status):
             finally:
                 self._loading.discard(name)
 
-        # Side by side: a plugin whose import is slow (or hangs until start_timeout) does
+        # Side by side: a plugin whose import is slow (or hangs until describe_timeout) does
         # not hold up the others; only their checks take the host lock, one at a time.
         try:
             async with trio.open_nursery() as nursery:
@@ -412,7 +412,7 @@ class _Loading(_Status):
                         metadata, folder, None, self.config.home, self.protected_ports
                     )
                 env = allowed_environment(metadata.name, allowlist)
-                capabilities = await describe(spec, env, timeout=self.config.start_timeout)
+                capabilities = await describe(spec, env, timeout=self.config.describe_timeout)
         except DescribeFailed as exc:
             raise PluginRefused(discovered.name, f"its code is broken: {exc}") from exc
         problem = capabilities.group_problem(metadata.concurrency)

@@ -301,7 +301,7 @@ class _Management(_Loading):
                     signature=signature,
                     effective=self._effective,
                     admit=admit,
-                    describe_timeout=self.config.start_timeout,
+                    describe_timeout=self.config.describe_timeout,
                 )
             )
         except InstallRefused as exc:
