@@ -189,6 +189,20 @@ async def ask_figures(runtime: Runtime, asks: int) -> dict[str, float]:
     }
 
 
+def plugin_process(keeper: int) -> int:
+    """The runner of a sandboxed plugin whose keeper is ``keeper`` (keeper, init, runner:
+    the init's first child)."""
+    process = keeper
+    for _ in range(2):
+        children = [
+            int(child)
+            for task in os.listdir(f"/proc/{process}/task")
+            for child in Path(f"/proc/{process}/task/{task}/children").read_text().split()
+        ]
+        process = min(children)
+    return process
+
+
 async def plugin_figures(
     home: Path,
     crashes: int,
@@ -198,6 +212,7 @@ async def plugin_figures(
     sandbox: bool = True,
     cgroups: bool = True,
     spares: bool = True,
+    kill_runner: bool = False,
 ) -> dict[str, Any]:
     # Crash to ready is the machinery's cost: no backoff, and a budget that fits every
     # crash (the daemon's defaults would back off, then quarantine a crash loop).
@@ -227,8 +242,13 @@ async def plugin_figures(
                 await trio.sleep(0.0005)
             old = counters.pid
             assert old is not None
+            # SIGKILL of the process the daemon tracks (what `cws faults` injects): with
+            # the sandbox on, its keeper. kill_runner: the plugin's own process dies
+            # instead (the runner, below the keeper and its init), as when its code
+            # crashes; the keeper then passes its end on.
+            victim = plugin_process(old) if sandbox and kill_runner else old
             killed = time.perf_counter()
-            os.kill(old, signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
             while True:
                 status = runtime.actors().find("/plugins/echo")
                 if counters.pid != old and status.ready and status.state == "running":

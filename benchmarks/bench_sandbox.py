@@ -35,8 +35,10 @@ async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
     # Sandbox off, on, and on without the run's cgroup (what the cgroup itself costs),
     # each restart adopting the warm spare (the daemon's default); then off and on with
     # no spare (a crash within a second of the last start finds none: the cold start).
+    # on_runner: the plugin's own process (the runner) dies instead of its keeper.
     variants = {
         "off": (False, False, True), "on": (True, True, True), "on_nocg": (True, False, True),
+        "on_runner": (True, True, True),
         "cold_off": (False, False, False), "cold_on": (True, True, False),
     }  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
@@ -55,6 +57,7 @@ async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
                 figures = await bench_plugins.plugin_figures(
                     home, crashes, asks if name in ("on", "off") else 0, fork_server=True,
                     sandbox=sandbox, cgroups=cgroups, spares=spares,
+                    kill_runner=name == "on_runner",
                 )  # fmt: skip
                 runs[name].append(figures)
 
@@ -124,6 +127,12 @@ def report(result: dict[str, Any]) -> str:
             result["cold_on_crash_to_ready_p99_ms"], result["cold_off_crash_to_ready_p99_ms"],
             result["cold_on_crash_to_ready_p99_ms"] / result["cold_off_crash_to_ready_p99_ms"],
             result["cold_on_crash_to_ready_p50_ms"], result["cold_off_crash_to_ready_p50_ms"],
+        ),
+        "crash to ready p99 when the runner dies (not its keeper): {:.1f} ms ({:.2f}x off);"
+        " p50 {:.1f} ms".format(
+            result["on_runner_crash_to_ready_p99_ms"],
+            result["on_runner_crash_to_ready_p99_ms"] / off,
+            result["on_runner_crash_to_ready_p50_ms"],
         ),
         "gcp plugin crash to ready p50: warm spare {:.1f} ms, cold {:.1f} ms".format(
             result["gcp_spare_crash_to_ready_p50_ms"], result["gcp_cold_crash_to_ready_p50_ms"]

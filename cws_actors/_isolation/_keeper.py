@@ -254,23 +254,39 @@ class _Keeper:
         listener = self._listener(sock)
         poller = select.poll()
         poller.register(runner_fd, select.POLLIN)
+        # The init writes how the runner ended as soon as it reaps it: the keeper ends
+        # then, without waiting for the init's own exit (a restart waits for this one).
+        poller.register(self.status, select.POLLIN)
         if listener is not None:
             poller.register(listener, select.POLLIN)
         # With cpu_seconds, the group's total is looked at every CPU_CHECK seconds.
         period = int(CPU_CHECK * 1000) if self.cpu_seconds else None
         while True:
-            ready = {fd for fd, _ in poller.poll(period)}
-            if runner_fd in ready:
+            events = dict(poller.poll(period))
+            if runner_fd in events or self.status in events:
                 break
-            if listener is not None and listener in ready and not self._answer(listener):
+            # POLLHUP: no process uses the filter any more (the runner and its children
+            # are gone); polled again, it would wake this loop at once, for ever, while
+            # the init reaps the runner.
+            if (
+                listener is not None
+                and listener in events
+                and (events[listener] & select.POLLHUP or not self._answer(listener))
+            ):
                 poller.unregister(listener)
+                os.close(listener)
                 listener = None
             if self.cpu_seconds:
                 self._check_cpu()
         told = os.read(self.status, 64)
-        _, status = os.waitpid(self.runner, 0)
         if told:
             status = int(told)  # how the runner ended, which its init saw
+            # The init exits next (and the kernel ends what is left in the namespace);
+            # reaped if it has, else it dies with this process (its death signal).
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.runner, os.WNOHANG)
+        else:
+            _, status = os.waitpid(self.runner, 0)  # the init died without a word
         sys.stderr.flush()
         code = os.waitstatus_to_exitcode(status)
         if code < 0:
