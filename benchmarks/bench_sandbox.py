@@ -55,7 +55,10 @@ async def main(crashes: int, asks: int, rounds: int = 2) -> dict[str, Any]:
         for _ in range(rounds):
             for name, (sandbox, cgroups, spares) in variants.items():
                 figures = await bench_plugins.plugin_figures(
-                    home, crashes, asks if name in ("on", "off") else 0, fork_server=True,
+                    # Every warm variant runs the same asks first (and has echo10
+                    # loaded), so that their crashes meet the same daemon.
+                    home, crashes, asks if not name.startswith("cold") else 0,
+                    fork_server=True,
                     sandbox=sandbox, cgroups=cgroups, spares=spares,
                     kill_runner=name == "on_runner",
                 )  # fmt: skip
