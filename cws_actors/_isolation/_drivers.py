@@ -32,7 +32,7 @@ from .._plugins._model import (
 )
 from ._cgroup import usage as cgroup_usage
 from ._forkserver import ForkedProcess, ForkServer, ForkServerGone
-from ._keeper import folder_size
+from ._keeper import cpu_times, folder_size, process_tree
 from ._launch import (
     KILL_WAIT,
     TERMINATE_GRACE,
@@ -520,21 +520,16 @@ class SubprocessDriver:
         if process is None or process.returncode is not None:
             return {}
         usage: dict[str, Any] = {"pid": process.pid}
-        rss, ticks, count, stack = 0, 0, 0, [process.pid]
-        while stack:
-            pid = stack.pop()
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        rss += int(line.split()[1])
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                # Its own time and its waited-for children's: what cpu_seconds counts.
-                ticks += sum(int(field) for field in fields[11:15])
-                count += 1
-                for task in _listdir(f"/proc/{pid}/task"):
-                    stack += map(int, _read(f"/proc/{pid}/task/{task}/children").split())
-            except (OSError, ValueError, IndexError):
+        rss, ticks, count = 0, 0, 0
+        for pid in process_tree(process.pid):
+            times = cpu_times(pid)
+            if times is None:
                 continue  # exiting; its usage is no longer there to read
+            ticks += times[0] + times[1]  # its own and its reaped children's: cpu_seconds
+            count += 1
+            for line in _read(f"/proc/{pid}/status").splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
         usage["memory_rss_kb"] = rss
         usage["cpu_seconds"] = ticks / os.sysconf("SC_CLK_TCK")
         usage["processes"] = count

@@ -447,8 +447,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and all its descendants."""
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants (those alive, or not reaped yet)."""
     found, stack = [], [root]
     while stack:
         pid = stack.pop()
@@ -457,8 +457,9 @@ def _tree(root: int) -> list[int]:
     return found
 
 
-def _times(pid: int) -> tuple[int, int, int] | None:
-    """(own CPU ticks, its waited-for children's ticks, start time) of ``pid``."""
+def cpu_times(pid: int) -> tuple[int, int, int] | None:
+    """(own CPU ticks, its waited-for children's ticks, start time) of ``pid``; None
+    once it is gone (its time is in its reaper's then)."""
     try:
         with open(f"/proc/{pid}/stat") as file:
             fields = file.read().rsplit(")", 1)[1].split()
@@ -466,7 +467,7 @@ def _times(pid: int) -> tuple[int, int, int] | None:
             int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]), int(fields[19])
         )  # fmt: skip
     except (OSError, ValueError, IndexError):
-        return None  # gone meanwhile: its time is in its reaper's now
+        return None
 
 
 def children_cpu(init: int) -> tuple[float, dict[int, int]]:
@@ -475,34 +476,23 @@ def children_cpu(init: int) -> tuple[float, dict[int, int]]:
     runner and the init waited for (their ``cutime`` and ``cstime``: the children they
     reaped, and their children; one not waited for yet is still in the tree, as a
     zombie). And each live child's own CPU ticks."""
-    init_times = _times(init)
-    started = [(times[2], pid) for pid in _children(init) if (times := _times(pid))]
-    if init_times is None or not started:
+    times = {pid: found for pid in process_tree(init) if (found := cpu_times(pid))}
+    if init not in times:
+        return 0.0, {}
+    started = [(times[pid][2], pid) for pid in _children(init) if pid in times]
+    if not started:
         return 0.0, {}
     runner = min(started)[1]
-    ticks = init_times[1]  # orphans the init reaped (the runner is alive)
-    runner_times = _times(runner)
-    if runner_times is not None:
-        ticks += runner_times[1]
-    children = {}
-    for pid in _tree(init):
-        if pid in (init, runner):
-            continue
-        times = _times(pid)
-        if times is not None:
-            ticks += times[0] + times[1]
-            children[pid] = times[0]
+    ticks = times[init][1] + times[runner][1]  # what the init and the runner reaped
+    children = {pid: own for pid, (own, _, _) in times.items() if pid not in (init, runner)}
+    ticks += sum(own + reaped for pid, (own, reaped, _) in times.items() if pid in children)
     return ticks / os.sysconf("SC_CLK_TCK"), children
 
 
 def _count_tasks(root: int) -> int:
     """Threads of ``root`` and of all its descendants."""
-    count, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        try:
+    count = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
             count += len(os.listdir(f"/proc/{pid}/task"))
-        except OSError:
-            continue
-        stack += _children(pid)
     return count
