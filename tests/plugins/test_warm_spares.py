@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,26 @@ async def spare_ready(host: PluginHost) -> bool:
     return (await host.status("echo")).spare_pid is not None
 
 
+async def loaded_with_spare(host: PluginHost) -> int:
+    """Load echo and wait for its spare; the spare's pid."""
+    await host.load("echo")
+    await wait_until(lambda: spare_ready(host))
+    spare = (await host.status("echo")).spare_pid
+    assert spare is not None
+    return spare
+
+
+def gone(pid: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not alive(pid)
+
+    return check
+
+
+OVERRIDES = {"echo": {"env": ["CWS_TEST_DATA"]}}
+"""The test's data folder reaches the plugin's import (its notes)."""
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
@@ -62,9 +83,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 async def test_a_restart_adopts_the_spare_which_initializes_only_then(
     home: Path, sandbox: bool
 ) -> None:
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
     async with opened(
-        home, warm_spares="always", spare_delay=0.0, sandbox=sandbox, overrides=overrides
+        home, warm_spares="always", spare_delay=0.0, sandbox=sandbox, overrides=OVERRIDES
     ) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
@@ -93,30 +113,18 @@ async def test_a_restart_adopts_the_spare_which_initializes_only_then(
 
 
 async def test_unload_ends_the_spare(home: Path) -> None:
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT):
-            await host.load("echo")
-            await wait_until(lambda: spare_ready(host))
-            spare = (await host.status("echo")).spare_pid
-            assert spare is not None
+            spare = await loaded_with_spare(host)
             await host.unload("echo")
-
-            async def gone() -> bool:
-                return not alive(spare)
-
-            await wait_until(gone)
+            await wait_until(gone(spare))
             assert (await host.status("echo")).spare_pid is None
 
 
 async def test_an_update_never_adopts_the_old_versions_spare(home: Path) -> None:
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT):
-            await host.load("echo")
-            await wait_until(lambda: spare_ready(host))
-            old_spare = (await host.status("echo")).spare_pid
-            assert old_spare is not None
+            old_spare = await loaded_with_spare(host)
             # A new version in place: a different greeting, so a stale process shows.
             folder = home / "plugins/echo"
             manifest = folder / "plugin.toml"
@@ -127,11 +135,7 @@ async def test_an_update_never_adopts_the_old_versions_spare(home: Path) -> None
             code.write_text(code.read_text().replace("[self.greeting, *", '["bonjour", *'))
             await host.reload("echo")
             assert plugin_pid(host) != old_spare
-
-            async def old_spare_gone() -> bool:
-                return not alive(old_spare)
-
-            await wait_until(old_spare_gone)
+            await wait_until(gone(old_spare))
             assert (await host.execute_cli(["echo", "--text", "x"])).output == "bonjour x"
             # A crash now adopts the new version's spare: still the new version.
             await wait_until(lambda: spare_ready(host))
@@ -144,13 +148,9 @@ async def test_an_update_never_adopts_the_old_versions_spare(home: Path) -> None
 async def test_a_spare_that_dies_is_logged_and_the_restart_starts_its_own(
     home: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT):
-            await host.load("echo")
-            await wait_until(lambda: spare_ready(host))
-            spare = (await host.status("echo")).spare_pid
-            assert spare is not None
+            spare = await loaded_with_spare(host)
             with caplog.at_level(logging.WARNING, logger="cws.plugin.echo"):
                 os.kill(spare, signal.SIGKILL)
 
@@ -169,8 +169,7 @@ async def test_a_spare_that_dies_is_logged_and_the_restart_starts_its_own(
 async def test_by_default_a_plugin_gets_a_spare_once_it_has_restarted(home: Path) -> None:
     """``after-restart``: a stable plugin costs no second process; one that crashed
     gets a spare for its next restart."""
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -189,8 +188,7 @@ async def test_by_default_a_plugin_gets_a_spare_once_it_has_restarted(home: Path
 
 
 async def test_warm_spares_can_be_turned_off(home: Path) -> None:
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, warm_spares="never", spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="never", spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -210,8 +208,7 @@ async def test_a_spare_still_starting_is_not_waited_for(home: Path) -> None:
         "class EchoPlugin(Plugin):",
     )
     (home / "plugins/echo/echo_plugin.py").write_text(flood)
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -227,11 +224,7 @@ async def test_a_spare_still_starting_is_not_waited_for(home: Path) -> None:
             await wait_until(lambda: restarted(host, first))
             assert plugin_pid(host) != stuck
             assert (await host.execute_cli(["echo", "--text", "x"])).output == "hello x"
-
-            async def stuck_gone() -> bool:
-                return not alive(stuck)
-
-            await wait_until(stuck_gone)
+            await wait_until(gone(stuck))
 
 
 async def test_a_spare_imports_the_plugins_preload_ahead_of_time(
@@ -253,8 +246,7 @@ async def test_a_spare_imports_the_plugins_preload_ahead_of_time(
         "class EchoPlugin(Plugin):\n    preload = ('cws_test_heavy_dep',)\n",
     )
     (home / "plugins/echo/echo_plugin.py").write_text(code)
-    overrides = {"echo": {"env": ["CWS_TEST_DATA"]}}
-    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT):
             await host.load("echo")
             first = plugin_pid(host)
@@ -275,7 +267,7 @@ async def test_a_spare_imports_the_plugins_preload_ahead_of_time(
             "class EchoPlugin(Plugin):\n    preload = ('cws_no_such_module',)\n",
         )
     )
-    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=overrides) as host:
+    async with opened(home, warm_spares="always", spare_delay=0.0, overrides=OVERRIDES) as host:
         with trio.fail_after(TIMEOUT), pytest.raises(PluginRefused, match="could not be imported"):
             await host.load("echo")
     assert any(
