@@ -253,13 +253,13 @@ class SubprocessDriver:
             return False
         if self._closing and signum != signal.SIGCONT:
             return False
-        if signum == signal.SIGSTOP and self.launch.sandboxed:
-            # The keeper cannot pass SIGSTOP on (nobody catches it): stop the runner,
-            # its child, too. SIGCONT it passes on itself.
-            for task in _listdir(f"/proc/{process.pid}/task"):
-                for child in _read(f"/proc/{process.pid}/task/{task}/children").split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(child), signal.SIGSTOP)
+        if signum in (signal.SIGSTOP, signal.SIGCONT) and self.launch.sandboxed:
+            # Nobody can pass SIGSTOP on (it cannot be caught): stop every process of
+            # the run, the keeper's init, the runner and their children included, and
+            # let them all go on together.
+            for pid in process_tree(process.pid)[1:]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
         process.send_signal(signum)
         return True
 
@@ -539,13 +539,6 @@ class SubprocessDriver:
         if self.launch.cgroups is not None and self.launch.sandboxed:
             usage |= cgroup_usage(self.launch.cgroups, self.launch.metadata.name, process.pid)
         return usage
-
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except OSError:
-        return []
 
 
 def _read(path: str) -> str:

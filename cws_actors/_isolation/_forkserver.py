@@ -27,6 +27,7 @@ then starts a fresh interpreter) and ``ForkServer.run`` returns.
 from __future__ import annotations
 
 import array
+import gc
 import itertools
 import json
 import logging
@@ -58,6 +59,12 @@ def serve(control: socket.socket, daemon: int) -> None:
     from . import _keeper, _kernel, _runner  # noqa: F401 - imported once here, inherited by every child
 
     _kernel.support()  # probed once here too
+    # Everything imported so far lives as long as the server: out of the collector's
+    # reach, so that no collection in a child (a plugin's keeper, init or runner) walks
+    # these objects and copies every page they sit on (copy on write). This is what the
+    # gc module's documentation advises for a process that forks without exec.
+    gc.collect()
+    gc.freeze()
 
     if os.getppid() != daemon:
         return  # the daemon died while this interpreter started

@@ -91,12 +91,13 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     for module in (_runner, sys.modules.get("__main__")):
         if module is not None and hasattr(module, "KEEPER_PIDFD"):
             module.KEEPER_PIDFD = pidfd
-    init = _fork_child()
+    ending = _Ending(pidfd, namespace)
+    init = _fork_child(_INIT_DEATH_SIGNAL, ending.keeper_gone)
     if init == 0:
         os.close(status_read)
         if ours is not None:
             ours.close()
-        _init(keeper, status_write, lambda: confined(theirs, namespace), namespace, theirs)
+        _init(keeper, status_write, lambda: confined(theirs, namespace), namespace, theirs, ending)
     os.close(status_write)
     _kernel.forget_prepared()  # the runner's to enforce, not ours
     if theirs is not None:
@@ -113,17 +114,61 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     _Keeper(name, init, processes, status_read, quota, cpu_seconds).serve(ours)
 
 
-def _fork_child() -> int:
+def _fork_child(
+    death_signal: int = signal.SIGKILL, on_death: Callable[[int, Any], None] | None = None
+) -> int:
     """Fork; in the child, die with this process (exact: it forks from its only
-    thread that matters, the main one, which lives as long as it does)."""
+    thread that matters, the main one, which lives as long as it does): killed, or
+    ``death_signal`` handled by ``on_death``."""
     parent = os.pidfd_open(os.getpid())
     pid = os.fork()
     if pid == 0:
-        _kernel.prctl(_kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if on_death is not None:
+            signal.signal(death_signal, on_death)
+        _kernel.prctl(_kernel.PR_SET_PDEATHSIG, death_signal)
         if select.select([parent], [], [], 0)[0]:
             os._exit(_orphaned())  # the parent died before the signal was armed
     os.close(parent)
     return pid
+
+
+_INIT_DEATH_SIGNAL = signal.SIGUSR1
+"""What the init gets when its keeper dies: handled (:meth:`_Ending.keeper_gone`), so
+that the run ends at idle priority; a SIGKILL would end it at once, competing with the
+restart that follows for the CPU."""
+
+
+def idle(pid: int = 0) -> None:
+    """Let ``pid`` (0: this process) run only when nothing else wants a CPU: for the
+    processes of a run that is ending. Their end is mostly the kernel unmapping what
+    they share with the fork server (about 2 ms each here), which otherwise competes
+    with the restart that follows. Lowering one's own priority needs no privilege."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+
+
+class _Ending:
+    """How the init ends the run when its keeper is gone (SIGKILLed, say)."""
+
+    def __init__(self, keeper_pidfd: int, namespace: bool) -> None:
+        self.keeper_pidfd = keeper_pidfd
+        self.namespace = namespace
+        self.runner: int | None = None
+        """The runner's pid (in the run's namespace), once forked."""
+
+    def keeper_gone(self, signum: int, frame: Any) -> None:
+        # A process of the plugin may send this signal too (the init handles it, so
+        # the kernel lets it through): only the keeper's death ends the run.
+        if not select.select([self.keeper_pidfd], [], [], 0)[0]:
+            return
+        if self.runner is not None:
+            idle(self.runner)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.runner, signal.SIGKILL)
+        idle()
+        if not self.namespace:
+            _end_orphans()  # a subreaper's; in a namespace the kernel ends them with us
+        os._exit(_orphaned())
 
 
 def _init(
@@ -132,6 +177,7 @@ def _init(
     confined: Callable[[], None],
     namespace: bool,
     listener_socket: socket.socket | None,
+    ending: _Ending,
 ) -> NoReturn:
     """PID 1 of the plugin's namespace (or a subreaper): fork the runner, reap every
     orphan, pass SIGTERM on, and when the runner exits tell the keeper how, then exit
@@ -141,6 +187,7 @@ def _init(
     os.environ["CWS_PLUGIN_PID"] = str(keeper)
     runner = _fork_child()
     if runner == 0:
+        signal.signal(_INIT_DEATH_SIGNAL, signal.SIG_DFL)  # the init's, not the plugin's
         os.close(status_out)
         code = 1
         try:
@@ -156,6 +203,7 @@ def _init(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+    ending.runner = runner
     _kernel.forget_prepared()  # the runner's to enforce, not ours
     if listener_socket is not None:
         listener_socket.close()  # the keeper must see it close if the runner dies
@@ -178,6 +226,7 @@ def _init(
         if pid == runner:
             break
     os.write(status_out, str(status).encode())
+    idle()  # the run has ended: what is left of it ends when the CPU has time
     if not namespace:
         _end_orphans()
     os._exit(0)

@@ -27,6 +27,7 @@ from cws_actors import (
     RuntimeConfig,
     open_runtime,
 )
+from cws_actors._isolation._keeper import process_tree
 from cws_actors.faults import (
     ChaosPlan,
     ChaosReport,
@@ -551,13 +552,17 @@ async def test_pause_stops_the_process_then_resumes_it(tmp_path: Path) -> None:
     with trio.fail_after(TIMEOUT):
         async with subprocess_host(tmp_path) as host:
             pid = plugin_pid(host)
+            # Sandboxed, the tracked process is the keeper; the plugin's code runs in
+            # the runner below it (and its init): all of them stop, and all go on.
+            tree = process_tree(pid)
+            assert len(tree) == 3
             host.runtime.faults.inject("/plugins/echo", "pause:1s")
 
             async def stopped() -> bool:
-                return state(pid) == "T"
+                return all(state(each) == "T" for each in tree)
 
             async def resumed() -> bool:
-                return state(pid) != "T"
+                return all(state(each) != "T" for each in tree)
 
             await wait_until(stopped)
             began = trio.current_time()
