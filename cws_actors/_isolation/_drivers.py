@@ -236,10 +236,13 @@ class SubprocessDriver:
     ) -> None:
         task_status.started(process)
         try:
-            await process.wait()
+            async with trio.open_nursery() as reading:
+                reading.start_soon(process.read_status)
+                await process.wait_ended()
+                reading.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
-                if process.returncode is None:
+                if process.ended is None:
                     await self._deliver_cancel(process)
                     await process.wait()
                 await process.stdin.aclose()
@@ -249,7 +252,7 @@ class SubprocessDriver:
         crash, which the watcher reports. False when no process runs, or (for any signal
         but SIGCONT, which ends a pause) when it is being stopped."""
         process = self._process
-        if process is None or process.returncode is not None:
+        if process is None or _ended(process) is not None:
             return False
         if self._closing and signum != signal.SIGCONT:
             return False
@@ -287,15 +290,15 @@ class SubprocessDriver:
     def _remove_cgroup_soon(self) -> None:
         """Remove the run's cgroup once its processes are gone (:func:`remove_cgroup_soon`)."""
         process = self._process
-        if process is None or process.returncode is None or self._cgroup_removed:
+        if process is None or _ended(process) is None or self._cgroup_removed:
             return
         self._cgroup_removed = True
         remove_cgroup_soon(self.launch, process.pid)
 
     async def _close(self) -> None:
         process = self._process
-        if process is None or process.returncode is not None:
-            return
+        if process is None or _ended(process) is not None:
+            return  # crashed: its keeper (if any) is exiting, in no hurry
         steps = [(process.kill, KILL_WAIT)]
         if not self._killed:
             steps.insert(0, (process.terminate, TERMINATE_GRACE))
@@ -369,7 +372,7 @@ class SubprocessDriver:
             try:
                 reply: dict[str, Any] = await answer.wait()
             except trio.Cancelled:
-                if not answer.done and self._broken is None and process.returncode is None:
+                if not answer.done and self._broken is None and _ended(process) is None:
                     with (
                         trio.CancelScope(shield=True),
                         trio.move_on_after(1),
@@ -404,7 +407,7 @@ class SubprocessDriver:
             if frame is None:
                 if self._process is not None:
                     with trio.move_on_after(1):
-                        await self._process.wait()
+                        await _wait_ended(self._process)
                 self._broken = self._describe_exit("it closed its output")
                 return None
             if frame["type"] in RUNNER_REQUESTS and self._nursery is not None:
@@ -438,7 +441,7 @@ class SubprocessDriver:
                 message=f"the daemon could not answer ({type(exc).__name__}; see its log)",
             )
         process, writer = self._process, self._writer
-        if process is None or writer is None or process.returncode is not None:
+        if process is None or writer is None or _ended(process) is not None:
             return
         with (
             trio.CancelScope(shield=True),
@@ -466,7 +469,7 @@ class SubprocessDriver:
 
     async def _watch(self, process: trio.Process | ForkedProcess) -> None:
         try:
-            await process.wait()
+            await _wait_ended(process)
         finally:
             # Exited, or cancelled because this driver is stopping it (the owner of the
             # process kills it): never signal it again.
@@ -478,7 +481,7 @@ class SubprocessDriver:
 
     def _describe_exit(self, what: str) -> str:
         name = self.launch.metadata.name
-        code = self._process.returncode if self._process is not None else None
+        code = _ended(self._process) if self._process is not None else None
         if code is None:
             return f"plugin {name!r} process failed: {what}"
         if code < 0:
@@ -517,7 +520,7 @@ class SubprocessDriver:
         """The plugin's processes together (its keeper, runner and their children):
         memory, CPU seconds, how many; and its data folder's size."""
         process = self._process
-        if process is None or process.returncode is not None:
+        if process is None or _ended(process) is not None:
             return {}
         usage: dict[str, Any] = {"pid": process.pid}
         rss, ticks, count = 0, 0, 0
@@ -539,6 +542,17 @@ class SubprocessDriver:
         if self.launch.cgroups is not None and self.launch.sandboxed:
             usage |= cgroup_usage(self.launch.cgroups, self.launch.metadata.name, process.pid)
         return usage
+
+
+def _ended(process: trio.Process | ForkedProcess) -> int | None:
+    """How the run ended, if it has: a sandboxed run's keeper says so before its exit."""
+    return process.ended if isinstance(process, ForkedProcess) else process.returncode
+
+
+async def _wait_ended(process: trio.Process | ForkedProcess) -> int:
+    if isinstance(process, ForkedProcess):
+        return await process.wait_ended()
+    return await process.wait()
 
 
 def _read(path: str) -> str:

@@ -7,7 +7,9 @@ single-threaded and never runs Trio
 itself, so forking it is safe. The host talks to it over a ``SOCK_SEQPACKET`` socket:
 
 - host -> server: ``{"id": N, "spec": ..., "env": {...}}`` with the child's stdin,
-  stdout and stderr pipe ends attached (``SCM_RIGHTS``);
+  stdout and stderr pipe ends attached (``SCM_RIGHTS``), and for a sandboxed spec a
+  fourth: the keeper's word on how the run ended (its fd 3, ``STATUS_FD``), written
+  before the keeper's own exit, which is unhurried (:func:`._keeper.idle`);
 - server -> host: ``{"type": "forked", "id": N, "pid": P}`` in reply, with a pidfd of
   the child attached (opened before the server's loop can reap it, so it always names
   that child), and ``{"type": "exited", "pid": P, "returncode": R}`` when it reaps a
@@ -43,6 +45,8 @@ import attrs
 import trio
 
 _MAX_MESSAGE = 1 << 20
+STATUS_FD = 3
+"""Where a sandboxed child's keeper finds the pipe for its word on how the run ended."""
 # Room for the one pidfd a "forked" reply carries.
 _FD_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
 # Not ``-m cws_actors._isolation._forkserver``: the package imports this module, and runpy warns.
@@ -98,7 +102,7 @@ def serve(control: socket.socket, daemon: int) -> None:
                     pass  # drained
                 _reap(control)
                 continue
-            message, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 3)
+            message, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 4)
             if not message:
                 return  # the host is gone
             request = json.loads(message)
@@ -195,14 +199,15 @@ def _child(
         for fd in private:  # the server's wake-up pipe and its pidfd of the daemon
             if fd is not None:
                 os.close(fd)
-        for target, fd in enumerate(fds):
+        for target, fd in enumerate(fds):  # fds above 2 (received): never a target too
             os.dup2(fd, target)
             os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
         from ._runner import run
 
-        run({**request["spec"], "parent_pid": server})
+        told = {"status_fd": STATUS_FD} if len(fds) > STATUS_FD else {}
+        run({**request["spec"], "parent_pid": server, **told})
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
@@ -233,13 +238,52 @@ class ForkedProcess:
     stdout: trio.lowlevel.FdStream
     stderr: trio.lowlevel.FdStream
     _pidfd: int
+    status: trio.lowlevel.FdStream | None = None
+    """A sandboxed run's: its keeper's word on how the run ended (:meth:`read_status`)."""
     returncode: int | None = None
+    """The process's exit code once the server reaped it (negative: a signal)."""
+    ended: int | None = None
+    """How the run ended: its keeper's word, or else the process's exit code. A keeper
+    says it as soon as the runner is gone, then exits at idle priority (unmapping it
+    takes milliseconds, which a restart need not wait for)."""
     _exited: trio.Event = attrs.field(factory=trio.Event)
+    _over: trio.Event = attrs.field(factory=trio.Event)
 
     async def wait(self) -> int:
+        """The process's exit."""
         await self._exited.wait()
         assert self.returncode is not None
         return self.returncode
+
+    async def wait_ended(self) -> int:
+        """The run's end: the keeper's word (:meth:`read_status`), or the exit."""
+        await self._over.wait()
+        assert self.ended is not None
+        return self.ended
+
+    async def read_status(self) -> None:
+        """Take the keeper's word for how the run ended, if it gives one: run by the
+        process's owner beside its wait. Returns at the word or at the keeper's exit."""
+        stream = self.status
+        if stream is None:
+            return
+        said = b""
+        try:
+            while b"\n" not in said and len(said) < 64:
+                chunk = await stream.receive_some(64)
+                if not chunk:
+                    return  # gone without a word (killed, say): its exit tells
+                said += chunk
+            self._end(int(said.split(b"\n")[0]))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+            return
+        finally:
+            stream.close()
+
+    def _end(self, code: int) -> None:
+        if self.ended is None:
+            self.ended = code
+            self._over.set()
 
     def send_signal(self, signum: int) -> None:
         if self.returncode is None and self._pidfd >= 0:
@@ -261,10 +305,12 @@ class ForkedProcess:
                 os.close(self._pidfd)
                 self._pidfd = -1
             self._exited.set()
+        self._end(returncode)
 
     def _close_pipes(self) -> None:
-        for stream in (self.stdin, self.stdout, self.stderr):
-            stream.close()
+        for stream in (self.stdin, self.stdout, self.stderr, self.status):
+            if stream is not None:
+                stream.close()
 
 
 class ForkServerGone(Exception):
@@ -275,7 +321,8 @@ class ForkServerGone(Exception):
 @attrs.define(eq=False)
 class _Request:
     """A spawn waiting for the server's reply; ``pipes`` are our ends of the child's
-    stdin, stdout and stderr, owned by the request until ``child`` takes them."""
+    stdin, stdout and stderr (and a sandboxed keeper's status), owned by the request
+    until ``child`` takes them."""
 
     pipes: list[int]
     done: trio.Event = attrs.field(factory=trio.Event)
@@ -399,8 +446,8 @@ class ForkServer:
                     pass  # exited already
                 os.close(pidfd)
             return
-        stdin, stdout, stderr = (trio.lowlevel.FdStream(fd) for fd in request.pipes)
-        child = ForkedProcess(pid, stdin, stdout, stderr, pidfd)
+        stdin, stdout, stderr, *status = (trio.lowlevel.FdStream(fd) for fd in request.pipes)
+        child = ForkedProcess(pid, stdin, stdout, stderr, pidfd, status[0] if status else None)
         self._children[pid] = child
         request.child = child
         request.done.set()
@@ -437,9 +484,10 @@ class ForkServer:
         if sock is None:
             raise ForkServerGone("the fork server is not running")
         request_id = next(self._ids)
-        pipes = [os.pipe() for _ in range(3)]
-        theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
-        request = _Request([pipes[0][1], pipes[1][0], pipes[2][0]])
+        # stdin, stdout, stderr; and a sandboxed run's keeper's word on its end.
+        pipes = [os.pipe() for _ in range(3 if spec.get("sandbox") is None else 4)]
+        theirs = [pipes[0][0], *(write for _, write in pipes[1:])]
+        request = _Request([pipes[0][1], *(read for read, _ in pipes[1:])])
         self._requests[request_id] = request
         try:
             try:

@@ -92,12 +92,14 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
         if module is not None and hasattr(module, "KEEPER_PIDFD"):
             module.KEEPER_PIDFD = pidfd
     ending = _Ending(pidfd, namespace)
+    tell_host = spec.get("status_fd")
     init = _fork_child(_INIT_DEATH_SIGNAL, ending.keeper_gone)
     if init == 0:
         os.close(status_read)
         if ours is not None:
             ours.close()
-        _init(keeper, status_write, lambda: confined(theirs, namespace), namespace, theirs, ending)
+        run = lambda: confined(theirs, namespace)  # noqa: E731
+        _init(keeper, status_write, run, namespace, theirs, ending, tell_host)
     os.close(status_write)
     _kernel.forget_prepared()  # the runner's to enforce, not ours
     if theirs is not None:
@@ -111,7 +113,7 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     disk_mb = spec.get("limits", {}).get("disk_mb")
     quota = (spec["data_dir"], disk_mb * 1024 * 1024) if disk_mb and spec.get("data_dir") else None
     cpu_seconds = spec.get("limits", {}).get("cpu_seconds")
-    _Keeper(name, init, processes, status_read, quota, cpu_seconds).serve(ours)
+    _Keeper(name, init, processes, status_read, quota, cpu_seconds, tell_host).serve(ours)
 
 
 def _fork_child(
@@ -178,10 +180,12 @@ def _init(
     namespace: bool,
     listener_socket: socket.socket | None,
     ending: _Ending,
+    tell_host: int | None = None,
 ) -> NoReturn:
     """PID 1 of the plugin's namespace (or a subreaper): fork the runner, reap every
-    orphan, pass SIGTERM on, and when the runner exits tell the keeper how, then exit
-    (the kernel ends what is left in the namespace; a subreaper kills it itself)."""
+    orphan, pass SIGTERM on, and when the runner exits tell the host (``tell_host``)
+    and the keeper how, then exit at idle priority (the kernel ends what is left in the
+    namespace; a subreaper kills it itself)."""
     if not namespace:
         _kernel.prctl(_kernel.PR_SET_CHILD_SUBREAPER, 1)
     os.environ["CWS_PLUGIN_PID"] = str(keeper)
@@ -189,6 +193,8 @@ def _init(
     if runner == 0:
         signal.signal(_INIT_DEATH_SIGNAL, signal.SIG_DFL)  # the init's, not the plugin's
         os.close(status_out)
+        if tell_host is not None:
+            os.close(tell_host)  # ours to write, not the plugin's
         code = 1
         try:
             confined()
@@ -225,6 +231,9 @@ def _init(
             os._exit(1)
         if pid == runner:
             break
+    if tell_host is not None:  # first: a restart waits for this
+        with contextlib.suppress(OSError):  # the host is gone: nobody waits
+            os.write(tell_host, f"{os.waitstatus_to_exitcode(status)}\n".encode())
     os.write(status_out, str(status).encode())
     idle()  # the run has ended: what is left of it ends when the CPU has time
     if not namespace:
@@ -275,8 +284,12 @@ class _Keeper:
         status: int,
         quota: tuple[str, int] | None = None,
         cpu_seconds: int | None = None,
+        tell_host: int | None = None,
     ) -> None:
         self.name = name
+        self.tell_host = tell_host
+        """Where the host reads how the run ended (a pipe the fork server gave), so that
+        it need not wait for this process's own exit; the init writes it first."""
         self.cpu_seconds = cpu_seconds
         """CPU seconds the plugin's child processes may use together (each process of
         it also has its RLIMIT_CPU): past it, the keeper ends them."""
@@ -338,6 +351,11 @@ class _Keeper:
             _, status = os.waitpid(self.runner, 0)  # the init died without a word
         sys.stderr.flush()
         code = os.waitstatus_to_exitcode(status)
+        if self.tell_host is not None:
+            if not told:  # the init told the host when it told us
+                with contextlib.suppress(OSError):  # the host is gone: nobody waits
+                    os.write(self.tell_host, f"{code}\n".encode())
+            idle()  # the host knows: this exit (unmapping this process) need not hurry
         if code < 0:
             if -code not in (signal.SIGKILL, signal.SIGSTOP):
                 signal.signal(-code, signal.SIG_DFL)

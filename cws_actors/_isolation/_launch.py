@@ -34,6 +34,9 @@ KILL_WAIT = 1.0
 
 CGROUP_REMOVAL_DELAY = 0.05
 """Seconds after a run's end before its cgroup's removal starts."""
+CGROUP_REMOVAL_WAIT = 60.0
+"""How long the removal waits for the run's last processes to go (past it, what is left
+is removed when the host closes, or at the daemon's next start)."""
 
 
 def remove_cgroup_soon(launch: PluginLaunch, pid: int) -> None:
@@ -64,11 +67,15 @@ def remove_cgroup_soon(launch: PluginLaunch, pid: int) -> None:
         await trio.sleep(CGROUP_REMOVAL_DELAY)
         # rmdir of a cgroup v1 memory controller waits for the kernel (an RCU grace
         # period: milliseconds), so it runs on a worker thread, never the event loop.
-        with trio.move_on_after(KILL_WAIT):
+        pause = 0.005
+        with trio.move_on_after(CGROUP_REMOVAL_WAIT):
             # The kernel's state, outside Trio's view (cgroup v1 has no event for
-            # "empty" that an unprivileged reader gets): poll it, bounded.
-            while not await trio.to_thread.run_sync(removed):  # noqa: ASYNC110
-                await trio.sleep(0.005)
+            # "empty" that an unprivileged reader gets): poll it, bounded. The run's
+            # processes end at idle priority (``_keeper.idle``): on a busy machine
+            # that may take a while, so the polls space out.
+            while not await trio.to_thread.run_sync(removed):
+                await trio.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     trio.lowlevel.spawn_system_task(remove_later)
 

@@ -44,7 +44,7 @@ from cws_actors.faults import (
 )
 from tests.plugins._fixtures import code_for, write_plugin
 from tests.plugins.test_host import TIMEOUT, opened, wait_until
-from tests.plugins.test_subprocess import alive, plugin_pid, restarted
+from tests.plugins.test_subprocess import alive, gone, plugin_pid, restarted
 
 # ---------------------------------------------------------------------- specs
 
@@ -589,7 +589,7 @@ async def test_memory_hog_ends_with_a_kill_for_the_limit_and_a_restart(tmp_path:
             status = await host.status("echo")
             assert status.restarts == 1
             assert "out of memory under its memory limit" in (status.last_exit or "")
-            assert not alive(old)
+            await wait_until(lambda: gone(old))  # its keeper exits at idle priority
             assert (await host.execute_cli(["echo", "--text", "z"])).output == "hello z"
 
 
