@@ -45,6 +45,7 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
     limits = {k: v for k, v in spec.get("limits", {}).items() if k != "processes"}
     _kernel.apply_limits(limits)
     name = spec.get("name", "?")
+    entered = False
     if spec.get("cgroup"):
         # Before the init is forked: every process of the plugin is born inside.
         from . import _cgroup
@@ -56,6 +57,7 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
             limits.pop("processes", None)
         try:
             _cgroup.enter(spec["cgroup"], name, limits)
+            entered = True
         except OSError as exc:
             print(
                 f"cws-sandbox: plugin {name!r} runs without its cgroup ({exc}): its memory"
@@ -101,6 +103,11 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
         run = lambda: confined(theirs, namespace)  # noqa: E731
         _init(keeper, status_write, run, namespace, theirs, ending, tell_host)
     os.close(status_write)
+    if entered:
+        from . import _cgroup
+
+        with contextlib.suppress(OSError):  # else it stays: only its end is slower
+            _cgroup.leave(spec["cgroup"])
     _kernel.forget_prepared()  # the runner's to enforce, not ours
     if theirs is not None:
         theirs.close()
