@@ -141,6 +141,13 @@ def _fork_child(
     return pid
 
 
+TEARDOWN_DELAY = 0.05
+"""How long what is left of a crashed run waits, stopped, before it is killed: ending a
+process costs the kernel 1-2 ms here (unmapping what it shares with the fork server),
+in code that nothing preempts on a kernel built without preemption (idle priority does
+not help there), and a restart should not queue behind it. A restart from a warm spare
+takes milliseconds, a cold one tens."""
+
 _INIT_DEATH_SIGNAL = signal.SIGUSR1
 """What the init gets when its keeper dies: handled (:meth:`_Ending.keeper_gone`), so
 that the run ends at idle priority; a SIGKILL would end it at once, competing with the
@@ -164,20 +171,36 @@ class _Ending:
         self.namespace = namespace
         self.runner: int | None = None
         """The runner's pid (in the run's namespace), once forked."""
+        self.ended = False
+        """The run is ending (the keeper's death, when it comes, changes nothing)."""
 
     def keeper_gone(self, signum: int, frame: Any) -> None:
         # A process of the plugin may send this signal too (the init handles it, so
         # the kernel lets it through): only the keeper's death ends the run.
-        if not select.select([self.keeper_pidfd], [], [], 0)[0]:
+        if self.ended or not select.select([self.keeper_pidfd], [], [], 0)[0]:
             return
-        if self.runner is not None:
-            idle(self.runner)
+        self.ended = True
+        self.end_later(crashed=True)
+        os._exit(_orphaned())
+
+    def end_later(self, crashed: bool) -> None:
+        """End what is left of the run: stopped at once (its code runs no more), killed
+        :data:`TEARDOWN_DELAY` later at idle priority if it ``crashed`` (a restart is
+        coming), at once otherwise. Then this init may exit."""
+        runner = self.runner
+        stop = -1 if self.namespace else runner  # -1 from PID 1: the namespace but us
+        if crashed and stop is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.runner, signal.SIGKILL)
+                os.kill(stop, signal.SIGSTOP)
+            time.sleep(TEARDOWN_DELAY)
+        if runner is not None:
+            idle(runner)
         idle()
+        if stop is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stop, signal.SIGKILL)
         if not self.namespace:
             _end_orphans()  # a subreaper's; in a namespace the kernel ends them with us
-        os._exit(_orphaned())
 
 
 def _init(
@@ -242,9 +265,9 @@ def _init(
         with contextlib.suppress(OSError):  # the host is gone: nobody waits
             os.write(tell_host, f"{os.waitstatus_to_exitcode(status)}\n".encode())
     os.write(status_out, str(status).encode())
-    idle()  # the run has ended: what is left of it ends when the CPU has time
-    if not namespace:
-        _end_orphans()
+    ending.ended = True
+    ending.runner = None  # reaped: its pid may name another process of the plugin now
+    ending.end_later(crashed=status != 0)  # the rest, and this init's own end
     os._exit(0)
 
 
@@ -362,6 +385,8 @@ class _Keeper:
             if not told:  # the init told the host when it told us
                 with contextlib.suppress(OSError):  # the host is gone: nobody waits
                     os.write(self.tell_host, f"{code}\n".encode())
+            if code != 0:  # a crash: a restart is coming
+                time.sleep(TEARDOWN_DELAY)
             idle()  # the host knows: this exit (unmapping this process) need not hurry
         if code < 0:
             if -code not in (signal.SIGKILL, signal.SIGSTOP):

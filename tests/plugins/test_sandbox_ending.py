@@ -2,9 +2,9 @@
 
 A run is three processes: the keeper (what the host tracks), the init (PID 1 of the
 run's namespace) and the runner (the plugin's code). When the runner dies, the init
-tells the host at once how, over a pipe of the fork server's, then the init and the
-keeper exit at idle priority; when the keeper is killed, the init ends the run, at idle
-priority too, and nothing of the plugin is left. Every fact here is read from /proc;
+tells the host at once how, over a pipe of the fork server's, then the rest of the run
+is stopped and ended moments later, and the init and the keeper exit at idle priority;
+when the keeper is killed, the init does the same, and nothing of the plugin is left. Every fact here is read from /proc;
 nothing is timed."""
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ async def test_a_dead_runner_is_restarted_without_waiting_for_its_keeper(home: P
             await plugins.load("ender")
             keeper = _keeper(plugins)
             _, init, runner = process_tree(keeper)
+            assert (await plugins.execute_cli(["ender", "orphan"])).output == "left behind"
+            (orphan,) = set(process_tree(keeper)) - {keeper, init, runner}
             # A stopped keeper can neither read the init's word nor exit: the host
             # hears from the init directly.
             os.kill(keeper, signal.SIGSTOP)
@@ -130,6 +132,7 @@ async def test_a_dead_runner_is_restarted_without_waiting_for_its_keeper(home: P
 
             await wait_until(init_exited)
             assert _policy(init) == SCHED_IDLE
+            assert _state(orphan) == "gone"  # the init ended the rest of the run first
             os.kill(keeper, signal.SIGCONT)
 
             async def keeper_gone() -> bool:
