@@ -40,10 +40,11 @@ import attrs
 CONTROLLERS = ("memory", "cpu", "pids")
 PERIOD_US = 100_000
 """The CPU bandwidth period: ``cpu_percent`` of one CPU is that share of each 100 ms."""
-OVERHEAD_TASKS = 1
-"""Tasks in a run's cgroup that are not the plugin's: its init. (The keeper makes the
-cgroup, forks the init into it and goes back to the daemon's: it runs none of the
-plugin's code, and a dying keeper inside its run's cgroup made restarts slower.)"""
+OVERHEAD_TASKS = 2
+"""Tasks in a run's cgroup that are not the plugin's: its init, and its keeper for the
+moment between forking the init and going back to the daemon's cgroup (the init may
+fork the runner meanwhile). The keeper runs none of the plugin's code, and a dying
+keeper inside its run's cgroup made restarts slower."""
 
 
 @attrs.frozen

@@ -257,12 +257,14 @@ class SubprocessDriver:
         if self._closing and signum != signal.SIGCONT:
             return False
         if signum in (signal.SIGSTOP, signal.SIGCONT) and self.launch.sandboxed:
-            # Nobody can pass SIGSTOP on (it cannot be caught): stop every process of
-            # the run, the keeper's init, the runner and their children included, and
-            # let them all go on together.
-            for pid in process_tree(process.pid)[1:]:
+            # Nobody can pass SIGSTOP on (it cannot be caught): stop the plugin's own
+            # processes (the runner and everything below the init), and let them go on
+            # together. Not the keeper and its init, which must stay able to end the
+            # run (a stopped init would not act on its keeper's death).
+            for pid in process_tree(process.pid)[2:]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
+            return True
         process.send_signal(signum)
         return True
 

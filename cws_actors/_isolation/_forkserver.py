@@ -8,8 +8,9 @@ itself, so forking it is safe. The host talks to it over a ``SOCK_SEQPACKET`` so
 
 - host -> server: ``{"id": N, "spec": ..., "env": {...}}`` with the child's stdin,
   stdout and stderr pipe ends attached (``SCM_RIGHTS``), and for a sandboxed spec a
-  fourth: the keeper's word on how the run ended (its fd 3, ``STATUS_FD``), written
-  before the keeper's own exit, which is unhurried (:func:`._keeper.idle`);
+  fourth: how the run ended (the child's fd 3, ``STATUS_FD``), written by its init as
+  soon as the runner is gone (or by the keeper), before the keeper's own exit, which
+  does not hurry after a crash (:data:`._keeper.TEARDOWN_DELAY`);
 - server -> host: ``{"type": "forked", "id": N, "pid": P}`` in reply, with a pidfd of
   the child attached (opened before the server's loop can reap it, so it always names
   that child), and ``{"type": "exited", "pid": P, "returncode": R}`` when it reaps a
@@ -34,6 +35,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -279,6 +281,19 @@ class ForkedProcess:
             return
         finally:
             stream.close()
+
+    def has_ended(self) -> bool:
+        """The run has ended: its process exited, or its keeper's word waits unread (a
+        warm spare's: nobody reads it before a restart adopts the spare)."""
+        if self.ended is not None:
+            return True
+        stream = self.status
+        if stream is None:
+            return False
+        try:
+            return bool(select.select([stream.fileno()], [], [], 0)[0])
+        except (OSError, ValueError):  # closed: nothing will come
+            return True
 
     def _end(self, code: int) -> None:
         if self.ended is None:

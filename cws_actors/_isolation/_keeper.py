@@ -2,12 +2,17 @@
 runs none of the plugin's code and holds the plugin's processes together.
 
 It makes a PID namespace (as root, or inside an unprivileged user namespace) and forks
-the runner into it as its PID 1. The kernel ends every process of a namespace when its
-PID 1 dies, and the runner dies with the keeper (``PR_SET_PDEATHSIG``, exact: the
-keeper forks it from its only thread), so unload, SIGKILL and daemon exit take every
-child of the plugin along, double-forked and ``setsid`` ones included. Without a PID
-namespace the keeper is a child subreaper instead: orphans of the plugin become its
-children and it kills them when the runner exits (a SIGKILLed keeper leaves them).
+the run's init into it as its PID 1, which forks the runner. The kernel ends every
+process of a namespace when its PID 1 dies, and the init ends the run when the keeper
+dies (its parent-death signal, SIGUSR1, handled: :class:`_Ending`), so unload, SIGKILL
+and daemon exit take every child of the plugin along, double-forked and ``setsid`` ones
+included. Without a PID namespace the init is a child subreaper instead: orphans of the
+plugin become its children and it kills them when the run ends.
+
+How a run ends: the init tells the host (a pipe of the fork server's) and the keeper
+how the runner ended as soon as it reaps it; after a crash the rest of the run is
+stopped, and ended :data:`TEARDOWN_DELAY` later at idle priority, so that a restart does
+not queue behind the kernel unmapping it.
 
 The runner hands the keeper its seccomp listener; the keeper then answers, one at a
 time: each new process or thread (``clone``/``fork``, refused with EAGAIN past the
@@ -148,6 +153,12 @@ in code that nothing preempts on a kernel built without preemption (idle priorit
 not help there), and a restart should not queue behind it. A restart from a warm spare
 takes milliseconds, a cold one tens."""
 
+
+def _crashed(code: int) -> bool:
+    """The runner's end was not a stop (a clean exit, or the host's SIGTERM)."""
+    return code not in (0, -signal.SIGTERM)
+
+
 _INIT_DEATH_SIGNAL = signal.SIGUSR1
 """What the init gets when its keeper dies: handled (:meth:`_Ending.keeper_gone`), so
 that the run ends at idle priority; a SIGKILL would end it at once, competing with the
@@ -177,7 +188,10 @@ class _Ending:
     def keeper_gone(self, signum: int, frame: Any) -> None:
         # A process of the plugin may send this signal too (the init handles it, so
         # the kernel lets it through): only the keeper's death ends the run.
-        if self.ended or not select.select([self.keeper_pidfd], [], [], 0)[0]:
+        # The signal comes as the keeper's thread exits, a moment before the pidfd
+        # says the whole keeper is gone: wait that moment (a signal from anyone else
+        # finds the keeper alive, and changes nothing).
+        if self.ended or not select.select([self.keeper_pidfd], [], [], 1.0)[0]:
             return
         self.ended = True
         self.end_later(crashed=True)
@@ -267,7 +281,7 @@ def _init(
     os.write(status_out, str(status).encode())
     ending.ended = True
     ending.runner = None  # reaped: its pid may name another process of the plugin now
-    ending.end_later(crashed=status != 0)  # the rest, and this init's own end
+    ending.end_later(crashed=_crashed(os.waitstatus_to_exitcode(status)))
     os._exit(0)
 
 
@@ -283,7 +297,8 @@ def _write(path: str, text: str) -> None:
 
 
 def _end_orphans() -> None:
-    """Subreaper mode: kill what the runner left behind and reap it."""
+    """Subreaper mode: kill what the runner left behind and reap it. Never blocks on
+    one child: a child killed here may leave children of its own, which become ours."""
     for _ in range(100):
         children = _children(os.getpid())
         if not children:
@@ -291,9 +306,12 @@ def _end_orphans() -> None:
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, 0):
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
+        except ChildProcessError:
+            return
+        time.sleep(0.01)  # the kernel ends them in microseconds to milliseconds
 
 
 CPU_CHECK = 0.5
@@ -385,9 +403,10 @@ class _Keeper:
             if not told:  # the init told the host when it told us
                 with contextlib.suppress(OSError):  # the host is gone: nobody waits
                     os.write(self.tell_host, f"{code}\n".encode())
-            if code != 0:  # a crash: a restart is coming
+            if _crashed(code):  # a restart is coming; the host knows, and will not wait
                 time.sleep(TEARDOWN_DELAY)
-            idle()  # the host knows: this exit (unmapping this process) need not hurry
+                idle()  # this exit (unmapping this process) need not hurry either
+            # else a stop: the host waits for this exit
         if code < 0:
             if -code not in (signal.SIGKILL, signal.SIGSTOP):
                 signal.signal(-code, signal.SIG_DFL)

@@ -78,7 +78,7 @@ class WarmSpares:
     def ready(self) -> bool:
         """A spare has said hello and waits for a run."""
         spare = self._spare
-        return bool(spare and spare.hello and spare.process and spare.process.returncode is None)
+        return bool(spare and spare.hello and spare.process and not spare.process.has_ended())
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +121,7 @@ class WarmSpares:
             or process is None
             or reader is None
             or hello is None
-            or process.returncode is not None
+            or process.has_ended()
         ):
             self._discard()
             return None
