@@ -20,29 +20,10 @@ from cws_actors._packaging._archive import make_archive
 
 from ..plugins._fixtures import write_plugin
 from ._daemon import TIMEOUT, running_daemon, token
-from .test_connections import address, closed_by_daemon, head
+from .test_connections import address, answer, closed_by_daemon, head
 
 KIB = 1024
 MIB = 1024 * KIB
-
-
-async def answer(stream: trio.SocketStream) -> tuple[int, bytes]:
-    """The status and the whole answer (its head and ``Content-Length`` bytes)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some()
-        assert chunk, f"closed before an answer: {data!r}"
-        data += chunk
-    top = data.partition(b"\r\n\r\n")[0]
-    length = next(
-        (int(line.split(b":")[1]) for line in top.split(b"\r\n")
-         if line.lower().startswith(b"content-length:")), 0,
-    )  # fmt: skip
-    while len(data) < len(top) + 4 + length:
-        chunk = await stream.receive_some()
-        assert chunk, f"closed within the answer: {data!r}"
-        data += chunk
-    return int(top.split()[1]), data
 
 
 async def test_a_body_the_app_does_not_ask_for_stays_in_the_socket(tmp_path: Path) -> None:

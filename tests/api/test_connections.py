@@ -39,19 +39,21 @@ def head(method: str, path: str, *headers: str) -> bytes:
 
 
 async def answer(stream: trio.SocketStream) -> tuple[int, bytes]:
-    """The status and the whole answer (head and a ``Content-Length`` body)."""
+    """The status and the whole answer (its head and ``Content-Length`` bytes)."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = await stream.receive_some()
         assert chunk, f"closed before an answer: {data!r}"
         data += chunk
-    top, _, body = data.partition(b"\r\n\r\n")
+    top = data.partition(b"\r\n\r\n")[0]
     length = next(
         (int(line.split(b":")[1]) for line in top.split(b"\r\n")
          if line.lower().startswith(b"content-length:")), 0,
     )  # fmt: skip
-    while len(body) < length:
-        body += await stream.receive_some()
+    while len(data) < len(top) + 4 + length:
+        chunk = await stream.receive_some()
+        assert chunk, f"closed within the answer: {data!r}"
+        data += chunk
     return int(top.split()[1]), data
 
 
