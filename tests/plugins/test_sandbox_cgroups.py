@@ -167,8 +167,16 @@ def _leaves(host: PluginHost, name: str = "group") -> list[Path]:
 
 
 async def _children(host: PluginHost, count: int, size: int) -> list[str]:
-    result = await host.execute_cli(["group", "children", "--count", str(count),
-                                     "--size", str(size)])  # fmt: skip
+    return await _how_they_ended(host, "children", "--count", count, "--size", size)
+
+
+async def _burn(host: PluginHost, count: int, seconds: float) -> list[str]:
+    return await _how_they_ended(host, "burn", "--count", count, "--seconds", seconds)
+
+
+async def _how_they_ended(host: PluginHost, command: str, *flags: object) -> list[str]:
+    """Run ``group COMMAND FLAGS``: how each child it forked ended."""
+    result = await host.execute_cli(["group", command, *map(str, flags)])
     assert result.exit_code == 0, result.output
     ended: list[str] = json.loads(result.output)
     return ended
@@ -388,11 +396,3 @@ async def test_children_together_over_cpu_seconds_are_ended(
     said = [r.getMessage() for r in caplog.records if "cpu_seconds is 2" in r.getMessage()]
     assert said, "the keeper logs why it ended them, with the plugin's name"
     assert "plugin 'group'" in said[0]
-
-
-async def _burn(host: PluginHost, count: int, seconds: float) -> list[str]:
-    result = await host.execute_cli(["group", "burn", "--count", str(count),
-                                     "--seconds", str(seconds)])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    ended: list[str] = json.loads(result.output)
-    return ended

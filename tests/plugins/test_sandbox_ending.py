@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,19 @@ def _policy(pid: int) -> int | None:
     return int(fields[38]) if fields else None  # field 41 of stat: the scheduling policy
 
 
+def _gone(pids: list[int]) -> Callable[[], Awaitable[bool]]:
+    """A predicate for wait_until: every process of ``pids`` has ended."""
+
+    async def gone() -> bool:
+        return all(_state(pid) in ("Z", "gone") for pid in pids)
+
+    return gone
+
+
+async def _serving(plugins: PluginHost) -> bool:
+    return (await plugins.status("ender")).ready
+
+
 def _keeper(host: PluginHost) -> int:
     pid = host._loaded["ender"].counters.pid
     assert pid is not None
@@ -134,11 +148,7 @@ async def test_a_dead_runner_is_restarted_without_waiting_for_its_keeper(home: P
             assert _policy(init) == SCHED_IDLE
             assert _state(orphan) == "gone"  # the init ended the rest of the run first
             os.kill(keeper, signal.SIGCONT)
-
-            async def keeper_gone() -> bool:
-                return _state(keeper) in ("Z", "gone")
-
-            await wait_until(keeper_gone)
+            await wait_until(_gone([keeper]))
 
 
 async def test_a_killed_keeper_takes_the_whole_run_along(home: Path) -> None:
@@ -150,18 +160,10 @@ async def test_a_killed_keeper_takes_the_whole_run_along(home: Path) -> None:
             run = process_tree(keeper)
             assert len(run) == 4  # keeper, init, runner, the orphan
             os.kill(keeper, signal.SIGKILL)
-
-            async def all_gone() -> bool:
-                return all(_state(pid) in ("Z", "gone") for pid in run)
-
-            await wait_until(all_gone)
+            await wait_until(_gone(run))
             status = await plugins.status("ender")
             assert "killed by SIGKILL" in (status.last_exit or "")
-
-            async def serving() -> bool:
-                return (await plugins.status("ender")).ready
-
-            await wait_until(serving)
+            await wait_until(lambda: _serving(plugins))
             assert (await plugins.execute_cli(["ender"])).output == "here"
 
 
@@ -195,13 +197,5 @@ async def test_a_paused_run_whose_keeper_is_killed_still_ends(home: Path) -> Non
 
             await wait_until(paused)  # the runner; its keeper and init go on
             os.kill(keeper, signal.SIGKILL)
-
-            async def all_gone() -> bool:
-                return all(_state(pid) in ("Z", "gone") for pid in run)
-
-            await wait_until(all_gone)
-
-            async def serving() -> bool:
-                return (await plugins.status("ender")).ready
-
-            await wait_until(serving)
+            await wait_until(_gone(run))
+            await wait_until(lambda: _serving(plugins))
