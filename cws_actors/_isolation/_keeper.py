@@ -109,8 +109,6 @@ def keep(spec: dict[str, Any], confined: Callable[[socket.socket | None, bool], 
         _init(keeper, status_write, run, namespace, theirs, ending, tell_host)
     os.close(status_write)
     if entered:
-        from . import _cgroup
-
         with contextlib.suppress(OSError):  # else it stays: only its end is slower
             _cgroup.leave(spec["cgroup"])
     _kernel.forget_prepared()  # the runner's to enforce, not ours
@@ -161,8 +159,15 @@ def _crashed(code: int) -> bool:
 
 _INIT_DEATH_SIGNAL = signal.SIGUSR1
 """What the init gets when its keeper dies: handled (:meth:`_Ending.keeper_gone`), so
-that the run ends at idle priority; a SIGKILL would end it at once, competing with the
-restart that follows for the CPU."""
+that the run is stopped at once and ended later at idle priority; a SIGKILL would end
+it at once, competing with the restart that follows for the CPU."""
+
+
+def _tell_host(fd: int, code: int) -> None:
+    """Write how the run ended (an exit code, negative for a signal) where the host
+    reads it (:meth:`._forkserver.ForkedProcess.read_status`)."""
+    with contextlib.suppress(OSError):  # the host is gone: nobody waits
+        os.write(fd, f"{code}\n".encode())
 
 
 def idle(pid: int = 0) -> None:
@@ -275,13 +280,13 @@ def _init(
             os._exit(1)
         if pid == runner:
             break
-    if tell_host is not None:  # first: a restart waits for this
-        with contextlib.suppress(OSError):  # the host is gone: nobody waits
-            os.write(tell_host, f"{os.waitstatus_to_exitcode(status)}\n".encode())
+    code = os.waitstatus_to_exitcode(status)
+    if tell_host is not None:
+        _tell_host(tell_host, code)  # first: a restart waits for this
     os.write(status_out, str(status).encode())
     ending.ended = True
     ending.runner = None  # reaped: its pid may name another process of the plugin now
-    ending.end_later(crashed=_crashed(os.waitstatus_to_exitcode(status)))
+    ending.end_later(crashed=_crashed(code))
     os._exit(0)
 
 
@@ -307,11 +312,11 @@ def _end_orphans() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
         try:
+            os.waitpid(-1, 0)  # one of those just killed ends; then look again
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
             return
-        time.sleep(0.01)  # the kernel ends them in microseconds to milliseconds
 
 
 CPU_CHECK = 0.5
@@ -401,8 +406,7 @@ class _Keeper:
         code = os.waitstatus_to_exitcode(status)
         if self.tell_host is not None:
             if not told:  # the init told the host when it told us
-                with contextlib.suppress(OSError):  # the host is gone: nobody waits
-                    os.write(self.tell_host, f"{code}\n".encode())
+                _tell_host(self.tell_host, code)
             if _crashed(code):  # a restart is coming; the host knows, and will not wait
                 time.sleep(TEARDOWN_DELAY)
                 idle()  # this exit (unmapping this process) need not hurry either
